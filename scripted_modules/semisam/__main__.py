@@ -1,0 +1,7 @@
+"""``python -m semisam …`` — the same as the ``semisam`` console script."""
+
+import sys
+
+from semisam.cli import main
+
+sys.exit(main())
