@@ -47,3 +47,34 @@ def brain1(sample_case):
 @pytest.fixture(scope="session")
 def breast1(sample_case):
     return sample_case("breast1")
+
+
+@pytest.fixture
+def mrml_scene():
+    """A real ``vtkMRMLScene`` (slicer-core wheel) with the Colors, Segmentations and Volumes logics
+    registered on one application logic, as Slicer's application sets them up; skips without slicer-core.
+
+    Yields the scene; ``scene.semisam_logics`` maps "Colors", "Segmentations", "Volumes" to the logics.
+    """
+    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (Slicer's MRML in Python) is needed")
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    logics = {}
+    for name, cls in (
+        ("Colors", slicer.vtkSlicerColorLogic),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("Volumes", slicer.vtkSlicerVolumesLogic),
+    ):
+        logic = cls()
+        # The application logic must be set before the scene: the Colors logic looks up its default
+        # colour files through it when it sees the scene.
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        app_logic.SetModuleLogic(name, logic)
+        logics[name] = logic
+    scene.semisam_logics = logics
+    yield scene
+    scene.Clear(1)
+    for logic in logics.values():
+        logic.SetMRMLScene(None)

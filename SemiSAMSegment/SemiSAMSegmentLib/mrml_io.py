@@ -1,0 +1,327 @@
+"""MRML <-> numpy / :class:`semisam.volume.Volume` conversion, shared by both SemiSAM modules' Logic.
+
+Runs wherever Slicer's MRML runs: inside the Slicer application and against the ``slicer-core`` wheel
+(pytest, batch). It never touches ``slicer.app``, ``slicer.modules``, ``slicer.mrmlScene`` or qt: the
+scene is always the one the given node belongs to.
+
+Conventions (the same as :mod:`semisam.volume`):
+
+* numpy arrays are ``(Z, Y, X)`` = ``[k, j, i]``, exactly what Slicer's ``arrayFromVolume`` returns;
+* geometry is RAS in millimetres; a volume node's ``IJKToRAS`` matrix equals
+  :attr:`semisam.volume.Volume.ijk_to_ras` (spacing, origin, direction columns);
+* a segmentation is exported on the grid of a *reference volume node*; label ``n`` of the exported map is
+  the ``n``-th requested segment (1-based), 0 is background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from semisam.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Name given to the temporary labelmap nodes this module creates (and always removes again).
+TEMP_NODE_NAME = "__SemiSAM_temp__"
+
+
+class MrmlIOError(ValueError):
+    """A node or file could not be converted; the message names the node or file and the problem."""
+
+
+# ----------------------------------------------------------------------------- volumes
+def _node_label(node) -> str:
+    return f"node {node.GetName()!r} ({node.GetID()})" if node is not None else "node None"
+
+
+def ijk_to_ras(volume_node) -> np.ndarray:
+    """The 4x4 ``IJKToRAS`` matrix of a volume node (voxel index ``(i, j, k, 1)`` -> RAS mm)."""
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def array_from_volume_node(volume_node) -> np.ndarray:
+    """Copy of the voxels of a scalar (or labelmap) volume node, shape ``(Z, Y, X)``.
+
+    Raises:
+        MrmlIOError: no node, no image data, or more than one component per voxel.
+    """
+    if volume_node is None:
+        raise MrmlIOError("no volume node given")
+    image = volume_node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise MrmlIOError(f"{_node_label(volume_node)} holds no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise MrmlIOError(
+            f"{_node_label(volume_node)} has {image.GetNumberOfScalarComponents()} components per voxel; "
+            "a scalar volume is needed"
+        )
+    nx, ny, nz = image.GetDimensions()
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return flat.reshape(nz, ny, nx).copy()
+
+
+def volume_from_node(volume_node) -> Volume:
+    """A :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` + RAS geometry) from a volume node.
+
+    A parent transform on the node is ignored (the node's own IJKToRAS is used), as Slicer's
+    ``arrayFromVolume`` does; harden the transform first when it matters.
+    """
+    array = array_from_volume_node(volume_node)
+    directions = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(directions)
+    direction = np.array([[directions.GetElement(r, c) for c in range(3)] for r in range(3)])
+    storage = volume_node.GetStorageNode()
+    source = storage.GetFileName() if storage is not None and storage.GetFileName() else volume_node.GetName()
+    return Volume(
+        array=array,
+        spacing=tuple(volume_node.GetSpacing()),
+        origin=tuple(volume_node.GetOrigin()),
+        direction=direction,
+        source=source,
+    )
+
+
+def _image_data(array: np.ndarray) -> vtk.vtkImageData:
+    """``vtkImageData`` (deep copy) of a ``(Z, Y, X)`` array with unit spacing and zero origin."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 3:
+        raise MrmlIOError(f"expected a 3D (Z, Y, X) array, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = vtk.vtkImageData()
+    nz, ny, nx = array.shape
+    image.SetDimensions(nx, ny, nz)
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    scalars.SetName("ImageScalars")
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def set_node_geometry(volume_node, volume: Volume) -> None:
+    """Give ``volume_node`` the spacing, origin and direction of ``volume`` (RAS mm)."""
+    volume_node.SetSpacing(*volume.spacing)
+    volume_node.SetOrigin(*volume.origin)
+    directions = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            directions.SetElement(r, c, float(volume.direction[r, c]))
+    volume_node.SetIJKToRASDirectionMatrix(directions)
+
+
+def node_from_volume(
+    volume: Volume,
+    scene,
+    name: str = "SemiSAM volume",
+    node=None,
+    class_name: str = "vtkMRMLScalarVolumeNode",
+):
+    """Put ``volume`` (voxels and geometry) into a volume node of ``scene``; returns the node.
+
+    Args:
+        volume: the scan (``(Z, Y, X)`` voxels, RAS geometry).
+        scene: the ``vtkMRMLScene`` to add a new node to (ignored when ``node`` is given).
+        name: name of a new node.
+        node: an existing volume node to overwrite instead of creating one.
+        class_name: ``vtkMRMLScalarVolumeNode`` or ``vtkMRMLLabelMapVolumeNode`` for a new node.
+    """
+    if node is None:
+        if scene is None:
+            raise MrmlIOError(f"cannot create volume node {name!r}: no scene given")
+        node = scene.AddNewNodeByClass(class_name, name)
+    node.SetAndObserveImageData(_image_data(volume.array))
+    set_node_geometry(node, volume)
+    if node.GetScene() is not None and node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+# ------------------------------------------------------------------------- segmentations
+def _scene_of(node):
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        raise MrmlIOError(f"{_node_label(node)} is not in a scene")
+    return scene
+
+
+class _TemporaryNodes:
+    """Removes every node a block adds to the scene (temporary labelmaps, their display and colour
+    nodes), so helpers leave the user's scene as they found it, also on error."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    def _ids(self) -> set[str]:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    def __enter__(self):
+        self.before = self._ids()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for node_id in self._ids() - self.before:
+            node = self.scene.GetNodeByID(node_id)
+            if node is not None:
+                self.scene.RemoveNode(node)
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    """IDs of all segments of a segmentation node, in display order."""
+    seg = segmentation_node.GetSegmentation()
+    return [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+
+
+def import_mask(
+    mask: np.ndarray,
+    volume_node,
+    segmentation_node,
+    names: Mapping[int, str] | None = None,
+) -> list[str]:
+    """Write an integer label map on ``volume_node``'s grid into segments of ``segmentation_node``.
+
+    Label ``L > 0`` becomes (or replaces the voxels of) the segment named ``names[L]`` (default
+    ``"label L"``); a segment that already has that name is updated in place, keeping its ID, colour and
+    terminology, so Segment Editor edits elsewhere in the node survive. Labels listed in ``names`` but
+    absent from ``mask`` empty their segment.
+
+    Args:
+        mask: ``(Z, Y, X)`` non-negative integer labels, same shape as the volume's voxels.
+        volume_node: the reference volume; its IJKToRAS places the mask in RAS.
+        segmentation_node: target node (in the same scene).
+        names: label value -> segment name.
+
+    Returns:
+        The segment IDs, in increasing label order.
+    """
+    mask = np.asarray(mask)
+    vol_shape = array_from_volume_node(volume_node).shape
+    if mask.shape != vol_shape:
+        raise MrmlIOError(
+            f"mask shape (Z, Y, X) {mask.shape} does not match {_node_label(volume_node)} {vol_shape}"
+        )
+    if mask.size and (mask.min() < 0 or not np.all(np.isfinite(mask))):
+        raise MrmlIOError("mask holds negative or non-finite values; a label map is needed")
+    labels = sorted(set(int(v) for v in np.unique(mask) if v > 0) | set((names or {}).keys()))
+    scene = _scene_of(segmentation_node)
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    if segmentation_node.GetNodeReference(role) is None:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    segmentation = segmentation_node.GetSegmentation()
+    ids: list[str] = []
+    with _TemporaryNodes(scene):
+        label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", TEMP_NODE_NAME)
+        label_node.CopyOrientation(volume_node)
+        for label in labels:
+            name = (names or {}).get(label, f"label {label}")
+            segment_id = segmentation.GetSegmentIdBySegmentName(name) or segmentation.AddEmptySegment(
+                "", name
+            )
+            label_node.SetAndObserveImageData(_image_data((mask == label).astype(np.uint8)))
+            wanted = vtk.vtkStringArray()
+            wanted.InsertNextValue(segment_id)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                label_node, segmentation_node, wanted
+            ):
+                raise MrmlIOError(f"Slicer could not import label {label} into segment {name!r}")
+            ids.append(segment_id)
+    return ids
+
+
+def export_mask(segmentation_node, volume_node, segment_id_list: Sequence[str] | None = None) -> np.ndarray:
+    """Label map ``(Z, Y, X)`` of segments on ``volume_node``'s grid (resampled by Slicer if needed).
+
+    Label ``n`` (1-based) is ``segment_id_list[n - 1]`` (default: all segments in order); ``uint8``,
+    or ``uint16`` beyond 255 segments.
+    """
+    ids = list(segment_id_list) if segment_id_list is not None else segment_ids(segmentation_node)
+    shape = array_from_volume_node(volume_node).shape
+    dtype = np.uint8 if len(ids) <= 255 else np.uint16
+    if not ids:
+        return np.zeros(shape, dtype)
+    missing = [s for s in ids if segmentation_node.GetSegmentation().GetSegment(s) is None]
+    if missing:
+        raise MrmlIOError(f"{_node_label(segmentation_node)} has no segment(s) {missing}")
+    scene = _scene_of(segmentation_node)
+    with _TemporaryNodes(scene):
+        label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", TEMP_NODE_NAME)
+        wanted = vtk.vtkStringArray()
+        for s in ids:
+            wanted.InsertNextValue(s)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, wanted, label_node, volume_node
+        ):
+            raise MrmlIOError(f"Slicer could not export segments of {_node_label(segmentation_node)}")
+        labels = array_from_volume_node(label_node)
+    if labels.shape != shape:  # Slicer exports on the reference grid; anything else is a bug to surface
+        raise MrmlIOError(f"exported labelmap shape {labels.shape} != reference volume shape {shape}")
+    return labels.astype(dtype)
+
+
+# ------------------------------------------------------------------------------- files
+def load_volume(scene, path: str | os.PathLike, name: str | None = None, label: bool = False):
+    """Read a scan into a new scalar (or labelmap) volume node through Slicer's archetype storage node.
+
+    Raises:
+        MrmlIOError: the file does not exist or Slicer cannot read it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MrmlIOError(f"{p}: no such file")
+    class_name = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, name or p.name.split(".")[0])
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(p))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise MrmlIOError(f"{p}: Slicer's volume reader could not read it")
+    return node
+
+
+def save_segmentation(segmentation_node, path: str | os.PathLike) -> Path:
+    """Write a segmentation node as ``.seg.nrrd`` atomically (temporary file in the folder, then rename).
+
+    An existing file at ``path`` is replaced only once the new one is complete.
+    """
+    dest = Path(path)
+    if not dest.name.lower().endswith(".seg.nrrd"):
+        raise MrmlIOError(f"{dest}: a segmentation is written as .seg.nrrd")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp.seg.nrrd", dir=dest.parent)
+    os.close(fd)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(tmp)
+    try:
+        if not storage.WriteData(segmentation_node):
+            raise MrmlIOError(f"{dest}: Slicer could not write {_node_label(segmentation_node)}")
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def load_segmentation(scene, path: str | os.PathLike, name: str | None = None):
+    """Read a ``.seg.nrrd`` (or any file Slicer's segmentation storage node reads) into a new node."""
+    p = Path(path)
+    if not p.is_file():
+        raise MrmlIOError(f"{p}: no such file")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or p.name.split(".")[0])
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(p))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise MrmlIOError(f"{p}: Slicer's segmentation reader could not read it")
+    return node
