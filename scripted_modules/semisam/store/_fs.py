@@ -1,0 +1,224 @@
+"""Crash-safe file primitives: fsync'd atomic writes, directory commits by rename, a process lock.
+
+Every change to a store becomes visible through exactly one ``rename`` (of a file or of a whole
+staging folder), done after the new data and its folder have been fsync'd. A process killed at any
+moment therefore leaves either the old state or the new one, plus hidden leftovers (names starting
+with ``.``) that readers ignore and :func:`remove_leftovers` deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+#: Prefix of every temporary / staging name; readers skip names starting with ".".
+TMP_PREFIX = ".tmp-"
+
+
+def utc_now() -> str:
+    """Current time as an ISO 8601 UTC string with seconds (``2026-01-31T12:00:00Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename is durable only after this). No-op where unsupported."""
+    if sys.platform == "win32":  # Windows cannot open a folder for fsync; NTFS journals renames
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(folder: Path, stem: str = "") -> Path:
+    """A fresh hidden name in ``folder`` (same file system, so a later rename is atomic)."""
+    return folder / f"{TMP_PREFIX}{stem}{'-' if stem else ''}{secrets.token_hex(6)}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a fsync'd temporary file and a rename (then fsync the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON (readable by a person) atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def copy_file_synced(src: Path, dest: Path) -> Path:
+    """Copy bytes of ``src`` to ``dest`` (a fresh name in a staging folder) and fsync it."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return dest
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder below ``folder`` (files first, then folders bottom-up)."""
+    for dirpath, _dirnames, filenames in os.walk(folder, topdown=False):
+        for f in filenames:
+            fsync_file(Path(dirpath) / f)
+        fsync_dir(Path(dirpath))
+
+
+def commit_dir(staging: Path, dest: Path) -> Path:
+    """Make a fully written staging folder visible as ``dest`` in one rename.
+
+    ``dest`` must not exist (``os.rename`` of a folder onto a non-empty folder fails on POSIX and
+    onto any existing folder on Windows, so a clash is an error, never a merge).
+    """
+    fsync_tree(staging)
+    os.rename(staging, dest)
+    fsync_dir(dest.parent)
+    return dest
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the hidden temporary names (``.tmp-*`` and SimpleITK writer temps) directly in ``folder``.
+
+    Call only while holding the store's lock: every writer holds it while its temporaries exist.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(TMP_PREFIX) or (p.name.startswith(".") and ".tmp" in p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ------------------------------------------------------------------------- lock
+class StoreLock:
+    """An exclusive, re-entrant, inter-process lock on ``<root>/.lock``.
+
+    POSIX ``flock`` locks belong to an *open file description*: two ``open()`` calls of the same file,
+    even in one process, conflict with each other. So one :class:`StoreLock` object opens the file once
+    per outermost acquisition and counts nested acquisitions (a ``threading.RLock`` makes it safe across
+    threads of one process). Two processes, or two :class:`StoreLock` objects, exclude each other.
+    The kernel drops the lock when the process dies (also on SIGKILL), so a killed writer never leaves
+    the store locked. On Windows ``msvcrt.locking`` on the first byte plays the same role.
+    """
+
+    def __init__(self, path: Path, timeout_s: float | None = None):
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fh = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; with ``blocking=False`` return False at once when another holder has it."""
+        if not self._thread_lock.acquire(blocking=blocking):
+            return False
+        if self._depth:
+            self._depth += 1
+            return True
+        try:
+            fh = open(self.path, "a+b")  # noqa: SIM115 - kept open while locked
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        try:
+            ok = _lock_fh(fh, blocking, self.timeout_s)
+        except BaseException:
+            fh.close()
+            self._thread_lock.release()
+            raise
+        if not ok:
+            fh.close()
+            self._thread_lock.release()
+            return False
+        self._fh = fh
+        self._depth = 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            fh, self._fh = self._fh, None
+            try:
+                _unlock_fh(fh)
+            finally:
+                fh.close()
+        self._thread_lock.release()
+
+    def __enter__(self) -> StoreLock:
+        if not self.acquire():
+            raise TimeoutError(f"{self.path}: could not take the store lock")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised only on Windows
+    import msvcrt
+
+    def _lock_fh(fh, blocking: bool, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not blocking or (deadline is not None and time.monotonic() > deadline):
+                    return False
+                time.sleep(0.05)
+
+    def _unlock_fh(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_fh(fh, blocking: bool, timeout_s: float | None) -> bool:
+        if blocking and timeout_s is None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not blocking or (deadline is not None and time.monotonic() > deadline):
+                    return False
+                time.sleep(0.02)
+
+    def _unlock_fh(fh) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

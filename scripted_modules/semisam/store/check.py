@@ -1,0 +1,116 @@
+"""``semisam store check``: find (and optionally remove) what interrupted writes or hand edits left.
+
+Problems are returned as readable lines; an empty list means the store is healthy. Leftovers of killed
+writes (hidden ``.tmp-*`` staging folders and temporary files, mask revisions written by a replacement
+that never committed) are harmless - readers ignore them - and ``clean=True`` deletes them under the lock.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from semisam.store import _fs
+from semisam.store.errors import StoreError
+from semisam.volume import VolumeError
+
+if TYPE_CHECKING:
+    from semisam.store.labeled import LabeledStore
+
+_MASK_FILE_RE = re.compile(r"^mask(\.r\d+)?\.nii\.gz$")
+
+
+def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False) -> list[str]:
+    """Check every case, scan and model record of ``store``.
+
+    Args:
+        clean: delete leftovers of interrupted writes (taking the store lock).
+        deep: also read every image and mask and compare the recorded label counts.
+    """
+    from semisam.store.labeled import CASE_FILE, SCAN_FILE
+
+    problems: list[str] = []
+    with store.lock:
+        leftovers = store.leftovers()
+        for case_dir in _visible_dirs(store.root / "cases"):
+            if not (case_dir / CASE_FILE).is_file():
+                problems.append(f"cases/{case_dir.name}: no {CASE_FILE}; not a case (remove or fix by hand)")
+                continue
+            try:
+                rec = store.record(case_dir.name)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
+            if rec.case_id != case_dir.name:
+                problems.append(f"cases/{case_dir.name}: {CASE_FILE} names case {rec.case_id!r}")
+            referenced = {rec.mask, *(h.file for h in rec.history)}
+            for name in (rec.image, *sorted(referenced)):
+                if not (case_dir / name).is_file():
+                    problems.append(f"cases/{case_dir.name}: {name} is missing")
+            # a mask revision written by a replace_mask that was killed before its commit
+            leftovers += [
+                p for p in case_dir.iterdir() if _MASK_FILE_RE.match(p.name) and p.name not in referenced
+            ]
+            if deep:
+                problems += _deep_check(store, rec)
+        seqs = Counter(r.seq for r in store.cases())
+        problems += [f"sequence number {s} is used by {n} cases" for s, n in seqs.items() if n > 1]
+        for scan_dir in _visible_dirs(store.root / "unlabeled"):
+            if not (scan_dir / SCAN_FILE).is_file():
+                problems.append(f"unlabeled/{scan_dir.name}: no {SCAN_FILE}")
+                continue
+            path = store.unlabeled_path(scan_dir.name)
+            if not path.is_file():
+                problems.append(f"unlabeled/{scan_dir.name}: scan file {path} is missing")
+        try:
+            registry = store.models
+            for v in registry.versions():
+                for name in ("manifest.json", "weights.safetensors"):
+                    if not (v.path / name).is_file():
+                        problems.append(f"models/versions/{v.version}: {name} is missing")
+            registry.active()
+        except StoreError as exc:
+            problems.append(str(exc))
+        if leftovers and clean:
+            for p in leftovers:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            for d in {p.parent for p in leftovers}:
+                _fs.fsync_dir(d)
+        elif leftovers:
+            problems += [
+                f"leftover of an interrupted write (harmless; `check --clean` removes it): "
+                f"{p.relative_to(store.root)}"
+                for p in leftovers
+            ]
+    return problems
+
+
+def _visible_dirs(folder):
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _deep_check(store: LabeledStore, rec) -> list[str]:
+    try:
+        case = store.read_case(rec.case_id)
+    except VolumeError as exc:
+        return [f"cases/{rec.case_id}: {exc}"]
+    out = []
+    if list(case.image.shape) != rec.shape_zyx:
+        out.append(f"cases/{rec.case_id}: image shape {case.image.shape} != recorded {rec.shape_zyx}")
+    values, counts = np.unique(case.mask.array[case.mask.array > 0], return_counts=True)
+    found = {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+    if found != rec.labels:
+        out.append(f"cases/{rec.case_id}: mask label counts {found} != recorded {rec.labels}")
+    unknown = sorted(set(int(v) for v in values) - set(store.labels))
+    if unknown:
+        out.append(f"cases/{rec.case_id}: mask holds undeclared label(s) {unknown}")
+    return out
