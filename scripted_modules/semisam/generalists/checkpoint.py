@@ -1,0 +1,132 @@
+"""Safe, strict loading of user checkpoint files (never unpickles arbitrary objects).
+
+``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``.
+Wrapped state dicts (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped. Every failure is a
+:class:`CheckpointError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, not a state dict, or not of the expected architecture."""
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, holds pickled objects other than tensors, or is not
+            a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only=True refuses globals other than tensors/containers: that is a pickled object.
+        raise CheckpointError(
+            f"checkpoint {path}: refused to load — it contains pickled Python objects, not only tensors "
+            f"(only weights_only checkpoints are accepted): {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch/safetensors file ({exc})") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"model": sd}``-style containers; check it maps strings to tensors."""
+    for _ in range(2):
+        if isinstance(obj, Mapping):
+            for key in _WRAPPER_KEYS:
+                if key in obj and isinstance(obj[key], Mapping):
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(
+            f"checkpoint {path}: expected a state dict (names -> tensors), got {type(obj).__name__}"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: entries that are not tensors: {_short(bad)}")
+    return dict(obj)
+
+
+def _short(names: Iterable[str], n: int = 5) -> str:
+    names = sorted(str(x) for x in names)
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with a message naming the file and the mismatch.
+
+    Args:
+        what: the architecture the file should hold, for the message (e.g. ``"LiteMedSAM"``).
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch: {_short(shapes, 3)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path}: not a {what} checkpoint — " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def save_state_dict(module: nn.Module | Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a state dict as ``.safetensors`` (or ``torch.save`` for other suffixes), atomically."""
+    path = Path(path)
+    state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp))
+    else:
+        torch.save(state, tmp)
+    tmp.replace(path)
+    return path
