@@ -26,7 +26,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from semisam.volume import Volume
+from semisam.volume import GeometryMismatchError, Volume
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,46 @@ def node_from_volume(
     if node.GetScene() is not None and node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node
+
+
+def array_on_grid(source: Volume, reference: Volume) -> np.ndarray:
+    """``source``'s voxels re-indexed onto ``reference``'s grid, ``(Z, Y, X)`` of the reference.
+
+    Works when both grids hold the same voxel centres with axes permuted and/or reversed. That is what
+    happens between a file and Slicer: Slicer keeps IJK right-handed, so a left-handed file's volume
+    node has its k axis reversed relative to what ``semisam.volume.read_volume`` returns.
+
+    Raises:
+        GeometryMismatchError: the grids differ by more than an axis permutation / reversal.
+    """
+    if reference.same_grid(source):
+        return source.array
+    m = source.ras_to_ijk @ reference.ijk_to_ras  # reference (i, j, k, 1) -> source (i, j, k)
+    a, b = m[:3, :3], m[:3, 3]
+    r = np.round(a)
+    src_size = np.array(source.size_ijk)
+    ref_size = np.array(reference.size_ijk)
+    ok = np.allclose(a, r, atol=1e-4) and np.allclose(b, np.round(b), atol=1e-3)
+    ok = ok and np.all(np.abs(r).sum(axis=0) == 1) and np.all(np.abs(r).sum(axis=1) == 1)
+    if ok:
+        perm = [int(np.flatnonzero(r[:, c])[0]) for c in range(3)]  # reference axis c <- source axis
+        signs = [int(r[perm[c], c]) for c in range(3)]
+        offsets = np.round(b).astype(int)
+        for c in range(3):
+            s = perm[c]
+            expected = 0 if signs[c] > 0 else src_size[s] - 1
+            ok = ok and src_size[s] == ref_size[c] and offsets[s] == expected
+    if not ok:
+        raise GeometryMismatchError(
+            "grid is not the reference grid up to axis order/direction: "
+            + "; ".join(reference.grid_differences(source)),
+            source.source,
+        )
+    ijk = source.array.transpose(2, 1, 0).transpose(perm)  # now indexed by reference (i, j, k)
+    for c in range(3):
+        if signs[c] < 0:
+            ijk = np.flip(ijk, axis=c)
+    return np.ascontiguousarray(ijk.transpose(2, 1, 0))
 
 
 # ------------------------------------------------------------------------- segmentations

