@@ -102,6 +102,14 @@ def commit_dir(staging: Path, dest: Path) -> Path:
     return dest
 
 
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree (missing is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
     """Delete the hidden temporary names (``.tmp-*`` and SimpleITK writer temps) directly in ``folder``.
 
@@ -112,10 +120,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
         return removed
     for p in folder.iterdir():
         if p.name.startswith(TMP_PREFIX) or (p.name.startswith(".") and ".tmp" in p.name):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            remove_path(p)
             removed.append(p)
     return removed
 

@@ -8,8 +8,8 @@ that never committed) are harmless - readers ignore them - and ``clean=True`` de
 from __future__ import annotations
 
 import re
-import shutil
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -77,10 +77,7 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
             problems.append(str(exc))
         if leftovers and clean:
             for p in leftovers:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                _fs.remove_path(p)
             for d in {p.parent for p in leftovers}:
                 _fs.fsync_dir(d)
         elif leftovers:
@@ -92,7 +89,25 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
     return problems
 
 
-def _visible_dirs(folder):
+def find_leftovers(store: LabeledStore) -> list[Path]:
+    """Hidden temporaries of interrupted writes: ``.tmp-*`` staging folders and files, and the temporary
+    files of :mod:`semisam.volume`'s atomic writer (``.<name>.<random>.tmp<suffix>``), in the store's
+    folders, in each case / scan folder, and in the model registry."""
+    folders = [store.root, store.root / "cases", store.root / "unlabeled"]
+    for sub in ("cases", "unlabeled"):
+        folders += _visible_dirs(store.root / sub)
+    out = []
+    for d in folders:
+        if d.is_dir():
+            out += [p for p in d.iterdir() if p.name.startswith(_fs.TMP_PREFIX) or _is_writer_temp(p.name)]
+    return out + store.models.leftovers()
+
+
+def _is_writer_temp(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name and name != ".lock"
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -39,9 +39,10 @@ from semisam.store.errors import (
     StoreFormatError,
     StoreNotFoundError,
 )
+from semisam.store.labels import MaskLike, check_label_table, checked_mask, dice, label_counts
 from semisam.store.records import CaseRecord, MaskRevision, Provenance, UnlabeledRecord, check_id
 from semisam.store.split import RULE, check_split, decide_split
-from semisam.volume import GeometryMismatchError, Volume, read_mask, read_volume, write_mask, write_volume
+from semisam.volume import Volume, read_mask, read_volume, write_mask, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ IMAGE_FILE = "image.nii.gz"
 MASK_FILE = "mask.nii.gz"
 
 ImageLike = Volume | str | os.PathLike
-MaskLike = Volume | np.ndarray | str | os.PathLike
 
 
 @dataclass
@@ -68,15 +68,6 @@ class LabeledCase:
     @property
     def case_id(self) -> str:
         return self.record.case_id
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of the foregrounds (label > 0) of two masks of equal shape; 1.0 when both are empty."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    if a.shape != b.shape:
-        raise GeometryMismatchError(f"masks of shape {a.shape} and {b.shape} cannot be compared")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -148,7 +139,7 @@ class LabeledStore:
             raise StoreExistsError("a SemiSAM store already exists here", root)
         if root.exists() and (not root.is_dir() or any(p for p in root.iterdir() if p.name != ".lock")):
             raise StoreExistsError("folder is not empty; a new store needs a new or empty folder", root)
-        table = _check_label_table(labels)
+        table = check_label_table(labels)
         for sub in ("cases", "unlabeled", "models"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         meta = {
@@ -184,7 +175,7 @@ class LabeledStore:
         with self.lock:
             meta = _read_json(self.root / STORE_FILE, "store metadata")
             table = {int(k): v for k, v in meta["labels"].items()}
-            for value, name in _check_label_table(labels).items():
+            for value, name in check_label_table(labels).items():
                 if value in table and table[value] != name:
                     raise LabelError(
                         f"label {value} is already {table[value]!r}; renaming it to {name!r} would change "
@@ -308,7 +299,7 @@ class LabeledStore:
             CaseExistsError: ``case_id`` is taken.
         """
         vol, src_file = _as_image(image)
-        mask_arr = self._checked_mask(mask, vol)
+        mask_arr = checked_mask(mask, vol, self.labels)
         prov = replace(provenance) if provenance is not None else Provenance()
         if proposal is not None:
             prov.proposal_dice = round(dice(proposal, mask_arr), 6)
@@ -333,7 +324,7 @@ class LabeledStore:
                 image=IMAGE_FILE,
                 mask=MASK_FILE,
                 mask_revision=1,
-                labels=_label_counts(mask_arr),
+                labels=label_counts(mask_arr),
                 shape_zyx=list(vol.shape),
                 spacing_mm=[round(s, 6) for s in vol.spacing],
                 modality=modality or self.modality,
@@ -359,7 +350,7 @@ class LabeledStore:
             rec = self.record(case_id)
             folder = self.case_dir(case_id)
             image = read_volume(folder / rec.image)
-            mask_arr = self._checked_mask(mask, image)
+            mask_arr = checked_mask(mask, image, self.labels)
             revision = rec.mask_revision + 1
             name = f"mask.r{revision}.nii.gz"
             write_mask(mask_arr, image, folder / name)
@@ -368,48 +359,13 @@ class LabeledStore:
                 rec,
                 mask=name,
                 mask_revision=revision,
-                labels=_label_counts(mask_arr),
+                labels=label_counts(mask_arr),
                 provenance=replace(provenance) if provenance is not None else Provenance(),
                 history=[*rec.history, old],
             )
             _fs.atomic_write_json(folder / CASE_FILE, new.to_json())  # the commit
         log.info("replaced mask of %s (revision %d)", case_id, revision)
         return new
-
-    def _checked_mask(self, mask: MaskLike, image: Volume) -> np.ndarray:
-        if isinstance(mask, str | os.PathLike):
-            arr = read_mask(mask, reference=image).array
-        elif isinstance(mask, Volume):
-            diffs = image.grid_differences(mask)
-            if diffs:
-                raise GeometryMismatchError(
-                    f"mask grid does not match the image {image.source or ''}: " + "; ".join(diffs),
-                    mask.source,
-                )
-            arr = mask.array
-        else:
-            arr = np.asarray(mask)
-            if arr.shape != image.shape:
-                raise GeometryMismatchError(
-                    f"mask shape (Z, Y, X) {arr.shape} does not match the image's {image.shape}", image.source
-                )
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8)
-        if not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise LabelError("mask holds non-integer values; a label map is needed")
-            arr = arr.astype(np.int64)
-        values = {int(v) for v in np.unique(arr)}
-        unknown = sorted(values - set(self.labels))
-        if unknown:
-            table = ", ".join(f"{k}={v}" for k, v in self.labels.items())
-            raise LabelError(
-                f"mask holds label value(s) {unknown} not declared in the store's label table ({table}); "
-                "declare them first (LabeledStore.declare_labels)",
-                getattr(mask, "source", None) or (mask if isinstance(mask, str | os.PathLike) else None),
-            )
-        top = max(values) if values else 0
-        return arr.astype(np.uint8 if top <= 255 else np.uint16)
 
     # ------------------------------------------------------------- unlabeled pool
     def add_unlabeled(
@@ -500,26 +456,15 @@ class LabeledStore:
         try:
             for path in self.leftovers():
                 log.info("removing leftover of an interrupted write: %s", path)
-                _fs.remove_leftovers(path.parent)
+                _fs.remove_path(path)
         finally:
             self.lock.release()
 
     def leftovers(self) -> list[Path]:
         """Hidden temporaries of interrupted writes (staging folders, temp files), not yet removed."""
-        folders = [self.root, self.root / "cases", self.root / "unlabeled"]
-        for sub in ("cases", "unlabeled"):
-            d = self.root / sub
-            if d.is_dir():
-                folders += [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        out = []
-        for d in folders:
-            if d.is_dir():
-                out += [
-                    p for p in d.iterdir() if p.name.startswith(_fs.TMP_PREFIX) or _is_writer_temp(p.name)
-                ]
-        from semisam.store.registry import ModelRegistry  # models/ has its own temporaries
+        from semisam.store.check import find_leftovers
 
-        return out + ModelRegistry(self).leftovers()
+        return find_leftovers(self)
 
     @property
     def models(self):  # -> ModelRegistry (imported lazily: registry may pull in semisam.checkpoints)
@@ -536,11 +481,6 @@ class LabeledStore:
 
 
 # ------------------------------------------------------------------ helpers
-def _is_writer_temp(name: str) -> bool:
-    # semisam.volume's atomic writer names its temporaries ".<dest>.<random>.tmp<suffix>"
-    return name.startswith(".") and ".tmp" in name and name != ".lock"
-
-
 def _auto_id(prefix: str, seq: int, taken: set[str]) -> str:
     n = seq
     while f"{prefix}_{n:04d}" in taken:
@@ -560,27 +500,3 @@ def _write_image(vol: Volume, src_file: str | None, dest: Path) -> None:
         _fs.copy_file_synced(Path(src_file), dest)
     else:
         write_volume(vol, dest)
-
-
-def _label_counts(mask: np.ndarray) -> dict[str, int]:
-    values, counts = np.unique(mask[mask > 0], return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
-
-
-def _check_label_table(labels: Mapping[int, str]) -> dict[int, str]:
-    table: dict[int, str] = {0: "background"}
-    for k, v in dict(labels).items():
-        try:
-            value = int(k)
-        except (TypeError, ValueError):
-            raise LabelError(f"label value {k!r} is not an integer") from None
-        if not 0 <= value <= 65535 or str(k).strip() != str(value):
-            raise LabelError(f"label value {k!r} must be an integer within 0..65535")
-        if not isinstance(v, str) or not v.strip():
-            raise LabelError(f"label {value} needs a non-empty name")
-        if value == 0 and v != "background":
-            raise LabelError(f"label 0 is the background; it cannot be named {v!r}")
-        table[value] = v.strip()
-    if len(table) < 2:
-        raise LabelError("declare at least one foreground label, e.g. {1: 'lesion'}")
-    return table
