@@ -1,0 +1,209 @@
+"""Static checks of the Slicer modules: .ui widgets, parameter-node fields and module anatomy agree.
+
+Nothing here needs Slicer: the module files are parsed (AST) and the .ui files read as XML. Each checker
+returns a list of problems, and each is also shown to report a deliberately broken copy.
+"""
+
+from __future__ import annotations
+
+import ast
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = ("SemiSAMSegment", "SemiSAMTrain")
+
+
+# ------------------------------------------------------------------------------ parsing
+@dataclass
+class UiWidget:
+    name: str
+    cls: str
+    parameter: str | None  # the SlicerParameterName dynamic property, if any
+
+
+def parse_ui(text: str) -> dict[str, UiWidget]:
+    """Widgets of a Qt Designer .ui document by object name."""
+    root = ET.fromstring(text)
+    widgets = {}
+    for w in root.iter("widget"):
+        parameter = None
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                parameter = prop.findtext("string")
+        widgets[w.get("name")] = UiWidget(w.get("name"), w.get("class"), parameter)
+    return widgets
+
+
+def ui_names_used(tree: ast.Module) -> set[str]:
+    """``X`` of every ``self.ui.X`` in the module, plus the keys of a module-level ``NOT_YET`` dict
+    (those buttons are reached through ``getattr(self.ui, name)``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
+            names.add(node.attr)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "NOT_YET" for t in node.targets
+        ):
+            names |= {k.value for k in node.value.keys}  # type: ignore[union-attr]
+    return names
+
+
+def parameter_fields(tree: ast.Module) -> dict[str, str]:
+    """Fields (name -> annotation source) of the class decorated with ``@parameterNodeWrapper``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {
+                s.target.id: ast.unparse(s.annotation)
+                for s in node.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            }
+    return {}
+
+
+def _widget_fits(widget_class: str, annotation: str) -> bool:
+    """Can Slicer's parameter-node GUI connectors bind this widget class to this annotation?"""
+    if annotation.startswith("vtkMRML"):
+        return widget_class in ("qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView")
+    if annotation.startswith("Annotated[float"):
+        return widget_class in ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox")
+    if annotation.startswith("Annotated[int"):
+        return widget_class in ("QSpinBox", "QSlider")
+    if annotation.startswith("Annotated[str") and "Choice(" in annotation:
+        return widget_class == "QComboBox"
+    if annotation == "str":
+        return widget_class in ("QLineEdit", "QTextEdit")
+    if annotation == "bool":
+        return widget_class in ("QCheckBox", "QPushButton", "QRadioButton")
+    if annotation[:1].isupper():  # an enum.Enum subclass (Generalist, Device, TrainingMethod)
+        return widget_class == "QComboBox"
+    return False
+
+
+def check_module(source: str, ui_text: str) -> list[str]:
+    """All static problems of one module file against its .ui (empty when consistent)."""
+    tree = ast.parse(source)
+    widgets = parse_ui(ui_text)
+    fields = parameter_fields(tree)
+    problems = [
+        f"self.ui.{n} is used but the .ui has no widget named {n!r}"
+        for n in sorted(ui_names_used(tree) - set(widgets))
+    ]
+    if not fields:
+        problems.append("no @parameterNodeWrapper class with fields")
+    bound = {}
+    for w in widgets.values():
+        if w.parameter is None:
+            continue
+        if w.parameter not in fields:
+            problems.append(
+                f"widget {w.name!r} has SlicerParameterName {w.parameter!r}, not a parameter node field"
+            )
+        elif not _widget_fits(w.cls, fields[w.parameter]):
+            problems.append(
+                f"widget {w.name!r} ({w.cls}) cannot represent field {w.parameter}: {fields[w.parameter]}"
+            )
+        bound[w.parameter] = w.name
+    problems += [f"parameter node field {f!r} has no widget in the .ui" for f in fields if f not in bound]
+    for node in ast.walk(tree):  # typed fields: no boolean or numeric values hidden in strings
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            if (
+                node.value.value.lower() in ("true", "false")
+                or node.value.value.replace(".", "", 1).isdigit()
+            ):
+                problems.append(f"field {ast.unparse(node.target)} stores {node.value.value!r} as a string")
+    return problems
+
+
+def _paths(module: str) -> tuple[Path, Path]:
+    return REPO / module / f"{module}.py", REPO / module / "Resources" / "UI" / f"{module}.ui"
+
+
+# ------------------------------------------------------------------------------ checks
+@pytest.mark.parametrize("module", MODULES)
+def test_module_matches_its_ui(module):
+    py, ui = _paths(module)
+    assert check_module(py.read_text(), ui.read_text()) == []
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_has_scripted_loadable_anatomy(module):
+    tree = ast.parse(_paths(module)[0].read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    bases = {name: [ast.unparse(b) for b in c.bases] for name, c in classes.items()}
+    assert "ScriptedLoadableModule" in bases[module]
+    assert "ScriptedLoadableModuleWidget" in bases[f"{module}Widget"]
+    assert "VTKObservationMixin" in bases[f"{module}Widget"]
+    assert "ScriptedLoadableModuleLogic" in bases[f"{module}Logic"]
+    assert "ScriptedLoadableModuleTest" in bases[f"{module}Test"]
+    assert parameter_fields(tree), f"{module}ParameterNode must be a @parameterNodeWrapper with fields"
+    source = _paths(module)[0].read_text()
+    assert f'loadUI(self.resourcePath("UI/{module}.ui"))' in source
+    assert "childWidgetVariables" in source and "connectGui(self.ui)" in source
+    assert 'self.parent.categories = ["Segmentation"]' in source
+    # The parameter node wrapper needs real annotation objects.
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_logic_and_module_import_no_gui_at_top_level(module):
+    """qt/ctk/slicer.app are only imported inside the guarded block, so Logic imports headless."""
+    tree = ast.parse(_paths(module)[0].read_text())
+    top_imports = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_imports += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            top_imports.append(node.module)
+    assert not {"qt", "ctk", "slicer.ScriptedLoadableModule"} & set(top_imports)
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Logic")
+    used = {ast.unparse(n) for n in ast.walk(logic) if isinstance(n, ast.Attribute | ast.Name)}
+    assert not {"qt", "ctk", "slicer.app", "slicer.mrmlScene", "slicer.util"} & used
+
+
+# ------------------------------------------------------------------------------ the checker itself can fail
+def test_checker_reports_unknown_ui_name():
+    py, ui = _paths("SemiSAMSegment")
+    broken = py.read_text().replace("self.ui.loadMaskButton.connect", "self.ui.loadMaskButtonTypo.connect")
+    assert any("loadMaskButtonTypo" in p for p in check_module(broken, ui.read_text()))
+
+
+def test_checker_reports_unknown_parameter_name():
+    py, ui = _paths("SemiSAMTrain")
+    broken = ui.read_text().replace("<string>epochs</string>", "<string>epoch</string>")
+    problems = check_module(py.read_text(), broken)
+    assert any("'epoch', not a parameter node field" in p for p in problems)
+    assert any("field 'epochs' has no widget" in p for p in problems)
+
+
+def test_checker_reports_widget_that_cannot_bind():
+    py, ui = _paths("SemiSAMTrain")
+    broken = ui.read_text().replace(
+        'class="QSpinBox" name="epochsSpinBox"', 'class="QLineEdit" name="epochsSpinBox"'
+    )
+    assert any("cannot represent field epochs" in p for p in check_module(py.read_text(), broken))
+
+
+def test_checker_reports_boolean_string_field():
+    py, ui = _paths("SemiSAMSegment")
+    broken = py.read_text().replace(
+        '    device: Device = DEFAULTS["device"]\n',
+        '    device: Device = DEFAULTS["device"]\n    useGpu: str = "true"\n',
+    )
+    assert any("useGpu stores 'true' as a string" in p for p in check_module(broken, ui.read_text()))
