@@ -28,8 +28,10 @@ def test_unknown_case():
         samples.find_case("liver9")
 
 
-def test_fetch_from_pypi(tmp_path):
+def test_fetch_from_pypi(tmp_path, monkeypatch):
     """The project's own way to obtain the cases: pyradiomics 3.0.1's sdist, SHA-256 verified."""
+    monkeypatch.setenv("SEMISAM_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("SEMISAM_SAMPLES_DIR", raising=False)
     try:
         folder = samples.fetch(tmp_path / "fetched")
     except samples.SampleUnavailableError as exc:
