@@ -16,7 +16,9 @@ from typing import Annotated
 import numpy as np
 import slicer
 import vtk
-from SemiSAMSegmentLib import mrml_io  # also makes ``semisam`` importable in a development checkout
+
+# Importing SemiSAMSegmentLib also makes ``semisam`` importable in a development checkout.
+from SemiSAMSegmentLib import dependencies, mrml_io
 from SemiSAMSegmentLib.defaults import DEFAULTS, INTENSITY_PRESETS, NEEDS_CHECKPOINT, Device, Generalist
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
@@ -145,6 +147,8 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadMaskButton.connect("clicked(bool)", self.onLoadMask)
         self.ui.saveMaskButton.connect("clicked(bool)", self.onSaveMask)
         self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self._updateDependencies()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -192,6 +196,36 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = problem or ""
         if p and p.outputSegmentation:
             self.logic.setSegmentOpacity(p.outputSegmentation, p.segmentOpacity)
+
+    def _updateDependencies(self) -> None:
+        """Show what is missing; the install button is enabled only then."""
+        missing = dependencies.missing_requirements()
+        if not dependencies.torch_available():
+            missing.insert(0, "torch (from the PyTorch extension)")
+        self.ui.installDependenciesButton.enabled = bool(missing)
+        self.ui.dependenciesLabel.text = (
+            _("Missing Python packages: {names}").format(names=", ".join(missing))
+            if missing
+            else _("All Python packages are installed.")
+        )
+
+    def onInstallDependencies(self) -> None:
+        """Install torch through the PyTorch extension, then Resources/requirements.txt, after asking."""
+        if not slicer.util.confirmOkCancelDisplay(
+            _(
+                "SemiSAM needs Python packages that are not installed yet:\n{names}\n\nInstall them now?"
+            ).format(names=self.ui.dependenciesLabel.text)
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+            if not dependencies.torch_available():
+                # torch first: monai would otherwise pull a generic build from PyPI.
+                import PyTorchUtils
+
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                    raise RuntimeError(_("PyTorch was not installed; the other packages need it first."))
+            slicer.util.pip_install(["-r", str(dependencies.requirements_file())])
+        self._updateDependencies()
 
     def onBrowseCheckpoint(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
