@@ -21,7 +21,7 @@ from semisam.volume import VolumeError
 if TYPE_CHECKING:
     from semisam.store.labeled import LabeledStore
 
-_MASK_FILE_RE = re.compile(r"^mask(\.r\d+)?\.nii\.gz$")
+_MASK_REVISION_RE = re.compile(r"^mask\.r\d+\.nii\.gz$")
 
 
 def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False) -> list[str]:
@@ -51,10 +51,6 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
             for name in (rec.image, *sorted(referenced)):
                 if not (case_dir / name).is_file():
                     problems.append(f"cases/{case_dir.name}: {name} is missing")
-            # a mask revision written by a replace_mask that was killed before its commit
-            leftovers += [
-                p for p in case_dir.iterdir() if _MASK_FILE_RE.match(p.name) and p.name not in referenced
-            ]
             if deep:
                 problems += _deep_check(store, rec)
         seqs = Counter(r.seq for r in store.cases())
@@ -100,7 +96,24 @@ def find_leftovers(store: LabeledStore) -> list[Path]:
     for d in folders:
         if d.is_dir():
             out += [p for p in d.iterdir() if p.name.startswith(_fs.TMP_PREFIX) or _is_writer_temp(p.name)]
+    for case_dir in _visible_dirs(store.root / "cases"):
+        out += _orphan_masks(store, case_dir)
     return out + store.models.leftovers()
+
+
+def _orphan_masks(store: LabeledStore, case_dir: Path) -> list[Path]:
+    """Mask revisions written by a ``replace_mask`` killed before its commit (``case.json`` never
+    pointed at them). Only folders holding a revision file have their record read: opening a store of
+    a thousand cases stays a directory listing."""
+    revisions = [p for p in case_dir.iterdir() if _MASK_REVISION_RE.match(p.name)]
+    if not revisions:
+        return []
+    try:
+        rec = store.record(case_dir.name)
+    except StoreError:
+        return []  # no readable record: check_store reports the case itself
+    referenced = {rec.mask, *(h.file for h in rec.history)}
+    return [p for p in revisions if p.name not in referenced]
 
 
 def _is_writer_temp(name: str) -> bool:
