@@ -21,6 +21,10 @@ class Generalist(enum.Enum):
     sam2 = "sam2"  # SAM 2 checkpoint (user file), slices as video frames
     medsam2 = "medsam2"  # MedSAM2 checkpoint (user file)
 
+    def label(self) -> str:
+        """Combo-box text (Slicer's parameter-node enum connector calls ``label``)."""
+        return _LABELS[self]
+
 
 #: Generalists that need a checkpoint file from the user (nothing is downloaded at run time).
 NEEDS_CHECKPOINT = frozenset({Generalist.sam, Generalist.medsam, Generalist.sam2, Generalist.medsam2})
@@ -34,6 +38,10 @@ class TrainingMethod(enum.Enum):
     semisam_plus = "semisam_plus"  # generalist pseudo-labels with confidence weighting
     distillation = "distillation"  # MedSAM -> student with perturbation consistency
 
+    def label(self) -> str:
+        """Combo-box text."""
+        return _LABELS[self]
+
 
 class Device(enum.Enum):
     """Where inference and training run; resolved by ``semisam.device.resolve_device``."""
@@ -41,6 +49,26 @@ class Device(enum.Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+    def label(self) -> str:
+        """Combo-box text."""
+        return _LABELS[self]
+
+
+_LABELS: dict[enum.Enum, str] = {
+    Generalist.litemedsam: "LiteMedSAM (bundled)",
+    Generalist.sam: "SAM (checkpoint file)",
+    Generalist.medsam: "MedSAM (checkpoint file)",
+    Generalist.sam2: "SAM 2 (checkpoint file)",
+    Generalist.medsam2: "MedSAM2 (checkpoint file)",
+    TrainingMethod.supervised: "Supervised (labeled cases only)",
+    TrainingMethod.mean_teacher: "Mean teacher",
+    TrainingMethod.semisam_plus: "SemiSAM+ (generalist pseudo-labels)",
+    TrainingMethod.distillation: "MedSAM-to-student distillation",
+    Device.auto: "auto (CUDA when present)",
+    Device.cpu: "CPU",
+    Device.cuda: "CUDA",
+}
 
 
 #: Intensity presets offered for the generalist's input, as ``semisam.intensity.window_for`` takes them:

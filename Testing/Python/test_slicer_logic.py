@@ -133,6 +133,12 @@ def test_defaults_table_and_settings():
     assert train_module.SemiSAMTrainParameterNode.epochs == defaults.DEFAULTS["epochs"]
 
 
+def test_every_enum_member_has_a_label():
+    for enum_type in (defaults.Generalist, defaults.TrainingMethod, defaults.Device):
+        labels = [member.label() for member in enum_type]
+        assert all(labels) and len(set(labels)) == len(labels)
+
+
 def test_choices_match_the_core():
     registry = pytest.importorskip("semisam.generalists.registry")
     assert {g.value for g in defaults.Generalist} == set(registry.generalist_registry)

@@ -74,11 +74,12 @@ def parameter_fields(tree: ast.Module) -> dict[str, str]:
 
 
 def _widget_fits(widget_class: str, annotation: str) -> bool:
-    """Can Slicer's parameter-node GUI connectors bind this widget class to this annotation?"""
+    """Can Slicer's parameter-node GUI connectors bind this widget class to this annotation? (Mirrors
+    slicer/parameterNodeWrapper/guiConnectors.py: they match the widget's exact class.)"""
     if annotation.startswith("vtkMRML"):
         return widget_class in ("qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView")
     if annotation.startswith("Annotated[float"):
-        return widget_class in ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox")
+        return widget_class in ("ctkSliderWidget", "QDoubleSpinBox")
     if annotation.startswith("Annotated[int"):
         return widget_class in ("QSpinBox", "QSlider")
     if annotation.startswith("Annotated[str") and "Choice(" in annotation:
@@ -86,7 +87,7 @@ def _widget_fits(widget_class: str, annotation: str) -> bool:
     if annotation == "str":
         return widget_class in ("QLineEdit", "QTextEdit")
     if annotation == "bool":
-        return widget_class in ("QCheckBox", "QPushButton", "QRadioButton")
+        return widget_class in ("QCheckBox", "QPushButton")
     if annotation[:1].isupper():  # an enum.Enum subclass (Generalist, Device, TrainingMethod)
         return widget_class == "QComboBox"
     return False
