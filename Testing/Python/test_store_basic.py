@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +229,11 @@ def test_real_ct_case_round_trips(tmp_path, lung1):
     case = store.read_case(rec.case_id)
     assert np.array_equal(case.image.array, image.array) and case.image.same_grid(image)
     assert np.array_equal(case.mask.array, read_mask(lung1.label, image).array)
+
+
+def test_store_imports_without_torch():
+    """The crash drill's children and light tools must start fast: the store never imports torch."""
+    code = "import sys, semisam.store, semisam.store.drill, semisam.store.decathlon; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

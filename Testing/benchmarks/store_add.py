@@ -1,0 +1,121 @@
+"""Benchmark the labeled-set store: cost of a crash-safe add vs a bare write, listing, opening, export.
+
+Prints one JSON object (medians of repeats). Ratios compare the store's add (staging folder, fsync of
+every file and folder, lock, rename) with writing the same image and mask with semisam.volume's atomic
+writers alone, measured in the same process, so the noise of a shared machine mostly cancels.
+
+    python Testing/benchmarks/store_add.py [--repeats 7] [--cases 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semisam.samples import find_case
+from semisam.store import LabeledStore, drill
+from semisam.store.decathlon import export_dataset, import_dataset
+from semisam.volume import read_mask, read_volume, write_mask, write_volume
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _median_s(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_add(tmp: Path, name: str, image, mask, repeats: int) -> dict:
+    store = LabeledStore.create(tmp / f"store-{name}", {1: "lesion"})
+    plain = tmp / f"plain-{name}"
+    counter = iter(range(10**6))
+
+    def bare():
+        n = next(counter)
+        vol = image if not isinstance(image, str | Path) else read_volume(image)
+        write_volume(vol, plain / f"{n}_img.nii.gz")
+        write_mask(mask, vol, plain / f"{n}_msk.nii.gz")
+
+    bare_s = _median_s(bare, repeats)
+    add_s = _median_s(lambda: store.add_case(image, mask), repeats)
+    return {
+        "add_case_s": round(add_s, 4),
+        "bare_write_s": round(bare_s, 4),
+        "ratio_add_vs_bare": round(add_s / bare_s, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--cases", type=int, default=200)
+    args = p.parse_args()
+    out: dict = {
+        "benchmark": "store_add",
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": importlib.metadata.version("torch"),
+            "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
+            "note": "the store does not use torch; listed for comparison with other benchmarks",
+        },
+        "repeats": args.repeats,
+    }
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        image, mask = drill.synthetic_case("bench")
+        out["small_16x32x32"] = bench_add(tmp, "small", image, mask, args.repeats)
+        case = find_case("lung1", extra=[Path(__file__).resolve().parents[3] / "shared" / "data"])
+        if case is not None:
+            ct = read_volume(case.image)
+            ct_mask = read_mask(case.label, ct).array
+            r = max(3, args.repeats // 2)
+            out["lung1_ct_512x512x48_from_array"] = bench_add(tmp, "ct", ct, ct_mask, r)
+            nii = write_volume(ct, tmp / "lung1.nii.gz")
+            out["lung1_ct_512x512x48_from_nifti_file"] = bench_add(tmp, "ctfile", nii, ct_mask, r)
+
+        store = LabeledStore.create(tmp / "many", {1: "lesion"})
+        for _ in range(args.cases):
+            store.add_case(image, mask)
+        out[f"with_{args.cases}_cases"] = {
+            "open_s": round(_median_s(lambda: LabeledStore(tmp / "many"), args.repeats), 4),
+            "list_s": round(_median_s(store.cases, args.repeats), 4),
+            "add_case_s": round(_median_s(lambda: store.add_case(image, mask), args.repeats), 4),
+        }
+        small = LabeledStore.create(tmp / "x", {1: "lesion"})
+        for _ in range(20):
+            small.add_case(image, mask)
+        counter = iter(range(10**6))
+        exp_s = _median_s(lambda: export_dataset(small, tmp / f"exp{next(counter)}"), 3)
+        counter2 = iter(range(10**6))
+        imp_s = _median_s(lambda: import_dataset(tmp / "exp0", tmp / f"imp{next(counter2)}"), 3)
+        out["export_20_small_cases_s"] = round(exp_s, 4)
+        out["import_20_small_cases_s"] = round(imp_s, 4)
+        assert np.array_equal(LabeledStore(tmp / "imp0").read_case("case_0001").mask.array, mask)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
