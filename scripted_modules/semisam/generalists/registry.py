@@ -80,6 +80,7 @@ def build_generalist(
     name: str = DEFAULT_GENERALIST,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
+    backend: str | None = None,
 ) -> PromptableModel:
     """Build a generalist by registry name, with weights from ``checkpoint`` (a user file) or its default.
 
@@ -88,6 +89,9 @@ def build_generalist(
         checkpoint: ``.pth``/``.pt`` (loaded with ``weights_only=True``) or ``.safetensors``; ``None`` uses
             the bundled weights (LiteMedSAM only; the others need a file).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
+        backend: image-encoder runtime for SAM-style models: ``"auto"`` (default; onnxruntime on CPU,
+            exported at first use), ``"onnxruntime"`` or ``"eager"`` (the fp32 PyTorch reference).
+            ``$SEMISAM_ENCODER_BACKEND`` sets the default.
 
     Raises:
         ValueError: unknown name.
@@ -99,5 +103,15 @@ def build_generalist(
         raise ValueError(f"unknown generalist {name!r}; choose one of {', '.join(GENERALIST_NAMES)}")
     dev = resolve_device(device)
     model = generalist_registry[key](checkpoint, dev)
-    log.info("built generalist %s on %s from %s", key, dev, checkpoint or "bundled weights")
+    if hasattr(model, "set_fast_encoder"):
+        from .fast_encoder import apply_backend
+
+        apply_backend(model, backend)
+    log.info(
+        "built generalist %s on %s from %s (encoder: %s)",
+        key,
+        dev,
+        checkpoint or "bundled weights",
+        getattr(model, "encoder_backend", "eager"),
+    )
     return model

@@ -86,6 +86,7 @@ class SamLikeModel(nn.Module):
         self._fast_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
         #: a short tag of the encoder path in use ("eager-fp32", "onnxruntime", ...), for logs and benchmarks
         self.encoder_backend = "eager-fp32"
+        self._dense_pe: torch.Tensor | None = None  # the decoder's positional encoding; constant per model
         #: where checkpoint weights came from (file path), for provenance; None for random weights
         self.checkpoint_path: str | None = None
 
@@ -151,6 +152,13 @@ class SamLikeModel(nn.Module):
             for i, im in enumerate(images)
         ]
 
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's ``(1, C, h, w)`` positional encoding, computed once (it depends on no input)."""
+        pe = self._dense_pe
+        if pe is None or pe.device != self.device:
+            pe = self._dense_pe = self.prompt_encoder.get_dense_pe()
+        return pe
+
     @torch.inference_mode()
     def predict(self, embedding: SliceEmbedding, prompt: SlicePrompt) -> SlicePrediction:
         """Answer one prompt from a cached embedding; logits ``(H, W)`` exactly at the slice's pixel grid.
@@ -201,7 +209,7 @@ class SamLikeModel(nn.Module):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low_res, iou = self.mask_decoder(
             image_embeddings=embedding.features,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,

@@ -1,0 +1,247 @@
+"""Slice embeddings: a memory-bounded LRU cache, a per-volume slice encoder and a background precompute.
+
+Keys are :class:`EmbeddingKey` ``(model, scan, axis, index, window)``: the same slice under another
+intensity window or another model is another embedding. Everything here is thread-safe: the GUI thread
+asks :meth:`SliceEncoder.embedding` while a :class:`Precompute` worker fills the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..intensity import IntensityWindow, apply_window
+from .base import PromptableModel, SliceEmbedding
+
+log = logging.getLogger(__name__)
+
+#: axis name -> numpy axis of a (Z, Y, X) array. ``axial`` slices are array[k] (the file's third voxel axis).
+AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    """Identity of one cached embedding.
+
+    Attributes:
+        model: the generalist's name plus anything that changes its features (e.g. ``"litemedsam"``).
+        scan: a caller-chosen id of the volume (a path, a node id, a content hash).
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        index: slice index along ``axis`` (voxels).
+        window: the intensity window the slice was scaled with.
+    """
+
+    model: str
+    scan: str
+    axis: str
+    index: int
+    window: IntensityWindow
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of :class:`SliceEmbedding` bounded by bytes (``SliceEmbedding.nbytes``).
+
+    Args:
+        max_bytes: the bound. A LiteMedSAM embedding is 256x64x64 float32 = 4 MiB, so the default 512 MiB
+            holds 128 slices.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[EmbeddingKey, SliceEmbedding] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: EmbeddingKey) -> SliceEmbedding | None:
+        with self._lock:
+            emb = self._items.get(key)
+            if emb is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return emb
+
+    def __contains__(self, key: EmbeddingKey) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def put(self, key: EmbeddingKey, emb: SliceEmbedding) -> None:
+        """Insert (or refresh) ``key``; evicts least-recently-used entries to stay within ``max_bytes``.
+
+        An embedding larger than the whole bound is not stored.
+        """
+        size = emb.nbytes()
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes()
+            if size > self.max_bytes:
+                log.warning(
+                    "embedding of %d bytes exceeds the cache bound %d; not cached", size, self.max_bytes
+                )
+                return
+            self._items[key] = emb
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def take_slice(volume_array: np.ndarray, axis: str, index: int) -> np.ndarray:
+    """The 2D slice ``index`` along ``axis`` of a ``(Z, Y, X)`` array.
+
+    ``axial`` -> ``(Y, X)``, ``coronal`` -> ``(Z, X)``, ``sagittal`` -> ``(Z, Y)``; a slice's rows are its
+    first axis and columns its second, matching :class:`~semisam.generalists.base.SlicePrompt` coordinates.
+    """
+    if axis not in AXES:
+        raise ValueError(f"unknown axis {axis!r}; choose one of {', '.join(AXES)}")
+    ax = AXES[axis]
+    n = volume_array.shape[ax]
+    if not 0 <= index < n:
+        raise IndexError(f"slice index {index} outside 0..{n - 1} along axis {axis!r}")
+    return np.take(volume_array, index, axis=ax)
+
+
+class SliceEncoder:
+    """Embeddings of one volume's slices along one axis, through a shared :class:`EmbeddingCache`.
+
+    Args:
+        model: the generalist.
+        volume_array: raw ``(Z, Y, X)`` voxels (not yet scaled; ``window`` scales each slice).
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        window: the volume's intensity window (:func:`semisam.intensity.window_for`).
+        cache: shared cache; a private 512 MiB one when omitted.
+        scan_id: identifies the volume in cache keys; defaults to ``id(volume_array)`` (fine within one
+            process as long as the array lives).
+    """
+
+    def __init__(
+        self,
+        model: PromptableModel,
+        volume_array: np.ndarray,
+        axis: str,
+        window: IntensityWindow,
+        cache: EmbeddingCache | None = None,
+        scan_id: str | None = None,
+    ) -> None:
+        if volume_array.ndim != 3:
+            raise ValueError(f"volume_array must be (Z, Y, X), got shape {volume_array.shape}")
+        if axis not in AXES:
+            raise ValueError(f"unknown axis {axis!r}; choose one of {', '.join(AXES)}")
+        self.model = model
+        self.volume_array = volume_array
+        self.axis = axis
+        self.window = window
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.scan_id = scan_id or f"array-{id(volume_array)}"
+        # One encode at a time per encoder: the worker and the GUI asking for the same slice then share
+        # the work instead of doing it twice (the second caller finds it cached).
+        self._encode_lock = threading.Lock()
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.volume_array.shape[AXES[self.axis]])
+
+    def key(self, index: int) -> EmbeddingKey:
+        return EmbeddingKey(self.model.name, self.scan_id, self.axis, int(index), self.window)
+
+    def image(self, index: int) -> np.ndarray:
+        """Slice ``index`` scaled to float32 ``[0, 1]``, shape as :func:`take_slice`."""
+        return apply_window(take_slice(self.volume_array, self.axis, index), self.window)
+
+    def cached(self, index: int) -> bool:
+        return self.key(index) in self.cache
+
+    def embedding(self, index: int) -> SliceEmbedding:
+        """The slice's embedding: from the cache, or encoded now (under ``torch.inference_mode``) and cached."""
+        key = self.key(index)
+        emb = self.cache.get(key)
+        if emb is not None:
+            return emb
+        with self._encode_lock:
+            emb = self.cache.get(key)
+            if emb is None:
+                with torch.inference_mode():
+                    emb = self.model.encode(self.image(index))
+                self.cache.put(key, emb)
+        return emb
+
+    def precompute(self, indices: Iterable[int], start: bool = True) -> Precompute:
+        """A background worker that encodes ``indices`` into the cache (see :class:`Precompute`)."""
+        job = Precompute(self, indices)
+        if start:
+            job.start()
+        return job
+
+
+class Precompute:
+    """Encode a range of slices into the cache on a daemon thread; cancellable between slices.
+
+    ``done`` counts slices that are now cached (including ones that already were); ``error`` holds the
+    exception that stopped the worker, if any.
+    """
+
+    def __init__(self, encoder: SliceEncoder, indices: Iterable[int]) -> None:
+        self.encoder = encoder
+        self.indices = [int(i) for i in indices]
+        self.done = 0
+        self.error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="semisam-precompute", daemon=True)
+
+    def start(self) -> Precompute:
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Stop after the slice being encoded now (an encoder call cannot be interrupted midway)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join the worker; True when it has finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            for index in self.indices:
+                if self._cancel.is_set():
+                    log.info("precompute cancelled after %d/%d slices", self.done, len(self.indices))
+                    return
+                self.encoder.embedding(index)
+                self.done += 1
+        except BaseException as exc:  # reported to the owner through .error; a worker must not die silently
+            log.exception("precompute failed at slice %d", self.indices[self.done])
+            self.error = exc
