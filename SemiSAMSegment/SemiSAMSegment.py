@@ -19,7 +19,15 @@ import vtk
 
 # Importing SemiSAMSegmentLib also makes ``semisam`` importable in a development checkout.
 from SemiSAMSegmentLib import dependencies, mrml_io
-from SemiSAMSegmentLib.defaults import DEFAULTS, INTENSITY_PRESETS, NEEDS_CHECKPOINT, Device, Generalist
+from SemiSAMSegmentLib.defaults import (
+    DEFAULTS,
+    INTENSITY_PRESETS,
+    NEEDS_CHECKPOINT,
+    Device,
+    Generalist,
+    preferences_to_apply,
+    preferences_to_store,
+)
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 try:  # the Slicer application
@@ -158,7 +166,24 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._storePreferences()
         self.setParameterNode(None)
+
+    #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
+    PREFERENCES = ("generalist", "generalistCheckpoint", "intensityPreset", "segmentName", "device")
+
+    def _preferenceValues(self) -> dict:
+        return {key: getattr(self._parameterNode, key) for key in self.PREFERENCES}
+
+    def _applyPreferences(self) -> None:
+        for key, value in preferences_to_apply(self._preferenceValues(), qt.QSettings().value).items():
+            setattr(self._parameterNode, key, value)
+
+    def _storePreferences(self) -> None:
+        if self._parameterNode:
+            settings = qt.QSettings()
+            for key, value in preferences_to_store(self._preferenceValues()).items():
+                settings.setValue(key, value)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -169,6 +194,7 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        self._applyPreferences()
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:

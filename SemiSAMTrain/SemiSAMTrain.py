@@ -21,7 +21,13 @@ try:
     import SemiSAMSegmentLib  # noqa: F401  (shared helpers; importing it also makes ``semisam`` importable)
 except ImportError:  # development checkout: the helpers live in the sibling SemiSAMSegment folder
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SemiSAMSegment"))
-from SemiSAMSegmentLib.defaults import DEFAULTS, Device, TrainingMethod
+from SemiSAMSegmentLib.defaults import (
+    DEFAULTS,
+    Device,
+    TrainingMethod,
+    preferences_to_apply,
+    preferences_to_store,
+)
 
 try:  # the Slicer application
     import qt
@@ -149,7 +155,24 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._storePreferences()
         self.setParameterNode(None)
+
+    #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
+    PREFERENCES = ("storeFolder", "trainingMethod", "device", "epochs")
+
+    def _preferenceValues(self) -> dict:
+        return {key: getattr(self._parameterNode, key) for key in self.PREFERENCES}
+
+    def _applyPreferences(self) -> None:
+        for key, value in preferences_to_apply(self._preferenceValues(), qt.QSettings().value).items():
+            setattr(self._parameterNode, key, value)
+
+    def _storePreferences(self) -> None:
+        if self._parameterNode:
+            settings = qt.QSettings()
+            for key, value in preferences_to_store(self._preferenceValues()).items():
+                settings.setValue(key, value)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -160,6 +183,7 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        self._applyPreferences()
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:

@@ -8,7 +8,7 @@ this table and converts to the default's type). Nothing here imports qt or ``sli
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -87,7 +87,6 @@ DEFAULTS: dict[str, Any] = {
     "storeFolder": "",  # empty: the user must choose; the store is never created in a guessed place
     "trainingMethod": TrainingMethod.semisam_plus,
     "epochs": 50,
-    "installDependenciesWithoutAsking": False,
 }
 
 SETTINGS_PREFIX = "SemiSAM/"
@@ -113,3 +112,24 @@ def setting(read: Callable[[str], Any], key: str) -> Any:
         return type(default)(raw)
     except (ValueError, TypeError):
         return default
+
+
+def preferences_to_apply(current: Mapping[str, Any], read: Callable[[str], Any]) -> dict[str, Any]:
+    """Stored preferences for the fields of ``current`` (a parameter node's values) that still hold the
+    built-in default: a fresh scene starts from the user's last choices, a saved scene keeps its own."""
+    out = {}
+    for key, value in current.items():
+        if key in DEFAULTS and value == DEFAULTS[key]:
+            stored = setting(read, key)
+            if stored != value:
+                out[key] = stored
+    return out
+
+
+def preferences_to_store(current: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"SemiSAM/<key>": value}`` to write to the application settings (enums as their value)."""
+    return {
+        SETTINGS_PREFIX + key: (value.value if isinstance(value, enum.Enum) else value)
+        for key, value in current.items()
+        if key in DEFAULTS
+    }

@@ -115,18 +115,23 @@ def test_store_problem(tmp_path):
 
 
 def test_defaults_table_and_settings():
-    stored = {
-        "SemiSAM/generalist": "sam2",
-        "SemiSAM/epochs": "12",
-        "SemiSAM/installDependenciesWithoutAsking": "true",
-    }
+    stored = {"SemiSAM/generalist": "sam2", "SemiSAM/epochs": "12", "SemiSAM/storeFolder": "/data/store"}
     assert defaults.setting(stored.get, "generalist") is defaults.Generalist.sam2
     assert defaults.setting(stored.get, "epochs") == 12
-    assert defaults.setting(stored.get, "installDependenciesWithoutAsking") is True
+    assert defaults.setting(stored.get, "storeFolder") == "/data/store"
     assert defaults.setting({"SemiSAM/device": "tpu"}.get, "device") is defaults.Device.auto  # bad value
+    assert defaults.setting({"SemiSAM/epochs": "many"}.get, "epochs") == defaults.DEFAULTS["epochs"]
     assert defaults.setting({}.get, "trainingMethod") is defaults.TrainingMethod.semisam_plus
     with pytest.raises(KeyError, match="unknown SemiSAM preference 'nope'"):
         defaults.setting({}.get, "nope")
+    # Preferences fill only fields still at the built-in default; a scene's own choices win.
+    current = {"generalist": defaults.Generalist.litemedsam, "epochs": 5, "device": defaults.Device.auto}
+    assert defaults.preferences_to_apply(current, stored.get) == {"generalist": defaults.Generalist.sam2}
+    assert defaults.preferences_to_store(current) == {
+        "SemiSAM/generalist": "litemedsam",
+        "SemiSAM/epochs": 5,
+        "SemiSAM/device": "auto",
+    }
     # The parameter nodes take their defaults from the one table.
     fields = segment_module.SemiSAMSegmentParameterNode
     assert fields.generalist is defaults.DEFAULTS["generalist"]

@@ -208,3 +208,21 @@ def test_checker_reports_boolean_string_field():
         '    device: Device = DEFAULTS["device"]\n    useGpu: str = "true"\n',
     )
     assert any("useGpu stores 'true' as a string" in p for p in check_module(broken, ui.read_text()))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_remembered_preferences_are_parameter_fields_with_defaults(module):
+    tree = ast.parse(_paths(module)[0].read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+    (prefs,) = [
+        ast.literal_eval(s.value)
+        for s in widget.body
+        if isinstance(s, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "PREFERENCES" for t in s.targets)
+    ]
+    import sys
+
+    sys.path.insert(0, str(REPO / "SemiSAMSegment"))
+    from SemiSAMSegmentLib.defaults import DEFAULTS
+
+    assert set(prefs) <= set(parameter_fields(tree)) and set(prefs) <= set(DEFAULTS)
