@@ -101,6 +101,8 @@ def test_clear_errors(store, tmp_path):
     store.add_case(image, mask, case_id="c1")
     with pytest.raises(CaseExistsError, match="'c1' already exists"):
         store.add_case(image, mask, case_id="c1")
+    with pytest.raises(CaseExistsError, match="'C1' already exists"):  # one folder on macOS / Windows
+        store.add_case(image, mask, case_id="C1")
     with pytest.raises(ValueError, match="invalid case id"):
         store.add_case(image, mask, case_id="../escape")
     with pytest.raises(ValueError, match="split must be one of"):

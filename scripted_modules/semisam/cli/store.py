@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--modality", help="CT, MR, ...")
     a.add_argument("--name", help="dataset name (default: the folder name)")
-    a.set_defaults(func=cmd_init)
+    a.set_defaults(func=_friendly_os_errors(cmd_init))
 
     a = ss.add_parser("add", help="add a labeled case (image + mask + provenance)")
     a.add_argument("root")
@@ -47,54 +47,70 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--model-version", help="model version that proposed the mask")
     a.add_argument("--proposal", help="the proposed mask file; its Dice vs MASK is recorded")
     a.add_argument("--notes")
-    a.set_defaults(func=cmd_add)
+    a.set_defaults(func=_friendly_os_errors(cmd_add))
 
     a = ss.add_parser("add-unlabeled", help="register unlabeled scans (copied, or referenced in place)")
     a.add_argument("root")
     a.add_argument("images", nargs="+")
     a.add_argument("--reference", action="store_true", help="keep the scans where they are (store the path)")
-    a.set_defaults(func=cmd_add_unlabeled)
+    a.set_defaults(func=_friendly_os_errors(cmd_add_unlabeled))
 
     a = ss.add_parser("list", help="list cases (and unlabeled scans, model versions)")
     a.add_argument("root")
     a.add_argument("--split", choices=["train", "validation"])
     a.add_argument("--json", action="store_true", help="machine-readable records")
-    a.set_defaults(func=cmd_list)
+    a.set_defaults(func=_friendly_os_errors(cmd_list))
 
     a = ss.add_parser("export", help="write an MSD / nnU-Net raw dataset folder")
     a.add_argument("root")
     a.add_argument("dest", help="new folder, e.g. Dataset501_Name")
     a.add_argument("--layout", choices=["nnunetv2", "msd"], default="nnunetv2")
-    a.set_defaults(func=cmd_export)
+    a.set_defaults(func=_friendly_os_errors(cmd_export))
 
     a = ss.add_parser(
         "import", help="import an MSD / nnU-Net raw dataset folder (creates the store if needed)"
     )
     a.add_argument("src", help="folder with dataset.json, imagesTr/, labelsTr/ [, imagesTs/]")
     a.add_argument("root")
-    a.set_defaults(func=cmd_import)
+    a.set_defaults(func=_friendly_os_errors(cmd_import))
 
     a = ss.add_parser("check", help="check every record and file; --clean removes leftovers of killed writes")
     a.add_argument("root")
     a.add_argument("--clean", action="store_true")
     a.add_argument("--deep", action="store_true", help="also read every image and mask")
-    a.set_defaults(func=cmd_check)
+    a.set_defaults(func=_friendly_os_errors(cmd_check))
 
     a = ss.add_parser("add-model", help="register a model folder (manifest.json + weights.safetensors)")
     a.add_argument("root")
     a.add_argument("model_dir")
     a.add_argument("--dice", type=float, help="its Dice on the store's current validation split")
-    a.set_defaults(func=cmd_add_model)
+    a.set_defaults(func=_friendly_os_errors(cmd_add_model))
 
     a = ss.add_parser("promote", help="make a model version active (must beat the active one unless --force)")
     a.add_argument("root")
     a.add_argument("version")
     a.add_argument("--force", action="store_true")
-    a.set_defaults(func=cmd_promote)
+    a.set_defaults(func=_friendly_os_errors(cmd_promote))
 
     a = ss.add_parser("rollback", help="make the previously active model version active again")
     a.add_argument("root")
-    a.set_defaults(func=cmd_rollback)
+    a.set_defaults(func=_friendly_os_errors(cmd_rollback))
+
+
+def _friendly_os_errors(func):
+    """Disk full, permission denied...: one line naming the file, like every other store error."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StoreError(
+                f"{exc.strerror or exc}; nothing was changed for the failed item", exc.filename
+            ) from exc
+
+    return wrapped
 
 
 def _parse_labels(items: list[str]) -> dict[int, str]:

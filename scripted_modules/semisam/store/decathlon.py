@@ -185,6 +185,8 @@ def _training_pairs(src: Path, meta: dict[str, Any], layout: str) -> list[tuple[
     else:
         ending = meta.get("file_ending", ENDING)
         for image in sorted((src / "imagesTr").glob(f"*{ending}")):
+            if image.name.startswith("."):  # macOS "._x.nii.gz" resource forks ship inside MSD tarballs
+                continue
             stem = image.name[: -len(ending)]
             if layout == "nnunetv2" and not stem.endswith(CHANNEL):
                 raise StoreError(f"image name does not end in {CHANNEL}{ending} (nnU-Net v2 naming)", image)
@@ -224,6 +226,8 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
     layout, labels, modality = _labels_and_layout(meta, src / "dataset.json")
     pairs = _training_pairs(src, meta, layout)
     tests = _test_images(src, layout)
+    order = {sid: n for n, sid in enumerate((meta.get("semisam") or {}).get("unlabeled") or [])}
+    tests.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
     semisam = meta.get("semisam") or {}
     info = semisam.get("cases") or {}
     splits = _splits(src, semisam)

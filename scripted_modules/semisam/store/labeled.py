@@ -310,9 +310,10 @@ class LabeledStore:
         with self.lock:
             existing = self.cases()
             seq = max((r.seq for r in existing), default=0) + 1
-            taken = set(self._ids_quick())
+            # Lower-cased: "Case1" and "case1" are one folder on macOS and Windows file systems.
+            taken = {i.lower() for i in self._ids_quick()}
             cid = case_id or _auto_id("case", seq, taken)
-            if cid in taken:
+            if cid.lower() in taken:
                 raise CaseExistsError(f"case {cid!r} already exists in the store", self.root)
             n_val = sum(r.split == "validation" for r in existing)
             rec = CaseRecord(
@@ -389,9 +390,11 @@ class LabeledStore:
         with self.lock:
             existing = self.unlabeled()
             seq = max((r.seq for r in existing), default=0) + 1
-            taken = {p.name for p in (self.root / "unlabeled").iterdir() if not p.name.startswith(".")}
+            taken = {
+                p.name.lower() for p in (self.root / "unlabeled").iterdir() if not p.name.startswith(".")
+            }
             sid = scan_id or _auto_id("scan", seq, taken)
-            if sid in taken:
+            if sid.lower() in taken:
                 raise CaseExistsError(f"unlabeled scan {sid!r} already exists in the store", self.root)
             rec = UnlabeledRecord(
                 scan_id=sid,
