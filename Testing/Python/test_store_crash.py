@@ -1,8 +1,9 @@
 """Crash safety: a child adding cases is SIGKILLed at 100 random moments; the store must survive each.
 
 After every kill the store must open, list only complete cases (every voxel of image and mask checked
-against what the child wrote), keep every case, mask replacement and scan whose call had returned (the
-child logs each one after the call returns), and `check` must find nothing but removable leftovers.
+against what the child wrote), keep every case, mask replacement, scan, model version and promotion whose
+call had returned (the child logs each one after the call returns), the active-model pointer must name a
+complete version, and `check` must find nothing but removable leftovers.
 The child is forked from a forkserver that has already imported the store (no torch), so one round costs
 tens of milliseconds instead of a fresh interpreter's ~0.5 s; it is still a separate process killed
 with SIGKILL.
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from semisam.store import LabeledStore, drill
+from semisam.store.registry import sha256_file
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and forkserver are POSIX")
 
@@ -33,10 +35,10 @@ SEED = 20261121
 MAX_DELAY_S = 0.3
 
 
-def _parse_log(path: Path) -> tuple[dict[str, str], dict[str, int], set[str]]:
-    cases, masks, scans = {}, {}, set()
+def _parse_log(path: Path) -> tuple[dict[str, str], dict[str, int], set[str], list[str], list[str]]:
+    cases, masks, scans, models, actives = {}, {}, set(), [], []
     if not path.exists():
-        return cases, masks, scans
+        return cases, masks, scans, models, actives
     for line in path.read_text().splitlines():
         kind, *rest = line.split()
         if kind == "case":
@@ -45,7 +47,11 @@ def _parse_log(path: Path) -> tuple[dict[str, str], dict[str, int], set[str]]:
             masks[rest[0]] = max(masks.get(rest[0], 0), int(rest[1]))
         elif kind == "scan":
             scans.add(rest[0])
-    return cases, masks, scans
+        elif kind == "model":
+            models.append(rest[0])
+        elif kind == "active":
+            actives.append(rest[0])
+    return cases, masks, scans, models, actives
 
 
 def _verify_case(store: LabeledStore, case_id: str) -> None:
@@ -68,13 +74,14 @@ def test_store_survives_kill_9_at_100_random_moments(tmp_path):
 
     root = tmp_path / "store"
     LabeledStore.create(root, {1: "lesion"}, modality="CT")
+    source_sha = sha256_file(drill.model_folder(tmp_path / "drill-model") / "weights.safetensors")
     log = tmp_path / "returned.log"
     rng = random.Random(SEED)
     verified: dict[str, int] = {}  # case id -> mask revision already checked voxel by voxel
     stats: Counter = Counter()
     t0 = time.perf_counter()
     for k in range(KILLS):
-        child = ctx.Process(target=drill.run, args=(str(root), str(log), f"k{k}"))
+        child = ctx.Process(target=drill.run, args=(str(root), str(log), f"k{k}", None, True))
         child.start()
         time.sleep(rng.uniform(0.0, MAX_DELAY_S))
         os.kill(child.pid, signal.SIGKILL)
@@ -86,7 +93,7 @@ def test_store_survives_kill_9_at_100_random_moments(tmp_path):
         store = LabeledStore(root)  # must open; removes the killed write's leftovers
         assert store.leftovers() == [], f"round {k}: leftovers not cleaned on open"
         records = {r.case_id: r for r in store.cases()}
-        returned_cases, returned_masks, returned_scans = _parse_log(log)
+        returned_cases, returned_masks, returned_scans, returned_models, actives = _parse_log(log)
         lost = set(returned_cases) - set(records)
         assert not lost, f"round {k}: cases whose add returned are missing: {sorted(lost)}"
         for cid, rev in returned_masks.items():
@@ -98,10 +105,21 @@ def test_store_survives_kill_9_at_100_random_moments(tmp_path):
                 verified[cid] = rec.mask_revision
         for s in store.unlabeled():
             assert store.unlabeled_path(s.scan_id).is_file()
+        registry = store.models
+        versions = {v.version: v for v in registry.versions()}
+        assert set(returned_models) <= set(versions), f"round {k}: a registered model version was lost"
+        for v in versions.values():
+            assert sha256_file(v.path / "weights.safetensors") == v.sha256 == source_sha, (
+                f"round {k}: {v.version}"
+            )
+        active = registry.active()  # the pointer parses and names a complete version
+        if actives:
+            assert active is not None and active.version >= actives[-1], f"round {k}: promotion lost"
         assert store.check() == [], f"round {k}: store check found problems"
         stats["committed_not_logged"] += len(records) - len(returned_cases)
 
     seqs = [r.seq for r in LabeledStore(root).cases()]
+    assert len(LabeledStore(root).models.versions()) >= 3
     assert len(seqs) == len(set(seqs))
     print(
         f"{KILLS} kills in {time.perf_counter() - t0:.1f} s: {len(verified)} cases, "

@@ -6,7 +6,7 @@ people who want to see the store survive ``kill -9`` on their own disk::
     python -m semisam.store.drill STORE --log returned.txt --count 50 --key a
 
 Each operation that *returned* is appended to ``--log`` as one line (``case <id> <key>``,
-``mask <id> <revision>``, ``scan <id>``) with a single ``write`` on an ``O_APPEND`` file, so a kill
+``mask <id> <revision>``, ``scan <id>``, ``model <version>``, ``active <version>``) with a single ``write`` on an ``O_APPEND`` file, so a kill
 right after the store call can lose the line but never corrupt the log. Volumes are small
 (16 x 32 x 32) and derived from the key, so a checker can regenerate and compare every voxel.
 Never imports torch (starts in a fraction of a second).
@@ -15,12 +15,14 @@ Never imports torch (starts in a fraction of a second).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from semisam.store import _fs
 from semisam.store.labeled import LabeledStore
 from semisam.store.records import Provenance
 from semisam.volume import Volume
@@ -44,11 +46,40 @@ def replaced_mask(key: str, revision: int) -> np.ndarray:
     return np.roll(mask, revision - 1, axis=2)
 
 
-def run(root: str | os.PathLike, log_path: str | os.PathLike, key: str, count: int | None = None) -> int:
-    """Add cases keyed ``<key>-<n>`` until ``count`` (forever when None); every 3rd add also replaces
-    that case's mask and every 4th registers an unlabeled scan. Returns the number of cases added."""
+def model_folder(path: Path) -> Path:
+    """A small valid model folder (manifest.json + weights.safetensors) at ``path``, made atomically once."""
+    if path.is_dir():
+        return path
+    from safetensors.numpy import save_file  # numpy only, no torch
+
+    tmp = _fs.tmp_name(path.parent, path.name)
+    tmp.mkdir(parents=True)
+    save_file({"w": np.arange(4096, dtype=np.float32)}, str(tmp / "weights.safetensors"))
+    manifest = {"format_version": 1, "arch": "drill", "kwargs": {}, "labels": {"1": "lesion"}}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another drill made it first
+        _fs.remove_path(tmp)
+    return path
+
+
+def run(
+    root: str | os.PathLike,
+    log_path: str | os.PathLike,
+    key: str,
+    count: int | None = None,
+    models: bool = False,
+) -> int:
+    """Add cases keyed ``<key>-<n>`` until ``count`` (forever when None).
+
+    Every 3rd add also replaces that case's mask, every 4th registers an unlabeled scan and, with
+    ``models``, each case whose store-wide sequence number is a multiple of 4 registers a model version
+    and promotes it. Returns the number of cases added.
+    """
     store = LabeledStore(root)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    source = model_folder(Path(log_path).parent / "drill-model") if models else None
     try:
         n = 0
         while count is None or n < count:
@@ -63,6 +94,11 @@ def run(root: str | os.PathLike, log_path: str | os.PathLike, key: str, count: i
             if n % 4 == 0:
                 scan = store.add_unlabeled(image)
                 os.write(fd, f"scan {scan.scan_id}\n".encode())
+            if source is not None and rec.seq % 4 == 0:  # seq: counts across drills, so short ones too
+                version = store.models.add(source).version
+                os.write(fd, f"model {version}\n".encode())
+                store.models.promote(version, require_better=False)
+                os.write(fd, f"active {version}\n".encode())
         return n
     finally:
         os.close(fd)
@@ -74,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", type=Path, required=True, help="file to append each returned operation to")
     p.add_argument("--key", default="drill", help="prefix of the synthetic cases' keys")
     p.add_argument("--count", type=int, default=None, help="number of cases (default: until killed)")
+    p.add_argument("--models", action="store_true", help="also register and promote model versions")
     args = p.parse_args(argv)
-    run(args.store, args.log, args.key, args.count)
+    run(args.store, args.log, args.key, args.count, args.models)
     return 0
 
 
