@@ -166,7 +166,10 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _applyPreferences(self) -> None:
         for key, value in preferences_to_apply(self._preferenceValues(), qt.QSettings().value).items():
-            setattr(self._parameterNode, key, value)
+            try:
+                setattr(self._parameterNode, key, value)
+            except ValueError as exc:  # a stored value this version no longer offers: keep the default
+                log.warning("ignoring stored preference SemiSAM/%s=%r: %s", key, value, exc)
 
     def _storePreferences(self) -> None:
         if self._parameterNode:
