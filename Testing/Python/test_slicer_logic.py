@@ -149,3 +149,13 @@ def test_choices_match_the_core():
     assert {g.value for g in defaults.Generalist} == set(registry.generalist_registry)
     intensity = pytest.importorskip("semisam.intensity")
     assert set(defaults.INTENSITY_PRESETS) == set(intensity.CT_PRESETS) | {"auto", "percentile"}
+
+
+def test_too_old_python_is_refused_with_the_needed_slicer():
+    import SemiSAMSegmentLib
+
+    SemiSAMSegmentLib.check_python((3, 12))
+    with pytest.raises(
+        ImportError, match=r"Python >= 3\.11 \(3D Slicer 5\.10 or later\); this interpreter is Python 3\.9"
+    ):
+        SemiSAMSegmentLib.check_python((3, 9))
