@@ -1,0 +1,255 @@
+"""Run a propagation session: key-slice answers, tracks both ways, reconciliation, 3D clean-up.
+
+2D models (LiteMedSAM, SAM, MedSAM): each key slice is answered from its prompts; from every key slice a
+track runs up and one runs down, slice by slice (:func:`semisam.propagation.step.propagate_one`), until
+the structure ends or the next key slice is reached. Between two key slices both tracks cover the gap;
+each slice takes the distance-weighted mean of their logits (the nearer key slice counts more; a slice
+reached by only one track takes that one). Finally :func:`semisam.propagation.cleanup.keep_supported`
+keeps only the 3D components that a key slice's mask touches.
+
+SAM 2-family models (``propagate_volume`` method): the slices go to SAM 2's video predictor as frames
+and its memory bank propagates; their object score is the per-slice confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from semisam.generalists.base import SlicePrompt
+from semisam.prompts import Prompt, box_from_mask, put_slice
+from semisam.propagation.cleanup import keep_supported
+from semisam.propagation.lesion import LesionModel
+from semisam.propagation.state import KeySlice, PropagationState, Track
+from semisam.propagation.step import SliceResult, propagate_one
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PropagationResult:
+    """What :func:`propagate` returns.
+
+    Attributes:
+        mask: ``(Z, Y, X)`` uint8, 1 = structure, on the volume's grid.
+        confidence: ``(n_slices,)`` float32 along the axis: per-slice confidence in [0, 1] (predicted IoU
+            x lesion likeness for 2D models; SAM 2's object score), ``NaN`` where nothing was segmented.
+        source: ``(n_slices,)`` int: the key slice each slice's mask came from (-1: none; for a slice
+            between two key slices, the nearer one).
+        stops: ``{"<key>:<+1|-1>": reason}`` why each track ended before the next key slice.
+        key_slices: the prompted slices.
+    """
+
+    mask: np.ndarray
+    confidence: np.ndarray
+    source: np.ndarray
+    stops: dict[str, str]
+    key_slices: list[int]
+
+    @property
+    def slices(self) -> list[int]:
+        """Slices with a non-empty mask, in order."""
+        return [int(i) for i in np.flatnonzero(~np.isnan(self.confidence))]
+
+    def summary(self) -> dict:
+        """JSON-friendly per-slice confidence and stopping reasons."""
+        return {
+            "key_slices": self.key_slices,
+            "slices": {
+                str(i): {"confidence": round(float(self.confidence[i]), 4), "from_key": int(self.source[i])}
+                for i in self.slices
+            },
+            "stops": self.stops,
+        }
+
+
+def _key_prompts(key: KeySlice, previous: SliceResult | None) -> list[SlicePrompt]:
+    """The prompts to ask the model on a key slice: one per box (sharing the points); with points only,
+    the previous propagated mask's box (if any) anchors them."""
+    pts = [p for p in key.prompts if p.point is not None]
+    points = np.array([p.point for p in pts], dtype=np.float32).reshape(-1, 2) if pts else None
+    labels = np.array([1 if p.positive else 0 for p in pts], dtype=np.int64) if pts else None
+    boxes = [p.box for p in key.prompts if p.box is not None]
+    if not boxes and previous is not None:
+        pbox = box_from_mask(previous.mask)
+        if pbox is not None:
+            boxes = [pbox]
+    if boxes:
+        return [
+            SlicePrompt(box=tuple(float(v) for v in b), points=points, point_labels=labels)  # type: ignore[arg-type]
+            for b in boxes
+        ]
+    if labels is not None and labels.any():
+        return [SlicePrompt(points=points, point_labels=labels)]
+    return []  # negative points only, nothing here yet: the structure is absent on this slice
+
+
+def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: SliceResult | None) -> None:
+    prompts = _key_prompts(key, previous)
+    key.result, key.lesion, key.fresh = None, None, True
+    if not prompts:
+        return
+    emb = state.embedding(index)
+    preds = [state.predict(emb, p) for p in prompts]
+    logits = np.maximum.reduce([p.logits for p in preds]).astype(np.float32)
+    score = float(np.mean([p.score for p in preds]))
+    res = SliceResult(index, logits, score, 1.0, index, prompts[0], "key")
+    if res.mask.any():
+        key.result = res
+        key.lesion = LesionModel.fit(state.image(index), res.mask)
+
+
+def _limit(state: PropagationState, key: int, direction: int) -> int:
+    others = [k for k in state.keys if (k - key) * direction > 0]
+    if not others:
+        return state.n_slices if direction > 0 else -1
+    return min(others) if direction > 0 else max(others)
+
+
+def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: Callable | None) -> None:
+    """Extend ``track`` from its last result (or the key slice) until it stops or reaches its limit."""
+    if key.result is None:
+        track.stop = "key slice has no mask"
+        return
+    prev = track.results[-1] if track.results else key.result
+    s = prev.slice + track.direction
+    while s != track.limit:
+        outcome = propagate_one(
+            state,  # its predict() counts decoder calls
+            state.embedding(s),
+            state.image(s),
+            prev,
+            key.lesion,
+            state.params,
+            state.pixel_mm,
+            state.slice_mm,
+            s,
+        )
+        if progress is not None:
+            progress(s, outcome)
+        if outcome.stop is not None:
+            track.stop = f"slice {s}: {outcome.stop}"
+            log.debug("track %d%+d stops at %s", track.key, track.direction, track.stop)
+            return
+        assert outcome.result is not None
+        outcome.result.key = track.key
+        track.results.append(outcome.result)
+        prev = outcome.result
+        s += track.direction
+    track.stop = None
+
+
+def _update_track(state: PropagationState, k: int, d: int, progress: Callable | None) -> Track:
+    """Bring track ``(k, d)`` up to date with the current key slices, reusing its masks when possible."""
+    limit = _limit(state, k, d)
+    track = state.tracks.get((k, d))
+    if track is None:
+        track = state.tracks[(k, d)] = Track(k, d, limit)
+        _run_track(state, state.keys[k], track, progress)
+    elif (track.limit - limit) * d > 0:
+        # A new key slice cut into the track: keep the masks before it; no model call needed.
+        kept = [r for r in track.results if (limit - r.slice) * d > 0]
+        if len(kept) < len(track.results):
+            track.results, track.stop = kept, None
+        track.limit = limit
+    elif track.limit != limit:
+        track.limit = limit  # the limit moved away: continue where the track had reached its old limit
+        if track.stop is None:
+            _run_track(state, state.keys[k], track, progress)
+    return track
+
+
+def propagate(
+    state: PropagationState, progress: Callable[[int, object], None] | None = None
+) -> PropagationResult:
+    """Bring every key slice and track up to date (reusing what is still valid) and assemble the mask.
+
+    Args:
+        state: from :func:`~semisam.propagation.state.init_state` with at least one prompt.
+        progress: called as ``progress(slice_index, outcome)`` after each propagated slice.
+
+    Returns:
+        :class:`PropagationResult`.
+    """
+    if not state.keys:
+        raise ValueError("no prompts: add a box or a point on at least one slice first")
+    if hasattr(state.model, "propagate_volume"):
+        from semisam.propagation.memory import propagate_with_memory
+
+        return propagate_with_memory(state)
+    for k in sorted(state.keys):
+        key = state.keys[k]
+        if not key.fresh:
+            _answer_key(state, k, key, _current_result(state, k))
+            for d in (1, -1):
+                state.tracks.pop((k, d), None)
+    for k in sorted(state.keys):
+        for d in (1, -1):
+            _update_track(state, k, d, progress)
+    return _assemble(state)
+
+
+def _current_result(state: PropagationState, index: int) -> SliceResult | None:
+    """The mask a track currently gives slice ``index`` (to anchor point-only corrections)."""
+    best = None
+    for t in state.tracks.values():
+        for r in t.results:
+            if r.slice == index and (best is None or r.confidence > best.confidence):
+                best = r
+    return best
+
+
+def _assemble(state: PropagationState) -> PropagationResult:
+    n = state.n_slices
+    per_slice: dict[int, list[SliceResult]] = {}
+    for k, key in state.keys.items():
+        if key.result is not None:
+            per_slice[k] = [key.result]
+    for t in state.tracks.values():
+        for r in t.results:
+            if r.slice not in state.keys:
+                per_slice.setdefault(r.slice, []).append(r)
+    mask = np.zeros(state.volume.shape, dtype=np.uint8)
+    confidence = np.full(n, np.nan, dtype=np.float32)
+    source = np.full(n, -1, dtype=np.int64)
+    for s, results in per_slice.items():
+        if len(results) == 1:
+            r = results[0]
+            logits, conf, src = r.logits, (r.score if s in state.keys else r.confidence), r.key
+        else:
+            # Between two key slices: weight each track by closeness of its key slice.
+            w = np.array([1.0 / abs(s - r.key) for r in results])
+            w /= w.sum()
+            logits = sum(wi * r.logits for wi, r in zip(w, results, strict=True))
+            conf = float(sum(wi * r.confidence for wi, r in zip(w, results, strict=True)))
+            src = results[int(np.argmax(w))].key
+        m = logits > 0
+        if m.any():
+            put_slice(mask, state.axis, s, m.astype(np.uint8))
+            confidence[s], source[s] = conf, src
+    support = np.zeros(state.volume.shape, dtype=bool)
+    for k, key in state.keys.items():
+        if key.result is not None:
+            put_slice(support, state.axis, k, key.result.mask)
+    mask = keep_supported(mask, support)
+    for s in range(n):  # slices emptied by the clean-up lose their confidence
+        if not np.isnan(confidence[s]) and not _slice_any(mask, state.axis, s):
+            confidence[s], source[s] = np.nan, -1
+    stops = {f"{t.key}:{t.direction:+d}": t.stop for t in state.tracks.values() if t.stop}
+    return PropagationResult(mask, confidence, source, stops, sorted(state.keys))
+
+
+def _slice_any(mask: np.ndarray, axis: str, s: int) -> bool:
+    from semisam.prompts import take_slice
+
+    return bool(take_slice(mask, axis, s).any())
+
+
+def prompts_by_slice(prompts: list[Prompt]) -> dict[int, list[Prompt]]:
+    out: dict[int, list[Prompt]] = {}
+    for p in prompts:
+        out.setdefault(p.slice, []).append(p)
+    return out

@@ -1,0 +1,52 @@
+"""The few parameters of sparse-slice propagation, each with the reason for its value.
+
+Values were chosen on the three development cases only (lung1, brain1, breast1) and are meant to be
+principled (units, probabilities) rather than tuned per case. ``Testing/benchmarks/propagation.py``
+prints them beside the Dice they give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class PropagationParams:
+    """Knobs of :func:`semisam.propagation.propagate` (2D models).
+
+    Attributes:
+        min_score: a propagated slice whose model-predicted IoU is below this ends the track; SAM-family
+            IoU heads put real structures above ~0.7 and "nothing here" guesses below ~0.5.
+        min_likeness: a propagated mask whose pixels look less like the key slice's lesion than like its
+            surroundings (mean posterior of the key-slice intensity model < 0.5: the Bayes boundary with
+            equal priors) ends the track.
+        box_margin_mm: margin added around the previous slice's mask box for the "previous box" prompt
+            (the naive baseline uses 4 px ~ 2.3 mm at 0.57 mm pixels).
+        search_slope: how far beyond the previous mask's box the lesion-intensity candidate may reach on
+            the next slice, in slice spacings: a lesion surface at angle a to the slice plane moves
+            in-plane by ``spacing / tan(a)``; 4 covers surfaces down to 14 degrees (brain1's tumour
+            grows 20 mm across one 6.5 mm step). Never less than ``min_search_mm``.
+        min_search_mm: floor of the search distance for thin slices (mm).
+        min_overlap: the new mask must overlap the previous mask's footprint grown by ``search_mm`` by at
+            least this fraction of its area (continuity in 3D), else the track ends.
+        max_area_ratio: the new mask's area may change by at most this factor (either way) from the
+            previous slice's; a bigger jump means the prompt grabbed a neighbouring structure, or only a
+            remnant (partial volume, a vessel) is left where the lesion ended. brain1's largest real jump
+            between neighbours is 3.4x (247 -> 842 px).
+    """
+
+    min_score: float = 0.5
+    min_likeness: float = 0.5
+    box_margin_mm: float = 2.0
+    search_slope: float = 4.0
+    min_search_mm: float = 5.0
+    min_overlap: float = 0.5
+    max_area_ratio: float = 4.0
+    refine: bool = True
+
+    def search_mm(self, slice_mm: float) -> float:
+        """Search distance (mm) beyond the previous box for slices ``slice_mm`` apart."""
+        return max(self.min_search_mm, self.search_slope * slice_mm)
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,248 @@
+"""Explicit inference state of a propagation session, in the spirit of SAM 2's video predictor.
+
+::
+
+    state = init_state(model, volume, axis="axial")          # nothing is encoded yet
+    add_prompt(state, 33, box=(206, 347, 229, 368))           # key slice 33
+    result = propagate(state)                                  # 3D mask + per-slice confidence
+    add_prompt(state, 30, point=(215, 355), positive=False)    # a correction
+    result = propagate(state)                                  # re-runs only what slice 30 affects
+
+The state owns everything that survives between calls: the prompts per key slice, each key slice's
+answer and lesion model, and one *track* per key slice and direction (the masks propagated from that key
+slice until the structure ended or the next key slice). Embeddings live in the encoder's cache, so no
+slice is ever encoded twice. :func:`add_prompt` invalidates only the tracks whose range the new prompt
+touches: the new key slice's own tracks, and the neighbouring key slices' tracks towards it (truncated,
+not recomputed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from semisam.generalists.base import PromptableModel
+from semisam.generalists.cache import EmbeddingCache, SliceEncoder
+from semisam.intensity import CT_PRESETS, IntensityWindow, window_for
+from semisam.prompts import Prompt, PromptError, axis_index, n_slices, slice_shape
+from semisam.propagation.lesion import LesionModel
+from semisam.propagation.params import PropagationParams
+from semisam.propagation.step import SliceResult
+from semisam.volume import Volume
+
+log = logging.getLogger(__name__)
+
+AXIS_NAMES = ("axial", "coronal", "sagittal")
+
+
+@dataclass
+class KeySlice:
+    """A slice the user prompted.
+
+    Attributes:
+        prompts: the user's prompts on it, in order.
+        result: the model's answer (``None`` until computed, or when the prompts mark no structure).
+        lesion: intensity model fitted on ``result`` (``None`` when empty).
+        fresh: ``False`` when the prompts changed since ``result`` was computed.
+    """
+
+    prompts: list[Prompt] = field(default_factory=list)
+    result: SliceResult | None = None
+    lesion: LesionModel | None = None
+    fresh: bool = False
+
+
+@dataclass
+class Track:
+    """Masks propagated from key slice ``key`` in ``direction`` (+1 / -1), never past ``limit``.
+
+    Attributes:
+        key: the key slice it starts from (not included in ``results``).
+        direction: +1 towards higher slice indices, -1 towards lower.
+        limit: exclusive end: the next key slice in that direction, or -1 / ``n_slices``.
+        results: one :class:`SliceResult` per slice, in propagation order.
+        stop: why it ended before ``limit`` (``None``: it reached ``limit``).
+    """
+
+    key: int
+    direction: int
+    limit: int
+    results: list[SliceResult] = field(default_factory=list)
+    stop: str | None = None
+
+
+@dataclass
+class PropagationState:
+    """Everything a propagation session keeps between :func:`add_prompt` / :func:`propagate` calls.
+
+    Attributes:
+        model: the generalist (:class:`~semisam.generalists.base.PromptableModel`).
+        volume: the scan (raw voxels ``(Z, Y, X)`` and geometry).
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        encoder: slice images and cached embeddings along ``axis`` (A1's :class:`SliceEncoder`).
+        params: thresholds (:class:`PropagationParams`).
+        pixel_mm: ``(row, column)`` pixel size of a slice in mm.
+        slice_mm: distance between neighbouring slices in mm.
+        keys: key slice index -> :class:`KeySlice`.
+        tracks: ``(key, direction)`` -> :class:`Track`.
+        n_predict: decoder calls made so far (prompt answers), for tests and benchmarks.
+        n_encode: slices encoded so far by this session (cache misses).
+    """
+
+    model: PromptableModel
+    volume: Volume
+    axis: str
+    encoder: SliceEncoder
+    params: PropagationParams
+    pixel_mm: tuple[float, float]
+    slice_mm: float
+    keys: dict[int, KeySlice] = field(default_factory=dict)
+    tracks: dict[tuple[int, int], Track] = field(default_factory=dict)
+    n_predict: int = 0
+    n_encode: int = 0
+
+    @property
+    def n_slices(self) -> int:
+        return n_slices(self.volume.shape, self.axis)
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of one slice."""
+        return slice_shape(self.volume.shape, self.axis)
+
+    def embedding(self, index: int):
+        """The slice's embedding, encoded at most once per cache lifetime."""
+        if not self.encoder.cached(index):
+            self.n_encode += 1
+        return self.encoder.embedding(index)
+
+    def image(self, index: int) -> np.ndarray:
+        """``(rows, columns)`` windowed slice in [0, 1]."""
+        return self.encoder.image(index)
+
+    def predict(self, embedding, prompt):
+        self.n_predict += 1
+        return self.model.predict(embedding, prompt)
+
+
+def slice_geometry(volume: Volume, axis: str) -> tuple[tuple[float, float], float]:
+    """``((row_mm, column_mm), slice_mm)`` of slices across ``axis`` (see :mod:`semisam.prompts`)."""
+    si, sj, sk = volume.spacing
+    a = axis_index(axis)
+    if a == 0:  # axial: rows j, columns i
+        return (sj, si), sk
+    if a == 1:  # coronal: rows k, columns i
+        return (sk, si), sj
+    return (sk, sj), si  # sagittal: rows k, columns j
+
+
+def guess_modality(volume: Volume) -> str:
+    """``"CT"`` when the scan holds air in Hounsfield units (1st percentile <= -500), else ``"MR"``.
+
+    Used only when the caller names neither a window nor a modality.
+    """
+    a = volume.array
+    sample = a.reshape(-1)[:: max(1, a.size // 1_000_000)]
+    return "CT" if float(np.percentile(sample, 1)) <= -500 else "MR"
+
+
+def resolve_window(
+    volume: Volume, window: IntensityWindow | str | None, modality: str | None
+) -> IntensityWindow:
+    """An :class:`IntensityWindow` from a window, a preset name (``lung``, ..., ``percentile``) or ``None``."""
+    if isinstance(window, IntensityWindow):
+        return window
+    mod = modality or guess_modality(volume)
+    if isinstance(window, str) and window in CT_PRESETS:
+        mod = "CT"
+    return window_for(volume, mod, window)
+
+
+def init_state(
+    model: PromptableModel,
+    volume: Volume,
+    axis: str = "axial",
+    window: IntensityWindow | str | None = None,
+    params: PropagationParams | None = None,
+    cache: EmbeddingCache | None = None,
+    modality: str | None = None,
+    scan_id: str | None = None,
+) -> PropagationState:
+    """Start a propagation session on ``volume`` along ``axis``; nothing is encoded yet.
+
+    Args:
+        model: a generalist from :func:`semisam.generalists.build_generalist`.
+        volume: the scan.
+        axis: slice axis (``axial`` = the file's third voxel axis).
+        window: intensity window, a preset name, or ``None`` (CT lung window / MR percentiles by
+            ``modality``, guessed from the intensities when not given).
+        params: propagation thresholds; defaults when ``None``.
+        cache: a shared embedding cache (e.g. the one a background precompute fills).
+        modality: ``"CT"`` or ``"MR"`` for the default window.
+        scan_id: cache key of the scan (default: the file it was read from).
+    """
+    if axis not in AXIS_NAMES:
+        raise PromptError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_NAMES)}")
+    win = resolve_window(volume, window, modality)
+    encoder = SliceEncoder(model, volume.array, axis, win, cache, scan_id=scan_id or volume.source)
+    pixel_mm, slice_mm = slice_geometry(volume, axis)
+    return PropagationState(
+        model=model,
+        volume=volume,
+        axis=axis,
+        encoder=encoder,
+        params=params or PropagationParams(),
+        pixel_mm=pixel_mm,
+        slice_mm=slice_mm,
+    )
+
+
+def add_prompt(
+    state: PropagationState,
+    slice_index: int,
+    box: tuple[int, int, int, int] | None = None,
+    point: tuple[int, int] | None = None,
+    positive: bool = True,
+) -> tuple[int, int]:
+    """Add a box or a point on a slice (slice pixel coordinates ``(column, row)``).
+
+    Only the range the prompt affects is invalidated: the slice's own tracks, and the tracks of the
+    neighbouring key slices that ran into or across it (truncated at it; their masks on the other
+    slices are kept).
+
+    Returns:
+        ``(lo, hi)``: the exclusive slice range whose masks may change at the next :func:`propagate`.
+
+    Raises:
+        PromptError: bad slice, box or point.
+    """
+    from semisam.prompts import parse_prompts
+
+    item: dict = {"slice": int(slice_index)}
+    if box is not None:
+        item["box"] = [int(v) for v in box]
+    if point is not None:
+        item["point"] = [int(v) for v in point]
+        item["positive"] = bool(positive)
+    prompt = parse_prompts({"axis": state.axis, "prompts": [item]}, state.volume.shape).prompts[0]
+    return add_prompts(state, [prompt])
+
+
+def add_prompts(state: PropagationState, prompts: list[Prompt]) -> tuple[int, int]:
+    """Add several validated :class:`~semisam.prompts.Prompt` at once; returns the affected range."""
+    lo, hi = state.n_slices, -1
+    for p in prompts:
+        s = int(p.slice)
+        below = max((k for k in state.keys if k < s), default=-1)
+        above = min((k for k in state.keys if k > s), default=state.n_slices)
+        key = state.keys.setdefault(s, KeySlice())
+        key.prompts.append(p)
+        key.fresh = False
+        # The slice's own tracks start from a changed answer: drop them. Neighbours' tracks are
+        # re-limited (truncated) lazily by propagate(), which compares each track's limit.
+        state.tracks.pop((s, 1), None)
+        state.tracks.pop((s, -1), None)
+        lo, hi = min(lo, below), max(hi, above)
+    return lo, hi
