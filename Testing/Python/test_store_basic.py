@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -176,6 +177,24 @@ def test_unlabeled_copy_and_reference(store, tmp_path):
         store.add_unlabeled(image, scan_id="remote")
     ref.unlink()
     assert any("remote" in p and "missing" in p for p in store.check())
+
+
+def test_labeling_a_pool_scan_moves_it_out_of_the_pool(store):
+    image, mask = _case("pool")
+    store.add_unlabeled(image, scan_id="s1")
+    store.add_unlabeled(image, scan_id="s2")
+    started = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+    prov = Provenance(started=started, finished=started + timedelta(seconds=42))
+    rec = store.add_case(None, mask, prov, from_unlabeled="s1")
+    assert rec.unlabeled_id == "s1" and rec.provenance.seconds == 42.0
+    assert [s.scan_id for s in store.unlabeled()] == ["s2"]
+    assert np.array_equal(store.read_case(rec.case_id).image.array, image.array)
+    with pytest.raises(CaseNotFoundError, match="no unlabeled scan 's1'"):
+        store.add_case(None, mask, from_unlabeled="s1")
+    # Killed between the case commit and the removal: the scan is in both places until `check --clean`.
+    shutil.copytree(store.root / "unlabeled" / "s2", store.root / "unlabeled" / "s1")
+    assert any("labeled as case case_0001" in p for p in store.check())
+    assert store.check(clean=True) == [] and [s.scan_id for s in store.unlabeled()] == ["s2"]
 
 
 def test_store_survives_being_moved(store, tmp_path):

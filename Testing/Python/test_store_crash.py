@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from semisam.store import LabeledStore, drill
-from semisam.store.registry import sha256_file
+from semisam.store.registry import sha256_file, verify_model_folder
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and forkserver are POSIX")
 
@@ -67,14 +67,19 @@ def _verify_case(store: LabeledStore, case_id: str) -> None:
 
 def test_store_survives_kill_9_at_100_random_moments(tmp_path):
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["semisam.store.drill"])
+    # semisam.checkpoints (which verifies model folders) imports torch: import it once in the fork
+    # server rather than in each child, so a round still costs tens of milliseconds. The store and the
+    # drill themselves never import torch (test_store_imports_without_torch).
+    ctx.set_forkserver_preload(["semisam.store.drill", "semisam.checkpoints"])
     warm = ctx.Process(target=os.getpid)  # start the fork server outside the timed kill windows
     warm.start()
     warm.join()
 
     root = tmp_path / "store"
     LabeledStore.create(root, {1: "lesion"}, modality="CT")
-    source_sha = sha256_file(drill.model_folder(tmp_path / "drill-model") / "weights.safetensors")
+    model = drill.model_folder(tmp_path / "drill-model")
+    verify_model_folder(model)  # valid per the checkpoint contract, or the children would fail
+    source_sha = sha256_file(model / "weights.safetensors")
     log = tmp_path / "returned.log"
     rng = random.Random(SEED)
     verified: dict[str, int] = {}  # case id -> mask revision already checked voxel by voxel

@@ -20,14 +20,19 @@ def make_model_dir(path, seed=0, parent=None):
         {"conv.weight": rng.standard_normal((4, 1, 3, 3, 3)).astype(np.float32)}, path / "weights.safetensors"
     )
     digest = hashlib.sha256((path / "weights.safetensors").read_bytes()).hexdigest()
+    # The contract of semisam.checkpoints (ModelManifest); written by hand so this needs no torch.
     manifest = {
         "format_version": 1,
         "arch": "unet_tiny",
-        "kwargs": {"channels": 4},
-        "labels": {"1": "lesion"},
+        "kwargs": {"n_classes": 2, "channels": 4},
+        "labels": {"lesion": 1},
         "modality": "CT",
-        "preprocessing": {"spacing_mm": [1, 1, 2.5]},
-        "created": "2026-01-01T00:00:00Z",
+        "preprocessing": {
+            "target_spacing": [1.0, 1.0, 2.5],
+            "orientation": "LPS",
+            "intensity": {"mode": "ct", "window": [-1160, 340]},
+        },
+        "created": "2026-01-01T00:00:00+00:00",
         "parent": parent,
         "sha256": digest,
         "training": {},

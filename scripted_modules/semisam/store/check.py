@@ -53,11 +53,22 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
                     problems.append(f"cases/{case_dir.name}: {name} is missing")
             if deep:
                 problems += _deep_check(store, rec)
-        seqs = Counter(r.seq for r in store.cases())
+        records = store.cases()
+        labeled_scans = {r.unlabeled_id: r.case_id for r in records if r.unlabeled_id}
+        seqs = Counter(r.seq for r in records)
         problems += [f"sequence number {s} is used by {n} cases" for s, n in seqs.items() if n > 1]
         for scan_dir in _visible_dirs(store.root / "unlabeled"):
             if not (scan_dir / SCAN_FILE).is_file():
                 problems.append(f"unlabeled/{scan_dir.name}: no {SCAN_FILE}")
+                continue
+            if scan_dir.name in labeled_scans:  # add_case(from_unlabeled=...) killed before the removal
+                if clean:
+                    store.remove_unlabeled(scan_dir.name)
+                else:
+                    problems.append(
+                        f"unlabeled/{scan_dir.name} is labeled as case {labeled_scans[scan_dir.name]} but is "
+                        "still in the pool (`check --clean` removes it from the pool)"
+                    )
                 continue
             path = store.unlabeled_path(scan_dir.name)
             if not path.is_file():

@@ -46,6 +46,12 @@ def replaced_mask(key: str, revision: int) -> np.ndarray:
     return np.roll(mask, revision - 1, axis=2)
 
 
+def _fs_sha256(path: Path) -> str:
+    from semisam.store.registry import sha256_file
+
+    return sha256_file(path)
+
+
 def model_folder(path: Path) -> Path:
     """A small valid model folder (manifest.json + weights.safetensors) at ``path``, made atomically once."""
     if path.is_dir():
@@ -55,7 +61,19 @@ def model_folder(path: Path) -> Path:
     tmp = _fs.tmp_name(path.parent, path.name)
     tmp.mkdir(parents=True)
     save_file({"w": np.arange(4096, dtype=np.float32)}, str(tmp / "weights.safetensors"))
-    manifest = {"format_version": 1, "arch": "drill", "kwargs": {}, "labels": {"1": "lesion"}}
+    manifest = {  # the contract of semisam.checkpoints.ModelManifest, written without torch
+        "format_version": 1,
+        "arch": "drill",
+        "kwargs": {"n_classes": 2},
+        "labels": {"lesion": 1},
+        "modality": "CT",
+        "preprocessing": {
+            "target_spacing": [1.0, 1.0, 2.5],
+            "orientation": "LPS",
+            "intensity": {"mode": "ct"},
+        },
+        "sha256": _fs_sha256(tmp / "weights.safetensors"),
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     try:
         os.rename(tmp, path)

@@ -19,7 +19,6 @@ processes adding cases at once both succeed, with distinct ids and sequence numb
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -40,9 +39,19 @@ from semisam.store.errors import (
     StoreNotFoundError,
 )
 from semisam.store.labels import MaskLike, check_label_table, checked_mask, dice, label_counts
-from semisam.store.records import CaseRecord, MaskRevision, Provenance, UnlabeledRecord, check_id
+from semisam.store.pool import (
+    IMAGE_FILE,
+    SCAN_FILE,
+    ImageLike,
+    UnlabeledPool,
+    as_image,
+    auto_id,
+    read_json,
+    write_image,
+)
+from semisam.store.records import CaseRecord, MaskRevision, Provenance, check_id
 from semisam.store.split import RULE, check_split, decide_split
-from semisam.volume import Volume, read_mask, read_volume, write_mask, write_volume
+from semisam.volume import Volume, read_mask, read_volume, write_mask
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +59,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STORE_FILE = "semisam_store.json"
 CASE_FILE = "case.json"
-SCAN_FILE = "scan.json"
-IMAGE_FILE = "image.nii.gz"
 MASK_FILE = "mask.nii.gz"
-
-ImageLike = Volume | str | os.PathLike
+__all__ = ["CASE_FILE", "FORMAT_VERSION", "IMAGE_FILE", "SCAN_FILE", "LabeledCase", "LabeledStore", "dice"]
 
 
 @dataclass
@@ -70,20 +76,7 @@ class LabeledCase:
         return self.record.case_id
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise StoreFormatError(f"{what} cannot be read ({exc})", path) from exc
-    if not isinstance(data, dict):
-        raise StoreFormatError(f"{what} is not a JSON object", path)
-    return data
-
-
-class LabeledStore:
+class LabeledStore(UnlabeledPool):
     """A labeled-set store at ``root`` (see the module docstring for the layout).
 
     Open an existing store with ``LabeledStore(root)``; create one with :meth:`LabeledStore.create`.
@@ -101,7 +94,7 @@ class LabeledStore:
                 "no such store folder; create one with `semisam store init` (LabeledStore.create)", self.root
             )
         try:
-            meta = _read_json(meta_path, "store metadata")
+            meta = read_json(meta_path, "store metadata")
         except FileNotFoundError:
             raise StoreNotFoundError(
                 f"not a SemiSAM store (no {STORE_FILE}); create one with `semisam store init`", self.root
@@ -173,7 +166,7 @@ class LabeledStore:
     def declare_labels(self, labels: Mapping[int, str]) -> dict[int, str]:
         """Add label values to the table (an existing value must keep its name). Returns the new table."""
         with self.lock:
-            meta = _read_json(self.root / STORE_FILE, "store metadata")
+            meta = read_json(self.root / STORE_FILE, "store metadata")
             table = {int(k): v for k, v in meta["labels"].items()}
             for value, name in check_label_table(labels).items():
                 if value in table and table[value] != name:
@@ -234,7 +227,7 @@ class LabeledStore:
     def _load_record(self, case_id: str) -> CaseRecord:
         path = self.case_dir(case_id) / CASE_FILE
         try:
-            data = _read_json(path, "case record")
+            data = read_json(path, "case record")
         except FileNotFoundError:
             known = ", ".join(self._ids_quick()[:10]) or "none"
             raise CaseNotFoundError(f"no case {case_id!r} in the store (cases: {known})", self.root) from None
@@ -271,7 +264,7 @@ class LabeledStore:
 
     def add_case(
         self,
-        image: ImageLike,
+        image: ImageLike | None,
         mask: MaskLike,
         provenance: Provenance | None = None,
         *,
@@ -279,11 +272,13 @@ class LabeledStore:
         split: str | None = None,
         modality: str | None = None,
         proposal: np.ndarray | None = None,
+        from_unlabeled: str | None = None,
     ) -> CaseRecord:
         """Add a labeled case; returns its record once it is durably committed.
 
         Args:
-            image: the scan (a :class:`Volume`, or a file path read with :func:`read_volume`).
+            image: the scan (a :class:`Volume`, or a file path read with :func:`read_volume`); ``None``
+                with ``from_unlabeled`` takes the pool scan's image.
             mask: label map ``(Z, Y, X)`` on the image's grid (array, Volume, or file path).
             provenance: how the mask was made (annotator, times, prompts, model version...).
             case_id: the id (folder name); default ``case_0001``, ``case_0002``... by sequence number.
@@ -292,13 +287,21 @@ class LabeledStore:
             modality: ``CT``/``MR``...; default the store's.
             proposal: the model's proposed mask; when given, ``provenance.proposal_dice`` is its Dice
                 against ``mask``.
+            from_unlabeled: id of the unlabeled scan this case labels; it leaves the pool after the
+                case is committed (a crash in between leaves it in both places, never in neither;
+                ``check --clean`` then removes it from the pool).
 
         Raises:
             GeometryMismatchError: mask and image grids differ.
             LabelError: the mask holds values missing from the store's label table.
             CaseExistsError: ``case_id`` is taken.
         """
-        vol, src_file = _as_image(image)
+        if from_unlabeled is not None:
+            scan_path = self.unlabeled_path(from_unlabeled)  # raises when there is no such scan
+            image = scan_path if image is None else image
+        elif image is None:
+            raise StoreError("add_case needs an image (or from_unlabeled naming a scan of the pool)")
+        vol, src_file = as_image(image)
         mask_arr = checked_mask(mask, vol, self.labels)
         prov = replace(provenance) if provenance is not None else Provenance()
         if proposal is not None:
@@ -312,7 +315,7 @@ class LabeledStore:
             seq = max((r.seq for r in existing), default=0) + 1
             # Lower-cased: "Case1" and "case1" are one folder on macOS and Windows file systems.
             taken = {i.lower() for i in self._ids_quick()}
-            cid = case_id or _auto_id("case", seq, taken)
+            cid = case_id or auto_id("case", seq, taken)
             if cid.lower() in taken:
                 raise CaseExistsError(f"case {cid!r} already exists in the store", self.root)
             n_val = sum(r.split == "validation" for r in existing)
@@ -331,17 +334,20 @@ class LabeledStore:
                 modality=modality or self.modality,
                 source=Path(src_file).name if src_file else (Path(vol.source).name if vol.source else None),
                 provenance=prov,
+                unlabeled_id=from_unlabeled,
             )
             staging = _fs.tmp_name(self.root / "cases", cid)
             staging.mkdir()
             try:
-                _write_image(vol, src_file, staging / IMAGE_FILE)
+                write_image(vol, src_file, staging / IMAGE_FILE)
                 write_mask(mask_arr, vol, staging / MASK_FILE)
                 _fs.atomic_write_json(staging / CASE_FILE, rec.to_json())
                 _fs.commit_dir(staging, self.case_dir(cid))
             except BaseException:
                 _fs.remove_leftovers(self.root / "cases")
                 raise
+            if from_unlabeled is not None:
+                self.remove_unlabeled(from_unlabeled)
         log.info("added case %s (%s, seq %d)", cid, rec.split, seq)
         return rec
 
@@ -367,84 +373,6 @@ class LabeledStore:
             _fs.atomic_write_json(folder / CASE_FILE, new.to_json())  # the commit
         log.info("replaced mask of %s (revision %d)", case_id, revision)
         return new
-
-    # ------------------------------------------------------------- unlabeled pool
-    def add_unlabeled(
-        self,
-        image: ImageLike,
-        *,
-        scan_id: str | None = None,
-        copy: bool = True,
-        modality: str | None = None,
-    ) -> UnlabeledRecord:
-        """Register an unlabeled scan: copied into the store (default) or referenced where it lies.
-
-        A reference (``copy=False``) needs a file path; it is stored made absolute, so it survives
-        moving the store but not moving the scan.
-        """
-        if not copy and isinstance(image, Volume):
-            raise StoreError("an unlabeled scan given as an array must be copied (copy=True)")
-        vol, src_file = _as_image(image)
-        if scan_id is not None:
-            check_id(scan_id, "scan id")
-        with self.lock:
-            existing = self.unlabeled()
-            seq = max((r.seq for r in existing), default=0) + 1
-            taken = {
-                p.name.lower() for p in (self.root / "unlabeled").iterdir() if not p.name.startswith(".")
-            }
-            sid = scan_id or _auto_id("scan", seq, taken)
-            if sid.lower() in taken:
-                raise CaseExistsError(f"unlabeled scan {sid!r} already exists in the store", self.root)
-            rec = UnlabeledRecord(
-                scan_id=sid,
-                seq=seq,
-                added=_fs.utc_now(),
-                image=IMAGE_FILE if copy else None,
-                reference=None if copy else str(Path(src_file).resolve()),
-                shape_zyx=list(vol.shape),
-                spacing_mm=[round(s, 6) for s in vol.spacing],
-                modality=modality or self.modality,
-                source=Path(src_file).name if src_file else None,
-            )
-            staging = _fs.tmp_name(self.root / "unlabeled", sid)
-            staging.mkdir()
-            try:
-                if copy:
-                    _write_image(vol, src_file, staging / IMAGE_FILE)
-                _fs.atomic_write_json(staging / SCAN_FILE, rec.to_json())
-                _fs.commit_dir(staging, self.root / "unlabeled" / sid)
-            except BaseException:
-                _fs.remove_leftovers(self.root / "unlabeled")
-                raise
-        return rec
-
-    def unlabeled(self) -> list[UnlabeledRecord]:
-        """Every committed unlabeled scan, in registration order."""
-        out = []
-        folder = self.root / "unlabeled"
-        if not folder.is_dir():
-            return out
-        for p in folder.iterdir():
-            if p.name.startswith(".") or not (p / SCAN_FILE).is_file():
-                continue
-            try:
-                out.append(UnlabeledRecord.from_json(_read_json(p / SCAN_FILE, "scan record")))
-            except (StoreError, TypeError) as exc:
-                log.error("skipping damaged unlabeled scan %s: %s", p, exc)
-        return sorted(out, key=lambda r: r.seq)
-
-    def unlabeled_path(self, scan_id: str) -> Path:
-        """File of an unlabeled scan (inside the store, or the referenced file)."""
-        folder = self.root / "unlabeled" / scan_id
-        try:
-            rec = UnlabeledRecord.from_json(_read_json(folder / SCAN_FILE, "scan record"))
-        except FileNotFoundError:
-            raise CaseNotFoundError(f"no unlabeled scan {scan_id!r} in the store", self.root) from None
-        return folder / rec.image if rec.image else Path(rec.reference)
-
-    def read_unlabeled(self, scan_id: str) -> Volume:
-        return read_volume(self.unlabeled_path(scan_id))
 
     # -------------------------------------------------------------- maintenance
     def _clean_if_idle(self) -> None:
@@ -481,26 +409,3 @@ class LabeledStore:
         from semisam.store.check import check_store
 
         return check_store(self, clean=clean, deep=deep)
-
-
-# ------------------------------------------------------------------ helpers
-def _auto_id(prefix: str, seq: int, taken: set[str]) -> str:
-    n = seq
-    while f"{prefix}_{n:04d}" in taken:
-        n += 1
-    return f"{prefix}_{n:04d}"
-
-
-def _as_image(image: ImageLike) -> tuple[Volume, str | None]:
-    if isinstance(image, Volume):
-        return image, None
-    return read_volume(image), str(image)
-
-
-def _write_image(vol: Volume, src_file: str | None, dest: Path) -> None:
-    # A NIfTI source is copied byte for byte: exact, and faster - adding lung1 (512x512x48 CT) took
-    # 0.64 s from a .nii.gz file vs 2.16 s re-compressing it (Testing/benchmarks/store_add.py, 2 cores).
-    if src_file and str(src_file).lower().endswith(".nii.gz"):
-        _fs.copy_file_synced(Path(src_file), dest)
-    else:
-        write_volume(vol, dest)

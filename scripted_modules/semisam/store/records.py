@@ -46,7 +46,7 @@ class Provenance:
 
     Attributes:
         annotator: the person who accepted the mask (free text, e.g. initials).
-        started, finished: ISO 8601 times the annotation began and was accepted.
+        started, finished: ISO 8601 times (or ``datetime`` s) the annotation began and was accepted.
         prompts: number of prompts by kind, e.g. ``{"box": 2, "point+": 3, "point-": 1}``.
         model_version: registry version of the specialist that proposed the first mask, if any.
         proposal_dice: Dice (0..1, foreground vs background) between that proposal and the accepted mask.
@@ -64,6 +64,10 @@ class Provenance:
     notes: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("started", "finished"):
+            value = getattr(self, name)
+            if isinstance(value, datetime):  # accept datetimes; store ISO text (readable JSON)
+                setattr(self, name, value.isoformat())
         t0 = _parse_time(self.started, "started")
         t1 = _parse_time(self.finished, "finished")
         if t0 and t1 and t1 < t0:
@@ -151,6 +155,7 @@ class CaseRecord:
         source: where the image came from (original file name, for people; not used to read).
         provenance: how the current mask was made.
         history: earlier masks, oldest first.
+        unlabeled_id: the unlabeled-pool scan this case was made from, if any (it left the pool).
     """
 
     case_id: str
@@ -168,6 +173,7 @@ class CaseRecord:
     source: str | None = None
     provenance: Provenance = field(default_factory=Provenance)
     history: list[MaskRevision] = field(default_factory=list)
+    unlabeled_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -93,7 +93,8 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
     Uses :func:`semisam.checkpoints.verify_model_dir` when that module is present (imported lazily:
     it may import torch, and the store must stay importable without it); otherwise checks the
     contract directly: ``manifest.json`` with an ``arch``, ``weights.safetensors`` present, and its
-    SHA-256 equal to the manifest's ``sha256`` when one is recorded.
+    SHA-256 equal to the manifest's ``sha256``. (``semisam.checkpoints`` imports torch: registering a
+    model costs a torch import the first time; listing, promoting and rolling back never import it.)
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -117,9 +118,9 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not manifest.get("arch"):
         raise RegistryError(f"{MANIFEST} names no architecture ('arch')", folder)
     recorded = manifest.get("sha256")
-    if isinstance(recorded, dict):  # a manifest may record hashes per file
-        recorded = recorded.get(WEIGHTS)
-    if recorded and recorded != sha256_file(folder / WEIGHTS):
+    if not recorded:
+        raise RegistryError(f"{MANIFEST} records no sha256 of {WEIGHTS}", folder)
+    if recorded != sha256_file(folder / WEIGHTS):
         raise RegistryError(f"{WEIGHTS} does not match the sha256 in {MANIFEST} (corrupt copy?)", folder)
     return manifest
 
