@@ -306,7 +306,8 @@ class Sam2Model:
             prompts: slice index -> prompt on that slice (box and/or points, or a mask), slice pixels.
 
         Returns:
-            ``logits`` ``(Z, H, W)`` float32 (``> 0`` = object) and ``scores`` ``(Z,)`` in ``[0, 1]``: the
+            ``logits`` ``(Z, H, W)`` float32 (``> 0`` = object; SAM 2 writes -1024 on slices where it
+            decides the object is absent) and ``scores`` ``(Z,)`` in ``[0, 1]``: the
             sigmoid of SAM 2's object-presence logit on each slice (low where the structure has ended).
         """
         frames = np.asarray(frames)
@@ -336,11 +337,15 @@ class Sam2Model:
             p.add_new_points_or_box(
                 state, frame_idx=int(k), obj_id=1, points=coords[0], labels=labels[0], normalize_coords=False
             )
-        logits = np.zeros((z,) + shape, dtype=np.float32)
+        # NaN marks "not produced yet": every slice must be written by one of the two passes.
+        logits = np.full((z,) + shape, np.nan, dtype=np.float32)
         first = min(prompts)
         for reverse in (False, True):
             for idx, _, masks in p.propagate_in_video(state, start_frame_idx=first, reverse=reverse):
                 logits[idx] = masks[0, 0].float().cpu().numpy()
+        missing = np.nonzero(np.isnan(logits).any(axis=(1, 2)))[0]
+        if len(missing):
+            raise RuntimeError(f"SAM 2 propagation produced no output for slices {missing.tolist()}")
         scores = np.zeros(z, dtype=np.float32)
         out = state["output_dict_per_obj"][0]
         for kind in ("non_cond_frame_outputs", "cond_frame_outputs"):

@@ -1,0 +1,136 @@
+"""Checkpoint loading: tiny real-architecture models round-trip through the same code as real weights;
+missing, corrupt, pickled-object and wrong-architecture files fail with a clear message naming the file."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.generalists import CheckpointError, SlicePrompt, build_generalist, parse_model_spec
+from semisam.generalists.checkpoint import read_state_dict
+from semisam.generalists.testing import save_tiny, tiny_litemedsam, tiny_sam, tiny_sam2
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    models = {"litemedsam": tiny_litemedsam(), "sam": tiny_sam(), "sam2": tiny_sam2()}
+    files = {
+        "litemedsam": save_tiny(models["litemedsam"], d / "lite.pth"),
+        "sam": save_tiny(models["sam"], d / "sam.safetensors"),
+        "sam2": save_tiny(models["sam2"], d / "sam2.safetensors"),
+    }
+    return models, files
+
+
+def _state(model):
+    return (model.predictor if hasattr(model, "predictor") else model).state_dict()
+
+
+@pytest.mark.parametrize("name", ["litemedsam", "sam", "sam2"])
+def test_tiny_model_round_trips_with_identical_weights_and_outputs(tiny_files, name):
+    models, files = tiny_files
+    original = models[name]
+    loaded = build_generalist(name, files[name], device="cpu", backend="eager")
+    a, b = _state(original), _state(loaded)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    img = np.random.default_rng(1).random((70, 110), dtype=np.float32)
+    prompt = SlicePrompt(box=(20, 10, 70, 50))
+    pa, pb = original.predict(original.encode(img), prompt), loaded.predict(loaded.encode(img), prompt)
+    assert pb.logits.shape == (70, 110)
+    np.testing.assert_allclose(pa.logits, pb.logits, atol=1e-5)
+
+
+def test_medsam_name_uses_unit_pixel_norm_and_same_loader(tiny_files):
+    _, files = tiny_files
+    medsam = build_generalist("medsam", files["sam"], backend="eager")
+    sam = build_generalist("sam", files["sam"], backend="eager")
+    assert medsam.name == "medsam" and medsam.pixel_norm.identity and not sam.pixel_norm.identity
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(CheckpointError, match=r"nope\.pth: file not found"):
+        build_generalist("litemedsam", path)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path, tiny_files):
+    _, files = tiny_files
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(files["litemedsam"].read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pth: not a readable"):
+        build_generalist("litemedsam", bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match=r"junk\.safetensors"):
+        build_generalist("sam", junk)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pth: refused to load .* pickled Python objects"):
+        read_state_dict(path)
+    assert "must never run" not in capsys.readouterr().out
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match=r"plain\.pkl"):
+        read_state_dict(plain)
+
+
+def test_wrong_architecture_is_named(tiny_files):
+    _, files = tiny_files
+    with pytest.raises(CheckpointError, match=r"not a LiteMedSAM checkpoint"):
+        build_generalist("litemedsam", files["sam"])
+    with pytest.raises(CheckpointError, match=r"not a SAM ViT checkpoint"):
+        build_generalist("sam", files["litemedsam"])
+    with pytest.raises(CheckpointError, match=r"not a SAM 2 checkpoint"):
+        build_generalist("sam2", files["sam"])
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny_files):
+    models, _ = tiny_files
+    state = dict(models["sam"].state_dict())
+    state.pop("mask_decoder.iou_token.weight")
+    state["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "edited.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"edited\.pth.*missing keys: mask_decoder\.iou_token\.weight.*"
+        r"unexpected keys: extra\.weight",
+    ):
+        build_generalist("sam", path)
+
+
+def test_wrapped_state_dict_is_accepted(tmp_path, tiny_files):
+    models, _ = tiny_files
+    path = tmp_path / "wrapped.pth"
+    torch.save({"model": models["sam"].state_dict(), "epoch": 3}, path)
+    assert build_generalist("sam", path, backend="eager").name == "sam"
+
+
+def test_models_without_bundled_weights_need_a_file():
+    with pytest.raises(CheckpointError, match="needs a checkpoint file"):
+        build_generalist("medsam")
+    with pytest.raises(CheckpointError, match="needs a checkpoint file"):
+        build_generalist("sam2")
+
+
+def test_registry_names_and_model_spec():
+    with pytest.raises(ValueError, match="unknown generalist 'nnunet'"):
+        build_generalist("nnunet")
+    assert parse_model_spec(None) == ("litemedsam", None)
+    name, ckpt = parse_model_spec("medsam:/x/medsam_vit_b.pth")
+    assert name == "medsam" and str(ckpt) == "/x/medsam_vit_b.pth"
+    with pytest.raises(ValueError, match="unknown generalist"):
+        parse_model_spec("foo:bar")
