@@ -140,6 +140,14 @@ def test_open_errors(tmp_path, store):
         LabeledStore(store.root)
 
 
+def test_open_or_create(tmp_path):
+    a = LabeledStore.open_or_create(tmp_path / "s", {1: "lesion"}, modality="MR")
+    b = LabeledStore.open_or_create(tmp_path / "s", {1: "lesion"})
+    assert a.root == b.root and b.modality == "MR"
+    with pytest.raises(LabelError, match="not {1: 'tumour'}"):
+        LabeledStore.open_or_create(tmp_path / "s", {1: "tumour"})
+
+
 def test_split_of_existing_cases_unchanged_after_adding_20_more(store):
     image, mask = _case("s")
     for _ in range(13):

@@ -59,12 +59,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _replace(src: Path, dest: Path) -> None:
+    if sys.platform != "win32":
+        os.replace(src, dest)
+        return
+    # Windows refuses to replace a file another process has open (a reader of case.json, a virus
+    # scanner); such holds last milliseconds, so retry for up to ~2 s before giving up.
+    for attempt in range(100):  # pragma: no cover - Windows only
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError:
+            if attempt == 99:
+                raise
+            time.sleep(0.02)
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:

@@ -149,6 +149,32 @@ class LabeledStore(UnlabeledPool):
         _fs.atomic_write_json(root / STORE_FILE, meta)
         return cls(root)
 
+    @classmethod
+    def open_or_create(
+        cls, root: str | os.PathLike, labels: Mapping[int, str], *, modality: str | None = None
+    ) -> LabeledStore:
+        """Open the store at ``root``, or create it with ``labels`` when the folder holds none.
+
+        An existing store must already declare every value of ``labels`` with the same name
+        (:class:`LabelError` otherwise): the caller's masks will use them.
+        """
+        if not (Path(root) / STORE_FILE).exists():
+            try:
+                return cls.create(root, labels, modality=modality)
+            except StoreExistsError:
+                if not (Path(root) / STORE_FILE).exists():
+                    raise
+                # another process created it meanwhile: open it below
+        store = cls(root)
+        wanted = check_label_table(labels)
+        differ = {k: v for k, v in wanted.items() if store.labels.get(k) != v}
+        if differ:
+            raise LabelError(
+                f"store declares labels {store.labels}, not {differ}; declare them (declare_labels) first",
+                store.root,
+            )
+        return store
+
     # ------------------------------------------------------------------ metadata
     @property
     def labels(self) -> dict[int, str]:
