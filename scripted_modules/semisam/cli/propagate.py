@@ -1,9 +1,88 @@
-"""`semisam propagate`: filled in by its issue; registers nothing until then."""
+"""``semisam propagate IMAGE --prompts PROMPTS.json --output MASK.nii.gz``: few prompts -> 3D mask.
+
+PROMPTS.json is in voxel coordinates of IMAGE (see :mod:`semisam.prompts`)::
+
+    {"axis": "axial", "prompts": [{"slice": 32, "box": [i0, j0, i1, j1]},
+                                  {"slice": 40, "point": [i, j], "positive": false}]}
+
+The mask is written on exactly IMAGE's grid; ``--confidence`` writes per-slice confidence and why
+propagation stopped, as JSON. Bad prompts are reported (exit code 1) before any model is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from semisam.device import DEVICE_CHOICES
+from semisam.intensity import CT_PRESETS
+
+log = logging.getLogger(__name__)
+
+WINDOW_CHOICES = (*CT_PRESETS, "percentile")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Nothing to register yet."""
+    p = sub.add_parser(
+        "propagate",
+        help="segment a structure in 3D from a few box/point prompts (SAM-family generalist)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("image", help="the scan (NIfTI, NRRD, MHA or a DICOM folder)")
+    p.add_argument("--prompts", required=True, help="prompts JSON in voxel coordinates of IMAGE")
+    p.add_argument("--output", required=True, help="mask file to write (e.g. MASK.nii.gz or .nrrd)")
+    p.add_argument("--model", default=None, help="generalist NAME[:CHECKPOINT] (default litemedsam)")
+    p.add_argument(
+        "--window",
+        choices=WINDOW_CHOICES,
+        default=None,
+        help="intensity window: a CT preset or 'percentile' (default: CT lung window / MR percentiles)",
+    )
+    p.add_argument("--modality", choices=("CT", "MR"), default=None, help="default: guessed from intensities")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--confidence", default=None, help="write per-slice confidence as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from semisam.generalists import build_generalist, parse_model_spec
+    from semisam.prompts import load_prompts
+    from semisam.propagation import propagate_prompts
+    from semisam.volume import read_volume, write_mask
+
+    t0 = time.perf_counter()
+    volume = read_volume(args.image)
+    prompts = load_prompts(args.prompts, volume.shape)  # fail on bad prompts before loading a model
+    name, checkpoint = parse_model_spec(args.model)
+    out = Path(args.output)
+    if out.exists() and out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a file name such as {out / 'mask.nii.gz'}")
+    if args.confidence and not os.access(Path(args.confidence).parent.resolve(), os.W_OK):
+        raise ValueError(f"--confidence {args.confidence}: folder is not writable")
+    model = build_generalist(name, checkpoint=checkpoint, device=args.device)
+    t1 = time.perf_counter()
+    result, state = propagate_prompts(model, volume, prompts, window=args.window, modality=args.modality)
+    t2 = time.perf_counter()
+    write_mask(result.mask, volume, out)
+    summary = {
+        "image": str(args.image),
+        "output": str(out),
+        "model": name,
+        "axis": prompts.axis,
+        "window": {"low": state.encoder.window.low, "high": state.encoder.window.high},
+        "voxels": int(result.mask.sum()),
+        "slices_encoded": state.n_encode,
+        "prompt_answers": state.n_predict,
+        "seconds": {"load": round(t1 - t0, 2), "propagate": round(t2 - t1, 2)},
+        **result.summary(),
+    }
+    if args.confidence:
+        tmp = Path(args.confidence).with_name(f".{Path(args.confidence).name}.tmp")
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        os.replace(tmp, args.confidence)
+    print(json.dumps({k: summary[k] for k in ("output", "voxels", "key_slices", "seconds")}))
+    return 0

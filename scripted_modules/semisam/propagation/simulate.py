@@ -1,0 +1,58 @@
+"""Prompts simulated from a reference label, for the demo, tests and benchmarks.
+
+Key-slice rule (something the product can apply itself, from the extent the user marks or the extent a
+first propagation found): the first key slice is the slice where the structure is largest; with ``k > 1``
+the extent ``[lo, hi]`` is cut into ``k`` equal parts and each part that does not already hold a key slice
+gets its centre slice. A radiologist does the same: box the lesion where it is biggest, then add boxes
+spread over its length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semisam.prompts import Prompt, PromptSet, axis_index, box_from_mask, take_slice
+
+
+def lesion_slices(label: np.ndarray, axis: str = "axial") -> list[int]:
+    """Indices of the slices across ``axis`` where ``label`` ``(Z, Y, X)`` is non-zero."""
+    a = axis_index(axis)
+    other = tuple(d for d in range(3) if d != a)
+    return [int(i) for i in np.flatnonzero(np.asarray(label).any(axis=other))]
+
+
+def middle_slice(label: np.ndarray, axis: str = "axial") -> int:
+    """The middle one of the lesion's slices."""
+    s = lesion_slices(label, axis)
+    if not s:
+        raise ValueError("the label is empty: no lesion slice to prompt")
+    return s[len(s) // 2]
+
+
+def key_slices(label: np.ndarray, k: int, axis: str = "axial") -> list[int]:
+    """``k`` key slices by the rule in the module docstring (sorted)."""
+    s = lesion_slices(label, axis)
+    if not s:
+        raise ValueError("the label is empty: no lesion slice to prompt")
+    areas = {i: int((take_slice(label, axis, i) > 0).sum()) for i in s}
+    largest = max(s, key=lambda i: (areas[i], -abs(i - s[len(s) // 2])))
+    lo, hi = s[0], s[-1]
+    keys = {largest}
+    edges = np.linspace(lo, hi + 1, k + 1)
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if any(a <= x < b for x in keys):
+            continue
+        centre = (a + b - 1) / 2
+        keys.add(min(s, key=lambda i, c=centre: (abs(i - c), i)))
+    return sorted(keys)
+
+
+def boxes_from_label(label: np.ndarray, slices: list[int], axis: str = "axial") -> PromptSet:
+    """A :class:`PromptSet` with the label's tight box on each of ``slices``."""
+    prompts = []
+    for i in slices:
+        box = box_from_mask(take_slice(label, axis, i) > 0)
+        if box is None:
+            raise ValueError(f"the label is empty on {axis} slice {i}")
+        prompts.append(Prompt(slice=int(i), box=box))
+    return PromptSet(axis=axis, prompts=tuple(prompts))
