@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from test_store_registry import make_model_dir
 
 from semisam.cli import main
 from semisam.store import LabeledStore, drill
@@ -66,15 +65,15 @@ def test_cli_workflow(tmp_path, files, capsys):
     assert code == 0 and "holds 5 cases (1 validation) and 2 unlabeled scans" in out
     assert LabeledStore(tmp_path / "st2").validation_ids() == ["case_0005"]
 
-    code, out, _ = run(capsys, "add-model", root, make_model_dir(tmp_path / "m1"), "--dice", "0.7")
+    code, out, _ = run(capsys, "add-model", root, drill.model_folder(tmp_path / "m1"), "--dice", "0.7")
     assert code == 0 and "registered v0001" in out
-    run(capsys, "add-model", root, make_model_dir(tmp_path / "m2", 2), "--dice", "0.6")
+    run(capsys, "add-model", root, drill.model_folder(tmp_path / "m2"), "--dice", "0.6")
     assert run(capsys, "promote", root, "v0001")[1] == "active model: v0001\n"
     code, _, err = run(capsys, "promote", root, "v0002")
     assert code == 1 and "not better" in err
     assert run(capsys, "promote", root, "v0002", "--force")[0] == 0
     assert run(capsys, "rollback", root)[1] == "active model: v0001 (rolled back)\n"
-    assert "model *v0001: unet_tiny" in run(capsys, "list", root)[1]
+    assert "model *v0001: drill" in run(capsys, "list", root)[1]
 
     (root / "cases" / ".tmp-case_0006-0123").mkdir()
     code, out, _ = run(capsys, "check", root)
