@@ -1,9 +1,88 @@
-"""`semisam model`: filled in by its issue; registers nothing until then."""
+"""``semisam model``: create, check and describe specialist model directories.
+
+* ``semisam model init --arch mamba_unet --labels lesion --modality CT --output DIR``: a new, untrained
+  task model (random weights, seeded), how a user starts a task before any label exists;
+* ``semisam model verify DIR``: check files, format version and the weights' sha256, print the manifest;
+* ``semisam model export-onnx DIR --output FILE.onnx``: the specialist as ONNX (see the note there).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+
+import torch
+
+from semisam.checkpoints import DEFAULT_TARGET_SPACING, new_manifest, save_model, verify_model_dir
+from semisam.specialists import DEFAULT_ARCH, SPECIALIST_REGISTRY, build_specialist, count_parameters
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Nothing to register yet."""
+    p = sub.add_parser("model", help="create and check specialist model directories")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    i = msub.add_parser("init", help="create a new untrained task model directory")
+    i.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(SPECIALIST_REGISTRY))
+    i.add_argument(
+        "--labels", required=True, help="comma-separated label names, e.g. 'lesion' or 'liver,tumour'"
+    )
+    i.add_argument("--modality", required=True, help="CT or MR (chooses the intensity normalisation)")
+    i.add_argument("--output", required=True, help="new model directory (must not exist)")
+    i.add_argument(
+        "--target-spacing",
+        type=float,
+        nargs=3,
+        default=list(DEFAULT_TARGET_SPACING),
+        metavar=("SI", "SJ", "SK"),
+        help="voxel size (mm) the model works at, in i, j, k order (default %(default)s)",
+    )
+    i.add_argument("--kwargs", default="{}", help="JSON object of extra constructor arguments")
+    i.add_argument("--seed", type=int, default=0, help="seed for the initial random weights")
+    i.set_defaults(func=run_init)
+
+    v = msub.add_parser("verify", help="verify a model directory and print its manifest")
+    v.add_argument("model_dir")
+    v.set_defaults(func=run_verify)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if not labels:
+        raise ValueError("--labels: give at least one label name")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--labels: names must be distinct, got {labels}")
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--kwargs: not valid JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise ValueError("--kwargs: must be a JSON object")
+    if args.modality.upper() not in ("CT", "MR", "MRI"):
+        raise ValueError(f"--modality: use CT or MR, got {args.modality!r}")
+    modality = "MR" if args.modality.upper() == "MRI" else args.modality.upper()
+    manifest = new_manifest(args.arch, labels, modality, kwargs=kwargs, target_spacing=args.target_spacing)
+    torch.manual_seed(args.seed)
+    model = build_specialist(manifest.arch, **manifest.kwargs)
+    saved = save_model(args.output, model, manifest)
+    print(
+        json.dumps(
+            {
+                "model_dir": str(args.output),
+                "arch": saved.arch,
+                "parameters": count_parameters(model),
+                "labels": saved.labels,
+                "sha256": saved.sha256,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    man = verify_model_dir(args.model_dir)
+    print(man.to_json())
+    return 0

@@ -1,0 +1,351 @@
+"""Model directories: ``manifest.json`` + ``weights.safetensors``; never pickles.
+
+A model directory holds exactly what is needed to rebuild and run a specialist::
+
+    DIR/manifest.json          architecture name + constructor kwargs, labels, modality, preprocessing,
+                               inference settings, created, parent version, sha256 of the weights,
+                               training summary and metrics, format_version
+    DIR/weights.safetensors    the state dict (safetensors: a JSON header + raw tensors, no code)
+
+:func:`save_model` writes both into a temporary folder beside ``DIR`` and renames it into place, so a
+reader never sees half a model. :func:`load_model` verifies the folder first (:func:`verify_model_dir`):
+files present, format version known, weights really safetensors (a pickle/zip from ``torch.save`` is
+refused before anything is deserialised) and their sha256 equal to the manifest's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from semisam.specialists import build_specialist
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.safetensors"
+FORMAT_VERSION = 1
+#: Weight files that are pickles (or zip archives of pickles) and therefore never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+#: Default preprocessing, in (i, j, k) order for spacing. 0.8 x 0.8 x 1.5 mm is close to the native
+#: in-plane spacing of clinical CT (0.6-0.9 mm), so small lesions keep their shape, while 1.5 mm slices
+#: bound the work for thin-slice scans; both specialists share it (the benchmark states it).
+DEFAULT_TARGET_SPACING = (0.8, 0.8, 1.5)
+DEFAULT_ORIENTATION = "LPS"
+DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
+DEFAULT_MR_PERCENTILES = (0.5, 99.5)
+
+
+class CheckpointError(ValueError):
+    """A model directory is missing, malformed, tampered with or unsafe; the message names the file."""
+
+
+@dataclass
+class ModelManifest:
+    """Everything about a specialist except its weights (the content of ``manifest.json``).
+
+    Attributes:
+        arch: registered architecture name (:data:`semisam.specialists.SPECIALIST_REGISTRY`).
+        kwargs: constructor keyword arguments for ``build_specialist(arch, **kwargs)``.
+        labels: label name -> label value written in output masks (values 1..255, class i+1 in order).
+        modality: ``"CT"`` or ``"MR"`` (drives the intensity normalisation).
+        preprocessing: ``{"target_spacing": [si, sj, sk] mm, "orientation": "LPS",
+            "intensity": {"mode": "ct", "window": [lo, hi]} | {"mode": "percentile", "lower": p, "upper": q}}``.
+        created: ISO-8601 UTC time of creation.
+        parent: version/name of the model this one was trained from, or ``None``.
+        sha256: hex digest of ``weights.safetensors`` (filled in by :func:`save_model`).
+        training: summary of how it was trained (method, cases, epochs...); ``{}`` when untrained.
+        metrics: validation metrics (e.g. ``{"dice": 0.8}``); ``{}`` when untrained.
+        format_version: version of this directory format.
+        inference: sliding-window settings ``{"roi_size": [...], "overlap": f, "sw_batch_size": n,
+            "mode": "constant"|"gaussian"}`` and post-processing ``{"min_component_voxels": n}``.
+    """
+
+    arch: str
+    kwargs: dict[str, Any]
+    labels: dict[str, int]
+    modality: str
+    preprocessing: dict[str, Any]
+    created: str = ""
+    parent: str | None = None
+    sha256: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    inference: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        """Background + one class per label."""
+        return 1 + len(self.labels)
+
+    def class_values(self) -> list[int]:
+        """Label value written for each class index (index 0 = background = 0)."""
+        return [0] + [int(v) for v in self.labels.values()]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False)
+
+
+def default_preprocessing(modality: str, target_spacing=DEFAULT_TARGET_SPACING) -> dict[str, Any]:
+    """Preprocessing block for a new model of ``modality`` (``CT``: window clip; else percentiles)."""
+    if modality.upper() == "CT":
+        intensity = {"mode": "ct", "window": list(DEFAULT_CT_WINDOW)}
+    else:
+        intensity = {
+            "mode": "percentile",
+            "lower": DEFAULT_MR_PERCENTILES[0],
+            "upper": DEFAULT_MR_PERCENTILES[1],
+        }
+    return {
+        "target_spacing": [float(s) for s in target_spacing],
+        "orientation": DEFAULT_ORIENTATION,
+        "intensity": intensity,
+    }
+
+
+def new_manifest(
+    arch: str,
+    labels: dict[str, int] | list[str],
+    modality: str,
+    kwargs: dict[str, Any] | None = None,
+    target_spacing=DEFAULT_TARGET_SPACING,
+    parent: str | None = None,
+) -> ModelManifest:
+    """Manifest of a new, untrained model; ``labels`` as names (values 1, 2, ...) or ``{name: value}``."""
+    if isinstance(labels, list | tuple):
+        labels = {name: i + 1 for i, name in enumerate(labels)}
+    kw = dict(kwargs or {})
+    kw["n_classes"] = 1 + len(labels)
+    man = ModelManifest(
+        arch=arch,
+        kwargs=kw,
+        labels=dict(labels),
+        modality=modality.upper(),
+        preprocessing=default_preprocessing(modality, target_spacing),
+        created=_now(),
+        parent=parent,
+    )
+    _validate(man, "new manifest")
+    return man
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- reading
+_REQUIRED = ("arch", "kwargs", "labels", "modality", "preprocessing", "format_version")
+
+
+def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
+    """Parse and check ``DIR/manifest.json`` (does not touch the weights).
+
+    Raises:
+        CheckpointError: missing folder/file, invalid JSON, missing or ill-typed fields.
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: model directory does not exist")
+    path = d / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a model directory needs {MANIFEST_NAME} and {WEIGHTS_NAME}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+    known = {f.name for f in dataclasses.fields(ModelManifest)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        log.warning("%s: ignoring unknown field(s) %s", path, ", ".join(unknown))
+    man = ModelManifest(**{k: v for k, v in data.items() if k in known})
+    _validate(man, str(path))
+    return man
+
+
+def _validate(man: ModelManifest, where: str) -> None:
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {msg}")
+
+    if (
+        not isinstance(man.format_version, int)
+        or man.format_version > FORMAT_VERSION
+        or man.format_version < 1
+    ):
+        raise bad(
+            f"format_version {man.format_version!r} is not supported (this build reads 1..{FORMAT_VERSION})"
+        )
+    if not isinstance(man.arch, str) or not man.arch:
+        raise bad("arch must be a non-empty string")
+    if not isinstance(man.kwargs, dict):
+        raise bad("kwargs must be an object")
+    if not isinstance(man.labels, dict) or not man.labels:
+        raise bad("labels must be a non-empty object {name: value}")
+    values = list(man.labels.values())
+    if not all(isinstance(v, int) and 1 <= v <= 255 for v in values) or len(set(values)) != len(values):
+        raise bad(f"label values must be distinct integers 1..255, got {values}")
+    if int(man.kwargs.get("n_classes", man.n_classes)) != man.n_classes:
+        raise bad(
+            f"kwargs.n_classes={man.kwargs.get('n_classes')} but there are {len(values)} label(s) + background"
+        )
+    if not isinstance(man.modality, str) or not man.modality:
+        raise bad("modality must be a string such as 'CT' or 'MR'")
+    pre = man.preprocessing
+    if not isinstance(pre, dict):
+        raise bad("preprocessing must be an object")
+    ts = pre.get("target_spacing")
+    if not (
+        isinstance(ts, list | tuple)
+        and len(ts) == 3
+        and all(isinstance(s, int | float) and s > 0 for s in ts)
+    ):
+        raise bad(f"preprocessing.target_spacing must be three positive numbers (mm), got {ts!r}")
+    orient = pre.get("orientation", DEFAULT_ORIENTATION)
+    if not (isinstance(orient, str) and len(orient) == 3 and {c for c in orient.upper()} <= set("RLAPSI")):
+        raise bad(f"preprocessing.orientation must be a 3-letter code such as 'LPS', got {orient!r}")
+    mode = (pre.get("intensity") or {}).get("mode")
+    if mode not in ("ct", "percentile"):
+        raise bad(f"preprocessing.intensity.mode must be 'ct' or 'percentile', got {mode!r}")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, without deserialising it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path}: is a pickle (torch.save output), not safetensors; pickles can run code and are "
+                "refused. Convert it with safetensors.torch.save_file(state_dict, ...)"
+            )
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
+        n = struct.unpack("<Q", head)[0]
+        if n <= 1 or 8 + n > size:
+            raise CheckpointError(f"{path}: not a safetensors file (bad header length {n})")
+        first = fh.read(1)
+        if first != b"{":
+            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)")
+
+
+def verify_model_dir(model_dir: str | os.PathLike) -> ModelManifest:
+    """Check a model directory completely and return its manifest.
+
+    Checks: manifest valid (:func:`read_manifest`); ``weights.safetensors`` present, a real safetensors
+    file (pickles refused), sha256 equal to the manifest's; no pickled weight files beside it.
+
+    Raises:
+        CheckpointError: the first problem found, naming the file.
+    """
+    d = Path(model_dir)
+    man = read_manifest(d)
+    weights = d / WEIGHTS_NAME
+    if not weights.is_file():
+        pickles = sorted(p.name for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
+        raise CheckpointError(f"{weights}: missing{hint}")
+    _check_safetensors(weights)
+    if not man.sha256:
+        raise CheckpointError(f"{d / MANIFEST_NAME}: no sha256 recorded for {WEIGHTS_NAME}")
+    actual = sha256_file(weights)
+    if actual != man.sha256:
+        raise CheckpointError(
+            f"{weights}: sha256 {actual[:16]}... does not match the manifest's {man.sha256[:16]}...; "
+            "the weights were modified or corrupted after saving"
+        )
+    return man
+
+
+# -------------------------------------------------------------------------------------- save / load
+def save_model(
+    model_dir: str | os.PathLike, model: torch.nn.Module, manifest: ModelManifest, overwrite: bool = False
+) -> ModelManifest:
+    """Write ``model``'s weights and ``manifest`` as a model directory, atomically.
+
+    Both files go into a temporary folder beside ``model_dir`` which is then renamed into place; with
+    ``overwrite`` an existing directory is replaced (moved aside first, deleted after the swap).
+    Returns the manifest as saved (``sha256`` and ``created`` filled in).
+
+    Raises:
+        CheckpointError: ``model_dir`` exists and ``overwrite`` is false; or the manifest is invalid.
+    """
+    dest = Path(model_dir)
+    if dest.exists() and not overwrite:
+        raise CheckpointError(f"{dest}: already exists; choose a new folder (or pass overwrite=True)")
+    _validate(manifest, "manifest to save")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"arch": manifest.arch})
+        saved = dataclasses.replace(
+            manifest, sha256=sha256_file(tmp / WEIGHTS_NAME), created=manifest.created or _now()
+        )
+        (tmp / MANIFEST_NAME).write_text(saved.to_json() + "\n", encoding="utf-8")
+        for f in (tmp / WEIGHTS_NAME, tmp / MANIFEST_NAME):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved %s model to %s (sha256 %s)", saved.arch, dest, saved.sha256[:12])
+    return saved
+
+
+def load_model(
+    model_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ModelManifest]:
+    """Verify ``model_dir`` and return ``(model in eval mode on device, manifest)``.
+
+    Raises:
+        CheckpointError: verification failed, or the weights do not fit the architecture.
+    """
+    man = verify_model_dir(model_dir)
+    try:
+        model = build_specialist(man.arch, **man.kwargs)
+    except ValueError as exc:
+        raise CheckpointError(f"{Path(model_dir) / MANIFEST_NAME}: {exc}") from exc
+    weights = Path(model_dir) / WEIGHTS_NAME
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{weights}: cannot be read as safetensors: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights}: weights do not fit {man.arch} {man.kwargs}: {exc}") from exc
+    return model.to(torch.device(device)).eval(), man

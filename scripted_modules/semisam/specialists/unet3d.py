@@ -1,0 +1,48 @@
+"""``unet3d``: the reference specialist, MONAI's 3D U-Net as the semi-supervised baselines use it."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+
+class UNet3D(nn.Module):
+    """MONAI ``UNet(spatial_dims=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)``.
+
+    4.8 M parameters with 1 input channel and 2 classes. Forward: ``(B, 1, D, H, W)`` float ->
+    ``(B, n_classes, D, H, W)`` logits; ``D, H, W`` multiples of 16 (the sliding window guarantees it).
+
+    Args:
+        n_classes: output channels (background + one per label).
+        in_channels: input channels (1: the preprocessed scan).
+        channels, strides, num_res_units: passed to MONAI's ``UNet``.
+    """
+
+    input_kind = "3d"
+    pad_multiple = 16
+
+    def __init__(
+        self,
+        n_classes: int = 2,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+        strides: tuple[int, ...] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+    ):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 (background + labels), got {n_classes}")
+        self.n_classes = n_classes
+        self.in_slices = 1
+        self.net = UNet(
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
