@@ -184,7 +184,11 @@ class ModelRegistry:
         metrics: dict[str, float] | None = None,
         evaluated_on: list[str] | None = None,
     ) -> ModelVersion:
-        """Copy a model folder into the registry as the next version (not active until promoted)."""
+        """Copy a model folder into the registry as the next version (not active until promoted).
+
+        ``metrics`` are its scores on the validation cases ``evaluated_on`` (default: the store's
+        validation split now).
+        """
         src = Path(model_dir)
         manifest = verify_model_folder(src)
         with self.store.lock:
@@ -206,7 +210,8 @@ class ModelRegistry:
                     sha256=sha256_file(staging / WEIGHTS),
                 )
                 if metrics is not None:
-                    rec.metrics, rec.evaluated_on = _check_metrics(metrics), list(evaluated_on or [])
+                    on = self.store.validation_ids() if evaluated_on is None else list(evaluated_on)
+                    rec.metrics, rec.evaluated_on = _check_metrics(metrics), on
                     rec.evaluated = rec.added
                 _fs.atomic_write_json(staging / RECORD, rec.to_json())
                 _fs.commit_dir(staging, rec.path)
