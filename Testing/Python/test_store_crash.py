@@ -30,9 +30,16 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and for
 
 KILLS = 100
 SEED = 20261121
-#: Kill delay after the child starts, uniform in [0, MAX_DELAY_S]: one add of a 16x32x32 case takes
-#: ~30-100 ms on the 2-core CI machine, so kills land before, during and between 0-6 operations.
-MAX_DELAY_S = 0.3
+#: Kill delay after the child starts, uniform in [0, max(MIN_MAX_DELAY_S, 5 x one add)]: one add of a
+#: 16x32x32 case takes ~30-100 ms on the 2-core CI machine, so kills land before, during and between
+#: 0-6 operations; scaling by a measured add keeps that true on a slower or busier machine.
+MIN_MAX_DELAY_S = 0.3
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _parse_log(path: Path) -> tuple[dict[str, str], dict[str, int], set[str], list[str], list[str]]:
@@ -82,13 +89,17 @@ def test_store_survives_kill_9_at_100_random_moments(tmp_path):
     source_sha = sha256_file(model / "weights.safetensors")
     log = tmp_path / "returned.log"
     rng = random.Random(SEED)
+    calib = LabeledStore.create(tmp_path / "calibration", {1: "lesion"})
+    image, mask = drill.synthetic_case("calibration")
+    t_add = min(_timed(lambda: calib.add_case(image, mask)) for _ in range(3))
+    max_delay = max(MIN_MAX_DELAY_S, 5 * t_add)
     verified: dict[str, int] = {}  # case id -> mask revision already checked voxel by voxel
     stats: Counter = Counter()
     t0 = time.perf_counter()
     for k in range(KILLS):
         child = ctx.Process(target=drill.run, args=(str(root), str(log), f"k{k}", None, True))
         child.start()
-        time.sleep(rng.uniform(0.0, MAX_DELAY_S))
+        time.sleep(rng.uniform(0.0, max_delay))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL, f"round {k}: the child died by itself ({child.exitcode})"
@@ -127,7 +138,8 @@ def test_store_survives_kill_9_at_100_random_moments(tmp_path):
     assert len(LabeledStore(root).models.versions()) >= 3
     assert len(seqs) == len(set(seqs))
     print(
-        f"{KILLS} kills in {time.perf_counter() - t0:.1f} s: {len(verified)} cases, "
+        f"{KILLS} kills in {time.perf_counter() - t0:.1f} s (one add {t_add * 1000:.0f} ms, delays up to "
+        f"{max_delay * 1000:.0f} ms): {len(verified)} cases, "
         f"{stats['rounds_with_leftovers']} kills left a half-written case/scan/mask behind"
     )
     # The test must actually hit writes in flight, or it proves nothing.
