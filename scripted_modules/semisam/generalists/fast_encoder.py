@@ -154,10 +154,13 @@ def choose_backend(model, backend: str | None = None) -> str:
 
 
 def apply_backend(model, backend: str | None = None) -> str:
-    """Install the chosen encoder backend on a :class:`~semisam.generalists.sam_family.SamLikeModel`."""
+    """Install the chosen backend (encoder and prompt decoder) on a :class:`SamLikeModel`."""
+    from .fast_decoder import OrtDecoder
+
     choice = choose_backend(model, backend)
     if choice == "eager":
         model.use_eager_encoder()
     else:
         model.set_fast_encoder(OrtEncoder(model.image_encoder, model.image_size), "onnxruntime")
+        model.set_fast_decoder(OrtDecoder(model), "onnxruntime")
     return choice

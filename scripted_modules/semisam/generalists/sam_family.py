@@ -84,6 +84,9 @@ class SamLikeModel(nn.Module):
         self.pixel_norm = pixel_norm
         # A plain callable, deliberately not an nn.Module attribute (it must not enter the state dict).
         self._fast_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._fast_decoder: Callable | None = None
+        #: "eager" or "onnxruntime": what answers box/point prompts
+        self.decoder_backend = "eager"
         #: a short tag of the encoder path in use ("eager-fp32", "onnxruntime", ...), for logs and benchmarks
         self.encoder_backend = "eager-fp32"
         self._dense_pe: torch.Tensor | None = None  # the decoder's positional encoding; constant per model
@@ -101,14 +104,36 @@ class SamLikeModel(nn.Module):
         return int(self.prompt_encoder.mask_input_size[0])
 
     def use_eager_encoder(self) -> None:
-        """Switch back to the reference eager fp32 PyTorch encoder."""
+        """Switch back to the reference eager fp32 PyTorch encoder and decoder."""
         self._fast_encoder = None
+        self._fast_decoder = None
         self.encoder_backend = "eager-fp32"
+        self.decoder_backend = "eager"
 
     def set_fast_encoder(self, fn: Callable[[torch.Tensor], torch.Tensor], backend: str) -> None:
         """Use ``fn`` (``(B, 3, S, S)`` float32 -> features like the eager encoder's) for :meth:`encode`."""
         self._fast_encoder = fn
         self.encoder_backend = backend
+
+    def set_fast_decoder(self, fn: Callable | None, backend: str = "eager") -> None:
+        """Use ``fn`` (see :class:`~semisam.generalists.fast_decoder.OrtDecoder`) for box/point prompts."""
+        self._fast_decoder = fn
+        self.decoder_backend = backend
+
+    def _decode_fast(self, features, points, boxes, masks):
+        """Points and box corners as one labelled list (SAM's ONNX convention), padded when there is no box."""
+        coords, labels = [], []
+        if points is not None:
+            coords.append(points[0][0].cpu().numpy())
+            labels.append(points[1][0].cpu().numpy())
+        if boxes is not None:
+            coords.append(boxes.reshape(2, 2).cpu().numpy())
+            labels.append(np.array([2, 3]))
+        else:  # the eager PromptEncoder adds one "not a point" token when no box is given
+            coords.append(np.zeros((1, 2), np.float32))
+            labels.append(np.array([-1]))
+        low_res, iou = self._fast_decoder(features, np.concatenate(coords), np.concatenate(labels), masks)
+        return low_res.to(features.device), iou.to(features.device)
 
     def run_encoder(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` prepared input -> ``(B, C, h, w)`` float32 features, by the active backend."""
@@ -206,14 +231,19 @@ class SamLikeModel(nn.Module):
         if points is None and boxes is None and masks is None:
             raise PromptError("an empty prompt: give a box, points or a mask")
         multimask = n_points == 1 and boxes is None and masks is None
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, iou = self.mask_decoder(
-            image_embeddings=embedding.features,
-            image_pe=self.dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        if self._fast_decoder is not None and (points is not None or boxes is not None):
+            low_res, iou = self._decode_fast(embedding.features, points, boxes, masks)
+            # the graph returns all four masks: 0 = single-mask output, 1..3 = the multimask outputs
+            low_res, iou = (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
+        else:
+            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=self.dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
         best = int(torch.argmax(iou[0])) if multimask else 0
         logits = tf.logits_to_slice(low_res[:, best : best + 1].float())[0, 0]
         score = float(iou[0, best].clamp(0, 1))

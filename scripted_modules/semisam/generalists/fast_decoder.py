@@ -1,0 +1,147 @@
+"""A faster prompt path for CPU: prompt encoder + mask decoder exported once to ONNX, run by onnxruntime.
+
+The exported graph follows segment-anything's own ONNX recipe (``segment_anything.utils.onnx``): points and
+box corners enter as one padded point list with labels (-1 padding, 0 negative, 1 positive, 2/3 box
+corners), the mask prompt with a ``has_mask_input`` flag. It returns all four low-resolution masks and
+their predicted IoU; choosing between them and resizing to the slice stay in :class:`SamLikeModel`, so the
+eager and the fast path share that code. Cached like the encoder export (see :mod:`.fast_encoder`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fast_encoder import EXPORT_VERSION, onnx_cache_dir, weights_sha256
+
+log = logging.getLogger(__name__)
+
+
+class _DecoderGraph(nn.Module):
+    """``(embeddings, coords, labels, mask_input, has_mask)`` -> ``(low_res (1, 4, m, m), iou (1, 4))``."""
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.pe = prompt_encoder
+        self.dec = mask_decoder
+        self.image_size = image_size
+
+    def forward(self, embeddings, coords, labels, mask_input, has_mask):
+        pe = self.pe
+        # PromptEncoder._embed_points, written without data-dependent control flow (as in SAM's ONNX export)
+        pts = (coords + 0.5) / self.image_size
+        emb = pe.pe_layer._pe_encoding(pts)
+        lab = labels.unsqueeze(-1).expand_as(emb)
+        emb = emb * (lab != -1) + pe.not_a_point_embed.weight * (lab == -1)
+        for i in range(pe.num_point_embeddings):
+            emb = emb + pe.point_embeddings[i].weight * (lab == i)
+        dense = has_mask * pe.mask_downscaling(mask_input)
+        dense = dense + (1 - has_mask) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        masks, iou = self.dec.predict_masks(
+            image_embeddings=embeddings,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=emb,
+            dense_prompt_embeddings=dense,
+        )
+        return masks, iou
+
+
+class OrtDecoder:
+    """Runs the exported decoder; exports (or reuses the cached file) lazily at the first call."""
+
+    def __init__(self, model, threads: int | None = None) -> None:
+        self.model = model
+        self.threads = threads or torch.get_num_threads()
+        self._session = None
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+
+    def _export(self, path: Path) -> None:
+        m = self.model
+        graph = _DecoderGraph(m.prompt_encoder, m.mask_decoder, m.image_size).eval()
+        c = m.prompt_encoder.embed_dim
+        e = m.prompt_encoder.image_embedding_size
+        side = m.mask_input_size
+        dummy = (
+            torch.randn(1, c, e[0], e[1]),
+            torch.rand(1, 3, 2) * m.image_size,
+            torch.tensor([[1.0, 2.0, 3.0]]),
+            torch.zeros(1, 1, side, side),
+            torch.zeros(1),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    graph,
+                    dummy,
+                    tmp,
+                    input_names=["embeddings", "coords", "labels", "mask_input", "has_mask"],
+                    output_names=["masks", "iou"],
+                    dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _ensure(self):
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                m = self.model
+                key = weights_sha256(nn.ModuleList([m.prompt_encoder, m.mask_decoder]))[:32]
+                path = onnx_cache_dir() / f"decoder-{key}-s{m.image_size}-v{EXPORT_VERSION}.onnx"
+                if not path.is_file():
+                    log.info("exporting the prompt decoder to ONNX (first use): %s", path)
+                    self._export(path)
+                so = ort.SessionOptions()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                so.intra_op_num_threads = self.threads
+                so.inter_op_num_threads = 1
+                so.log_severity_level = 3
+                self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                self.path = path
+            return self._session
+
+    def __call__(
+        self,
+        embeddings: torch.Tensor,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four low-res masks ``(1, 4, m, m)`` and IoU ``(1, 4)`` as CPU tensors.
+
+        Args:
+            embeddings: ``(1, C, h, w)`` image features.
+            coords: ``(N, 2)`` model-frame points (box corners included), labels ``(N,)`` in -1..3.
+            mask_input: ``(1, 1, m, m)`` mask logits or ``None``.
+        """
+        sess = self._ensure()
+        side = self.model.mask_input_size
+        mask = np.zeros((1, 1, side, side), np.float32) if mask_input is None else mask_input.cpu().numpy()
+        feeds = {
+            "embeddings": np.ascontiguousarray(embeddings.detach().cpu().numpy(), dtype=np.float32),
+            "coords": np.asarray(coords, np.float32)[None],
+            "labels": np.asarray(labels, np.float32)[None],
+            "mask_input": np.ascontiguousarray(mask, dtype=np.float32),
+            "has_mask": np.array([0.0 if mask_input is None else 1.0], np.float32),
+        }
+        masks, iou = sess.run(["masks", "iou"], feeds)
+        return torch.from_numpy(masks), torch.from_numpy(iou)
