@@ -25,6 +25,7 @@ ImageLike = Volume | str | os.PathLike
 
 
 def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON object; FileNotFoundError passes through, anything else is a :class:`StoreFormatError`."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
