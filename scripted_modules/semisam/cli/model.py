@@ -12,12 +12,11 @@ import argparse
 import json
 import logging
 
-import torch
-
-from semisam.checkpoints import DEFAULT_TARGET_SPACING, new_manifest, save_model, verify_model_dir
-from semisam.specialists import DEFAULT_ARCH, SPECIALIST_REGISTRY, build_specialist, count_parameters
-
 log = logging.getLogger(__name__)
+
+# Kept here (not imported from semisam.checkpoints) so building the parser does not import torch/MONAI:
+# every `semisam` command builds every sub-command's parser.
+DEFAULT_TARGET_SPACING = (0.8, 0.8, 1.5)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
     i = msub.add_parser("init", help="create a new untrained task model directory")
-    i.add_argument("--arch", default=DEFAULT_ARCH, choices=sorted(SPECIALIST_REGISTRY))
+    i.add_argument("--arch", default="mamba_unet", help="specialist architecture (%(default)s; also unet3d)")
     i.add_argument(
         "--labels", required=True, help="comma-separated label names, e.g. 'lesion' or 'liver,tumour'"
     )
@@ -49,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from semisam.checkpoints import new_manifest, save_model
+    from semisam.specialists import build_specialist, count_parameters
+
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if not labels:
         raise ValueError("--labels: give at least one label name")
@@ -83,6 +87,8 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from semisam.checkpoints import verify_model_dir
+
     man = verify_model_dir(args.model_dir)
     print(man.to_json())
     return 0

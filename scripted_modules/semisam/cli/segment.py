@@ -14,8 +14,10 @@ import time
 
 import numpy as np
 
-from semisam.device import DEVICE_CHOICES, resolve_device
 from semisam.volume import read_volume, write_mask, write_volume
+
+#: As ``semisam.device.DEVICE_CHOICES``; repeated so building the parser does not import torch.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from semisam.checkpoints import load_model
+    from semisam.device import resolve_device
     from semisam.inference import segment
 
     t0 = time.perf_counter()
