@@ -18,8 +18,11 @@ import os
 import time
 from pathlib import Path
 
-from semisam.device import DEVICE_CHOICES
 from semisam.intensity import CT_PRESETS
+
+# Same choices as semisam.device.DEVICE_CHOICES, spelled out so that building the parser (and failing on
+# bad input) does not import torch: that import alone takes 3-20 s on a busy 2-core machine.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semisam.generalists import build_generalist, parse_model_spec
     from semisam.prompts import load_prompts
-    from semisam.propagation import propagate_prompts
     from semisam.volume import read_volume, write_mask
 
     t0 = time.perf_counter()
     volume = read_volume(args.image)
     prompts = load_prompts(args.prompts, volume.shape)  # fail on bad prompts before loading a model
+    # torch and the model come only after the input is known to be good.
+    from semisam.generalists import build_generalist, parse_model_spec
+    from semisam.propagation import propagate_prompts
+
     name, checkpoint = parse_model_spec(args.model)
     out = Path(args.output)
     if out.exists() and out.is_dir():

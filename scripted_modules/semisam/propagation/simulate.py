@@ -56,3 +56,32 @@ def boxes_from_label(label: np.ndarray, slices: list[int], axis: str = "axial") 
             raise ValueError(f"the label is empty on {axis} slice {i}")
         prompts.append(Prompt(slice=int(i), box=box))
     return PromptSet(axis=axis, prompts=tuple(prompts))
+
+
+def crop_around(volume, label: np.ndarray, margin_vox: tuple[int, int, int] = (2, 24, 24)):
+    """Crop a :class:`~semisam.volume.Volume` and its label to the label's bounding box plus a margin.
+
+    Geometry is kept exact: the crop's origin is the RAS position of its first voxel, so the crop lies
+    on the original grid (used to make small, fast test cases from real scans).
+
+    Args:
+        volume: the scan.
+        label: ``(Z, Y, X)`` on the scan's grid.
+        margin_vox: margin in voxels along ``(Z, Y, X)``.
+
+    Returns:
+        ``(cropped volume, cropped label)``.
+    """
+    from semisam.volume import Volume
+
+    idx = np.argwhere(np.asarray(label) > 0)
+    if idx.size == 0:
+        raise ValueError("the label is empty: nothing to crop around")
+    lo = np.maximum(idx.min(0) - np.array(margin_vox), 0)
+    hi = np.minimum(idx.max(0) + np.array(margin_vox) + 1, np.array(label.shape))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    origin = volume.voxel_to_ras([lo[2], lo[1], lo[0]])  # (i, j, k) of the first kept voxel
+    crop = Volume(
+        np.ascontiguousarray(volume.array[sl]), volume.spacing, tuple(origin), volume.direction, volume.source
+    )
+    return crop, np.ascontiguousarray(np.asarray(label)[sl])
