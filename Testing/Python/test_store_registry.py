@@ -93,3 +93,28 @@ def test_invalid_model_folders_are_refused(store, tmp_path):
     with pytest.raises(RegistryError, match="no model version 'v0009'"):
         reg.promote("v0009")
     assert reg.versions() == [] and not list(store.root.joinpath("models").rglob(".*"))
+
+
+def test_a_model_saved_by_semisam_checkpoints_registers_and_loads(store, tmp_path):
+    """The contract end to end: save_model's folder goes in, the active folder loads back identically."""
+    torch = pytest.importorskip("torch")
+    ck = pytest.importorskip("semisam.checkpoints")
+    from semisam.specialists import build_specialist
+
+    man = ck.new_manifest(
+        "mamba_unet", ["lesion"], "CT", kwargs={"channels": [8, 16, 16, 32, 32], "mamba_depth": 1}
+    )
+    torch.manual_seed(0)
+    model = build_specialist(man.arch, **man.kwargs).eval()
+    ck.save_model(tmp_path / "trained", model, man)
+    reg = store.models
+    v = reg.add(tmp_path / "trained", metrics={"dice": 0.5})
+    assert v.sha256 == ck.read_manifest(v.path).sha256 and v.arch == "mamba_unet"
+    reg.promote(v.version)
+    loaded, _ = ck.load_model(reg.active_path())
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # A folder whose weights were altered after saving is refused by the checkpoint module's check.
+    (tmp_path / "trained" / "weights.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(RegistryError, match="not a valid model folder"):
+        reg.add(tmp_path / "trained")
