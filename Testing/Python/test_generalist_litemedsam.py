@@ -58,21 +58,53 @@ def test_ground_truth_box_on_lung_lesion_gives_dice_above_0_7(model, lung):
 
 
 @pytest.mark.parametrize("which", ["lung", "brain"])
-def test_fast_encoder_masks_match_eager_fp32(model, which, request):
+def test_fast_path_masks_match_eager_fp32(model, which, request):
+    """The default (onnxruntime encoder + decoder) against eager fp32 end to end: Dice >= 0.99."""
     vol, lab, win, zs = request.getfixturevalue(which)
     z = int(zs[len(zs) // 2])
     img = apply_window(vol.array[z], win)
     prompt = SlicePrompt(box=box_of(lab[z]))
     fast = model.encode(img)
+    fast_pred = model.predict(fast, prompt)
     model.use_eager_encoder()
     try:
+        assert model.encoder_backend == "eager-fp32" and model.decoder_backend == "eager"
         eager = model.encode(img)
+        eager_pred = model.predict(eager, prompt)
+        # the fast decoder alone, on the eager embedding, for every kind of prompt
+        inside = np.array([[float(c) for c in np.argwhere(lab[z]).mean(0)[::-1]]])
+        prompts = [
+            prompt,
+            SlicePrompt(points=inside),
+            SlicePrompt(points=np.vstack([inside, [[2.0, 2.0]]]), point_labels=np.array([1, 0])),
+            SlicePrompt(box=box_of(lab[z]), mask=eager_pred.logits),
+        ]
+        refs = [model.predict(eager, p) for p in prompts]
     finally:
         apply_backend(model, "onnxruntime")
     rel = float((fast.features - eager.features).abs().max() / eager.features.abs().max())
     assert rel < 1e-3
-    d = dice(model.predict(fast, prompt).mask, model.predict(eager, prompt).mask)
-    assert d >= 0.99
+    assert dice(fast_pred.mask, eager_pred.mask) >= 0.99
+    for p, ref in zip(prompts, refs, strict=True):
+        got = model.predict(eager, p)
+        np.testing.assert_allclose(got.logits, ref.logits, atol=1e-2)
+        assert got.score == pytest.approx(ref.score, abs=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_masks_match_cpu(lung):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    vol, lab, win, zs = lung
+    z = int(zs[len(zs) // 2])
+    img = apply_window(vol.array[z], win)
+    prompt = SlicePrompt(box=box_of(lab[z]))
+    cpu = build_generalist("litemedsam", device="cpu", backend="eager")
+    gpu = build_generalist("litemedsam", device="cuda")
+    assert gpu.encoder_backend == "eager-fp32"  # auto keeps PyTorch on the GPU
+    assert dice(gpu.predict(gpu.encode(img), prompt).mask, cpu.predict(cpu.encode(img), prompt).mask) >= 0.99
 
 
 def test_box_on_non_square_crop_lands_on_the_object(model, lung):
