@@ -284,3 +284,13 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
         write_volume(vol.with_array(vol.array + 1), dest)
     assert dest.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["scan.nrrd"]
+
+
+def test_written_files_follow_umask(tmp_path):
+    """Atomic writes must not leave files readable only by their owner (as mkstemp's 0600 would)."""
+    old = os.umask(0o022)
+    try:
+        p = write_mask(np.zeros((3, 4, 5), np.uint8), Volume(np.zeros((3, 4, 5))), tmp_path / "m.nii.gz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -21,10 +21,11 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from semisam.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,7 @@ def fetch(dest: Path | None = None, index: str | None = None) -> Path:
             data = member.read()
             if hashlib.sha256(data).hexdigest() != expected:
                 raise SampleUnavailableError(f"data/{fname} in {SDIST_NAME} does not match its SHA-256")
-            fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{fname}.")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest / fname)
+            atomic_write_bytes(dest / fname, data)
     log.info("sample cases in %s", dest)
     return dest
 

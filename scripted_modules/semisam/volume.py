@@ -24,7 +24,6 @@ import gzip
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from semisam.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -395,39 +396,14 @@ def _atomic_write_sitk(image: sitk.Image, path: str | os.PathLike, compress: boo
         raise VolumeError(
             "detached-header formats (.mhd, .nhdr) cannot be written atomically; use .mha or .nrrd", dest
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffix at the end: SimpleITK picks the writer from it.
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{dest.name}.",
-        suffix=".tmp" + (".nii.gz" if dest.name.lower().endswith(".nii.gz") else suffix),
-        dir=dest.parent,
-    )
-    os.close(fd)
+    # Keep the real suffix at the end of the temporary name: SimpleITK picks the writer from it.
+    tmp_suffix = ".nii.gz" if dest.name.lower().endswith(".nii.gz") else suffix
     try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError):
-            raise VolumeError(f"cannot be written: {_first_line(exc)}", dest) from exc
-        raise
+        with atomic_path(dest, suffix=tmp_suffix) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+    except RuntimeError as exc:  # SimpleITK reports write failures (disk full, permissions) this way
+        raise VolumeError(f"cannot be written: {_first_line(exc)}", dest) from exc
     return dest
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -8,85 +8,28 @@ with ``.``) that readers ignore and :func:`remove_leftovers` deletes.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-#: Prefix of every temporary / staging name; readers skip names starting with ".".
-TMP_PREFIX = ".tmp-"
+from semisam.fileio import (  # noqa: F401 - re-exported for the store's modules
+    TMP_PREFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    fsync_file,
+    replace,
+    tmp_name,
+)
 
 
 def utc_now() -> str:
     """Current time as an ISO 8601 UTC string with seconds (``2026-01-31T12:00:00Z``)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file's data to disk."""
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (a rename is durable only after this). No-op where unsupported."""
-    if sys.platform == "win32":  # Windows cannot open a folder for fsync; NTFS journals renames
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def tmp_name(folder: Path, stem: str = "") -> Path:
-    """A fresh hidden name in ``folder`` (same file system, so a later rename is atomic)."""
-    return folder / f"{TMP_PREFIX}{stem}{'-' if stem else ''}{secrets.token_hex(6)}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a fsync'd temporary file and a rename (then fsync the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def _replace(src: Path, dest: Path) -> None:
-    if sys.platform != "win32":
-        os.replace(src, dest)
-        return
-    # Windows refuses to replace a file another process has open (a reader of case.json, a virus
-    # scanner); such holds last milliseconds, so retry for up to ~2 s before giving up.
-    for attempt in range(100):  # pragma: no cover - Windows only
-        try:
-            os.replace(src, dest)
-            return
-        except PermissionError:
-            if attempt == 99:
-                raise
-            time.sleep(0.02)
-
-
-def atomic_write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON (readable by a person) atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def copy_file_synced(src: Path, dest: Path) -> Path:
