@@ -5,13 +5,15 @@ expensive encoder runs once per slice — and the answer the model and the image
 
 * ``prev``: the previous mask's box plus a small margin (what a naive propagation does);
 * ``lesion``: the box of the lesion-like region (intensity model of the key slice) that touches the
-  previous footprint, searched up to ``search_mm`` beyond the previous box — this finds a lesion that
+  previous footprint, searched up to ``search_slope`` slice spacings beyond the previous box — this finds a lesion that
   grew or shifted between thick slices, where the previous box is a poor prompt;
 * ``union``: the box around both.
 
-Each candidate's mask is scored by ``predicted IoU x lesion likeness`` (mean posterior of the key slice's
-intensity model inside the mask). The chosen mask then passes the stopping tests (see
-:class:`~semisam.propagation.params.PropagationParams`) or ends the track.
+Each candidate's mask is ranked by the model's predicted IoU (near-ties go to the more lesion-like mask),
+and a mask that looks less like the key slice's lesion than like its surroundings (*likeness*: the mean
+posterior of the key slice's intensity model inside the mask, below 0.5) ranks below every other. The
+chosen mask is then re-asked once with the box of its lesion-like part (trims leaks), and passes the
+stopping tests (see :class:`~semisam.propagation.params.PropagationParams`) or ends the track.
 """
 
 from __future__ import annotations
@@ -118,11 +120,10 @@ def propagate_one(
         return StepOutcome(None, "previous slice empty")
     my, mx = params.box_margin_mm / pixel_mm[0], params.box_margin_mm / pixel_mm[1]
     boxes: dict[str, tuple[int, ...]] = {"prev": _expand(pbox, mx, my, shape)}
-    posterior = lesion.posterior(image) if lesion is not None else None
-    if posterior is not None:
+    if lesion is not None:
         search = params.search_mm(slice_mm)
         sy, sx = search / pixel_mm[0], search / pixel_mm[1]
-        region = candidate_region(posterior, prev_mask, _expand(pbox, sx, sy, shape))
+        region = candidate_region(lesion, image, prev_mask, _expand(pbox, sx, sy, shape))
         rbox = box_from_mask(region)
         if rbox is not None:
             boxes["lesion"] = rbox
@@ -136,7 +137,7 @@ def propagate_one(
         tried.add(box)
         prompt = SlicePrompt(box=tuple(float(v) for v in box))  # type: ignore[arg-type]
         pred = model.predict(embedding, prompt)
-        like = lesion.likeness(posterior, pred.mask) if posterior is not None and lesion else 1.0
+        like = lesion.likeness(image, pred.mask) if lesion is not None else 1.0
         q = _quality(pred.score, like, params)
         if trace is not None:
             trace.append((name, box, pred.score, like, pred.mask))
@@ -146,13 +147,16 @@ def propagate_one(
                 slice_index, pred.logits.astype(np.float32), pred.score, like, prev.key, prompt, name
             )
     assert best is not None
-    if posterior is not None and params.refine:
+    if lesion is not None and params.refine:
         # Re-prompt with the box of the chosen mask's lesion-like part: trims leaks into surroundings.
-        rbox = box_from_mask(best.mask & (posterior > 0.5))
+        m = best.mask
+        lesion_like = np.zeros_like(m)
+        lesion_like[m] = lesion.posterior(image[m]) > 0.5
+        rbox = box_from_mask(lesion_like)
         if rbox is not None and rbox not in tried:
             prompt = SlicePrompt(box=tuple(float(v) for v in rbox))  # type: ignore[arg-type]
             pred = model.predict(embedding, prompt)
-            like = lesion.likeness(posterior, pred.mask)  # type: ignore[union-attr]
+            like = lesion.likeness(image, pred.mask)
             if trace is not None:
                 trace.append(("refine", rbox, pred.score, like, pred.mask))
             if _quality(pred.score, like, params) > best_q:
