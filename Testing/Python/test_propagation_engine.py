@@ -139,3 +139,25 @@ def test_coronal_axis_mask_lands_in_the_right_voxels(model, cache, lung_crop):
     # (No Dice bar here: a coronal slice of this 5 mm CT has 5 mm x 0.57 mm pixels, which the model sees
     # squashed; axial prompting is what the quality targets are measured on.)
     assert res.mask.sum() == m.sum()  # nothing outside the prompted coronal slice
+
+
+def test_point_correction_on_a_propagated_slice_reuses_its_mask(model, cache, lung_crop):
+    """A point on a slice that propagation already filled refines that mask (its box + the point)."""
+    vol, lab = lung_crop
+    key = middle_slice(lab)
+    state = _state(model, cache, vol)
+    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    before = propagate(state)
+    below = key - 1
+    assert before.mask[below].any()
+    ys, xs = np.nonzero(lab[below])
+    c = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # the label pixel nearest its centre
+    encoded = state.n_encode
+    add_prompt(state, below, point=(int(xs[c]), int(ys[c])), positive=True)
+    after = propagate(state)
+    assert state.n_encode == encoded  # every slice it needed was already encoded
+    k = state.keys[below]
+    assert k.result is not None and k.result.prompt.box is not None  # anchored by the propagated mask's box
+    assert k.result.prompt.points is not None and k.result.prompt.point_labels.tolist() == [1]
+    assert dice(after.mask[below], lab[below]) > 0.5
+    assert after.key_slices == [below, key]
