@@ -1,0 +1,142 @@
+"""Auto-segment for SemiSAMSegment's Logic: which specialist to run, running it, and the review order.
+
+The specialist is the store's *active* model version when a store folder is set and has one, otherwise
+the model folder the user picked. The per-slice uncertainty ranking (:attr:`semisam.inference.
+SegmentationResult.review_order`) is kept twice: as a ``vtkMRMLTableNode`` (rank, slice k, uncertainty)
+referenced from the segmentation node, which the user can look at and which is saved with the scene, and
+as the segmentation node attribute :data:`REVIEW_ATTRIBUTE` (comma-separated ``k``, most uncertain first)
+that :func:`review_order` reads back. No qt, no ``slicer.app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import vtk
+
+from . import mrml_io
+
+log = logging.getLogger(__name__)
+
+#: Segmentation-node attribute: slice indices ``k`` of the input volume, most uncertain first.
+REVIEW_ATTRIBUTE = "SemiSAM.ReviewOrder"
+#: Node-reference role from the segmentation node to its review table.
+REVIEW_TABLE_ROLE = "SemiSAM.ReviewTable"
+
+
+class ModelChoiceError(ValueError):
+    """No usable specialist: the message says what to choose or fix."""
+
+
+@dataclass
+class AutoSegmentResult:
+    """What :meth:`SemiSAMSegmentLogic.autoSegment` returns.
+
+    Attributes:
+        segment_ids: one segment per label of the model (manifest order).
+        review_order: slice indices ``k`` of the volume, most uncertain first.
+        slice_uncertainty: ``(Z,)`` mean normalised entropy per slice ``k``, in [0, 1].
+        table_node: the ``vtkMRMLTableNode`` holding the ranking.
+        model_version: store version (``v0003``) or ``folder:<path>`` of the model that ran.
+        seconds: wall-clock seconds per stage of the core's inference.
+    """
+
+    segment_ids: list[str]
+    review_order: list[int]
+    slice_uncertainty: np.ndarray
+    table_node: object
+    model_version: str
+    seconds: dict[str, float]
+
+
+def resolve_model_folder(store_folder: str, model_folder: str) -> tuple[Path, str]:
+    """``(model directory, version label)``: the store's active version, else ``model_folder``.
+
+    Raises:
+        ModelChoiceError: neither is usable (the message names the folder and what is missing).
+    """
+    if store_folder:
+        from semisam.store import LabeledStore, StoreError
+        from semisam.store.labeled import STORE_FILE
+
+        root = Path(store_folder).expanduser()
+        if (root / STORE_FILE).is_file():
+            try:
+                active = LabeledStore(root).models.active()
+            except StoreError as exc:
+                raise ModelChoiceError(f"store {root}: {exc}") from exc
+            if active is not None:
+                return active.path, active.version
+            if not model_folder:
+                raise ModelChoiceError(
+                    f"store {root} has no active model version yet: promote one in SemiSAM Train, "
+                    "or choose a model folder (e.g. made by `semisam model init`)"
+                )
+    if not model_folder:
+        raise ModelChoiceError("choose a model folder (or a store folder with an active model version)")
+    path = Path(model_folder).expanduser()
+    if not path.is_dir():
+        raise ModelChoiceError(f"model folder {path}: no such folder")
+    return path, f"folder:{path.resolve()}"
+
+
+def run_specialist(
+    volume, model_dir: Path, device, progress: Callable[[float, str], None] | None, cache: dict
+):
+    """Load (once per folder content and device) and run the specialist; returns ``(result, manifest)``.
+
+    ``cache`` maps ``(folder, weights sha256, device)`` to the loaded ``(model, manifest)``.
+    """
+    from semisam.checkpoints import load_model, verify_model_dir
+    from semisam.inference import segment
+
+    manifest = verify_model_dir(model_dir)  # cheap next to inference; catches a replaced folder
+    key = (str(Path(model_dir).resolve()), manifest.sha256, str(device))
+    if key not in cache:
+        cache.clear()  # one specialist at a time: models of a few MB, but no reason to pile them up
+        cache[key] = load_model(model_dir, device)
+    model, manifest = cache[key]
+    return segment(volume, model, manifest, device=device, progress=progress), manifest
+
+
+def write_review_table(segmentation_node, order: np.ndarray, slice_uncertainty: np.ndarray):
+    """Store the ranking in a table node referenced by ``segmentation_node`` (created or reused)."""
+    scene = segmentation_node.GetScene()
+    table = segmentation_node.GetNodeReference(REVIEW_TABLE_ROLE)
+    if table is None:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} review order")
+        segmentation_node.SetNodeReferenceID(REVIEW_TABLE_ROLE, table.GetID())
+    vtable = vtk.vtkTable()
+    columns = (
+        ("rank", vtk.vtkIntArray(), np.arange(1, len(order) + 1)),
+        ("slice", vtk.vtkIntArray(), order),
+        ("uncertainty", vtk.vtkDoubleArray(), slice_uncertainty[order]),
+    )
+    for name, array, values in columns:
+        array.SetName(name)
+        for v in values:
+            array.InsertNextValue(v.item())
+        vtable.AddColumn(array)
+    table.SetAndObserveTable(vtable)
+    segmentation_node.SetAttribute(REVIEW_ATTRIBUTE, ",".join(str(int(k)) for k in order))
+    return table
+
+
+def review_order(segmentation_node) -> list[int]:
+    """The ranking stored by :func:`write_review_table` (empty when there is none)."""
+    text = segmentation_node.GetAttribute(REVIEW_ATTRIBUTE) if segmentation_node is not None else None
+    return [int(v) for v in text.split(",") if v.strip()] if text else []
+
+
+def slice_centre_ras(volume_node, k: int) -> tuple[float, float, float]:
+    """RAS (mm) of the centre of slice ``k`` of a volume node (for jumping a slice view to it)."""
+    nx, ny, nz = volume_node.GetImageData().GetDimensions()
+    if not 0 <= k < nz:
+        raise ValueError(f"slice {k} is outside {volume_node.GetName()!r} (0..{nz - 1})")
+    m = mrml_io.ijk_to_ras(volume_node)
+    ras = m @ np.array([(nx - 1) / 2.0, (ny - 1) / 2.0, float(k), 1.0])
+    return (float(ras[0]), float(ras[1]), float(ras[2]))

@@ -1,0 +1,178 @@
+"""Propagate for SemiSAMSegment's Logic: markups -> the core's propagation -> one segment, in range only.
+
+The core's :class:`~semisam.propagation.PropagationState` lives in the case's
+:class:`~SemiSAMSegmentLib.session.SegmentSession`. A second *Propagate* with one more point or box adds
+only that prompt (the core then recomputes only the range it affects, and no slice is encoded twice); a
+prompt that was moved or deleted, or another generalist / window / axis, starts a new state (slice
+embeddings stay in the Logic's shared cache, so that costs decoder calls, not encoder runs).
+
+The result replaces the chosen segment **only inside the propagated range** along the slice axis: from
+the first to the last slice that the new mask, a key slice, or this session's previous propagation into
+that segment touched. Every other slice keeps what it had (the specialist's proposal, Segment Editor
+edits). No qt, no ``slicer.app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import mrml_io
+from .markup_prompts import MarkupPrompts
+from .session import SegmentSession, merge_in_range
+
+log = logging.getLogger(__name__)
+
+#: Bytes of slice embeddings the Logic keeps (LiteMedSAM: 1 MiB per slice, so ~384 slices).
+EMBEDDING_CACHE_BYTES = 384 * 2**20
+
+
+@dataclass
+class PropagateOutcome:
+    """What :meth:`SemiSAMSegmentLogic.propagate` returns.
+
+    Attributes:
+        segment_id: the segment that was written.
+        axis: slice axis of the prompts.
+        slice_range: inclusive ``(first, last)`` slice along ``axis`` that was replaced.
+        key_slices: prompted slices.
+        slices: slices where the new mask is non-empty.
+        confidence: ``(n_slices,)`` per-slice confidence along ``axis`` (``NaN``: nothing segmented).
+        stops: why each track stopped (``{"<key>:<+1|-1>": reason}``).
+        added_prompts: prompts added to the session by this call.
+        rebuilt: ``True`` when the session's propagation state was started afresh.
+        slices_encoded: slices encoded by this session so far (cache misses).
+        seconds: wall-clock seconds of this call's propagation.
+    """
+
+    segment_id: str
+    axis: str
+    slice_range: tuple[int, int]
+    key_slices: list[int]
+    slices: list[int]
+    confidence: np.ndarray
+    stops: dict[str, str]
+    added_prompts: int
+    rebuilt: bool
+    slices_encoded: int
+    seconds: float
+
+
+def window_argument(preset: str) -> str | None:
+    """Parameter-node intensity preset -> the core's ``window`` argument (``auto`` -> ``None``)."""
+    return None if preset in ("", "auto") else preset
+
+
+def propagate_session(
+    session: SegmentSession,
+    markups: MarkupPrompts,
+    model,
+    state_key: tuple,
+    window: str | None,
+    cache,
+    progress: Callable[[float, str], None] | None = None,
+):
+    """Bring the session's propagation state up to ``markups`` and propagate; returns the core's result.
+
+    Returns:
+        ``(PropagationResult, number of prompts added, rebuilt)``.
+    """
+    from semisam.propagation import add_prompts, init_state, propagate
+
+    wanted = list(markups.prompts.prompts)
+    new = session.prompts_to_add(wanted) if session.state_key == state_key else None
+    rebuilt = new is None
+    if rebuilt:
+        session.state = init_state(
+            model,
+            session.volume,
+            markups.prompts.axis,
+            window=window,
+            cache=cache,
+            modality=session.modality,
+            scan_id=f"slicer:{session.key[0]}@{session.key[1]}",
+        )
+        session.state_key, session.applied, new = state_key, [], wanted
+    if new:
+        add_prompts(session.state, new)
+        session.applied += new
+    session.count_prompts(wanted)
+    n = max(1, session.state.n_slices)
+    done = [0]
+
+    def step(slice_index: int, outcome: object) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(min(0.99, done[0] / n), f"propagating: slice {slice_index}")
+
+    return propagate(session.state, progress=step), len(new or []), rebuilt
+
+
+def write_segment(
+    session: SegmentSession, result, axis: str, volume_node, segmentation_node, segment_name: str
+) -> tuple[str, tuple[int, int]]:
+    """Replace ``segment_name`` by ``result.mask`` inside the propagated range; returns ``(id, range)``."""
+    seg = segmentation_node.GetSegmentation()
+    existing = seg.GetSegmentIdBySegmentName(segment_name)
+    if existing:
+        current = mrml_io.export_mask(segmentation_node, volume_node, [existing])
+    else:
+        current = np.zeros(session.volume.shape, np.uint8)
+    touched = set(result.slices) | set(result.key_slices)
+    previous = session.written.get((segment_name, axis))
+    if previous is not None:
+        touched |= {previous[0], previous[1]}
+    lo, hi = min(touched), max(touched)
+    merged = merge_in_range(current, result.mask, axis, lo, hi)
+    (segment_id,) = mrml_io.import_mask(merged, volume_node, segmentation_node, {1: segment_name})
+    session.written[(segment_name, axis)] = (lo, hi)
+    return segment_id, (lo, hi)
+
+
+def run(
+    session: SegmentSession,
+    markups: MarkupPrompts,
+    model,
+    state_key: tuple,
+    window: str | None,
+    cache,
+    volume_node,
+    segmentation_node,
+    segment_name: str,
+    progress: Callable[[float, str], None] | None = None,
+) -> PropagateOutcome:
+    """:func:`propagate_session` then :func:`write_segment`, timed, as a :class:`PropagateOutcome`."""
+    t0 = time.perf_counter()
+    result, added, rebuilt = propagate_session(session, markups, model, state_key, window, cache, progress)
+    axis = markups.prompts.axis
+    segment_id, rng = write_segment(session, result, axis, volume_node, segmentation_node, segment_name)
+    seconds = time.perf_counter() - t0
+    log.info(
+        "propagated %d prompt(s) (%d new) on %s slices %s -> %d voxels in slices %d..%d (%.1f s)",
+        len(markups.prompts.prompts),
+        added,
+        axis,
+        result.key_slices,
+        int(result.mask.sum()),
+        *rng,
+        seconds,
+    )
+    if progress is not None:
+        progress(1.0, "done")
+    return PropagateOutcome(
+        segment_id=segment_id,
+        axis=axis,
+        slice_range=rng,
+        key_slices=list(result.key_slices),
+        slices=result.slices,
+        confidence=result.confidence,
+        stops=dict(result.stops),
+        added_prompts=added,
+        rebuilt=rebuilt,
+        slices_encoded=int(session.state.n_encode),
+        seconds=round(seconds, 3),
+    )

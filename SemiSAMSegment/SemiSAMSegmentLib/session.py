@@ -1,0 +1,103 @@
+"""The explicit state SemiSAMSegment's Logic keeps for one case (one input volume) between button presses.
+
+One :class:`SegmentSession` per input volume node, from the first action on it (auto-segment or
+propagate) until *Accept* stores the case. It holds what provenance needs (start time, prompts used,
+the proposal and the model version that made it) and the propagation session of the core
+(:class:`semisam.propagation.PropagationState`), so that adding a prompt re-propagates only the range
+it affects. No qt, no ``slicer.app``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from semisam.prompts import Prompt, put_slice, take_slice
+from semisam.volume import Volume
+
+from . import mrml_io
+
+
+def volume_key(volume_node) -> tuple[str, int]:
+    """``(node ID, image-data modified time)``: changes when the voxels are replaced or edited."""
+    image = volume_node.GetImageData()
+    return (volume_node.GetID(), int(image.GetMTime()) if image is not None else -1)
+
+
+def now_utc() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+
+
+@dataclass
+class SegmentSession:
+    """One case in progress.
+
+    Attributes:
+        key: :func:`volume_key` of the volume node the session belongs to.
+        volume: the scan as a :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` = Slicer's ``[k, j, i]``).
+        started: when work on the case began (UTC).
+        proposal: the specialist's label map ``(Z, Y, X)`` from *Auto-segment*, kept for the proposal Dice.
+        proposal_version: the model version that made it (store version ``v0003``, or ``folder:<path>``).
+        modality: from the specialist's manifest, when known.
+        state: the core's propagation state (``None`` before the first *Propagate*).
+        state_key: ``(generalist, checkpoint, window, axis, device)`` the state was built for.
+        applied: prompts already in ``state``, in the order they were added.
+        prompt_kinds: every distinct prompt used on this case, by kind (``box``, ``point+``, ``point-``).
+        written: ``(segment name, axis)`` -> inclusive slice range propagation last wrote.
+        review_order: slice indices ``k``, most uncertain first, from *Auto-segment*.
+    """
+
+    key: tuple[str, int]
+    volume: Volume
+    started: _dt.datetime = field(default_factory=now_utc)
+    proposal: np.ndarray | None = None
+    proposal_version: str | None = None
+    modality: str | None = None
+    state: Any = None
+    state_key: tuple | None = None
+    applied: list[Prompt] = field(default_factory=list)
+    prompt_kinds: Counter = field(default_factory=Counter)
+    written: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    review_order: list[int] = field(default_factory=list)
+    _seen: set[Prompt] = field(default_factory=set)
+
+    @classmethod
+    def for_node(cls, volume_node) -> SegmentSession:
+        return cls(key=volume_key(volume_node), volume=mrml_io.volume_from_node(volume_node))
+
+    def count_prompts(self, prompts: list[Prompt]) -> None:
+        """Record prompts for provenance; a prompt counts once however often it is re-propagated."""
+        for p in prompts:
+            if p not in self._seen:
+                self._seen.add(p)
+                self.prompt_kinds["box" if p.box else ("point+" if p.positive else "point-")] += 1
+
+    def prompts_to_add(self, wanted: list[Prompt]) -> list[Prompt] | None:
+        """The prompts of ``wanted`` not yet in the state, or ``None`` when the state must be rebuilt
+        (a prompt was removed or moved: the core adds prompts, it does not take them back)."""
+        remaining = Counter(wanted)
+        for p in self.applied:
+            if remaining[p] <= 0:
+                return None
+            remaining[p] -= 1
+        out = []
+        for p in wanted:
+            if remaining[p] > 0:
+                out.append(p)
+                remaining[p] -= 1
+        return out
+
+
+def merge_in_range(current: np.ndarray, new: np.ndarray, axis: str, lo: int, hi: int) -> np.ndarray:
+    """``current`` with slices ``lo..hi`` (inclusive, across ``axis``) replaced by ``new``'s.
+
+    Both ``(Z, Y, X)`` on the same grid; slices outside the range keep ``current``'s voxels.
+    """
+    out = np.array(current, dtype=np.uint8, copy=True)
+    for s in range(lo, hi + 1):
+        put_slice(out, axis, s, take_slice(new, axis, s))
+    return out

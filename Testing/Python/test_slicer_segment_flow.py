@@ -1,0 +1,330 @@
+"""SemiSAMSegment's Logic end to end against the real slicer-core MRML, the real LiteMedSAM weights, a real
+specialist model folder and a real store: auto-segment -> markups -> propagate -> accept.
+
+The expensive part (LiteMedSAM on a cropped lung1: 7 slices of 74 x 72 voxels) runs once per module; the
+tests then check what it left in the scene and the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (Slicer's MRML in Python) is needed")
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "SemiSAMSegment"))
+
+from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
+
+from semisam.prompts import box_from_mask  # noqa: E402
+from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
+from semisam.store import LabeledStore  # noqa: E402
+from semisam.volume import Volume, read_mask, read_volume  # noqa: E402
+
+segment_module = importlib.import_module("SemiSAMSegment")
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def make_scene():
+    """A real scene with the Colors/Segmentations/Volumes logics (as conftest's ``mrml_scene``, but one
+    per module here so the expensive propagation runs once)."""
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    logics = []
+    for name, cls in (
+        ("Colors", slicer.vtkSlicerColorLogic),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("Volumes", slicer.vtkSlicerVolumesLogic),
+    ):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app)
+        logic.SetMRMLScene(scene)
+        app.SetModuleLogic(name, logic)
+        logics.append(logic)
+    scene.semisam_keep = (app, logics)
+    return scene
+
+
+def tiny_model_dir(path: Path, labels=("lesion",), modality="CT") -> Path:
+    """An untrained specialist folder, exactly what ``semisam model init`` writes (small and coarse)."""
+    import torch
+
+    from semisam.checkpoints import new_manifest, save_model
+    from semisam.specialists import build_specialist
+
+    manifest = new_manifest(
+        "mamba_unet",
+        list(labels),
+        modality,
+        kwargs={"channels": [8, 16, 16, 32, 32]},
+        target_spacing=(2, 2, 3),
+    )
+    torch.manual_seed(0)
+    save_model(path, build_specialist(manifest.arch, **manifest.kwargs), manifest)
+    return path
+
+
+def roi_around(scene, volume: Volume, box, k: int, name: str = "box"):
+    """An ROI node (RAS) around voxel box ``(i0, j0, i1, j1)`` on slice ``k``, 0.8 voxel thick."""
+    x0, y0, x1, y1 = box
+    c0 = volume.voxel_to_ras([x0 - 0.5, y0 - 0.5, k - 0.4])
+    c1 = volume.voxel_to_ras([x1 + 0.5, y1 + 0.5, k + 0.4])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetCenter(*((c0 + c1) / 2))
+    roi.SetSize(*np.abs(c1 - c0))
+    return roi
+
+
+# ---------------------------------------------------------------------------------- fast checks
+def test_ras_to_voxel_agrees_with_the_node_rastoijk(mrml_scene):
+    """The Logic converts markups with Volume.ras_to_voxel; Slicer's own RASToIJK gives the same voxel."""
+    rng = np.random.default_rng(3)
+    direction = np.linalg.qr(rng.normal(size=(3, 3)))[0]  # oblique, possibly left-handed
+    scan = Volume(
+        rng.normal(size=(5, 6, 7)).astype(np.float32), (0.7, 1.1, 2.5), (10.0, -5.0, 3.0), direction
+    )
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    volume = mrml_io.volume_from_node(node)
+    m = slicer.vtkMatrix4x4() if hasattr(slicer, "vtkMatrix4x4") else __import__("vtk").vtkMatrix4x4()
+    node.GetRASToIJKMatrix(m)
+    ras_to_ijk = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    ras = rng.uniform(-30, 30, size=(50, 3))
+    expected = (np.c_[ras, np.ones(50)] @ ras_to_ijk.T)[:, :3]
+    assert np.allclose(volume.ras_to_voxel(ras), expected, atol=1e-9)
+
+
+def test_markups_become_prompts_with_signs_and_axis(mrml_scene):
+    scan = Volume(
+        np.zeros((10, 40, 30), np.int16), (0.8, 0.8, 5.0), (1.0, 2.0, 3.0), np.diag([-1.0, -1.0, 1.0])
+    )
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    volume = mrml_io.volume_from_node(node)
+    roi = roi_around(mrml_scene, volume, (5, 6, 20, 25), 4)
+    points = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    points.AddControlPoint(*volume.voxel_to_ras([7, 8, 4]))
+    points.AddControlPoint(*volume.voxel_to_ras([25, 30, 6]))
+    points.SetNthControlPointDescription(1, "Negative")
+    got = markup_prompts.markups_to_prompts(volume, points, roi)
+    assert got.prompts.axis == "axial"  # the ROI is one voxel thick across k
+    assert [p.to_json() for p in got.prompts.prompts] == [
+        {"slice": 4, "box": [5, 6, 20, 25]},
+        {"slice": 4, "point": [7, 8], "positive": True},
+        {"slice": 6, "point": [25, 30], "positive": False},
+    ]
+    assert got.kinds == {"box": 1, "point+": 1, "point-": 1}
+    points.SetAttribute(markup_prompts.SIGN_ATTRIBUTE, "negative")  # the whole list is background
+    assert not any(p.positive for p in markup_prompts.point_prompts(points, volume, "axial"))
+    # An ROI thin across i is a sagittal box: columns j, rows k.
+    thin = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "sagittal")
+    c0, c1 = volume.voxel_to_ras([11.6, 3, 2]), volume.voxel_to_ras([12.4, 9, 5])
+    thin.SetCenter(*((c0 + c1) / 2))
+    thin.SetSize(*np.abs(c1 - c0))
+    sag = markup_prompts.markups_to_prompts(volume, None, thin)
+    assert sag.prompts.axis == "sagittal"
+    assert sag.prompts.prompts[0].to_json() == {"slice": 12, "box": [3, 2, 9, 5]}
+
+
+def test_a_point_outside_the_volume_is_a_clear_error(mrml_scene):
+    scan = Volume(np.zeros((4, 8, 8), np.int16), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    points = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "my clicks")
+    points.AddControlPoint(2.0, 2.0, 3.0, "inside")
+    points.AddControlPoint(2.0, 2.0, 30.0, "too far up")
+    seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic = segment_module.SemiSAMSegmentLogic()
+    with pytest.raises(
+        markup_prompts.MarkupPromptError,
+        match=r"markups 'my clicks' point 2 \('too far up'\) at RAS \(2\.0, 2\.0, 30\.0\) mm is outside the "
+        r"volume: voxel \(i, j, k\) \(2\.0, 2\.0, 10\.0\), valid 0\.\.7, 0\.\.7, 0\.\.3",
+    ):
+        logic.propagate(node, seg, "lesion", pointsNode=points, device="cpu")
+    assert mrml_io.segment_ids(seg) == []  # nothing written
+    roi = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far box")
+    roi.SetCenter(100.0, 100.0, 3.0)
+    roi.SetSize(4.0, 4.0, 1.0)
+    with pytest.raises(
+        markup_prompts.MarkupPromptError, match="markups 'far box'.*does not overlap the volume"
+    ):
+        logic.promptsFromMarkups(node, None, roi)
+    with pytest.raises(markup_prompts.MarkupPromptError, match="no prompts: place an ROI box or points"):
+        logic.promptsFromMarkups(node, mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty"))
+
+
+# --------------------------------------------------------------------------- auto-segment on a grid
+def test_auto_segment_lands_on_the_volume_grid(mrml_scene, breast1, tmp_path):
+    """An untrained specialist on breast1 (oblique-free but anisotropic, non-zero origin): the segments
+    equal the core's own result on the file, voxel for voxel, and the ranking is stored."""
+    from semisam.checkpoints import load_model
+    from semisam.inference import segment
+
+    model_dir = tiny_model_dir(tmp_path / "model", modality="MR")
+    node = mrml_io.load_volume(mrml_scene, breast1.image)
+    seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "proposal")
+    logic = segment_module.SemiSAMSegmentLogic()
+    fractions = []
+    out = logic.autoSegment(node, model_dir, seg, "cpu", lambda f, stage: fractions.append(f))
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert [seg.GetSegmentation().GetSegment(s).GetName() for s in out.segment_ids] == ["lesion"]
+    expected = segment(read_volume(breast1.image), *load_model(model_dir), device="cpu")
+    got = mrml_io.export_mask(seg, node)
+    assert got.shape == read_volume(breast1.image).shape
+    assert np.array_equal(got, expected.labels), "segment voxels differ from the core's labels"
+    assert expected.labels.any(), "an all-empty proposal would not test the grid"
+    assert out.review_order == [int(k) for k in expected.review_order]
+    table = out.table_node.GetTable()
+    assert table.GetNumberOfRows() == node.GetImageData().GetDimensions()[2]
+    assert [table.GetValueByName(r, "slice").ToInt() for r in range(3)] == out.review_order[:3]
+    assert logic.reviewOrder(seg) == out.review_order
+    assert logic.nextUncertainSlice(seg) == out.review_order[0]
+    assert logic.nextUncertainSlice(seg, out.review_order[0]) == out.review_order[1]
+    assert logic.nextUncertainSlice(seg, out.review_order[-1]) == out.review_order[0]
+    ras = logic.sliceCentreRAS(node, out.review_order[0])
+    assert abs(read_volume(breast1.image).ras_to_voxel(ras)[2] - out.review_order[0]) < 1e-6
+
+
+def test_the_stores_active_model_is_the_one_auto_segment_uses(tmp_path):
+    picked = tiny_model_dir(tmp_path / "picked")
+    resolve = segment_module.SemiSAMSegmentLogic.resolveModelFolder
+    assert resolve("", str(picked)) == (picked, f"folder:{picked.resolve()}")
+    store = LabeledStore.create(tmp_path / "store", {1: "lesion"})
+    with pytest.raises(autoseg.ModelChoiceError, match="has no active model version yet"):
+        resolve(str(store.root), "")
+    assert resolve(str(store.root), str(picked))[0] == picked  # no active version: the picked folder
+    version = store.models.add(picked)
+    store.models.promote(version.version)
+    assert resolve(str(store.root), str(picked)) == (version.path, "v0001")
+    with pytest.raises(autoseg.ModelChoiceError, match="no such folder"):
+        resolve("", str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- propagate and accept, lung1 crop
+@pytest.fixture(scope="module")
+def lung_flow(lung1, tmp_path_factory):
+    """Auto-segment (untrained model) -> paint marks far from the nodule -> one ROI box -> propagate."""
+    tmp = tmp_path_factory.mktemp("lung_flow")
+    full = read_volume(lung1.image)
+    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    scene = make_scene()
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
+    logic = segment_module.SemiSAMSegmentLogic()
+    model_dir = tiny_model_dir(tmp / "model")
+    auto = logic.autoSegment(node, model_dir, seg, "cpu")
+    proposal = mrml_io.export_mask(seg, node)
+    before = proposal.copy()
+    before[0, :5, :5] = 1  # user marks on slices the nodule is not on: must survive propagation
+    before[-1, -5:, -5:] = 1
+    key = middle_slice(label)
+    before[key, :3, -3:] = 1  # ... and one on the key slice, which propagation replaces
+    mrml_io.import_mask(before, node, seg, {1: "lesion"})
+    other = np.zeros_like(before)
+    other[1:3, 10:12, 10:12] = 1
+    mrml_io.import_mask(other, node, seg, {1: "vessel"})
+    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    stages = []
+    out = logic.propagate(
+        node, seg, "lesion", roiNode=roi, device="cpu", progress=lambda f, s: stages.append((f, s))
+    )
+    after = mrml_io.export_mask(seg, node, [out.segment_id])
+    return dict(
+        scene=scene,
+        node=node,
+        seg=seg,
+        logic=logic,
+        label=label,
+        key=key,
+        roi=roi,
+        out=out,
+        auto=auto,
+        proposal=proposal,
+        before=before,
+        other=other,
+        after=after,
+        stages=stages,
+        tmp=tmp,
+        crop=crop,
+    )
+
+
+def test_propagate_from_an_roi_segments_the_nodule(lung_flow):
+    out, label, after = lung_flow["out"], lung_flow["label"], lung_flow["after"]
+    assert out.axis == "axial" and out.key_slices == [lung_flow["key"]]
+    lo, hi = out.slice_range
+    d = dice(after[lo : hi + 1], label[lo : hi + 1])
+    assert d > 0.6, (d, out)
+    assert out.slices == [lung_flow["key"] - 1, lung_flow["key"], lung_flow["key"] + 1], out.stops
+    assert lung_flow["stages"][-1] == (1.0, "done")
+
+
+def test_slices_outside_the_propagated_range_keep_what_they_had(lung_flow):
+    out, before, after = lung_flow["out"], lung_flow["before"], lung_flow["after"]
+    lo, hi = out.slice_range
+    assert 0 < lo and hi < before.shape[0] - 1, out.slice_range  # there are slices outside to check
+    assert np.array_equal(after[:lo], before[:lo]) and np.array_equal(after[hi + 1 :], before[hi + 1 :])
+    assert after[0, :5, :5].all() and after[-1, -5:, -5:].all()
+    # Inside the range the propagated mask replaced the mark.
+    assert not after[lung_flow["key"], :3, -3:].any()
+    seg, node = lung_flow["seg"], lung_flow["node"]
+    vessel = seg.GetSegmentation().GetSegmentIdBySegmentName("vessel")
+    assert np.array_equal(mrml_io.export_mask(seg, node, [vessel]), lung_flow["other"])  # other segment kept
+
+
+def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
+    """A positive point on the nodule one slice up: the propagation state is kept (one prompt added, no
+    slice encoded again); moving the point rebuilds the state but reuses the cached embeddings."""
+    logic, node, seg, crop, key, label = (
+        lung_flow[k] for k in ("logic", "node", "seg", "crop", "key", "label")
+    )
+    encoded = lung_flow["out"].slices_encoded
+    points = lung_flow["scene"].AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "corrections")
+    j, i = np.argwhere(label[key + 1] > 0).mean(axis=0).round().astype(int)
+    points.AddControlPoint(*crop.voxel_to_ras([i, j, key + 1]))
+    again = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
+    assert again.added_prompts == 1 and not again.rebuilt
+    assert again.key_slices == [key, key + 1] and again.slices_encoded == encoded
+    after = mrml_io.export_mask(seg, node, [again.segment_id])
+    lo, hi = again.slice_range
+    assert dice(after[lo : hi + 1], label[lo : hi + 1]) > 0.6
+    assert np.array_equal(after[0], lung_flow["before"][0])
+    points.SetNthControlPointPosition(0, *crop.voxel_to_ras([i + 1, j, key + 1]))  # moved: rebuild
+    moved = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
+    assert moved.rebuilt and moved.added_prompts == 2
+    assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
+
+
+def test_accept_stores_the_case_with_its_provenance(lung_flow):
+    logic, node, seg, tmp = (lung_flow[k] for k in ("logic", "node", "seg", "tmp"))
+    store_dir = tmp / "store"
+    accepted = mrml_io.export_mask(seg, node)  # label n = n-th segment: lesion 1, vessel 2
+    case_id = logic.accept(node, seg, str(store_dir), {"annotator": "JD", "notes": "test"})
+    store = LabeledStore(store_dir)
+    assert store.labels == {0: "background", 1: "lesion", 2: "vessel"}
+    case = store.read_case(case_id)
+    assert np.array_equal(case.mask.array, accepted)
+    assert case.image.same_grid(lung_flow["crop"]) and np.array_equal(
+        case.image.array, lung_flow["crop"].array
+    )
+    prov = case.record.provenance
+    assert prov.annotator == "JD" and prov.notes == "test" and prov.tool == "SemiSAMSegment"
+    assert prov.prompts == {"box": 1, "point+": 2}  # the moved point counts as a second one
+    assert prov.model_version == lung_flow["auto"].model_version
+    assert prov.model_version.startswith("folder:")
+    assert prov.proposal_dice == pytest.approx(dice(lung_flow["proposal"], accepted), abs=1e-6)
+    assert prov.seconds is not None and prov.seconds >= 0
+    on_disk = json.loads((store.case_dir(case_id) / "case.json").read_text())
+    assert on_disk["provenance"]["n_prompts"] == 3
+    # The case ended: a second accept is a new case without the first one's prompts or proposal.
+    second = logic.accept(node, seg, str(store_dir), None)
+    assert second != case_id and store.record(second).provenance.prompts == {}
+    assert store.record(second).provenance.proposal_dice is None
