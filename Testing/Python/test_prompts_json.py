@@ -57,6 +57,7 @@ def test_defaults_axis_axial_and_points_positive():
         ({"slice": 2, "point": [2, 2], "positive": "no"}, ["prompt 1", "true or false"]),
         ({"slice": 2, "point": [2, 2], "label": 1}, ["prompt 1", "unknown key"]),
         ({"slice": True, "point": [2, 2]}, ["prompt 1", "integer"]),
+        ({"slice": 2, "box": [1, 1, 5, 5], "positive": False}, ["prompt 1", "points only"]),
     ],
 )
 def test_bad_prompt_names_index_and_problem(prompt, words):

@@ -191,8 +191,10 @@ def _parse_one(item: Any, n: int, axis: str, shape_zyx: tuple[int, int, int] | N
     positive = item.get("positive", True)
     if not isinstance(positive, bool):
         raise PromptError(f"{where}: 'positive' must be true or false, got {positive!r}")
-    if has_box and "positive" in item:
-        raise PromptError(f"{where}: 'positive' applies to points only; a box always marks the structure")
+    if has_box and not positive:
+        raise PromptError(
+            f"{where}: a box always marks the structure; 'positive': false applies to points only"
+        )
     box = point = None
     if has_box:
         box = _ints(item["box"], 4, "'box'", where)
