@@ -75,6 +75,7 @@ class Evil:
         return (print, ("this must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_objects_are_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": Evil()}, path)
