@@ -2,8 +2,10 @@
 
 Module, parameter node, Widget, Logic and Test as in Slicer's scripted-module template. Inside Slicer all
 of them work; against the ``slicer-core`` wheel (pytest, batch) only the Logic does (see
-``SemiSAMSegmentLib/headless.py``). Buttons whose engine is not in the core yet stay disabled and say in
-their tooltip which issue brings them.
+``SemiSAMSegmentLib/headless.py``). The Logic delegates to small helpers in ``SemiSAMSegmentLib/``:
+``autoseg`` (specialist, review order), ``markup_prompts`` (markups -> voxel prompts, the +/- convention),
+``propagate`` (the core's propagation into one segment, in range only), ``accept`` (store + provenance),
+``session`` (the case in progress).
 
 No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads the real annotation objects.
 """
@@ -18,20 +20,22 @@ import slicer
 import vtk
 
 # Importing SemiSAMSegmentLib also makes ``semisam`` importable in a development checkout.
-from SemiSAMSegmentLib import accept as accept_lib
-from SemiSAMSegmentLib import autoseg, dependencies, markup_prompts, mrml_io
-from SemiSAMSegmentLib import propagate as propagate_lib
-from SemiSAMSegmentLib import session as session_lib
+from SemiSAMSegmentLib import dependencies
 from SemiSAMSegmentLib.defaults import (
     DEFAULTS,
     INTENSITY_PRESETS,
     NEEDS_CHECKPOINT,
     Device,
     Generalist,
-    preferences_to_apply,
-    preferences_to_store,
 )
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from SemiSAMSegmentLib.logic import CaseLogic
+from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 
 try:  # the Slicer application
     import qt
@@ -62,17 +66,8 @@ except ImportError:  # the slicer-core wheel: MRML only; the Logic below still r
 log = logging.getLogger(__name__)
 
 #: Tooltips of the buttons whose engine arrives with a later issue (kept here so tests can check them).
-NOT_YET = {
-    "autoSegmentButton": _(
-        "Not available yet: the specialist and one-click auto-segmentation arrive with issue #4."
-    ),
-    "propagateButton": _(
-        "Not available yet: promptable generalists and slice propagation arrive with issue #3."
-    ),
-    "acceptButton": _(
-        "Not available yet: the labeled-set store that accepted cases go into arrives with issue #5."
-    ),
-}
+#: Empty: auto-segment (#4), propagate (#3) and accept (#5) all work now.
+NOT_YET: dict = {}
 
 
 #
@@ -115,6 +110,11 @@ class SemiSAMSegmentParameterNode:
     segmentName - name of the segment results go into.
     segmentOpacity - 2D fill opacity of the output segmentation, 0 (transparent) to 1.
     device - where models run: auto (CUDA when present), cpu or cuda.
+    promptPoints - point list of +/- prompts (a point is negative when its description is "-").
+    promptROI - ROI box prompt (its thinnest axis in voxels is the slice axis).
+    modelFolder - specialist model folder, used when the store has no active model version.
+    storeFolder - labeled-set store: source of the active model, destination of accepted cases.
+    annotator - who accepts cases (provenance).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -125,6 +125,11 @@ class SemiSAMSegmentParameterNode:
     segmentName: str = DEFAULTS["segmentName"]
     segmentOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     device: Device = DEFAULTS["device"]
+    promptPoints: vtkMRMLMarkupsFiducialNode
+    promptROI: vtkMRMLMarkupsROINode
+    modelFolder: str = DEFAULTS["modelFolder"]
+    storeFolder: str = DEFAULTS["storeFolder"]
+    annotator: str = DEFAULTS["annotator"]
 
 
 #
@@ -159,6 +164,17 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveMaskButton.connect("clicked(bool)", self.onSaveMask)
         self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.modelFolderBrowseButton.connect("clicked(bool)", self.onBrowseModelFolder)
+        self.ui.storeFolderBrowseButton.connect("clicked(bool)", self.onBrowseStoreFolder)
+        self.ui.autoSegmentButton.connect("clicked(bool)", self.onAutoSegment)
+        self.ui.nextUncertainButton.connect("clicked(bool)", self.onNextUncertainSlice)
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.toggleSignButton.connect("clicked(bool)", self.onToggleSign)
+        self.ui.pointsPlaceWidget.placeMultipleMarkups = (
+            slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        )
+        self._reviewSlice = None  # the slice "Next uncertain slice" last jumped to
         self._updateDependencies()
         self.initializeParameterNode()
 
@@ -173,23 +189,26 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
-    PREFERENCES = ("generalist", "generalistCheckpoint", "intensityPreset", "segmentName", "device")
-
-    def _preferenceValues(self) -> dict:
-        return {key: getattr(self._parameterNode, key) for key in self.PREFERENCES}
+    PREFERENCES = (
+        "generalist",
+        "generalistCheckpoint",
+        "intensityPreset",
+        "segmentName",
+        "device",
+        "modelFolder",
+        "storeFolder",
+        "annotator",
+    )
 
     def _applyPreferences(self) -> None:
-        for key, value in preferences_to_apply(self._preferenceValues(), qt.QSettings().value).items():
-            try:
-                setattr(self._parameterNode, key, value)
-            except ValueError as exc:  # a stored value this version no longer offers: keep the default
-                log.warning("ignoring stored preference SemiSAM/%s=%r: %s", key, value, exc)
+        from SemiSAMSegmentLib.gui import apply_preferences
+
+        apply_preferences(self._parameterNode, self.PREFERENCES)
 
     def _storePreferences(self) -> None:
-        if self._parameterNode:
-            settings = qt.QSettings()
-            for key, value in preferences_to_store(self._preferenceValues()).items():
-                settings.setValue(key, value)
+        from SemiSAMSegmentLib.gui import store_preferences
+
+        store_preferences(self._parameterNode, self.PREFERENCES)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -225,9 +244,123 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.generalistCheckpointLineEdit.enabled = needsCheckpoint
         self.ui.checkpointBrowseButton.enabled = needsCheckpoint
         problem = self.logic.generalistProblem(p.generalist, p.generalistCheckpoint) if p else None
-        self.ui.statusLabel.text = problem or ""
-        if p and p.outputSegmentation:
+        if problem:
+            self.ui.statusLabel.text = problem
+        if not p:
+            return
+        self.ui.pointsPlaceWidget.setCurrentNode(p.promptPoints)
+        self.ui.roiPlaceWidget.setCurrentNode(p.promptROI)
+        self.ui.pointsPlaceWidget.enabled = p.promptPoints is not None
+        self.ui.toggleSignButton.enabled = p.promptPoints is not None
+        self.ui.roiPlaceWidget.enabled = p.promptROI is not None
+        packages = dependencies.torch_available()
+        why = {
+            "autoSegmentButton": "inputs" if not haveBoth else "packages" if not packages else None,
+            "propagateButton": "inputs" if not haveBoth else "packages" if not packages else None,
+            "acceptButton": "inputs" if not haveBoth else None,
+            "nextUncertainButton": None if self.logic.reviewOrder(p.outputSegmentation) else "review",
+        }
+        if why["autoSegmentButton"] is None and not (p.modelFolder or p.storeFolder):
+            why["autoSegmentButton"] = "model"
+        if why["propagateButton"] is None and not (p.promptPoints or p.promptROI):
+            why["propagateButton"] = "prompts"
+        if why["acceptButton"] is None and not p.storeFolder:
+            why["acceptButton"] = "store"
+        for name, reason in why.items():
+            button = getattr(self.ui, name)
+            button.enabled = reason is None and not (name == "propagateButton" and problem)
+            button.toolTip = WHY_DISABLED[reason] if reason else ENABLED_TIPS[name]
+        if p.outputSegmentation:
             self.logic.setSegmentOpacity(p.outputSegmentation, p.segmentOpacity)
+
+    def _run(self, title: str, work):
+        """Run ``work(report)`` with a progress dialog; errors go to an error dialog. Returns its result
+        (``None`` after an error)."""
+        from SemiSAMSegmentLib.gui import progress_dialog
+
+        with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
+            with progress_dialog(slicer.util.mainWindow(), title) as report:
+                return work(report)
+        return None
+
+    def onAutoSegment(self) -> None:
+        p = self._parameterNode
+
+        def work(report):
+            folder, version = self.logic.resolveModelFolder(p.storeFolder, p.modelFolder)
+            return self.logic.autoSegment(
+                p.inputVolume, folder, p.outputSegmentation, p.device, report, modelVersion=version
+            )
+
+        out = self._run(_("Auto-segment"), work)
+        if out is not None:
+            self._reviewSlice = None
+            self.ui.statusLabel.text = out.describe()
+            self.onNextUncertainSlice()
+            self._updateState()
+
+    def onNextUncertainSlice(self) -> None:
+        from SemiSAMSegmentLib.gui import jump_red_slice
+
+        p = self._parameterNode
+        k = self.logic.nextUncertainSlice(p.outputSegmentation, self._reviewSlice)
+        if k is None:
+            return
+        self._reviewSlice = k
+        jump_red_slice(self.logic.sliceCentreRAS(p.inputVolume, k))
+        self.ui.nextUncertainButton.text = _("Next uncertain slice (now: {k})").format(k=k)
+
+    def onPropagate(self) -> None:
+        p = self._parameterNode
+
+        def work(report):
+            return self.logic.propagate(
+                p.inputVolume,
+                p.outputSegmentation,
+                p.segmentName,
+                p.promptPoints,
+                p.promptROI,
+                p.generalist,
+                p.generalistCheckpoint,
+                p.intensityPreset,
+                p.device,
+                progress=report,
+            )
+
+        out = self._run(_("Propagate"), work)
+        if out is not None:
+            self.ui.statusLabel.text = out.describe(p.segmentName)
+
+    def onAccept(self) -> None:
+        p = self._parameterNode
+        provenance = {"annotator": p.annotator or None}
+        caseId = self._run(
+            _("Accept"),
+            lambda report: self.logic.accept(p.inputVolume, p.outputSegmentation, p.storeFolder, provenance),
+        )
+        if caseId is not None:
+            self.ui.statusLabel.text = _("Accepted as case {case} in {store}.").format(
+                case=caseId, store=p.storeFolder
+            )
+
+    def onToggleSign(self) -> None:
+        from SemiSAMSegmentLib.markup_prompts import toggle_point_sign
+
+        sign = toggle_point_sign(self._parameterNode.promptPoints)
+        if sign is not None:
+            self.ui.statusLabel.text = _("Last point is now {sign}.").format(
+                sign=_("positive") if sign == "+" else _("negative")
+            )
+
+    def onBrowseModelFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Specialist model folder"))
+        if folder:
+            self._parameterNode.modelFolder = folder
+
+    def onBrowseStoreFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Labeled-set store folder"))
+        if folder:
+            self._parameterNode.storeFolder = folder
 
     def _updateDependencies(self) -> None:
         """Show what is missing; the install button is enabled only then."""
@@ -243,20 +376,9 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self) -> None:
         """Install torch through the PyTorch extension, then Resources/requirements.txt, after asking."""
-        if not slicer.util.confirmOkCancelDisplay(
-            _(
-                "SemiSAM needs Python packages that are not installed yet:\n{names}\n\nInstall them now?"
-            ).format(names=self.ui.dependenciesLabel.text)
-        ):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
-            if not dependencies.torch_available():
-                # torch first: monai would otherwise pull a generic build from PyPI.
-                import PyTorchUtils
+        from SemiSAMSegmentLib.gui import install_dependencies
 
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
-                    raise RuntimeError(_("PyTorch was not installed; the other packages need it first."))
-            slicer.util.pip_install(["-r", str(dependencies.requirements_file())])
+        install_dependencies(self.ui.dependenciesLabel.text)
         self._updateDependencies()
 
     def onBrowseCheckpoint(self) -> None:
@@ -293,217 +415,17 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # SemiSAMSegmentLogic
 #
-class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic):
+class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic, CaseLogic):
     """MRML <-> ``semisam``. No qt, no ``slicer.app``: runs inside Slicer and against slicer-core.
 
-    Every method takes the nodes it works on; the scene is the nodes' own. The Logic keeps, per input
-    volume node, the case in progress (:class:`SemiSAMSegmentLib.session.SegmentSession`: start time,
-    proposal, prompts, the core's propagation state) until :meth:`accept`; and, shared by all cases, the
-    loaded models and the slice-embedding cache.
+    Every method takes the nodes it works on; the scene is the nodes' own. Auto-segment, propagate and
+    accept, with the case in progress they share, come from :class:`SemiSAMSegmentLib.logic.CaseLogic`;
+    mask files and display settings are here.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._sessions = {}  # volume node ID -> SegmentSession
-        self._generalists = {}  # (name, checkpoint, device) -> PromptableModel
-        self._specialists = {}  # (folder, sha256, device) -> (model, manifest)
-        self._embeddings = None  # semisam.generalists.cache.EmbeddingCache, made at first use
-
-    # ------------------------------------------------------------------ the case in progress
-    def session(self, volumeNode):
-        """The case in progress on ``volumeNode`` (a new one when none, or when its voxels changed)."""
-        if volumeNode is None:
-            raise ValueError("choose an input volume")
-        current = self._sessions.get(volumeNode.GetID())
-        if current is None or current.key != session_lib.volume_key(volumeNode):
-            current = self._sessions[volumeNode.GetID()] = session_lib.SegmentSession.for_node(volumeNode)
-        return current
-
-    def endSession(self, volumeNode) -> None:
-        """Forget the case in progress on ``volumeNode`` (done by :meth:`accept`)."""
-        if volumeNode is not None:
-            self._sessions.pop(volumeNode.GetID(), None)
-
-    # ------------------------------------------------------------------ auto-segment
-    @staticmethod
-    def resolveModelFolder(storeFolder: str, modelFolder: str):
-        """``(model folder, version label)``: the store's active version when there is one, else
-        ``modelFolder``. Raises ``ModelChoiceError`` saying what to choose."""
-        return autoseg.resolve_model_folder(storeFolder, modelFolder)
-
-    def autoSegment(
-        self, volumeNode, modelDir, segmentationNode, device="auto", progress=None, modelVersion=None
-    ):
-        """Run the specialist in ``modelDir`` on ``volumeNode``; one segment per label of the model.
-
-        Segments are named after the manifest's labels and replaced in place when they exist. The
-        per-slice uncertainty ranking goes into a table node and the segmentation node's
-        ``SemiSAM.ReviewOrder`` attribute; the labels are kept as the case's proposal (for the proposal
-        Dice at :meth:`accept`).
-
-        Args:
-            volumeNode: the scan (``vtkMRMLScalarVolumeNode``).
-            modelDir: a specialist model folder (``manifest.json`` + ``weights.safetensors``).
-            segmentationNode: receives the segments (put on the volume's grid).
-            device: ``auto``, ``cpu``, ``cuda`` (or a ``Device``).
-            progress: ``progress(fraction 0..1, stage)`` callback.
-            modelVersion: how provenance names the model (default ``folder:<modelDir>``).
-
-        Returns:
-            :class:`SemiSAMSegmentLib.autoseg.AutoSegmentResult` (its ``review_order``: slices ``k``,
-            most uncertain first).
-        """
-        from semisam.device import resolve_device
-
-        dev = resolve_device(getattr(device, "value", device))
-        case = self.session(volumeNode)
-        result, manifest = autoseg.run_specialist(
-            case.volume, Path(modelDir), dev, progress, self._specialists
-        )
-        self.prepareOutputSegmentation(volumeNode, segmentationNode)
-        names = {int(value): name for name, value in manifest.labels.items()}
-        ids = mrml_io.import_mask(result.labels, volumeNode, segmentationNode, names)
-        table = autoseg.write_review_table(segmentationNode, result.review_order, result.slice_uncertainty)
-        case.proposal = result.labels
-        case.proposal_version = modelVersion or f"folder:{Path(modelDir).resolve()}"
-        case.modality = manifest.modality
-        case.review_order = [int(k) for k in result.review_order]
-        return autoseg.AutoSegmentResult(
-            segment_ids=ids,
-            review_order=case.review_order,
-            slice_uncertainty=result.slice_uncertainty,
-            table_node=table,
-            model_version=case.proposal_version,
-            seconds={k: round(v, 3) for k, v in result.seconds.items()},
-        )
-
-    @staticmethod
-    def reviewOrder(segmentationNode) -> list:
-        """Slices ``k`` most uncertain first, as stored by :meth:`autoSegment` (empty when none)."""
-        return autoseg.review_order(segmentationNode)
-
-    @staticmethod
-    def nextUncertainSlice(segmentationNode, current=None):
-        """The slice after ``current`` in the review order (the first when ``current`` is not in it;
-        wraps around), or ``None`` when there is no ranking."""
-        order = autoseg.review_order(segmentationNode)
-        if not order:
-            return None
-        if current not in order:
-            return order[0]
-        return order[(order.index(current) + 1) % len(order)]
-
-    @staticmethod
-    def sliceCentreRAS(volumeNode, k: int):
-        """RAS (mm) of the centre of slice ``k`` of ``volumeNode``."""
-        return autoseg.slice_centre_ras(volumeNode, k)
-
-    # ------------------------------------------------------------------ propagate
-    def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto"):
-        """The generalist, built once per (name, checkpoint, device)."""
-        from semisam.device import resolve_device
-        from semisam.generalists import build_generalist
-
-        name = getattr(generalist, "value", generalist)
-        dev = resolve_device(getattr(device, "value", device))
-        key = (name, str(checkpoint or ""), str(dev))
-        if key not in self._generalists:
-            self._generalists[key] = build_generalist(name, checkpoint=checkpoint or None, device=dev)
-        return self._generalists[key]
-
-    def embeddingCache(self):
-        if self._embeddings is None:
-            from semisam.generalists.cache import EmbeddingCache
-
-            self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
-        return self._embeddings
-
-    @staticmethod
-    def promptsFromMarkups(volumeNode, pointsNode=None, roiNode=None, axis=None):
-        """Voxel prompts (``MarkupPrompts``) from markups; see ``SemiSAMSegmentLib/markup_prompts.py``
-        for the +/- convention and the axis rule. Raises ``MarkupPromptError`` naming the markup."""
-        return markup_prompts.markups_to_prompts(
-            mrml_io.volume_from_node(volumeNode), pointsNode, roiNode, axis
-        )
-
-    def propagate(
-        self,
-        volumeNode,
-        segmentationNode,
-        segmentName="lesion",
-        pointsNode=None,
-        roiNode=None,
-        generalist="litemedsam",
-        checkpoint="",
-        intensityPreset="auto",
-        device="auto",
-        axis=None,
-        progress=None,
-    ):
-        """Prompt with markups, propagate with the generalist, replace ``segmentName`` in that range only.
-
-        Args:
-            volumeNode, segmentationNode: the scan and the output.
-            segmentName: the segment to write (created when missing).
-            pointsNode: ``vtkMRMLMarkupsFiducialNode`` (+/- points) or ``None``.
-            roiNode: ``vtkMRMLMarkupsROINode`` (a box) or ``None``.
-            generalist: registry name (``litemedsam``; ``sam``/``medsam``/``sam2``/``medsam2`` need
-                ``checkpoint``).
-            intensityPreset: ``auto``, a CT window name or ``percentile``.
-            device: ``auto``, ``cpu`` or ``cuda``.
-            axis: slice axis; ``None``: the ROI's thinnest axis, else axial.
-            progress: ``progress(fraction, stage)``.
-
-        Returns:
-            :class:`SemiSAMSegmentLib.propagate.PropagateOutcome`.
-
-        Raises:
-            MarkupPromptError: no prompt, or a markup outside the volume (names node and point).
-        """
-        name = getattr(generalist, "value", generalist)
-        problem = self.generalistProblem(Generalist(name), checkpoint)
-        if problem:
-            raise ValueError(problem)
-        case = self.session(volumeNode)
-        markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
-        model = self.generalistModel(name, checkpoint, device)
-        window = propagate_lib.window_argument(intensityPreset)
-        key = (
-            name,
-            str(checkpoint or ""),
-            window,
-            markups.prompts.axis,
-            str(getattr(device, "value", device)),
-        )
-        self.prepareOutputSegmentation(volumeNode, segmentationNode)
-        return propagate_lib.run(
-            case,
-            markups,
-            model,
-            key,
-            window,
-            self.embeddingCache(),
-            volumeNode,
-            segmentationNode,
-            segmentName,
-            progress,
-        )
-
-    # ------------------------------------------------------------------ accept
-    def accept(self, volumeNode, segmentationNode, storeDir, provenance=None, segmentIds=None) -> str:
-        """Add the volume and its segments to the labeled-set store; returns the new case id.
-
-        ``provenance`` (a ``semisam.store.Provenance`` or a dict of its fields, e.g. ``{"annotator":
-        "JD"}``) is completed from the case in progress: start/end time, prompts by kind, the model
-        version that proposed the mask and the proposal's Dice against the accepted mask. The store is
-        created when ``storeDir`` holds none (labels = the segment names). The case in progress ends.
-        """
-        case = self._sessions.get(volumeNode.GetID()) if volumeNode is not None else None
-        if case is not None and case.key != session_lib.volume_key(volumeNode):
-            case = None  # the voxels changed since: nothing of that session applies
-        record = accept_lib.accept_case(volumeNode, segmentationNode, storeDir, provenance, case, segmentIds)
-        self.endSession(volumeNode)
-        return record.case_id
+        CaseLogic.__init__(self)
 
     def getParameterNode(self):
         return SemiSAMSegmentParameterNode(super().getParameterNode())
@@ -529,69 +451,24 @@ class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic):
             )
         return None
 
-    @staticmethod
-    def prepareOutputSegmentation(volumeNode, segmentationNode) -> None:
-        """Put the segmentation on the volume's grid and give it display nodes."""
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        if segmentationNode.GetDisplayNode() is None:
-            segmentationNode.CreateDefaultDisplayNodes()
-
-    @staticmethod
-    def setSegmentOpacity(segmentationNode, opacity: float) -> None:
-        """2D fill opacity of all segments, clipped to [0, 1]."""
-        display = segmentationNode.GetDisplayNode()
-        if display is None and segmentationNode.GetScene() is not None:
-            segmentationNode.CreateDefaultDisplayNodes()
-            display = segmentationNode.GetDisplayNode()
-        if display is not None:
-            display.SetOpacity2DFill(float(np.clip(opacity, 0.0, 1.0)))
-
-    def importMaskFile(self, path, volumeNode, segmentationNode, segmentName: str = "lesion") -> list[str]:
-        """Load a label map written by ``semisam`` (or any NIfTI/NRRD/MHA on the scan's grid) into segments.
-
-        Label 1 goes into ``segmentName``; further labels into ``"<segmentName> 2"`` and so on. The file
-        must lie on the volume's voxel grid (axis order/direction may differ, as Slicer reverses the slice
-        axis of left-handed files).
-
-        Raises:
-            semisam.volume.VolumeError: unreadable file, non-label values, or a different grid.
-        """
-        from semisam.volume import read_mask
-
-        reference = mrml_io.volume_from_node(volumeNode)
-        mask_volume = read_mask(path)
-        mask = mrml_io.array_on_grid(mask_volume, reference)
-        labels = [int(v) for v in np.unique(mask) if v > 0]
-        names = {v: segmentName if v == 1 else f"{segmentName} {v}" for v in labels}
-        self.prepareOutputSegmentation(volumeNode, segmentationNode)
-        return mrml_io.import_mask(mask, volumeNode, segmentationNode, names)
-
-    @staticmethod
-    def exportMaskFile(segmentationNode, volumeNode, path, segmentIds=None) -> Path:
-        """Write segments as a label map on the volume's grid (atomically, by ``semisam.volume.write_mask``).
-
-        Label ``n`` is the ``n``-th of ``segmentIds`` (default: all segments in order).
-        """
-        from semisam.volume import write_mask
-
-        mask = mrml_io.export_mask(segmentationNode, volumeNode, segmentIds)
-        return write_mask(mask, mrml_io.volume_from_node(volumeNode), path)
-
 
 #
 # SemiSAMSegmentTest
 #
 class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
     """Self-test, run inside Slicer (Developer mode: Reload and Test). Uses the sample cases of
-    ``semisam.samples`` when present on this machine and skips with a message otherwise."""
+    ``semisam.samples`` when present on this machine and skips with a message otherwise. The flows are
+    in ``SemiSAMSegmentLib/selftest.py`` and mirror ``Testing/Python/test_slicer_segment_flow.py``."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        for test in (self.test_GeneralistProblem, self.test_MaskRoundTrip, self.test_AutoSegment):
+            self.setUp()
+            test()
         self.setUp()
-        self.test_GeneralistProblem()
-        self.test_MaskRoundTrip()
+        self.test_PropagateAndAccept()
 
     def test_GeneralistProblem(self) -> None:
         logic = SemiSAMSegmentLogic()
@@ -601,12 +478,11 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
     def test_MaskRoundTrip(self) -> None:
         import tempfile
 
-        from semisam import samples
+        from SemiSAMSegmentLib.selftest import sample_or_skip
+
         from semisam.volume import read_mask
 
-        case = samples.find_case("lung1")
-        if case is None:
-            self.skipTest("sample case lung1 not found locally; run `semisam samples fetch` to get it")
+        case = sample_or_skip(self, "lung1")
         self.delayDisplay("Loading lung1")
         volumeNode = slicer.util.loadVolume(str(case.image))
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -616,4 +492,24 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
         with tempfile.TemporaryDirectory() as folder:
             out = logic.exportMaskFile(segmentationNode, volumeNode, Path(folder) / "mask.nii.gz")
             self.assertTrue(np.array_equal(read_mask(out).array, read_mask(case.label).array))
+        self.delayDisplay("Mask round trip passed")
+
+    def test_AutoSegment(self) -> None:
+        import tempfile
+
+        from SemiSAMSegmentLib.selftest import auto_segment_flow
+
+        self.delayDisplay("Auto-segment (untrained specialist) on breast1")
+        with tempfile.TemporaryDirectory() as folder:
+            auto_segment_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
+        self.delayDisplay("Auto-segment passed")
+
+    def test_PropagateAndAccept(self) -> None:
+        import tempfile
+
+        from SemiSAMSegmentLib.selftest import propagate_and_accept_flow
+
+        self.delayDisplay("Propagate one ROI box with LiteMedSAM on a lung1 crop, then accept")
+        with tempfile.TemporaryDirectory() as folder:
+            propagate_and_accept_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
         self.delayDisplay("Test passed")

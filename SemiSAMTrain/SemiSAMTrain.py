@@ -25,8 +25,6 @@ from SemiSAMSegmentLib.defaults import (
     DEFAULTS,
     Device,
     TrainingMethod,
-    preferences_to_apply,
-    preferences_to_store,
 )
 
 try:  # the Slicer application
@@ -161,21 +159,15 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = ("storeFolder", "trainingMethod", "device", "epochs")
 
-    def _preferenceValues(self) -> dict:
-        return {key: getattr(self._parameterNode, key) for key in self.PREFERENCES}
-
     def _applyPreferences(self) -> None:
-        for key, value in preferences_to_apply(self._preferenceValues(), qt.QSettings().value).items():
-            try:
-                setattr(self._parameterNode, key, value)
-            except ValueError as exc:  # a stored value this version no longer offers: keep the default
-                log.warning("ignoring stored preference SemiSAM/%s=%r: %s", key, value, exc)
+        from SemiSAMSegmentLib.gui import apply_preferences
+
+        apply_preferences(self._parameterNode, self.PREFERENCES)
 
     def _storePreferences(self) -> None:
-        if self._parameterNode:
-            settings = qt.QSettings()
-            for key, value in preferences_to_store(self._preferenceValues()).items():
-                settings.setValue(key, value)
+        from SemiSAMSegmentLib.gui import store_preferences
+
+        store_preferences(self._parameterNode, self.PREFERENCES)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)

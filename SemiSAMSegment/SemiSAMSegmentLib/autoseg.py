@@ -19,6 +19,7 @@ import numpy as np
 import vtk
 
 from . import mrml_io
+from .texts import _
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ class AutoSegmentResult:
     table_node: object
     model_version: str
     seconds: dict[str, float]
+
+    def describe(self) -> str:
+        """One line for the module's status label."""
+        return _(
+            "Auto-segment ({version}): {n} segment(s) in {seconds:.1f} s; most uncertain slices {slices}."
+        ).format(
+            version=self.model_version,
+            n=len(self.segment_ids),
+            seconds=sum(self.seconds.values()),
+            slices=", ".join(str(k) for k in self.review_order[:5]),
+        )
 
 
 def resolve_model_folder(store_folder: str, model_folder: str) -> tuple[Path, str]:

@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
     "segmentName": "lesion",
     "device": Device.auto,
     "storeFolder": "",  # empty: the user must choose; the store is never created in a guessed place
+    "modelFolder": "",  # a specialist folder picked by the user (when the store has no active model)
+    "annotator": "",  # recorded in the provenance of accepted cases
     "trainingMethod": TrainingMethod.semisam_plus,
     "epochs": 50,
 }

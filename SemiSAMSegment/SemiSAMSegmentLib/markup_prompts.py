@@ -71,6 +71,18 @@ def point_is_positive(node, index: int) -> bool:
     return (node.GetNthControlPointDescription(index) or "").strip().lower() not in NEGATIVE_WORDS
 
 
+def toggle_point_sign(points_node, index: int = -1) -> str | None:
+    """Flip a control point (default: the last) between positive (empty description) and negative
+    (``-``); returns the new sign ``"+"`` / ``"-"``, or ``None`` when the list has no such point."""
+    n = points_node.GetNumberOfControlPoints() if points_node is not None else 0
+    i = index if index >= 0 else n + index
+    if not 0 <= i < n:
+        return None
+    make_negative = point_is_positive(points_node, i)
+    points_node.SetNthControlPointDescription(i, "-" if make_negative else "")
+    return "+" if point_is_positive(points_node, i) else "-"  # the node attribute may still win
+
+
 def _inside(ijk: np.ndarray, size_ijk: tuple[int, int, int]) -> bool:
     return bool(np.all(ijk >= -_EDGE) and np.all(ijk < np.asarray(size_ijk) - 0.5 + _EDGE))
 

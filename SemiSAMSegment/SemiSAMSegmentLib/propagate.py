@@ -24,6 +24,7 @@ import numpy as np
 from . import mrml_io
 from .markup_prompts import MarkupPrompts
 from .session import SegmentSession, merge_in_range
+from .texts import _
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,22 @@ class PropagateOutcome:
     rebuilt: bool
     slices_encoded: int
     seconds: float
+
+    def describe(self, segment_name: str) -> str:
+        """One line for the module's status label."""
+        return _(
+            "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in slices "
+            "{lo}..{hi} ({n} with a mask); {enc} slice(s) encoded so far; {seconds:.1f} s."
+        ).format(
+            axis=self.axis,
+            keys=", ".join(str(k) for k in self.key_slices),
+            name=segment_name,
+            lo=self.slice_range[0],
+            hi=self.slice_range[1],
+            n=len(self.slices),
+            enc=self.slices_encoded,
+            seconds=self.seconds,
+        )
 
 
 def window_argument(preset: str) -> str | None:

@@ -114,6 +114,11 @@ def test_markups_become_prompts_with_signs_and_axis(mrml_scene):
     points = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
     points.AddControlPoint(*volume.voxel_to_ras([7, 8, 4]))
     points.AddControlPoint(*volume.voxel_to_ras([25, 30, 6]))
+    assert markup_prompts.toggle_point_sign(points) == "-"  # the last point: now negative
+    assert points.GetNthControlPointDescription(1) == "-"
+    assert (
+        markup_prompts.toggle_point_sign(points, 1) == "+" and markup_prompts.toggle_point_sign(points) == "-"
+    )
     points.SetNthControlPointDescription(1, "Negative")
     got = markup_prompts.markups_to_prompts(volume, points, roi)
     assert got.prompts.axis == "axial"  # the ROI is one voxel thick across k
@@ -186,6 +191,7 @@ def test_auto_segment_lands_on_the_volume_grid(mrml_scene, breast1, tmp_path):
     assert table.GetNumberOfRows() == node.GetImageData().GetDimensions()[2]
     assert [table.GetValueByName(r, "slice").ToInt() for r in range(3)] == out.review_order[:3]
     assert logic.reviewOrder(seg) == out.review_order
+    assert f"most uncertain slices {out.review_order[0]}, " in out.describe()
     assert logic.nextUncertainSlice(seg) == out.review_order[0]
     assert logic.nextUncertainSlice(seg, out.review_order[0]) == out.review_order[1]
     assert logic.nextUncertainSlice(seg, out.review_order[-1]) == out.review_order[0]
@@ -265,6 +271,8 @@ def test_propagate_from_an_roi_segments_the_nodule(lung_flow):
     assert d > 0.6, (d, out)
     assert out.slices == [lung_flow["key"] - 1, lung_flow["key"], lung_flow["key"] + 1], out.stops
     assert lung_flow["stages"][-1] == (1.0, "done")
+    lo, hi = out.slice_range
+    assert f"segment 'lesion' replaced in slices {lo}..{hi}" in out.describe("lesion")
 
 
 def test_slices_outside_the_propagated_range_keep_what_they_had(lung_flow):
@@ -328,3 +336,19 @@ def test_accept_stores_the_case_with_its_provenance(lung_flow):
     second = logic.accept(node, seg, str(store_dir), None)
     assert second != case_id and store.record(second).provenance.prompts == {}
     assert store.record(second).provenance.proposal_dice is None
+
+
+# ------------------------------------------------------------------------ the module's self-test
+@pytest.mark.slow
+def test_the_modules_self_test_flows_pass_on_the_real_scene(tmp_path):
+    """The flows SemiSAMSegmentTest runs inside Slicer, here on a slicer-core scene (slow: a second
+    LiteMedSAM propagation). Run with ``pytest -m slow Testing/Python/test_slicer_segment_flow.py``."""
+    import unittest
+
+    from SemiSAMSegmentLib import selftest
+
+    case = unittest.TestCase()
+    scene = make_scene()
+    logic = segment_module.SemiSAMSegmentLogic()
+    selftest.auto_segment_flow(case, scene, logic, tmp_path / "auto")
+    selftest.propagate_and_accept_flow(case, scene, logic, tmp_path / "prop")

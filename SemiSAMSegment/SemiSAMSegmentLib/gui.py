@@ -1,0 +1,104 @@
+"""GUI helpers for the SemiSAM Widgets (Slicer application only: qt, ``slicer.app``, ``slicer.util``).
+
+Imported by the Widgets alone, never by a Logic: the imports of qt and the application happen inside the
+functions so that importing this file headless (static checks, pytest collection) costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]]:
+    """A modal progress dialog for long Logic calls; yields ``report(fraction 0..1, stage)``.
+
+    ``report`` updates the bar and processes GUI events, so the application stays responsive (repaints,
+    no "not responding") while the work runs in the main thread in small steps.
+    """
+    import qt
+    import slicer
+
+    dialog = slicer.util.createProgressDialog(
+        parent=parent, windowTitle=title, labelText=title, maximum=100, value=0
+    )
+    dialog.setCancelButton(None)  # the engines have no cancel point between steps yet
+    dialog.show()
+    slicer.app.processEvents()
+
+    def report(fraction: float, stage: str) -> None:
+        dialog.setValue(int(round(100 * max(0.0, min(1.0, fraction)))))
+        dialog.setLabelText(f"{title}: {stage}")
+        slicer.app.processEvents(qt.QEventLoop.ExcludeUserInputEvents)
+
+    try:
+        yield report
+    finally:
+        dialog.close()
+        dialog.deleteLater()
+
+
+def jump_red_slice(ras: tuple[float, float, float]) -> None:
+    """Move the red slice view so that it shows the point ``ras`` (mm)."""
+    import slicer
+
+    widget = slicer.app.layoutManager().sliceWidget("Red")
+    if widget is None:
+        log.warning("no Red slice view in this layout; cannot jump to %s", ras)
+        return
+    widget.mrmlSliceNode().JumpSliceByOffsetting(*ras)
+
+
+def apply_preferences(parameter_node, keys) -> None:
+    """Fill the fields ``keys`` of a parameter node that still hold their built-in default from the
+    user's stored preferences (``SemiSAM/<field>`` in the application settings)."""
+    import qt
+
+    from .defaults import preferences_to_apply
+
+    current = {key: getattr(parameter_node, key) for key in keys}
+    for key, value in preferences_to_apply(current, qt.QSettings().value).items():
+        try:
+            setattr(parameter_node, key, value)
+        except ValueError as exc:  # a stored value this version no longer offers: keep the default
+            log.warning("ignoring stored preference SemiSAM/%s=%r: %s", key, value, exc)
+
+
+def store_preferences(parameter_node, keys) -> None:
+    """Remember the fields ``keys`` of a parameter node in the application settings."""
+    import qt
+
+    from .defaults import preferences_to_store
+
+    if parameter_node:
+        settings = qt.QSettings()
+        current = {key: getattr(parameter_node, key) for key in keys}
+        for key, value in preferences_to_store(current).items():
+            settings.setValue(key, value)
+
+
+def install_dependencies(missing_text: str) -> None:
+    """Ask, then install torch through the PyTorch extension and ``Resources/requirements.txt``."""
+    import slicer
+    from slicer.i18n import tr as _
+
+    from . import dependencies
+
+    if not slicer.util.confirmOkCancelDisplay(
+        _("SemiSAM needs Python packages that are not installed yet:\n{names}\n\nInstall them now?").format(
+            names=missing_text
+        )
+    ):
+        return
+    with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+        if not dependencies.torch_available():
+            # torch first: monai would otherwise pull a generic build from PyPI.
+            import PyTorchUtils
+
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                raise RuntimeError(_("PyTorch was not installed; the other packages need it first."))
+        slicer.util.pip_install(["-r", str(dependencies.requirements_file())])

@@ -1,0 +1,278 @@
+"""The work of SemiSAMSegment's Logic: auto-segment, propagate, accept, the case they share, mask files.
+
+:class:`CaseLogic` is a base class of ``SemiSAMSegmentLogic`` (kept here so the module file stays small).
+It keeps, per input volume node, the case in progress (:class:`~SemiSAMSegmentLib.session.SegmentSession`:
+start time, proposal, prompts, the core's propagation state) until :meth:`CaseLogic.accept`; and, shared by
+all cases, the loaded models and the slice-embedding cache. No qt, no ``slicer.app``: it runs inside
+Slicer and against the slicer-core wheel. Method names follow Slicer's camelCase like the rest of the
+module's Logic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import accept as accept_lib
+from . import autoseg, markup_prompts, mrml_io
+from . import propagate as propagate_lib
+from . import session as session_lib
+from .defaults import Generalist
+
+
+class CaseLogic:
+    """Sessions, models and the three engine actions (see the module docstring).
+
+    The subclass provides ``generalistProblem(generalist, checkpoint)`` (a translated message or ``None``).
+    """
+
+    def __init__(self) -> None:
+        self._sessions = {}  # volume node ID -> SegmentSession
+        self._generalists = {}  # (name, checkpoint, device) -> PromptableModel
+        self._specialists = {}  # (folder, sha256, device) -> (model, manifest)
+        self._embeddings = None  # semisam.generalists.cache.EmbeddingCache, made at first use
+
+    @staticmethod
+    def setSegmentOpacity(segmentationNode, opacity: float) -> None:
+        """2D fill opacity of all segments, clipped to [0, 1]."""
+        display = segmentationNode.GetDisplayNode()
+        if display is None and segmentationNode.GetScene() is not None:
+            segmentationNode.CreateDefaultDisplayNodes()
+            display = segmentationNode.GetDisplayNode()
+        if display is not None:
+            display.SetOpacity2DFill(float(np.clip(opacity, 0.0, 1.0)))
+
+    def importMaskFile(self, path, volumeNode, segmentationNode, segmentName: str = "lesion") -> list[str]:
+        """Load a label map written by ``semisam`` (or any NIfTI/NRRD/MHA on the scan's grid) into segments.
+
+        Label 1 goes into ``segmentName``; further labels into ``"<segmentName> 2"`` and so on. The file
+        must lie on the volume's voxel grid (axis order/direction may differ, as Slicer reverses the slice
+        axis of left-handed files).
+
+        Raises:
+            semisam.volume.VolumeError: unreadable file, non-label values, or a different grid.
+        """
+        from semisam.volume import read_mask
+
+        reference = mrml_io.volume_from_node(volumeNode)
+        mask_volume = read_mask(path)
+        mask = mrml_io.array_on_grid(mask_volume, reference)
+        labels = [int(v) for v in np.unique(mask) if v > 0]
+        names = {v: segmentName if v == 1 else f"{segmentName} {v}" for v in labels}
+        self.prepareOutputSegmentation(volumeNode, segmentationNode)
+        return mrml_io.import_mask(mask, volumeNode, segmentationNode, names)
+
+    @staticmethod
+    def exportMaskFile(segmentationNode, volumeNode, path, segmentIds=None) -> Path:
+        """Write segments as a label map on the volume's grid (atomically, by ``semisam.volume.write_mask``).
+
+        Label ``n`` is the ``n``-th of ``segmentIds`` (default: all segments in order).
+        """
+        from semisam.volume import write_mask
+
+        mask = mrml_io.export_mask(segmentationNode, volumeNode, segmentIds)
+        return write_mask(mask, mrml_io.volume_from_node(volumeNode), path)
+
+    @staticmethod
+    def prepareOutputSegmentation(volumeNode, segmentationNode) -> None:
+        """Put the segmentation on the volume's grid and give it display nodes."""
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+
+    # ------------------------------------------------------------------ the case in progress
+    def session(self, volumeNode):
+        """The case in progress on ``volumeNode`` (a new one when none, or when its voxels changed)."""
+        if volumeNode is None:
+            raise ValueError("choose an input volume")
+        current = self._sessions.get(volumeNode.GetID())
+        if current is None or current.key != session_lib.volume_key(volumeNode):
+            current = self._sessions[volumeNode.GetID()] = session_lib.SegmentSession.for_node(volumeNode)
+        return current
+
+    def endSession(self, volumeNode) -> None:
+        """Forget the case in progress on ``volumeNode`` (done by :meth:`accept`)."""
+        if volumeNode is not None:
+            self._sessions.pop(volumeNode.GetID(), None)
+
+    # ------------------------------------------------------------------ auto-segment
+    @staticmethod
+    def resolveModelFolder(storeFolder: str, modelFolder: str):
+        """``(model folder, version label)``: the store's active version when there is one, else
+        ``modelFolder``. Raises ``ModelChoiceError`` saying what to choose."""
+        return autoseg.resolve_model_folder(storeFolder, modelFolder)
+
+    def autoSegment(
+        self, volumeNode, modelDir, segmentationNode, device="auto", progress=None, modelVersion=None
+    ):
+        """Run the specialist in ``modelDir`` on ``volumeNode``; one segment per label of the model.
+
+        Segments are named after the manifest's labels and replaced in place when they exist. The
+        per-slice uncertainty ranking goes into a table node and the segmentation node's
+        ``SemiSAM.ReviewOrder`` attribute; the labels are kept as the case's proposal (for the proposal
+        Dice at :meth:`accept`).
+
+        Args:
+            volumeNode: the scan (``vtkMRMLScalarVolumeNode``).
+            modelDir: a specialist model folder (``manifest.json`` + ``weights.safetensors``).
+            segmentationNode: receives the segments (put on the volume's grid).
+            device: ``auto``, ``cpu``, ``cuda`` (or a ``Device``).
+            progress: ``progress(fraction 0..1, stage)`` callback.
+            modelVersion: how provenance names the model (default ``folder:<modelDir>``).
+
+        Returns:
+            :class:`SemiSAMSegmentLib.autoseg.AutoSegmentResult` (its ``review_order``: slices ``k``,
+            most uncertain first).
+        """
+        from semisam.device import resolve_device
+
+        dev = resolve_device(getattr(device, "value", device))
+        case = self.session(volumeNode)
+        result, manifest = autoseg.run_specialist(
+            case.volume, Path(modelDir), dev, progress, self._specialists
+        )
+        self.prepareOutputSegmentation(volumeNode, segmentationNode)
+        names = {int(value): name for name, value in manifest.labels.items()}
+        ids = mrml_io.import_mask(result.labels, volumeNode, segmentationNode, names)
+        table = autoseg.write_review_table(segmentationNode, result.review_order, result.slice_uncertainty)
+        case.proposal = result.labels
+        case.proposal_version = modelVersion or f"folder:{Path(modelDir).resolve()}"
+        case.modality = manifest.modality
+        case.review_order = [int(k) for k in result.review_order]
+        return autoseg.AutoSegmentResult(
+            segment_ids=ids,
+            review_order=case.review_order,
+            slice_uncertainty=result.slice_uncertainty,
+            table_node=table,
+            model_version=case.proposal_version,
+            seconds={k: round(v, 3) for k, v in result.seconds.items()},
+        )
+
+    @staticmethod
+    def reviewOrder(segmentationNode) -> list:
+        """Slices ``k`` most uncertain first, as stored by :meth:`autoSegment` (empty when none)."""
+        return autoseg.review_order(segmentationNode)
+
+    @staticmethod
+    def nextUncertainSlice(segmentationNode, current=None):
+        """The slice after ``current`` in the review order (the first when ``current`` is not in it;
+        wraps around), or ``None`` when there is no ranking."""
+        order = autoseg.review_order(segmentationNode)
+        if not order:
+            return None
+        if current not in order:
+            return order[0]
+        return order[(order.index(current) + 1) % len(order)]
+
+    @staticmethod
+    def sliceCentreRAS(volumeNode, k: int):
+        """RAS (mm) of the centre of slice ``k`` of ``volumeNode``."""
+        return autoseg.slice_centre_ras(volumeNode, k)
+
+    # ------------------------------------------------------------------ propagate
+    def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto"):
+        """The generalist, built once per (name, checkpoint, device)."""
+        from semisam.device import resolve_device
+        from semisam.generalists import build_generalist
+
+        name = getattr(generalist, "value", generalist)
+        dev = resolve_device(getattr(device, "value", device))
+        key = (name, str(checkpoint or ""), str(dev))
+        if key not in self._generalists:
+            self._generalists[key] = build_generalist(name, checkpoint=checkpoint or None, device=dev)
+        return self._generalists[key]
+
+    def embeddingCache(self):
+        if self._embeddings is None:
+            from semisam.generalists.cache import EmbeddingCache
+
+            self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
+        return self._embeddings
+
+    @staticmethod
+    def promptsFromMarkups(volumeNode, pointsNode=None, roiNode=None, axis=None):
+        """Voxel prompts (``MarkupPrompts``) from markups; see ``SemiSAMSegmentLib/markup_prompts.py``
+        for the +/- convention and the axis rule. Raises ``MarkupPromptError`` naming the markup."""
+        return markup_prompts.markups_to_prompts(
+            mrml_io.volume_from_node(volumeNode), pointsNode, roiNode, axis
+        )
+
+    def propagate(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentName="lesion",
+        pointsNode=None,
+        roiNode=None,
+        generalist="litemedsam",
+        checkpoint="",
+        intensityPreset="auto",
+        device="auto",
+        axis=None,
+        progress=None,
+    ):
+        """Prompt with markups, propagate with the generalist, replace ``segmentName`` in that range only.
+
+        Args:
+            volumeNode, segmentationNode: the scan and the output.
+            segmentName: the segment to write (created when missing).
+            pointsNode: ``vtkMRMLMarkupsFiducialNode`` (+/- points) or ``None``.
+            roiNode: ``vtkMRMLMarkupsROINode`` (a box) or ``None``.
+            generalist: registry name (``litemedsam``; ``sam``/``medsam``/``sam2``/``medsam2`` need
+                ``checkpoint``).
+            intensityPreset: ``auto``, a CT window name or ``percentile``.
+            device: ``auto``, ``cpu`` or ``cuda``.
+            axis: slice axis; ``None``: the ROI's thinnest axis, else axial.
+            progress: ``progress(fraction, stage)``.
+
+        Returns:
+            :class:`SemiSAMSegmentLib.propagate.PropagateOutcome`.
+
+        Raises:
+            MarkupPromptError: no prompt, or a markup outside the volume (names node and point).
+        """
+        name = getattr(generalist, "value", generalist)
+        problem = self.generalistProblem(Generalist(name), checkpoint)
+        if problem:
+            raise ValueError(problem)
+        case = self.session(volumeNode)
+        markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
+        model = self.generalistModel(name, checkpoint, device)
+        window = propagate_lib.window_argument(intensityPreset)
+        key = (
+            name,
+            str(checkpoint or ""),
+            window,
+            markups.prompts.axis,
+            str(getattr(device, "value", device)),
+        )
+        self.prepareOutputSegmentation(volumeNode, segmentationNode)
+        return propagate_lib.run(
+            case,
+            markups,
+            model,
+            key,
+            window,
+            self.embeddingCache(),
+            volumeNode,
+            segmentationNode,
+            segmentName,
+            progress,
+        )
+
+    # ------------------------------------------------------------------ accept
+    def accept(self, volumeNode, segmentationNode, storeDir, provenance=None, segmentIds=None) -> str:
+        """Add the volume and its segments to the labeled-set store; returns the new case id.
+
+        ``provenance`` (a ``semisam.store.Provenance`` or a dict of its fields, e.g. ``{"annotator":
+        "JD"}``) is completed from the case in progress: start/end time, prompts by kind, the model
+        version that proposed the mask and the proposal's Dice against the accepted mask. The store is
+        created when ``storeDir`` holds none (labels = the segment names). The case in progress ends.
+        """
+        case = self._sessions.get(volumeNode.GetID()) if volumeNode is not None else None
+        if case is not None and case.key != session_lib.volume_key(volumeNode):
+            case = None  # the voxels changed since: nothing of that session applies
+        record = accept_lib.accept_case(volumeNode, segmentationNode, storeDir, provenance, case, segmentIds)
+        self.endSession(volumeNode)
+        return record.case_id

@@ -1,0 +1,113 @@
+"""The flows of SemiSAMSegment's self-test (``SemiSAMSegmentTest``, run inside Slicer), kept here so the
+module file stays small. Each mirrors a pytest test of ``Testing/Python/test_slicer_segment_flow.py``
+exactly: same data (the sample cases), same checks, but on the application's scene.
+
+Every function takes the running ``unittest.TestCase`` (for its asserts and ``skipTest``), the scene and
+a temporary folder. No qt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import markup_prompts, mrml_io
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def sample_or_skip(test, name: str):
+    from semisam import samples
+
+    case = samples.find_case(name)
+    if case is None:
+        test.skipTest(f"sample case {name} not found locally; run `semisam samples fetch` to get it")
+    return case
+
+
+def tiny_model_dir(path: Path, modality: str = "CT") -> Path:
+    """An untrained specialist folder, as ``semisam model init`` writes it (small and coarse)."""
+    import torch
+
+    from semisam.checkpoints import new_manifest, save_model
+    from semisam.specialists import build_specialist
+
+    manifest = new_manifest(
+        "mamba_unet", ["lesion"], modality, kwargs={"channels": [8, 16, 16, 32, 32]}, target_spacing=(2, 2, 3)
+    )
+    torch.manual_seed(0)
+    save_model(path, build_specialist(manifest.arch, **manifest.kwargs), manifest)
+    return path
+
+
+def roi_around(scene, volume, box, k: int, name: str = "box"):
+    """An ROI node (RAS) around voxel box ``(i0, j0, i1, j1)`` on slice ``k``, 0.8 voxel thick."""
+    x0, y0, x1, y1 = box
+    c0 = volume.voxel_to_ras([x0 - 0.5, y0 - 0.5, k - 0.4])
+    c1 = volume.voxel_to_ras([x1 + 0.5, y1 + 0.5, k + 0.4])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetCenter(*((c0 + c1) / 2))
+    roi.SetSize(*np.abs(c1 - c0))
+    return roi
+
+
+def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
+    """test_auto_segment_lands_on_the_volume_grid: breast1, untrained model, segments == core labels."""
+    from semisam.checkpoints import load_model
+    from semisam.inference import segment
+    from semisam.volume import read_volume
+
+    case = sample_or_skip(test, "breast1")
+    model_dir = tiny_model_dir(tmp / "model", modality="MR")
+    node = mrml_io.load_volume(scene, case.image)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "proposal")
+    out = logic.autoSegment(node, model_dir, seg, "cpu")
+    expected = segment(read_volume(case.image), *load_model(model_dir), device="cpu")
+    test.assertTrue(np.array_equal(mrml_io.export_mask(seg, node), expected.labels))
+    test.assertEqual(out.review_order, [int(k) for k in expected.review_order])
+    test.assertEqual(logic.nextUncertainSlice(seg), out.review_order[0])
+
+
+def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
+    """test_propagate_from_an_roi_segments_the_nodule, test_slices_outside_the_propagated_range_keep_what_
+    they_had, test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_
+    provenance, on a lung1 crop with the bundled LiteMedSAM."""
+    from semisam.prompts import box_from_mask
+    from semisam.propagation.simulate import crop_around, middle_slice
+    from semisam.store import LabeledStore
+    from semisam.volume import read_mask, read_volume
+
+    case = sample_or_skip(test, "lung1")
+    full = read_volume(case.image)
+    crop, label = crop_around(full, read_mask(case.label, reference=full).array, (2, 24, 24))
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
+    before = np.zeros(crop.shape, np.uint8)
+    before[0, :5, :5] = before[-1, -5:, -5:] = 1  # marks on slices the nodule is not on
+    mrml_io.import_mask(before, node, seg, {1: "lesion"})
+    key = middle_slice(label)
+    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")
+    after = mrml_io.export_mask(seg, node, [out.segment_id])
+    lo, hi = out.slice_range
+    test.assertGreater(_dice(after[lo : hi + 1], label[lo : hi + 1]), 0.6)
+    test.assertTrue(
+        np.array_equal(after[:lo], before[:lo]) and np.array_equal(after[hi + 1 :], before[hi + 1 :])
+    )
+
+    far = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "far")
+    far.AddControlPoint(*crop.voxel_to_ras([1, 1, crop.shape[0] + 5]))
+    with test.assertRaises(markup_prompts.MarkupPromptError) as raised:
+        logic.propagate(node, seg, "lesion", pointsNode=far, device="cpu")
+    test.assertIn("markups 'far' point 1", str(raised.exception))
+
+    accepted = mrml_io.export_mask(seg, node)
+    case_id = logic.accept(node, seg, str(tmp / "store"), {"annotator": "self-test"})
+    stored = LabeledStore(tmp / "store").read_case(case_id)
+    test.assertTrue(np.array_equal(stored.mask.array, accepted))
+    test.assertEqual(stored.record.provenance.prompts, {"box": 1})
+    test.assertEqual(stored.record.provenance.annotator, "self-test")

@@ -1,0 +1,32 @@
+"""User-facing texts of SemiSAMSegment's engine buttons (translated inside Slicer, plain headless)."""
+
+from __future__ import annotations
+
+try:  # the Slicer application
+    from slicer.i18n import tr as _
+except ImportError:  # the slicer-core wheel
+    from .headless import tr as _
+
+#: Tooltips of the engine buttons while they are enabled.
+ENABLED_TIPS = {
+    "autoSegmentButton": _(
+        "Run the specialist (the store's active model, else the model folder) on the input volume; "
+        "ranks slices by uncertainty."
+    ),
+    "nextUncertainButton": _("Show the next most uncertain slice of the last auto-segmentation."),
+    "propagateButton": _(
+        "Segment the prompted slices with the generalist and propagate through the structure; replaces "
+        "the segment only in the propagated slice range."
+    ),
+    "acceptButton": _("Add the volume and the segmentation to the store, with provenance."),
+}
+
+#: Why an engine button is disabled (shown as its tooltip while the condition holds).
+WHY_DISABLED = {
+    "inputs": _("Choose an input volume and an output segmentation first."),
+    "packages": _("Install the missing Python packages first (Python packages section)."),
+    "model": _("Choose a model folder, or a store folder with an active model version."),
+    "prompts": _("Choose prompt points and/or a prompt box (place at least one)."),
+    "store": _("Choose a store folder to accept the case into."),
+    "review": _("Auto-segment first: the review order comes from the specialist's uncertainty."),
+}
