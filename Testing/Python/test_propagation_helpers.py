@@ -1,0 +1,94 @@
+"""Propagation helpers without a model: 3D clean-up, key-slice rule, label-simulated prompts, crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semisam.propagation.cleanup import keep_supported
+from semisam.propagation.lesion import LesionModel, candidate_region
+from semisam.propagation.simulate import (
+    boxes_from_label,
+    crop_around,
+    key_slices,
+    lesion_slices,
+    middle_slice,
+)
+from semisam.volume import Volume
+
+
+def test_keep_supported_drops_unprompted_components():
+    m = np.zeros((5, 20, 20), np.uint8)
+    m[1:4, 2:6, 2:6] = 1  # a blob through slices 1-3 (prompted on slice 2)
+    m[1:3, 12:16, 12:16] = 1  # an unrelated blob, never prompted
+    m[4, 5:8, 5:8] = 1  # touches the first blob across slices 3 -> 4 (overlap at (5, 5))
+    sup = np.zeros(m.shape, bool)
+    sup[2, 3, 3] = True
+    out = keep_supported(m, sup)
+    assert out[1:4, 2:6, 2:6].all() and out[4, 5:8, 5:8].all()
+    assert not out[:, 12:16, 12:16].any()
+    # Corner-only contact between slices does not connect (18-connectivity).
+    m2 = np.zeros((2, 5, 5), np.uint8)
+    m2[0, 1, 1] = m2[1, 2, 2] = 1
+    s2 = np.zeros(m2.shape, bool)
+    s2[0, 1, 1] = True
+    assert keep_supported(m2, s2).sum() == 1
+    # No support (e.g. nothing answered yet): nothing is removed.
+    assert keep_supported(m, np.zeros(m.shape, bool)).sum() == m.sum()
+
+
+def test_key_slice_rule():
+    lab = np.zeros((30, 10, 10), np.uint8)
+    areas = {10: 2, 11: 4, 12: 6, 13: 9, 14: 12, 15: 20, 16: 15, 17: 6, 18: 3}
+    for z, a in areas.items():
+        lab[z].flat[:a] = 1
+    assert lesion_slices(lab) == list(range(10, 19))
+    assert middle_slice(lab) == 14
+    assert key_slices(lab, 1) == [15]  # largest area
+    k2 = key_slices(lab, 2)
+    assert 15 in k2 and len(k2) == 2 and min(k2) < 15  # the other half of the extent gets its centre
+    k3 = key_slices(lab, 3)
+    assert len(k3) == 3 and 15 in k3 and min(k3) <= 12 and all(10 <= k <= 18 for k in k3)
+    with pytest.raises(ValueError, match="empty"):
+        key_slices(np.zeros((3, 4, 4)), 1)
+
+
+def test_boxes_from_label_are_tight():
+    lab = np.zeros((4, 10, 12), np.uint8)
+    lab[2, 3:6, 4:9] = 1
+    ps = boxes_from_label(lab, [2])
+    assert ps.axis == "axial" and ps.prompts[0].box == (4, 3, 8, 5)
+    with pytest.raises(ValueError, match="empty on axial slice 1"):
+        boxes_from_label(lab, [1])
+
+
+def test_crop_keeps_ras_geometry():
+    d = np.array([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]])
+    vol = Volume(np.arange(8 * 20 * 30, dtype=np.int16).reshape(8, 20, 30), (0.5, 0.7, 3.0), (10, -4, 7), d)
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[4, 10:12, 15:18] = 1
+    cv, cl = crop_around(vol, lab, (1, 2, 3))
+    assert cv.shape == cl.shape == (3, 6, 9)
+    # Voxel (0, 0, 0) of the crop is voxel (i=12, j=8, k=3) of the original, at the same RAS position.
+    assert np.allclose(cv.voxel_to_ras([0, 0, 0]), vol.voxel_to_ras([12, 8, 3]))
+    assert cv.array[0, 0, 0] == vol.array[3, 8, 12] and cl.sum() == lab.sum()
+
+
+def test_lesion_model_and_candidate_region():
+    img = np.full((40, 40), 0.2, np.float32)
+    img[10:20, 10:20] = 0.8  # the lesion on the key slice
+    key = np.zeros(img.shape, bool)
+    key[10:20, 10:20] = True
+    lm = LesionModel.fit(img, key)
+    assert lm is not None and lm.area_px == 100
+    assert lm.likeness(img, key) > 0.9 and lm.likeness(img, ~key) < 0.1
+    nxt = np.full((40, 40), 0.2, np.float32)
+    nxt[12:30, 14:26] = 0.8  # grown and shifted on the next slice
+    nxt[2:6, 32:38] = 0.8  # a lesion-like blob not touching the previous footprint
+    region = candidate_region(lm, nxt, key, (0, 0, 39, 39))
+    # (the opening trims the rectangle's 4 corner pixels)
+    assert region[12:30, 14:26].sum() >= 0.95 * 18 * 12 and region.sum() == region[12:30, 14:26].sum()
+    assert not region[2:6, 32:38].any()
+    # The search window limits how far the region may reach.
+    assert not candidate_region(lm, nxt, key, (5, 5, 22, 22))[23:, :].any()
+    assert LesionModel.fit(img, np.zeros_like(key)) is None
