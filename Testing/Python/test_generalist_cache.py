@@ -123,3 +123,13 @@ def test_precompute_reports_errors(encoder):
     job = encoder.precompute([0, 99])
     assert job.wait(timeout=60)
     assert isinstance(job.error, IndexError) and job.done == 1
+
+
+def test_encode_batch_equals_single_encodes(encoder):
+    model = encoder.model
+    images = [encoder.image(0), encoder.image(5)[:30, :50]]  # different shapes in one batch
+    batch = model.encode_batch(images)
+    for img, emb in zip(images, batch, strict=True):
+        single = model.encode(img)
+        assert emb.slice_shape == img.shape
+        assert torch.allclose(emb.features, single.features, atol=1e-5)
