@@ -92,3 +92,23 @@ def test_lesion_model_and_candidate_region():
     # The search window limits how far the region may reach.
     assert not candidate_region(lm, nxt, key, (5, 5, 22, 22))[23:, :].any()
     assert LesionModel.fit(img, np.zeros_like(key)) is None
+
+
+def test_square_pixels_maps_prompts_and_logits_exactly():
+    from semisam.generalists.base import SlicePrompt
+    from semisam.generalists.testing import tiny_litemedsam
+    from semisam.propagation.isotropic import SquarePixels
+
+    assert SquarePixels.needed((5.0, 0.57)) and not SquarePixels.needed((0.7, 0.68))
+    sq = SquarePixels(tiny_litemedsam(seed=0), (5.0, 0.5))  # rows 10x coarser than columns
+    assert sq.scale == (10.0, 1.0) and sq.name.endswith("@square10x1")
+    img = np.random.default_rng(0).random((7, 40)).astype(np.float32)
+    emb = sq.encode(img)
+    assert emb.slice_shape == (70, 40) and emb.extras["original_shape"] == (7, 40)
+    # Box rows 2..3 (inclusive) cover rows 20..39 of the 10x grid; columns are unchanged.
+    mapped = sq._map_prompt(SlicePrompt(box=(5, 2, 9, 3)), emb.slice_shape)
+    assert mapped.box == (5, 20, 9, 39)
+    pts = sq._map_prompt(SlicePrompt(points=np.array([[4.0, 1.0]]), point_labels=np.array([1])), (70, 40))
+    assert np.allclose(pts.points, [[4.0, 14.5]])  # pixel centre 1 -> centre of rows 10..19
+    pred = sq.predict(emb, SlicePrompt(box=(5, 2, 9, 3)))
+    assert pred.logits.shape == (7, 40) and 0.0 <= pred.score <= 1.0

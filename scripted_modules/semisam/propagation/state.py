@@ -27,6 +27,7 @@ from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache, SliceEncoder
 from semisam.intensity import CT_PRESETS, IntensityWindow, window_for
 from semisam.prompts import Prompt, PromptError, axis_index, n_slices, slice_shape
+from semisam.propagation.isotropic import SquarePixels
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.params import PropagationParams
 from semisam.propagation.step import SliceResult
@@ -78,7 +79,8 @@ class PropagationState:
     """Everything a propagation session keeps between :func:`add_prompt` / :func:`propagate` calls.
 
     Attributes:
-        model: the generalist (:class:`~semisam.generalists.base.PromptableModel`).
+        model: the generalist (:class:`~semisam.generalists.base.PromptableModel`), wrapped in
+            :class:`~semisam.propagation.isotropic.SquarePixels` when the slices' pixels are not square.
         volume: the scan (raw voxels ``(Z, Y, X)`` and geometry).
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         encoder: slice images and cached embeddings along ``axis`` (A1's :class:`SliceEncoder`).
@@ -186,8 +188,11 @@ def init_state(
     if axis not in AXIS_NAMES:
         raise PromptError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_NAMES)}")
     win = resolve_window(volume, window, modality)
-    encoder = SliceEncoder(model, volume.array, axis, win, cache, scan_id=scan_id or volume.source)
     pixel_mm, slice_mm = slice_geometry(volume, axis)
+    if SquarePixels.needed(pixel_mm) and not hasattr(model, "propagate_volume"):
+        # e.g. coronal/sagittal slices of a thick-slice scan: the model sees them resampled to square pixels.
+        model = SquarePixels(model, pixel_mm)  # type: ignore[assignment]
+    encoder = SliceEncoder(model, volume.array, axis, win, cache, scan_id=scan_id or volume.source)
     return PropagationState(
         model=model,
         volume=volume,
