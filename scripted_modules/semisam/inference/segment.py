@@ -83,11 +83,32 @@ def _count_windows(shape: tuple[int, ...], roi: list[int], overlap: float) -> in
     return n
 
 
-def _post(logits: torch.Tensor, lut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, C, ...)`` logits -> (labels uint8 ``(N, ...)``, normalised entropy float32 ``(N, ...)``)."""
-    logp = torch.log_softmax(logits.float(), dim=1)
-    ent = -(logp.exp() * logp).sum(dim=1).mul_(1.0 / math.log(logits.shape[1]))
-    return lut[logits.argmax(dim=1)], ent.clamp_(0.0, 1.0)
+def _post(logits: torch.Tensor, lut: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C, ...)`` logits -> (labels uint8 ``(N, ...)``, normalised entropy float32 ``(N, ...)``).
+
+    ``lut`` maps class index -> label value (``None``: the identity). Written to make few passes over
+    memory: on lung1 a plain ``log_softmax`` / ``argmax`` / ``lut[index]`` version cost more CPU time
+    than the network itself (5.4 s vs 4.4 s).
+    """
+    logits = logits.float()
+    n_classes = logits.shape[1]
+    if n_classes == 2:
+        # Binary: d = l1 - l0; entropy of sigmoid(d) = log(1 + e^-|d|) + |d| e^-|d| / (1 + e^-|d|).
+        d = logits[:, 1] - logits[:, 0]
+        labels = (d > 0).to(torch.uint8)
+        a = d.abs_()
+        t = torch.exp(-a)
+        ent = torch.log1p(t).add_(a.mul_(t).div_(t.add_(1.0)))
+    else:
+        mx, idx = logits.max(dim=1)
+        e = (logits - mx.unsqueeze(1)).exp_()
+        z = e.sum(dim=1)
+        # H = log Z - sum_c e_c (l_c - max) / Z
+        ent = torch.log(z).sub_((e * (logits - mx.unsqueeze(1))).sum(dim=1).div_(z))
+        labels = idx.to(torch.uint8)
+    if lut is not None:
+        labels = lut[labels.long()]
+    return labels, ent.mul_(1.0 / math.log(n_classes)).clamp_(0.0, 1.0)
 
 
 def _infer_25d(model, x: torch.Tensor, s: dict, lut, report: ProgressFn) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,20 +113,24 @@ def _one_thread():
 
 def _scan_sequential(u, dt, A, B, C, chunk: int) -> torch.Tensor:
     batch, dim, length = u.shape
-    # Time-major (L, batch, dim, dstate) so each step reads and writes one contiguous block: measured
-    # 4-10x faster than stepping through the last axis of (batch, dim, L, dstate) on this CPU.
-    dt_t = dt.permute(2, 0, 1)  # (L, batch, dim)
-    u_t = u.permute(2, 0, 1)
-    B_t = B.permute(2, 0, 1).unsqueeze(2)  # (L, batch, 1, dstate)
-    C_t = C.permute(2, 0, 1)  # (L, batch, dstate)
-    h = u.new_zeros(batch, dim, A.shape[1])
+    # Time-major, state-before-channel layout (L, batch, dstate, dim), made contiguous once: each step
+    # reads and writes one contiguous block and every elementwise op runs along the long channel axis.
+    # Broadcasting over the strided (batch, dim, L) views instead cost ~10 ns per element (measured:
+    # 9.4 ms for one 655k-element multiply), more than the whole rest of the Mamba block.
+    dt_t = dt.permute(2, 0, 1).contiguous()  # (L, batch, dim)
+    du_t = dt_t * u.permute(2, 0, 1)
+    B_t = B.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (L, batch, dstate, 1)
+    C_t = C.permute(2, 0, 1).contiguous().unsqueeze(-1)
+    A_t = A.t().contiguous()  # (dstate, dim)
+    h = u.new_zeros(batch, A.shape[1], dim)
     outs = []
     # Training needs autograd, which in-place ``out=`` writes do not support: keep a list of states.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
+    grad = grad or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # exporters: no out=
     for s in range(0, length, chunk):
         e = min(s + chunk, length)
-        decay = torch.exp(dt_t[s:e].unsqueeze(-1) * A)  # (l, batch, dim, dstate)
-        hs = (dt_t[s:e] * u_t[s:e]).unsqueeze(-1) * B_t[s:e]  # input term, overwritten by the states
+        decay = torch.exp(dt_t[s:e].unsqueeze(2) * A_t)  # (l, batch, dstate, dim)
+        hs = du_t[s:e].unsqueeze(2) * B_t[s:e]  # input term, overwritten by the states
         if grad:
             states = []
             for t in range(e - s):
@@ -138,8 +142,8 @@ def _scan_sequential(u, dt, A, B, C, chunk: int) -> torch.Tensor:
                 for t in range(e - s):
                     torch.addcmul(hs[t], decay[t], h, out=hs[t])
                     h = hs[t]
-        # y_t = <h_t, C_t>: one batched contraction per chunk instead of one per step.
-        outs.append(torch.einsum("lbdn,lbn->lbd", hs, C_t[s:e]))
+        # y_t = <h_t, C_t> over the state axis, for the whole chunk at once.
+        outs.append((hs * C_t[s:e]).sum(dim=2))  # (l, batch, dim)
     return torch.cat(outs).permute(1, 2, 0)
 
 
