@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semisam.generalists.base import SlicePrompt
-from semisam.prompts import Prompt, box_from_mask, put_slice
+from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.state import KeySlice, PropagationState, Track
@@ -243,13 +243,4 @@ def _assemble(state: PropagationState) -> PropagationResult:
 
 
 def _slice_any(mask: np.ndarray, axis: str, s: int) -> bool:
-    from semisam.prompts import take_slice
-
     return bool(take_slice(mask, axis, s).any())
-
-
-def prompts_by_slice(prompts: list[Prompt]) -> dict[int, list[Prompt]]:
-    out: dict[int, list[Prompt]] = {}
-    for p in prompts:
-        out.setdefault(p.slice, []).append(p)
-    return out
