@@ -1,4 +1,4 @@
-"""`semisam model init` and `semisam segment` as real child processes."""
+"""`semisam model init` / `verify` (in process) and `semisam segment` (a real child process)."""
 
 from __future__ import annotations
 
@@ -23,26 +23,29 @@ def _cli(*args, check=True):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    import contextlib
+    import io
+
+    from semisam.cli import main
+
     d = tmp_path_factory.mktemp("models") / "lesion_ct"
-    out = _cli(
-        "model",
-        "init",
-        "--arch",
-        "mamba_unet",
-        "--labels",
-        "lesion",
-        "--modality",
-        "CT",
+    # In process: each child process costs seconds of torch/MONAI imports (tens under load); the
+    # segment test below is the real child process.
+    args = ["model", "init", "--arch", "mamba_unet", "--labels", "lesion", "--modality", "CT"]
+    args += [
         "--output",
-        d,
+        str(d),
         "--target-spacing",
         "2",
         "2",
         "3",
         "--kwargs",
         '{"channels": [8, 16, 16, 32, 32]}',
-    )
-    info = json.loads(out.stdout)
+    ]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(args) == 0
+    info = json.loads(buf.getvalue())
     assert info["arch"] == "mamba_unet" and info["labels"] == {"lesion": 1} and info["parameters"] > 0
     return d
 
