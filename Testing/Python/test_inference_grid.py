@@ -175,3 +175,16 @@ def test_real_lung1_with_a_saved_mamba_unet(lung1, tmp_path, monkeypatch):
     assert np.isfinite(res.uncertainty).all()
     # Registry untouched by this module's threshold model.
     assert "threshold" not in SPECIALIST_REGISTRY
+
+
+def test_small_components_are_removed_when_asked():
+    a = np.full((16, 24, 24), -500, dtype=np.int16)
+    a[4:12, 4:14, 4:14] = 500  # 800 voxels
+    a[13, 20, 20] = 500  # a one-voxel speck
+    vol = Volume(a)
+    man = _manifest((1.0, 1.0, 1.0))
+    assert segment(vol, Threshold(), man, "cpu").labels[13, 20, 20] == 1
+    man.inference = {"min_component_voxels": 10}
+    res = segment(vol, Threshold(), man, "cpu")
+    assert res.labels[13, 20, 20] == 0
+    np.testing.assert_array_equal(res.labels[:13], (a[:13] > 0).astype(np.uint8))
