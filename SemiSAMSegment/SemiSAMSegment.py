@@ -87,7 +87,11 @@ class SemiSAMSegment(ScriptedLoadableModule):
             "segmentation in one click; you correct it by prompting a few slices with a promptable SAM-family "
             "generalist whose masks propagate across slices; accepted cases grow the labeled set that "
             "SemiSAM Train retrains the specialist on. Masks computed by the headless <code>semisam</code> "
-            "command can be loaded into the output segmentation on the input volume's grid."
+            "command can be loaded into the output segmentation on the input volume's grid.<br>"
+            "Prompts: an ROI box around the structure on the slice you see it best (its thinnest axis in "
+            "voxels is the slice axis) and/or points; a point is positive unless its description is "
+            "<code>-</code> (the '+/- last point' button flips it). Propagate replaces the segment only in "
+            "the propagated slice range."
         )
         self.parent.acknowledgementText = _(
             "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "

@@ -26,7 +26,10 @@ def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]
     dialog = slicer.util.createProgressDialog(
         parent=parent, windowTitle=title, labelText=title, maximum=100, value=0
     )
-    dialog.setCancelButton(None)  # the engines have no cancel point between steps yet
+    try:  # the engines have no cancel point between steps yet: no button that pretends to cancel
+        dialog.setCancelButton(None)
+    except (TypeError, ValueError):
+        log.debug("this PythonQt cannot remove the cancel button")
     dialog.show()
     slicer.app.processEvents()
 
