@@ -226,3 +226,15 @@ def test_remembered_preferences_are_parameter_fields_with_defaults(module):
     from SemiSAMSegmentLib.defaults import DEFAULTS
 
     assert set(prefs) <= set(parameter_fields(tree)) and set(prefs) <= set(DEFAULTS)
+
+
+def test_every_lib_script_is_installed_by_cmake():
+    """A helper file missing from MODULE_PYTHON_SCRIPTS is absent from the built extension: the module
+    would fail to import in Slicer while every test here passes."""
+    import re
+
+    cmake = (REPO / "SemiSAMSegment" / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\w+\.py)", cmake))
+    present = {p.name for p in (REPO / "SemiSAMSegment" / "SemiSAMSegmentLib").glob("*.py")}
+    assert present - listed == set(), f"add to SemiSAMSegment/CMakeLists.txt: {sorted(present - listed)}"
+    assert listed - present == set()
