@@ -355,3 +355,30 @@ def test_the_modules_self_test_flows_pass_on_the_real_scene(tmp_path):
     logic = segment_module.SemiSAMSegmentLogic()
     selftest.auto_segment_flow(case, scene, logic, tmp_path / "auto")
     selftest.propagate_and_accept_flow(case, scene, logic, tmp_path / "prop")
+
+
+@pytest.mark.cuda
+def test_the_logic_runs_on_cuda(lung1, tmp_path):
+    """device="cuda" reaches both engines: the CUDA proposal matches the CPU one and the propagation is as
+    good. Run with ``pytest -m cuda`` on a machine with a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    full = read_volume(lung1.image)
+    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    scene = make_scene()
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
+    model_dir = tiny_model_dir(tmp_path / "model")
+    logic = segment_module.SemiSAMSegmentLogic()
+    masks = {}
+    for device in ("cpu", "cuda"):
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", device)
+        logic.autoSegment(node, model_dir, seg, device)
+        masks[device] = mrml_io.export_mask(seg, node)
+    assert dice(masks["cpu"], masks["cuda"]) > 0.99
+    key = middle_slice(label)
+    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "propagated")
+    out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cuda")
+    assert dice(mrml_io.export_mask(seg, node, [out.segment_id]), label) > 0.6
