@@ -39,7 +39,7 @@ from semisam.volume import Volume
 NEGATIVE_WORDS = frozenset({"-", "neg", "negative", "bg", "background"})
 #: Node attribute that makes every point of a fiducial node negative.
 SIGN_ATTRIBUTE = "SemiSAM.PromptSign"
-#: Slack (voxels) for a point that lies just past the first/last voxel centre but inside the voxel.
+#: Half a voxel: a point past the first/last voxel centre but still inside that voxel is inside.
 _EDGE = 0.5
 
 
@@ -84,7 +84,7 @@ def toggle_point_sign(points_node, index: int = -1) -> str | None:
 
 
 def _inside(ijk: np.ndarray, size_ijk: tuple[int, int, int]) -> bool:
-    return bool(np.all(ijk >= -_EDGE) and np.all(ijk < np.asarray(size_ijk) - 0.5 + _EDGE))
+    return bool(np.all(ijk >= -_EDGE) and np.all(ijk < np.asarray(size_ijk) - 1 + _EDGE))
 
 
 def _slice_coords(ijk: tuple[int, int, int], axis: str) -> tuple[int, int, int]:

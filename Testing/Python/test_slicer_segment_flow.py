@@ -162,6 +162,12 @@ def test_a_point_outside_the_volume_is_a_clear_error(mrml_scene):
         markup_prompts.MarkupPromptError, match="markups 'far box'.*does not overlap the volume"
     ):
         logic.promptsFromMarkups(node, None, roi)
+    edge = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "edge")
+    edge.AddControlPoint(2.0, 2.0, 10.4)  # k = 3.47: inside the last voxel (k = 3 spans 2.5..3.5)
+    assert logic.promptsFromMarkups(node, edge).prompts.prompts[0].slice == 3
+    edge.SetNthControlPointPosition(0, 2.0, 2.0, 10.6)  # k = 3.53: past it
+    with pytest.raises(markup_prompts.MarkupPromptError, match="markups 'edge' point 1"):
+        logic.promptsFromMarkups(node, edge)
     with pytest.raises(markup_prompts.MarkupPromptError, match="no prompts: place an ROI box or points"):
         logic.promptsFromMarkups(node, mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty"))
 
