@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from semisam.generalists import SlicePrompt
-from semisam.generalists.sam2_model import init_state_from_frames
+from semisam.generalists import CheckpointError, SlicePrompt, build_generalist
+from semisam.generalists.sam2_model import (
+    _package_config,
+    build_sam2_module,
+    init_state_from_frames,
+    set_image_size,
+)
 from semisam.generalists.sam_family import PromptError
 from semisam.generalists.testing import tiny_sam2
 
@@ -54,3 +60,27 @@ def test_propagate_volume_covers_every_slice_both_ways(model):
     assert np.all((flat == -1024.0).all(1) | (flat.std(1) > 0))
     with pytest.raises(PromptError, match="outside 0..6"):
         model.propagate_volume(frames, {9: SlicePrompt(box=(1, 1, 5, 5))})
+
+
+def test_release_style_file_of_unknown_size_is_a_clear_error(tmp_path, model):
+    path = tmp_path / "odd_sam2.pt"
+    torch.save({"model": model.predictor.state_dict()}, path)  # a .pt carries no config
+    with pytest.raises(
+        CheckpointError, match=r"odd_sam2\.pt: a Hiera trunk of width 8 .* matches no released"
+    ):
+        build_generalist("sam2", path)
+
+
+@pytest.mark.slow
+def test_released_hiera_t_layout_is_recognised(tmp_path):
+    """A full-size SAM 2.1 Hiera-T (random weights, 39 M parameters) saved like the release .pt files."""
+    torch.manual_seed(0)
+    ref = build_sam2_module(set_image_size(_package_config("hiera_t", v21=True), 1024))
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": ref.predictor.state_dict()}, path)
+    sam2 = build_generalist("sam2", path)
+    assert sam2.image_size == 1024
+    medsam2 = build_generalist("medsam2", path)
+    assert medsam2.image_size == 512  # MedSAM2 is a SAM 2.1 Hiera-T at 512 px
+    img = np.random.default_rng(0).random((60, 80), dtype=np.float32)
+    assert medsam2.predict(medsam2.encode(img), SlicePrompt(box=(10, 10, 50, 40))).logits.shape == (60, 80)
