@@ -179,10 +179,13 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         )
         self._reviewSlice = None  # the slice "Next uncertain slice" last jumped to
+        self._precompute = None  # background slice encoding started after auto-segment
         self._updateDependencies()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self._precompute is not None:
+            self._precompute.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -215,6 +218,9 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         store_preferences(self._parameterNode, self.PREFERENCES)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._precompute is not None:
+            self._precompute.cancel()
+        self.logic.clearSessions()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -302,6 +308,22 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = out.describe()
             self.onNextUncertainSlice()
             self._updateState()
+            self._precomputeAround(out.review_order[:5])
+
+    def _precomputeAround(self, slices) -> None:
+        """Encode the given slices and their neighbours in the background (a best effort: failures are
+        logged, the next Propagate simply encodes what it needs)."""
+        p = self._parameterNode
+        if self._precompute is not None:
+            self._precompute.cancel()
+        wanted = sorted({k + d for k in slices for d in (-1, 0, 1)})
+        try:
+            self._precompute = self.logic.precomputeEmbeddings(
+                p.inputVolume, wanted, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
+            )
+        except Exception as exc:  # e.g. a generalist without its checkpoint: nothing to prepare
+            log.info("no background encoding: %s", exc)
+            self._precompute = None
 
     def onNextUncertainSlice(self) -> None:
         from SemiSAMSegmentLib.gui import jump_red_slice

@@ -91,6 +91,10 @@ class CaseLogic:
             current = self._sessions[volumeNode.GetID()] = session_lib.SegmentSession.for_node(volumeNode)
         return current
 
+    def clearSessions(self) -> None:
+        """Forget every case in progress (the scene is closing: node IDs will be reused)."""
+        self._sessions.clear()
+
     def endSession(self, volumeNode) -> None:
         """Forget the case in progress on ``volumeNode`` (done by :meth:`accept`)."""
         if volumeNode is not None:
@@ -190,6 +194,38 @@ class CaseLogic:
             self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
         return self._embeddings
 
+    def _engine(self, generalist, checkpoint, intensityPreset, device, axis):
+        """``(model, window argument, state key)`` for a propagation; raises when the generalist cannot run."""
+        name = getattr(generalist, "value", generalist)
+        problem = self.generalistProblem(Generalist(name), checkpoint)
+        if problem:
+            raise ValueError(problem)
+        model = self.generalistModel(name, checkpoint, device)
+        window = propagate_lib.window_argument(intensityPreset)
+        key = (name, str(checkpoint or ""), window, axis, str(getattr(device, "value", device)))
+        return model, window, key
+
+    def precomputeEmbeddings(
+        self,
+        volumeNode,
+        slices,
+        generalist="litemedsam",
+        checkpoint="",
+        intensityPreset="auto",
+        device="auto",
+        axis="axial",
+    ):
+        """Start encoding ``slices`` (indices along ``axis``) in the background, e.g. the most uncertain
+        slices after auto-segment, so that the first *Propagate* there answers without encoding.
+
+        Returns the core's ``Precompute`` job (``.done``, ``.running()``, ``.wait()``, ``.cancel()``,
+        ``.error``), or ``None`` for SAM 2-family generalists (they keep no slice cache). Use the same
+        generalist, checkpoint, preset, device and axis as the propagation it prepares.
+        """
+        case = self.session(volumeNode)
+        model, window, key = self._engine(generalist, checkpoint, intensityPreset, device, axis)
+        return propagate_lib.precompute(case, model, key, axis, window, self.embeddingCache(), slices)
+
     @staticmethod
     def promptsFromMarkups(volumeNode, pointsNode=None, roiNode=None, axis=None):
         """Voxel prompts (``MarkupPrompts``) from markups; see ``SemiSAMSegmentLib/markup_prompts.py``
@@ -232,20 +268,10 @@ class CaseLogic:
         Raises:
             MarkupPromptError: no prompt, or a markup outside the volume (names node and point).
         """
-        name = getattr(generalist, "value", generalist)
-        problem = self.generalistProblem(Generalist(name), checkpoint)
-        if problem:
-            raise ValueError(problem)
         case = self.session(volumeNode)
         markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
-        model = self.generalistModel(name, checkpoint, device)
-        window = propagate_lib.window_argument(intensityPreset)
-        key = (
-            name,
-            str(checkpoint or ""),
-            window,
-            markups.prompts.axis,
-            str(getattr(device, "value", device)),
+        model, window, key = self._engine(
+            generalist, checkpoint, intensityPreset, device, markups.prompts.axis
         )
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
         return propagate_lib.run(

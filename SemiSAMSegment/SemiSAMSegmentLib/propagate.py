@@ -84,6 +84,36 @@ def window_argument(preset: str) -> str | None:
     return None if preset in ("", "auto") else preset
 
 
+def new_state(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
+    """Start a fresh propagation state for the session (no prompts; nothing encoded yet)."""
+    from semisam.propagation import init_state
+
+    session.state = init_state(
+        model,
+        session.volume,
+        axis,
+        window=window,
+        cache=cache,
+        modality=session.modality,
+        scan_id=f"slicer:{session.key[0]}@{session.key[1]}",
+    )
+    session.state_key, session.applied = state_key, []
+    return session.state
+
+
+def precompute(session: SegmentSession, model, state_key: tuple, axis: str, window, cache, slices):
+    """Encode ``slices`` into the cache on a background thread, through the session's own state (made
+    here when there is none for ``state_key``), so that a later propagation with the same settings finds
+    them cached and shares the encoder's lock with the worker. Returns the core's ``Precompute`` job, or
+    ``None`` for models that propagate with their own memory (SAM 2 family) and use no slice cache."""
+    if hasattr(model, "propagate_volume"):
+        return None
+    state = session.state if session.state_key == state_key else None
+    state = state or new_state(session, model, state_key, axis, window, cache)
+    n = state.n_slices
+    return state.encoder.precompute([int(s) for s in slices if 0 <= int(s) < n])
+
+
 def propagate_session(
     session: SegmentSession,
     markups: MarkupPrompts,
@@ -98,22 +128,14 @@ def propagate_session(
     Returns:
         ``(PropagationResult, number of prompts added, rebuilt)``.
     """
-    from semisam.propagation import add_prompts, init_state, propagate
+    from semisam.propagation import add_prompts, propagate
 
     wanted = list(markups.prompts.prompts)
     new = session.prompts_to_add(wanted) if session.state_key == state_key else None
     rebuilt = new is None
     if rebuilt:
-        session.state = init_state(
-            model,
-            session.volume,
-            markups.prompts.axis,
-            window=window,
-            cache=cache,
-            modality=session.modality,
-            scan_id=f"slicer:{session.key[0]}@{session.key[1]}",
-        )
-        session.state_key, session.applied, new = state_key, [], wanted
+        new_state(session, model, state_key, markups.prompts.axis, window, cache)
+        new = wanted
     if new:
         add_prompts(session.state, new)
         session.applied += new

@@ -244,6 +244,10 @@ def lung_flow(lung1, tmp_path_factory):
     other[1:3, 10:12, 10:12] = 1
     mrml_io.import_mask(other, node, seg, {1: "vessel"})
     roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    # Background encoding of the slices the propagation will visit (key +-2), as the Widget starts it
+    # after auto-segment: the propagation then encodes nothing itself.
+    job = logic.precomputeEmbeddings(node, range(key - 2, key + 3), device="cpu")
+    assert job.wait(timeout=600) and job.error is None and job.done == 5
     stages = []
     out = logic.propagate(
         node, seg, "lesion", roiNode=roi, device="cpu", progress=lambda f, s: stages.append((f, s))
@@ -280,6 +284,7 @@ def test_propagate_from_an_roi_segments_the_nodule(lung_flow):
     assert d > 0.6, (d, out)
     assert out.slices == [lung_flow["key"] - 1, lung_flow["key"], lung_flow["key"] + 1], out.stops
     assert lung_flow["stages"][-1] == (1.0, "done")
+    assert out.slices_encoded == 0  # all five came from the background precompute
     lo, hi = out.slice_range
     assert f"segment 'lesion' replaced in slices {lo}..{hi}" in out.describe("lesion")
 
