@@ -135,3 +135,22 @@ def test_registry_names_and_model_spec():
     assert name == "medsam" and str(ckpt) == "/x/medsam_vit_b.pth"
     with pytest.raises(ValueError, match="unknown generalist"):
         parse_model_spec("foo:bar")
+
+
+@pytest.mark.slow
+def test_full_size_vit_b_layout_is_inferred(tmp_path):
+    """segment-anything's own ViT-B (random weights, 94 M parameters) saved like sam_vit_b / medsam_vit_b."""
+    from segment_anything import sam_model_registry
+
+    from semisam.generalists.sam import infer_sam_arch
+
+    torch.manual_seed(0)
+    path = tmp_path / "medsam_vit_b.pth"
+    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
+    arch = infer_sam_arch(read_state_dict(path), path)
+    assert (arch["embed_dim"], arch["depth"], arch["num_heads"]) == (768, 12, 12)
+    assert arch["global_attn_indexes"] == [2, 5, 8, 11] and arch["window_size"] == 14
+    assert arch["img_size"] == 1024 and arch["out_chans"] == 256
+    model = build_generalist("medsam", path, backend="eager")
+    img = np.random.default_rng(0).random((50, 70), dtype=np.float32)
+    assert model.predict(model.encode(img), SlicePrompt(box=(5, 5, 40, 30))).logits.shape == (50, 70)
