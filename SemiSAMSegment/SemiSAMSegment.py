@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import slicer
 import vtk
 
@@ -29,7 +28,7 @@ from SemiSAMSegmentLib.defaults import (
     Generalist,
 )
 from SemiSAMSegmentLib.logic import CaseLogic
-from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED
+from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED, disabled_reasons
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
@@ -263,19 +262,9 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pointsPlaceWidget.enabled = p.promptPoints is not None
         self.ui.toggleSignButton.enabled = p.promptPoints is not None
         self.ui.roiPlaceWidget.enabled = p.promptROI is not None
-        packages = dependencies.torch_available()
-        why = {
-            "autoSegmentButton": "inputs" if not haveBoth else "packages" if not packages else None,
-            "propagateButton": "inputs" if not haveBoth else "packages" if not packages else None,
-            "acceptButton": "inputs" if not haveBoth else None,
-            "nextUncertainButton": None if self.logic.reviewOrder(p.outputSegmentation) else "review",
-        }
-        if why["autoSegmentButton"] is None and not (p.modelFolder or p.storeFolder):
-            why["autoSegmentButton"] = "model"
-        if why["propagateButton"] is None and not (p.promptPoints or p.promptROI):
-            why["propagateButton"] = "prompts"
-        if why["acceptButton"] is None and not p.storeFolder:
-            why["acceptButton"] = "store"
+        why = disabled_reasons(
+            p, dependencies.torch_available(), bool(self.logic.reviewOrder(p.outputSegmentation))
+        )
         for name, reason in why.items():
             button = getattr(self.ui, name)
             button.enabled = reason is None and not (name == "propagateButton" and problem)
@@ -379,14 +368,16 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onBrowseModelFolder(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Specialist model folder"))
-        if folder:
-            self._parameterNode.modelFolder = folder
+        self._parameterNode.modelFolder = (
+            qt.QFileDialog.getExistingDirectory(self.parent, _("Specialist model folder"))
+            or self._parameterNode.modelFolder
+        )
 
     def onBrowseStoreFolder(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Labeled-set store folder"))
-        if folder:
-            self._parameterNode.storeFolder = folder
+        self._parameterNode.storeFolder = (
+            qt.QFileDialog.getExistingDirectory(self.parent, _("Labeled-set store folder"))
+            or self._parameterNode.storeFolder
+        )
 
     def _updateDependencies(self) -> None:
         """Show what is missing; the install button is enabled only then."""
@@ -504,20 +495,10 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
     def test_MaskRoundTrip(self) -> None:
         import tempfile
 
-        from SemiSAMSegmentLib.selftest import sample_or_skip
+        from SemiSAMSegmentLib.selftest import mask_round_trip_flow
 
-        from semisam.volume import read_mask
-
-        case = sample_or_skip(self, "lung1")
-        self.delayDisplay("Loading lung1")
-        volumeNode = slicer.util.loadVolume(str(case.image))
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic = SemiSAMSegmentLogic()
-        ids = logic.importMaskFile(case.label, volumeNode, segmentationNode, "lesion")
-        self.assertEqual(len(ids), 1)
         with tempfile.TemporaryDirectory() as folder:
-            out = logic.exportMaskFile(segmentationNode, volumeNode, Path(folder) / "mask.nii.gz")
-            self.assertTrue(np.array_equal(read_mask(out).array, read_mask(case.label).array))
+            mask_round_trip_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
         self.delayDisplay("Mask round trip passed")
 
     def test_AutoSegment(self) -> None:

@@ -55,6 +55,20 @@ def roi_around(scene, volume, box, k: int, name: str = "box"):
     return roi
 
 
+def mask_round_trip_flow(test, scene, logic, tmp: Path) -> None:
+    """test_mask_file_round_trip_through_segment_logic (test_slicer_logic.py): lung1's label -> segment ->
+    file -> the same voxels."""
+    from semisam.volume import read_mask
+
+    case = sample_or_skip(test, "lung1")
+    volume_node = mrml_io.load_volume(scene, case.image)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    ids = logic.importMaskFile(case.label, volume_node, segmentation_node, "lesion")
+    test.assertEqual(len(ids), 1)
+    out = logic.exportMaskFile(segmentation_node, volume_node, tmp / "mask.nii.gz")
+    test.assertTrue(np.array_equal(read_mask(out).array, read_mask(case.label).array))
+
+
 def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
     """test_auto_segment_lands_on_the_volume_grid: breast1, untrained model, segments == core labels."""
     from semisam.checkpoints import load_model

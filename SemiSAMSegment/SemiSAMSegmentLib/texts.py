@@ -30,3 +30,23 @@ WHY_DISABLED = {
     "store": _("Choose a store folder to accept the case into."),
     "review": _("Auto-segment first: the review order comes from the specialist's uncertainty."),
 }
+
+
+def disabled_reasons(p, packages: bool, has_review: bool) -> dict:
+    """Engine button name -> the :data:`WHY_DISABLED` key that keeps it disabled, or ``None`` (enabled).
+
+    Args:
+        p: the parameter node (``inputVolume``, ``outputSegmentation``, ``modelFolder``, ``storeFolder``,
+            ``promptPoints``, ``promptROI``).
+        packages: whether torch is importable.
+        has_review: whether the output segmentation holds a review order (from auto-segment).
+    """
+    inputs = bool(p.inputVolume and p.outputSegmentation)
+    engines = "inputs" if not inputs else None if packages else "packages"
+    why = {
+        "autoSegmentButton": engines or (None if p.modelFolder or p.storeFolder else "model"),
+        "propagateButton": engines or (None if p.promptPoints or p.promptROI else "prompts"),
+        "acceptButton": ("inputs" if not inputs else None) or (None if p.storeFolder else "store"),
+        "nextUncertainButton": None if has_review else "review",
+    }
+    return why

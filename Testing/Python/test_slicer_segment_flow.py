@@ -393,3 +393,27 @@ def test_the_logic_runs_on_cuda(lung1, tmp_path):
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "propagated")
     out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cuda")
     assert dice(mrml_io.export_mask(seg, node, [out.segment_id]), label) > 0.6
+
+
+def test_engine_buttons_are_enabled_only_when_they_can_run():
+    from types import SimpleNamespace
+
+    from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED, disabled_reasons
+
+    p = SimpleNamespace(
+        inputVolume=object(), outputSegmentation=object(), modelFolder="", storeFolder="",
+        promptPoints=None, promptROI=None,
+    )  # fmt: skip
+    assert disabled_reasons(p, True, False) == {
+        "autoSegmentButton": "model",
+        "propagateButton": "prompts",
+        "acceptButton": "store",
+        "nextUncertainButton": "review",
+    }
+    p.storeFolder, p.promptROI = "/data/store", object()
+    assert set(disabled_reasons(p, True, True).values()) == {None}
+    assert disabled_reasons(p, False, True)["propagateButton"] == "packages"
+    p.inputVolume = None
+    assert disabled_reasons(p, True, True)["acceptButton"] == "inputs"
+    assert set(ENABLED_TIPS) == set(disabled_reasons(p, True, True))
+    assert all(WHY_DISABLED[r] for r in ("inputs", "packages", "model", "prompts", "store", "review"))
