@@ -10,7 +10,12 @@ Both models are untrained (seeded random weights): speed and memory do not depen
 ``unet3d_overlap0`` is unet3d with no window overlap, the cheapest way to run it (seams at window
 borders), reported as a lower bound on its time.
 
-Run: ``python Testing/benchmarks/autoseg.py [--repeats 3] [--cases lung1,synthetic]``.
+Each run also reports its CPU time (user + system, ``getrusage``; OpenMP told to sleep rather than spin
+when idle): on a shared machine wall-clock times swing 2-4x between runs, CPU time much less.
+``--threads 1`` makes CPU time a clean measure of work; wall-clock on an idle 2-core machine is then
+roughly CPU time / 1.8 with 2 threads.
+
+Run: ``python Testing/benchmarks/autoseg.py [--repeats 3] [--cases lung1,synthetic] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from semisam.checkpoints import load_model
     from semisam.inference import segment
     from semisam.volume import read_volume, write_mask
 
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     vol = read_volume(args.image)
     t_read = time.perf_counter() - t0
@@ -58,9 +66,12 @@ def child(args: argparse.Namespace) -> None:
     write_mask(res.labels, vol, args.output)
     t_write = time.perf_counter() - t1
     total = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
     out = {
         "total_s": total,
+        "cpu_s": cpu,
         "read_s": t_read,
         **{f"{k}_s": v for k, v in res.seconds.items()},
         "write_s": t_write,
@@ -130,6 +141,7 @@ def main() -> None:
     ap.add_argument("--cases", default="lung1,synthetic")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--workdir", help="keep inputs/models here (default: a temporary folder)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (default: torch's)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -182,8 +194,13 @@ def main() -> None:
                     str(work / "models" / name),
                     "--output",
                     str(work / f"{case}_{name}_mask.nii.gz"),
+                    "--threads",
+                    str(args.threads),
                 ]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                # Idle OpenMP threads sleep instead of spinning, so CPU time measures work, not waiting
+                # for a core (the machine is shared: wall-clock time swings 2-4x between runs).
+                env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
                 if proc.returncode != 0:
                     raise SystemExit(f"child failed for {case}/{name}:\n{proc.stderr}")
                 runs[case][name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -193,6 +210,7 @@ def main() -> None:
     target = read_manifest(work / "models" / names[0]).preprocessing["target_spacing"]
     result = {
         "benchmark": "autoseg",
+        "torch_threads_per_run": args.threads or info["torch_threads"],
         "machine": {**info, "load_average_1m_at_end": os.getloadavg()[0]},
         "target_spacing_mm_ijk": target,
         "input_files": {c: str(p) for c, p in images.items()},
@@ -210,6 +228,7 @@ def main() -> None:
             entry[name] = {
                 "median": med,
                 "all_total_s": [round(r["total_s"], 2) for r in rs],
+                "all_cpu_s": [round(r["cpu_s"], 2) for r in rs],
                 "model_shape_zyx": rs[0]["model_shape_zyx"],
                 "model_spacing_mm": rs[0]["model_spacing_mm"],
             }
@@ -218,9 +237,15 @@ def main() -> None:
             for name in names:
                 if name != "mamba_unet":
                     o = entry[name]["median"]
+                    per_run = [
+                        round(a["total_s"] / b["total_s"], 2)
+                        for a, b in zip(runs[case][name], runs[case]["mamba_unet"], strict=True)
+                    ]
                     entry[f"ratio_{name}_over_mamba_unet"] = {
                         "total": round(o["total_s"] / base["total_s"], 2),
                         "infer": round(o["infer_s"] / base["infer_s"], 2),
+                        "cpu": round(o["cpu_s"] / base["cpu_s"], 2),
+                        "total_per_interleaved_run": per_run,
                     }
         result["cases"][case] = entry
     print(json.dumps(result, indent=2))
