@@ -49,7 +49,8 @@ def test_medsam_name_uses_unit_pixel_norm_and_same_loader(tiny_files):
     _, files = tiny_files
     medsam = build_generalist("medsam", files["sam"], backend="eager")
     sam = build_generalist("sam", files["sam"], backend="eager")
-    assert medsam.name == "medsam" and medsam.pixel_norm.identity and not sam.pixel_norm.identity
+    assert medsam.name == "medsam" and medsam.pixel_norm.identity
+    assert not sam.pixel_norm.identity and not sam.pixel_norm.minmax
 
 
 def test_missing_file_names_the_file(tmp_path):

@@ -18,6 +18,16 @@ def test_ct_lung_preset_maps_hu_linearly():
     np.testing.assert_allclose(out[0, 0], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
 
 
+def test_ct_preset_is_fitted_to_the_volume_range():
+    # air at -1024 HU: the lung preset's -1160 is never reached, so the darkest voxel maps to 0
+    arr = np.array([[[-1024.0, -500.0, 0.0, 1500.0]]], dtype=np.float32)
+    win = window_for(arr, "CT")
+    assert (win.low, win.high) == (-1024.0, 340.0)
+    assert apply_window(arr, win)[0, 0, 0] == 0.0
+    narrow = window_for(np.array([[[-100.0, 50.0]]], np.float32), "CT", "lung")
+    assert (narrow.low, narrow.high) == (-100.0, 50.0)
+
+
 def test_ct_other_presets_and_errors():
     arr = np.zeros((2, 2, 2), np.float32)
     assert window_for(arr, "CT", "bone").name == "ct:bone"

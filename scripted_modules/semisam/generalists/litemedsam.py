@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, load_strict, read_state_dict
-from .sam_family import UNIT_PIXEL_NORM, SamLikeModel
+from .sam_family import MEDSAM_PIXEL_NORM, SamLikeModel
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def build_litemedsam_module(arch: Mapping[str, Any] | None = None) -> SamLikeMod
         iou_head_depth=int(a["iou_head_depth"]),
         iou_head_hidden_dim=int(a["iou_head_hidden_dim"]),
     )
-    model = SamLikeModel("litemedsam", encoder, prompt_encoder, decoder, INPUT_SIZE, UNIT_PIXEL_NORM)
+    model = SamLikeModel("litemedsam", encoder, prompt_encoder, decoder, INPUT_SIZE, MEDSAM_PIXEL_NORM)
     return model.eval()
 
 

@@ -5,8 +5,8 @@ The variant is read from the checkpoint's tensor shapes (:func:`infer_sam_arch`)
 blocks from which tables span the whole image. So ViT-B/L/H, MedSAM (a ViT-B at 1024 px) and smaller
 models of the family all load through the same code.
 
-Pixel normalisation: SAM was trained on ImageNet-normalised 0..255 RGB; MedSAM on the ``[0, 1]`` image fed
-directly to the encoder (as its own inference script does).
+Pixel normalisation: SAM was trained on ImageNet-normalised 0..255 RGB; MedSAM on the ``[0, 1]`` image, each
+resized slice stretched to its own min..max, fed directly to the encoder (as its inference script does).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, load_strict, read_state_dict
-from .sam_family import SAM_PIXEL_NORM, UNIT_PIXEL_NORM, SamLikeModel
+from .sam_family import MEDSAM_PIXEL_NORM, SAM_PIXEL_NORM, SamLikeModel
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def build_sam_module(arch: Mapping[str, Any], name: str = "sam") -> SamLikeModel
         iou_head_depth=int(a.get("iou_head_depth", 3)),
         iou_head_hidden_dim=int(a.get("iou_head_hidden_dim", 256)),
     )
-    norm = UNIT_PIXEL_NORM if name == "medsam" else SAM_PIXEL_NORM
+    norm = MEDSAM_PIXEL_NORM if name == "medsam" else SAM_PIXEL_NORM
     return SamLikeModel(name, encoder, prompt_encoder, decoder, size, norm).eval()
 
 

@@ -35,12 +35,14 @@ class PixelNorm:
     """Per-channel normalisation applied to the ``[0, 1]`` slice before the encoder.
 
     ``x' = (x * scale - mean) / std``. SAM: ``scale=255``, ImageNet mean/std in 0..255 units.
-    MedSAM and LiteMedSAM feed the ``[0, 1]`` image as is (``scale=1``, mean 0, std 1).
+    MedSAM and LiteMedSAM feed the ``[0, 1]`` image as is (``scale=1``, mean 0, std 1) after stretching
+    each resized slice to its own min..max (``minmax``), as their training and inference code do.
     """
 
     scale: float = 1.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    minmax: bool = False
 
     @property
     def identity(self) -> bool:
@@ -49,6 +51,13 @@ class PixelNorm:
 
 SAM_PIXEL_NORM = PixelNorm(255.0, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 UNIT_PIXEL_NORM = PixelNorm()
+#: LiteMedSAM and MedSAM take the windowed [0, 1] slice as is. Their own inference code stretches each
+#: resized slice to its min..max (``PixelNorm(minmax=True)`` does that), but measured with ground-truth
+#: boxes on every lesion slice the per-slice stretch is not robust: lung1 0.852 vs 0.816, but breast1 0.366
+#: vs 0.439 and off-centre crops of lung1 0.282 vs 0.394. The lung gain comes from air (-1024 HU) mapping
+#: to 0; :func:`semisam.intensity.window_for` gets it per volume instead by fitting the CT window to the
+#: volume's own range.
+MEDSAM_PIXEL_NORM = PixelNorm(minmax=False)
 
 
 class SamLikeModel(nn.Module):
@@ -154,7 +163,14 @@ class SamLikeModel(nn.Module):
             std = torch.tensor(norm.std, device=img.device).view(3, 1, 1)
             img = (img * norm.scale - mean) / std
         # Normalising before padding keeps the padding at 0 in normalised units, as SAM's preprocess does.
-        return ResizeLongestSide(tuple(image.shape), self.image_size).image_to_model(img)[None].contiguous()
+        tf = ResizeLongestSide(tuple(image.shape), self.image_size)
+        framed = tf.image_to_model(img)
+        if norm.minmax:  # over the resized slice only, never the padding (LiteMedSAM: resize, stretch, pad)
+            h, w = tf.resized_shape
+            part = framed[:, :h, :w]
+            lo, hi = part.min(), part.max()
+            framed[:, :h, :w] = (part - lo) / torch.clamp(hi - lo, min=1e-8)
+        return framed[None].contiguous()
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> SliceEmbedding:
