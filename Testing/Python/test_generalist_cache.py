@@ -85,6 +85,8 @@ def test_slice_encoder_caches_and_matches_direct_encoding(encoder):
     assert encoder.cached(3)
     again = encoder.embedding(3)
     assert again is first
+    assert encoder.embedding_if_cached(3) is first
+    assert encoder.embedding_if_cached(4) is None and not encoder.cached(4)  # a look-up never encodes
     direct = encoder.model.encode(encoder.image(3))
     assert torch.allclose(direct.features, first.features)
     assert first.slice_shape == (40, 56)

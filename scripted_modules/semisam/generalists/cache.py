@@ -177,6 +177,11 @@ class SliceEncoder:
     def cached(self, index: int) -> bool:
         return self.key(index) in self.cache
 
+    def embedding_if_cached(self, index: int) -> SliceEmbedding | None:
+        """The cached embedding, or ``None`` (never encodes) — one atomic look-up, so a caller can count
+        misses without a ``cached()`` + ``embedding()`` pair racing the background precompute."""
+        return self.cache.get(self.key(index))
+
     def embedding(self, index: int) -> SliceEmbedding:
         """The slice's embedding: from the cache, or encoded now (under ``torch.inference_mode``) and cached."""
         key = self.key(index)
