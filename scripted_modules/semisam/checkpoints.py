@@ -23,15 +23,14 @@ import logging
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from semisam.fileio import fsync_dir, fsync_file, tmp_name
 
-from semisam.specialists import build_specialist
+if TYPE_CHECKING:  # torch is imported only to save or load weights: reading/verifying a manifest
+    import torch  # (the store, the Slicer Train module) must not pay its multi-second import
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +299,11 @@ def save_model(
     if dest.exists() and not overwrite:
         raise CheckpointError(f"{dest}: already exists; choose a new folder (or pass overwrite=True)")
     _validate(manifest, "manifest to save")
+    from safetensors.torch import save_file
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = tmp_name(dest.parent, dest.name)
+    tmp.mkdir()
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"arch": manifest.arch})
@@ -310,13 +312,14 @@ def save_model(
         )
         (tmp / MANIFEST_NAME).write_text(saved.to_json() + "\n", encoding="utf-8")
         for f in (tmp / WEIGHTS_NAME, tmp / MANIFEST_NAME):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
+        fsync_dir(tmp)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -334,6 +337,11 @@ def load_model(
     Raises:
         CheckpointError: verification failed, or the weights do not fit the architecture.
     """
+    import torch
+    from safetensors.torch import load_file
+
+    from semisam.specialists import build_specialist
+
     man = verify_model_dir(model_dir)
     try:
         model = build_specialist(man.arch, **man.kwargs)
