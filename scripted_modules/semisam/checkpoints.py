@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semisam.fileio import fsync_dir, fsync_file, tmp_name
+from semisam.fileio import fsync_dir, fsync_file, sha256_file, tmp_name
 
 if TYPE_CHECKING:  # torch is imported only to save or load weights: reading/verifying a manifest
     import torch  # (the store, the Slicer Train module) must not pay its multi-second import
@@ -145,14 +144,6 @@ def new_manifest(
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from semisam.fileio import atomic_write_bytes
+from semisam.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ def cache_dir() -> Path:
     """``$SEMISAM_CACHE_DIR/samples`` or ``~/.cache/semisam/samples``."""
     root = os.environ.get("SEMISAM_CACHE_DIR") or Path.home() / ".cache" / "semisam"
     return Path(root) / "samples"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _verified_case(folder: Path, name: str) -> SampleCase | None:

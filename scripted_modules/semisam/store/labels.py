@@ -7,19 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from semisam.metrics import dice  # noqa: F401 - re-exported (store API)
 from semisam.store.errors import LabelError
 from semisam.volume import GeometryMismatchError, Volume, read_mask
 
 MaskLike = Volume | np.ndarray | str | os.PathLike
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of the foregrounds (label > 0) of two masks of equal shape; 1.0 when both are empty."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    if a.shape != b.shape:
-        raise GeometryMismatchError(f"masks of shape {a.shape} and {b.shape} cannot be compared")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def checked_mask(mask: MaskLike, image: Volume, labels: Mapping[int, str]) -> np.ndarray:
