@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -330,24 +329,22 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None, label: 
 
 
 def save_segmentation(segmentation_node, path: str | os.PathLike) -> Path:
-    """Write a segmentation node as ``.seg.nrrd`` atomically (temporary file in the folder, then rename).
+    """Write a segmentation node as ``.seg.nrrd`` atomically (``semisam.fileio.atomic_path``: fsync'd
+    temporary file in the folder, rename, folder fsync'd).
 
-    An existing file at ``path`` is replaced only once the new one is complete.
+    An existing file at ``path`` is replaced only once the new one is complete and on disk.
     """
+    from semisam.fileio import atomic_path
+
     dest = Path(path)
     if not dest.name.lower().endswith(".seg.nrrd"):
         raise MrmlIOError(f"{dest}: a segmentation is written as .seg.nrrd")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp.seg.nrrd", dir=dest.parent)
-    os.close(fd)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(tmp)
-    try:
+    # The storage node picks its writer by extension: the temporary name must end in .seg.nrrd too.
+    with atomic_path(dest, suffix=".seg.nrrd") as tmp:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
         if not storage.WriteData(segmentation_node):
             raise MrmlIOError(f"{dest}: Slicer could not write {_node_label(segmentation_node)}")
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 
