@@ -85,7 +85,8 @@ def accept_case(
     """Store the volume and its segments as a labeled case; returns the store's ``CaseRecord``.
 
     Raises:
-        ValueError: no store folder, no segments, duplicate segment names, or bad provenance.
+        ValueError: no store folder, no segments, an unknown segment id, duplicate segment names, or
+            bad provenance.
         semisam.store.StoreError: the store refuses the case (its message names the store).
     """
     if not store_dir:
@@ -94,6 +95,12 @@ def accept_case(
     if not ids:
         raise ValueError(f"segmentation {segmentation_node.GetName()!r} has no segments to accept")
     seg = segmentation_node.GetSegmentation()
+    unknown = [s for s in ids if seg.GetSegment(s) is None]
+    if unknown:
+        raise ValueError(
+            f"segmentation {segmentation_node.GetName()!r} has no segment with id {', '.join(unknown)} "
+            f"(it has {', '.join(mrml_io.segment_ids(segmentation_node)) or 'none'})"
+        )
     names = [seg.GetSegment(s).GetName() for s in ids]
     if len(set(names)) != len(names):
         raise ValueError(f"segment names must be distinct to map to store labels, got {names}")
