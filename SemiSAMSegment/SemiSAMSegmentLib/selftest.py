@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.metrics import dice
+
 from . import markup_prompts, mrml_io
-
-
-def _dice(a, b) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 def sample_or_skip(test, name: str):
@@ -108,7 +105,7 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")
     after = mrml_io.export_mask(seg, node, [out.segment_id])
     lo, hi = out.slice_range
-    test.assertGreater(_dice(after[lo : hi + 1], label[lo : hi + 1]), 0.6)
+    test.assertGreater(dice(after[lo : hi + 1], label[lo : hi + 1]), 0.6)
     test.assertTrue(
         np.array_equal(after[:lo], before[:lo]) and np.array_equal(after[hi + 1 :], before[hi + 1 :])
     )
