@@ -135,3 +135,49 @@ def test_encode_batch_equals_single_encodes(encoder):
         single = model.encode(img)
         assert emb.slice_shape == img.shape
         assert torch.allclose(emb.features, single.features, atol=1e-5)
+
+
+def test_models_of_different_checkpoints_sharing_a_cache_never_share_an_entry(tmp_path):
+    """Review 1a: the key held only the model's name, so a "sam" ViT-H got a "sam" ViT-B's embeddings."""
+    from semisam.generalists import build_generalist
+    from semisam.generalists.testing import save_tiny
+    from semisam.propagation.isotropic import SquarePixels
+
+    a_file = save_tiny(tiny_sam(seed=0), tmp_path / "a.safetensors")
+    b_file = save_tiny(tiny_sam(seed=1), tmp_path / "b.safetensors")
+    a = build_generalist("sam", a_file, backend="eager")
+    b = build_generalist("sam", b_file, backend="eager")
+    a_again = build_generalist("sam", a_file, backend="eager")
+    assert a.name == b.name == "sam"
+    assert a.identity != b.identity and a.identity == a_again.identity
+    assert build_generalist("medsam", a_file, backend="eager").identity != a.identity
+
+    vol = np.random.default_rng(1).uniform(0, 100, (3, 24, 24)).astype(np.float32)
+    cache = EmbeddingCache(64 * 2**20)
+    enc_a = SliceEncoder(a, vol, "axial", WIN, cache, scan_id="same-scan")
+    enc_b = SliceEncoder(b, vol, "axial", WIN, cache, scan_id="same-scan")
+    emb_a = enc_a.embedding(1)
+    assert not enc_b.cached(1)
+    emb_b = enc_b.embedding(1)
+    assert emb_b is not emb_a and not torch.allclose(emb_a.features, emb_b.features)
+    assert len(cache) == 2
+    # the same weights loaded again share (that is what the cache is for) ...
+    assert (
+        SliceEncoder(a_again, vol, "axial", WIN, cache, scan_id="same-scan").embedding_if_cached(1) is emb_a
+    )
+    # ... but not through square-pixel resampling, and not after the weights change
+    assert not SliceEncoder(
+        SquarePixels(a, (2.0, 1.0)), vol, "axial", WIN, cache, scan_id="same-scan"
+    ).cached(1)
+    a_again.load_state_dict(b.state_dict())
+    assert a_again.identity != a.identity
+
+
+def test_models_without_an_identity_never_share():
+    class Bare:  # a third-party PromptableModel that predates ``identity``
+        name = "bare"
+
+    from semisam.generalists.base import model_identity
+
+    x, y = Bare(), Bare()
+    assert model_identity(x) == model_identity(x) != model_identity(y)

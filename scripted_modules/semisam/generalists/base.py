@@ -8,6 +8,7 @@ to the network's input, and mapping masks back to exactly ``(H, W)``, happen ins
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,6 +81,9 @@ class PromptableModel(Protocol):
     """A promptable 2D segmentation model. Implementations live beside this file, built by the registry."""
 
     name: str
+    #: what the cache keys embeddings by: everything that changes the encoder's output for a given slice
+    #: (name, weights digest, encoder runtime, device). Two models share embeddings only when equal.
+    identity: str
     #: the square input size the network works at (256 for LiteMedSAM, 1024 for SAM/MedSAM).
     image_size: int
 
@@ -93,3 +97,20 @@ class PromptableModel(Protocol):
     def predict(self, embedding: SliceEmbedding, prompt: SlicePrompt) -> SlicePrediction:
         """Answer one prompt from a cached embedding."""
         ...
+
+
+_object_ids = itertools.count()
+
+
+def model_identity(model: PromptableModel) -> str:
+    """``model.identity``, or for an implementation without one a per-object id that never matches another
+    model's (nothing is shared wrongly; it only forgoes sharing between equal models). Not ``id(model)``:
+    CPython reuses a freed object's address, and a cache can outlive the model."""
+    ident = getattr(model, "identity", None)
+    if isinstance(ident, str) and ident:
+        return ident
+    ident = getattr(model, "_semisam_object_identity", None)
+    if ident is None:
+        ident = f"{model.name}|object:{next(_object_ids)}"
+        model._semisam_object_identity = ident  # type: ignore[attr-defined]
+    return ident

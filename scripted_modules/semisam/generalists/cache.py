@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..intensity import IntensityWindow, apply_window
-from .base import PromptableModel, SliceEmbedding
+from .base import PromptableModel, SliceEmbedding, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class EmbeddingKey:
     """Identity of one cached embedding.
 
     Attributes:
-        model: the generalist's name plus anything that changes its features (e.g. ``"litemedsam"``).
+        model: the generalist's :attr:`~semisam.generalists.base.PromptableModel.identity`: name, weights
+            digest, encoder runtime and device (never the bare name: two ``"sam"`` checkpoints differ).
         scan: a caller-chosen id of the volume (a path, a node id, a content hash).
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         index: slice index along ``axis`` (voxels).
@@ -168,7 +169,7 @@ class SliceEncoder:
         return int(self.volume_array.shape[AXES[self.axis]])
 
     def key(self, index: int) -> EmbeddingKey:
-        return EmbeddingKey(self.model.name, self.scan_id, self.axis, int(index), self.window)
+        return EmbeddingKey(model_identity(self.model), self.scan_id, self.axis, int(index), self.window)
 
     def image(self, index: int) -> np.ndarray:
         """Slice ``index`` scaled to float32 ``[0, 1]``, shape as :func:`take_slice`."""

@@ -7,9 +7,10 @@ Wrapped state dicts (``{"model": ...}``, ``{"state_dict": ...}``) are unwrapped.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import pickle
+import threading
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,21 +18,37 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# One error type for every checkpoint problem, a specialist's model folder or a generalist's weight file:
+# both mean "this file cannot be trusted or used" and callers (CLI, Slicer, the store) catch one class.
+from semisam.checkpoints import CheckpointError
+from semisam.fileio import atomic_path, sha256_file
+
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net")
 
+__all__ = ["CheckpointError", "checkpoint_sha256", "load_strict", "read_state_dict", "save_state_dict"]
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, not a state dict, or not of the expected architecture."""
+_digests: dict[tuple[str, int, int], str] = {}
+_digests_lock = threading.Lock()
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a checkpoint file, remembered per (path, size, mtime) for this process.
+
+    A model's identity (the embedding cache's key) includes it; hashing LiteMedSAM's 39 MB takes
+    ~0.1 s, a 2.5 GB SAM ViT-H a few seconds, so a process building the same model twice hashes once.
+    """
+    p = Path(path).resolve()
+    st = os.stat(p)
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _digests_lock:
+        digest = _digests.get(key)
+    if digest is None:
+        digest = sha256_file(p)
+        with _digests_lock:
+            _digests[key] = digest
+    return digest
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -121,12 +138,11 @@ def save_state_dict(module: nn.Module | Mapping[str, torch.Tensor], path: str | 
     path = Path(path)
     state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
-    else:
-        torch.save(state, tmp)
-    tmp.replace(path)
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, tmp)
     return path

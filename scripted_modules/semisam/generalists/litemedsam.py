@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import MEDSAM_PIXEL_NORM, SamLikeModel
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ def build_litemedsam(
     model = build_litemedsam_module(arch)
     load_strict(model, state, path, "LiteMedSAM")
     model.checkpoint_path = str(path)
+    model.weights_digest = checkpoint_sha256(path)
     # eval() again after loading: TinyViT caches its attention-bias table ("ab") when switched to eval.
     model.eval()
     return model.to(device)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import MEDSAM_PIXEL_NORM, SAM_PIXEL_NORM, SamLikeModel
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def build_sam(
     model = build_sam_module(arch, name)
     load_strict(model, state, path, "SAM ViT")
     model.checkpoint_path = str(path)
+    model.weights_digest = checkpoint_sha256(path)
     log.info(
         "loaded %s %s (embed %d, depth %d) from %s",
         name,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import SliceEmbedding, SlicePrediction, SlicePrompt
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import BINARY_MASK_LOGIT, PromptError
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def build_sam2(
     model = build_sam2_module(cfg, name)
     load_strict(model.predictor, state, path, "SAM 2")
     model.checkpoint_path = str(path)
+    model.weights_digest = checkpoint_sha256(path)
     return model.to(device)
 
 
@@ -173,12 +174,24 @@ class Sam2Model:
         self.config = config
         self.image_size = int(predictor.image_size)
         self.checkpoint_path: str | None = None
+        #: SHA-256 of the checkpoint file (set by :func:`build_sam2`), else of the state dict (computed at
+        #: the first :attr:`identity`)
+        self.weights_digest: str | None = None
         s = self.image_size
         self._feat_sizes = [(s // 4, s // 4), (s // 8, s // 8)]
 
     @property
     def device(self) -> torch.device:
         return next(self.predictor.parameters()).device
+
+    @property
+    def identity(self) -> str:
+        """The embedding cache's model key: name, weights digest, runtime and device (see SamLikeModel)."""
+        if self.weights_digest is None:
+            from .fast_encoder import weights_sha256
+
+            self.weights_digest = weights_sha256(self.predictor)
+        return f"{self.name}|weights:{self.weights_digest[:16]}|eager|{self.device}"
 
     def to(self, device) -> Sam2Model:
         self.predictor.to(device)

@@ -101,11 +101,33 @@ class SamLikeModel(nn.Module):
         self._dense_pe: torch.Tensor | None = None  # the decoder's positional encoding; constant per model
         #: where checkpoint weights came from (file path), for provenance; None for random weights
         self.checkpoint_path: str | None = None
+        #: SHA-256 of the checkpoint file (set by the build functions) or, for weights from elsewhere,
+        #: of the state dict, computed at the first :attr:`identity`; reset by :meth:`load_state_dict`.
+        self.weights_digest: str | None = None
 
     # ---------------------------------------------------------------- protocol
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def identity(self) -> str:
+        """The embedding cache's model key: name, weights digest, encoder runtime and device.
+
+        The name is not enough: ``"sam"`` may be ViT-B or ViT-H, and a fine-tuned LiteMedSAM is still
+        ``"litemedsam"``; the runtime and device are included because their features differ slightly
+        (onnxruntime vs eager ~1e-6, CUDA vs CPU more).
+        """
+        if self.weights_digest is None:
+            from .fast_encoder import weights_sha256
+
+            self.weights_digest = weights_sha256(self)
+        return f"{self.name}|weights:{self.weights_digest[:16]}|{self.encoder_backend}|{self.device}"
+
+    def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``; the weights changed, so the identity's digest is recomputed."""
+        self.weights_digest = None
+        return super().load_state_dict(*args, **kwargs)
 
     @property
     def mask_input_size(self) -> int:

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisam.generalists.base import PromptableModel, SliceEmbedding, SlicePrediction, SlicePrompt
+from semisam.generalists.base import (
+    PromptableModel,
+    SliceEmbedding,
+    SlicePrediction,
+    SlicePrompt,
+    model_identity,
+)
 
 #: Pixels whose sides differ by less than this factor are treated as square (no resampling).
 MAX_ASPECT = 1.1
@@ -37,9 +43,15 @@ class SquarePixels:
         self.pixel_mm = (float(pixel_mm[0]), float(pixel_mm[1]))
         fine = min(self.pixel_mm)
         self.scale = (self.pixel_mm[0] / fine, self.pixel_mm[1] / fine)  # (rows, columns) zoom
-        # The cache key holds the name: resampled embeddings must not mix with plain ones.
+        # The cache key holds the identity (which adds the scale): resampled embeddings must not mix with
+        # plain ones.
         self.name = f"{model.name}@square{self.scale[0]:.3g}x{self.scale[1]:.3g}"
         self.image_size = model.image_size
+
+    @property
+    def identity(self) -> str:
+        """The wrapped model's identity plus the resampling (see :attr:`name`)."""
+        return f"{model_identity(self.model)}@square{self.scale[0]:.3g}x{self.scale[1]:.3g}"
 
     @staticmethod
     def needed(pixel_mm: tuple[float, float]) -> bool:
