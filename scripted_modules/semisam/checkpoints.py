@@ -307,9 +307,15 @@ def save_model(
         fsync_dir(tmp)
         old = None
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            # Moved aside under a leftover name the store's clean-up recognises; put back on failure.
+            old = tmp_name(dest.parent, f"{dest.name}.old")
             os.replace(dest, old)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
         fsync_dir(dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

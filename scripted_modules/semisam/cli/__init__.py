@@ -11,7 +11,7 @@ import logging
 import sys
 
 from semisam import __version__
-from semisam.volume import VolumeError
+from semisam.samples import SampleUnavailableError
 
 #: Sub-command modules under ``semisam.cli``, in the order ``--help`` lists them.
 COMMAND_MODULES = ("info", "samples", "demo", "propagate", "segment", "model", "store")
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (VolumeError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input is the user's to fix: say what is wrong in one line, no traceback.
+    except (ValueError, OSError, SampleUnavailableError) as exc:
+        # Bad input (every project error subclasses ValueError) and file-system trouble are the user's
+        # to fix: one line naming the problem, no traceback. Anything else is a bug and keeps its traceback.
         log.debug("traceback", exc_info=True)
         print(f"semisam {args.command}: error: {exc}", file=sys.stderr)
         return 1

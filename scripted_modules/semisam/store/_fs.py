@@ -105,7 +105,9 @@ class StoreLock:
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; with ``blocking=False`` return False at once when another holder has it."""
-        if not self._thread_lock.acquire(blocking=blocking):
+        # Threads of one process wait on the RLock, honouring the same timeout as other processes.
+        timeout = -1 if (not blocking or self.timeout_s is None) else self.timeout_s
+        if not self._thread_lock.acquire(blocking=blocking, timeout=timeout):
             return False
         if self._depth:
             self._depth += 1

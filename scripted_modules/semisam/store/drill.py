@@ -47,7 +47,7 @@ def replaced_mask(key: str, revision: int) -> np.ndarray:
 
 
 def _fs_sha256(path: Path) -> str:
-    from semisam.store.registry import sha256_file
+    from semisam.fileio import sha256_file
 
     return sha256_file(path)
 

@@ -16,7 +16,6 @@ Model folders are immutable once registered; only ``registry.json`` (metrics) an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from semisam.fileio import sha256_file
 from semisam.store import _fs
 from semisam.store.errors import RegistryError, StoreFormatError
 
@@ -79,50 +79,20 @@ class ModelVersion:
         return cls(path=path, **d)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_model_folder(folder: Path) -> dict[str, Any]:
-    """Check a model folder and return its manifest as a dict.
-
-    Uses :func:`semisam.checkpoints.verify_model_dir` when that module is present (imported lazily:
-    it may import torch, and the store must stay importable without it); otherwise checks the
-    contract directly: ``manifest.json`` with an ``arch``, ``weights.safetensors`` present, and its
-    SHA-256 equal to the manifest's ``sha256``. (``semisam.checkpoints`` imports torch: registering a
-    model costs a torch import the first time; listing, promoting and rolling back never import it.)
+    """Check a model folder (:func:`semisam.checkpoints.verify_model_dir`: files, format, sha256, no
+    pickles) and return its manifest as a dict. Torch is not imported: only the weights' bytes are hashed.
     """
+    from semisam import checkpoints
+
     folder = Path(folder)
     if not folder.is_dir():
         raise RegistryError("model folder does not exist", folder)
     try:
-        from semisam import checkpoints  # noqa: PLC0415
-    except ImportError:
-        checkpoints = None
-    if checkpoints is not None and hasattr(checkpoints, "verify_model_dir"):
-        try:
-            checkpoints.verify_model_dir(folder)
-        except ValueError as exc:  # CheckpointError subclasses ValueError
-            raise RegistryError(f"not a valid model folder: {exc}", folder) from exc
-    for name in (MANIFEST, WEIGHTS):
-        if not (folder / name).is_file():
-            raise RegistryError(f"not a model folder: {name} is missing", folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{MANIFEST} cannot be read: {exc}", folder) from exc
-    if not isinstance(manifest, dict) or not manifest.get("arch"):
-        raise RegistryError(f"{MANIFEST} names no architecture ('arch')", folder)
-    recorded = manifest.get("sha256")
-    if not recorded:
-        raise RegistryError(f"{MANIFEST} records no sha256 of {WEIGHTS}", folder)
-    if recorded != sha256_file(folder / WEIGHTS):
-        raise RegistryError(f"{WEIGHTS} does not match the sha256 in {MANIFEST} (corrupt copy?)", folder)
-    return manifest
+        checkpoints.verify_model_dir(folder)
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # CheckpointError subclasses ValueError
+        raise RegistryError(f"not a valid model folder: {exc}", folder) from exc
 
 
 class ModelRegistry:
