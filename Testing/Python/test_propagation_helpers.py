@@ -112,3 +112,36 @@ def test_square_pixels_maps_prompts_and_logits_exactly():
     assert np.allclose(pts.points, [[4.0, 14.5]])  # pixel centre 1 -> centre of rows 10..19
     pred = sq.predict(emb, SlicePrompt(box=(5, 2, 9, 3)))
     assert pred.logits.shape == (7, 40) and 0.0 <= pred.score <= 1.0
+
+
+def test_a_crop_and_its_full_scan_sharing_a_cache_never_share_entries():
+    """Review 1b: the default scan id was ``volume.source``, which crops and ``with_array`` keep."""
+    from semisam.generalists.cache import EmbeddingCache
+    from semisam.generalists.testing import tiny_sam
+    from semisam.intensity import IntensityWindow
+    from semisam.propagation.state import init_state
+
+    rng = np.random.default_rng(3)
+    full = Volume(
+        rng.uniform(-1000, 400, (6, 40, 40)).astype(np.float32), (1.0, 1.0, 1.0), source="scan.nrrd"
+    )
+    lab = np.zeros(full.shape, np.uint8)
+    lab[2:4, 15:20, 15:20] = 1
+    crop, _ = crop_around(full, lab, (2, 4, 4))
+    assert crop.source != full.source and crop.source.startswith("scan.nrrd[crop")
+    edited = full.with_array(full.array + 1)  # same file name and grid, other voxels
+    model, cache, win = tiny_sam(), EmbeddingCache(), IntensityWindow(-1000.0, 400.0, "test")
+
+    def first_key(vol: Volume):
+        return init_state(model, vol, "axial", window=win, cache=cache).encoder.key(0)
+
+    keys = {first_key(full), first_key(crop), first_key(edited)}
+    assert len(keys) == 3
+    again = Volume(full.array.copy(), full.spacing, source="elsewhere.nii.gz")
+    assert first_key(again) == first_key(full)  # same voxels and grid: shared, whatever the file name
+    moved = Volume(full.array, full.spacing, origin=(5.0, 0.0, 0.0), source="scan.nrrd")
+    assert first_key(moved) != first_key(full)
+    # and the encoder with no scan id never keys by id(): a freed array's address is reused
+    state = init_state(model, crop, "axial", window=win, cache=cache)
+    state.embedding(0)
+    assert not init_state(model, full, "axial", window=win, cache=cache).encoder.cached(0)

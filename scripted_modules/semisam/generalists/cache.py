@@ -7,6 +7,7 @@ asks :meth:`SliceEncoder.embedding` while a :class:`Precompute` worker fills the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -128,6 +129,17 @@ def take_slice(volume_array: np.ndarray, axis: str, index: int) -> np.ndarray:
     return np.take(volume_array, index, axis=ax)
 
 
+def array_fingerprint(array: np.ndarray) -> str:
+    """``"array:<shape>:<dtype>:<sha256 of the bytes>"``: equal only for equal voxels.
+
+    Hashes every byte rather than a strided sample, so that an edited voxel or a crop is another scan;
+    SHA-256 runs at ~1.5 GB/s here (26 MB in 17 ms measured on the development machine), once per encoder.
+    """
+    a = np.ascontiguousarray(array)
+    digest = hashlib.sha256(memoryview(a).cast("B")).hexdigest()
+    return f"array:{'x'.join(map(str, a.shape))}:{a.dtype.str}:{digest[:32]}"
+
+
 class SliceEncoder:
     """Embeddings of one volume's slices along one axis, through a shared :class:`EmbeddingCache`.
 
@@ -137,8 +149,8 @@ class SliceEncoder:
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         window: the volume's intensity window (:func:`semisam.intensity.window_for`).
         cache: shared cache; a private 512 MiB one when omitted.
-        scan_id: identifies the volume in cache keys; defaults to ``id(volume_array)`` (fine within one
-            process as long as the array lives).
+        scan_id: identifies the volume in cache keys; defaults to :func:`array_fingerprint` (the voxels'
+            content: never ``id()``, which CPython reuses once an array is freed while the cache lives on).
     """
 
     def __init__(
@@ -159,7 +171,7 @@ class SliceEncoder:
         self.axis = axis
         self.window = window
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.scan_id = scan_id or f"array-{id(volume_array)}"
+        self.scan_id = scan_id or array_fingerprint(volume_array)
         # One encode at a time per encoder: the worker and the GUI asking for the same slice then share
         # the work instead of doing it twice (the second caller finds it cached).
         self._encode_lock = threading.Lock()

@@ -81,7 +81,10 @@ def crop_around(volume, label: np.ndarray, margin_vox: tuple[int, int, int] = (2
     hi = np.minimum(idx.max(0) + np.array(margin_vox) + 1, np.array(label.shape))
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     origin = volume.voxel_to_ras([lo[2], lo[1], lo[0]])  # (i, j, k) of the first kept voxel
+    # The source names the crop, not the file: other voxels must not pass for the file's (messages, ids).
+    where = ",".join(f"{a}:{b}" for a, b in zip(lo, hi, strict=True))
+    source = f"{volume.source}[crop z,y,x {where}]" if volume.source else None
     crop = Volume(
-        np.ascontiguousarray(volume.array[sl]), volume.spacing, tuple(origin), volume.direction, volume.source
+        np.ascontiguousarray(volume.array[sl]), volume.spacing, tuple(origin), volume.direction, source
     )
     return crop, np.ascontiguousarray(np.asarray(label)[sl])

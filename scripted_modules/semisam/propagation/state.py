@@ -18,13 +18,14 @@ not recomputed).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from semisam.generalists.base import PromptableModel
-from semisam.generalists.cache import EmbeddingCache, SliceEncoder
+from semisam.generalists.cache import EmbeddingCache, SliceEncoder, array_fingerprint
 from semisam.intensity import CT_PRESETS, IntensityWindow, window_for
 from semisam.prompts import Prompt, PromptError, axis_index, n_slices, slice_shape
 from semisam.propagation.isotropic import SquarePixels
@@ -140,6 +141,19 @@ def slice_geometry(volume: Volume, axis: str) -> tuple[tuple[float, float], floa
     return (sk, sj), si  # sagittal: rows k, columns j
 
 
+def scan_fingerprint(volume: Volume) -> str:
+    """The default cache id of a scan: its voxels' content (:func:`array_fingerprint`) and its geometry.
+
+    Never ``volume.source``: crops and ``Volume.with_array`` keep the file name with other voxels, so two
+    different arrays would share embeddings.
+    """
+    geometry = np.concatenate(
+        [np.ravel(volume.spacing), np.ravel(volume.origin), np.ravel(volume.direction)]
+    ).astype(np.float64)
+    geo = hashlib.sha256(geometry.tobytes()).hexdigest()[:16]
+    return f"{array_fingerprint(volume.array)}:geometry:{geo}"
+
+
 def guess_modality(volume: Volume) -> str:
     """``"CT"`` when the scan holds air in Hounsfield units (1st percentile <= -500), else ``"MR"``.
 
@@ -183,7 +197,7 @@ def init_state(
         params: propagation thresholds; defaults when ``None``.
         cache: a shared embedding cache (e.g. the one a background precompute fills).
         modality: ``"CT"`` or ``"MR"`` for the default window.
-        scan_id: cache key of the scan (default: the file it was read from).
+        scan_id: cache key of the scan (default: :func:`scan_fingerprint`, its content and geometry).
     """
     if axis not in AXIS_NAMES:
         raise PromptError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_NAMES)}")
@@ -192,7 +206,7 @@ def init_state(
     if SquarePixels.needed(pixel_mm) and not hasattr(model, "propagate_volume"):
         # e.g. coronal/sagittal slices of a thick-slice scan: the model sees them resampled to square pixels.
         model = SquarePixels(model, pixel_mm)  # type: ignore[assignment]
-    encoder = SliceEncoder(model, volume.array, axis, win, cache, scan_id=scan_id or volume.source)
+    encoder = SliceEncoder(model, volume.array, axis, win, cache, scan_id=scan_id or scan_fingerprint(volume))
     return PropagationState(
         model=model,
         volume=volume,
