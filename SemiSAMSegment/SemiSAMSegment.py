@@ -11,12 +11,10 @@ No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads 
 """
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
 import slicer
-import vtk
 
 # Importing SemiSAMSegmentLib also makes ``semisam`` importable in a development checkout.
 from SemiSAMSegmentLib import dependencies
@@ -27,6 +25,7 @@ from SemiSAMSegmentLib.defaults import (
     Device,
     Generalist,
 )
+from SemiSAMSegmentLib.gui import ModuleWidgetMixin, browse_folder, red_slice_node
 from SemiSAMSegmentLib.logic import CaseLogic
 from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED, disabled_reasons
 from slicer import (
@@ -138,31 +137,20 @@ class SemiSAMSegmentParameterNode:
 #
 # SemiSAMSegmentWidget
 #
-class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel (UI only: every action calls the Logic)."""
+class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel (UI only: every action calls the Logic). Set-up, enter/exit, scene close and
+    preferences shared with SemiSAMTrain come from ``SemiSAMSegmentLib.gui.ModuleWidgetMixin``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.logic = self._parameterNode = self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSAMSegment.ui"))
-        self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SemiSAMSegmentLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        for name, tip in NOT_YET.items():
-            button = getattr(self.ui, name)
-            button.enabled = False
-            button.toolTip = tip
+        self._setupPanel(uiWidget, SemiSAMSegmentLogic(), NOT_YET)
         self.ui.loadMaskButton.connect("clicked(bool)", self.onLoadMask)
         self.ui.saveMaskButton.connect("clicked(bool)", self.onSaveMask)
         self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
@@ -187,13 +175,6 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._precompute.cancel()
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self._storePreferences()
-        self.setParameterNode(None)
-
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = (
         "generalist",
@@ -206,25 +187,11 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "annotator",
     )
 
-    def _applyPreferences(self) -> None:
-        from SemiSAMSegmentLib.gui import apply_preferences
-
-        apply_preferences(self._parameterNode, self.PREFERENCES)
-
-    def _storePreferences(self) -> None:
-        from SemiSAMSegmentLib.gui import store_preferences
-
-        store_preferences(self._parameterNode, self.PREFERENCES)
-
     def onSceneStartClose(self, caller, event) -> None:
         if self._precompute is not None:
             self._precompute.cancel()
         self.logic.clearSessions()
         self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -235,13 +202,8 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
+        if self._observeParameterNode(inputParameterNode):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
             self._updateState()
 
     def _updateState(self, caller=None, event=None) -> None:
@@ -306,27 +268,48 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._precompute is not None:
             self._precompute.cancel()
         wanted = sorted({k + d for k in slices for d in (-1, 0, 1)})
+        self._precompute = None
         try:
             self._precompute = self.logic.precomputeEmbeddings(
                 p.inputVolume, wanted, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
             )
-        except Exception as exc:  # e.g. a generalist without its checkpoint: nothing to prepare
-            log.info("no background encoding: %s", exc)
+        except (ValueError, OSError) as exc:  # CheckpointError, VolumeError are ValueErrors
+            log.warning("no background slice encoding: %s", exc)
+            self.ui.statusLabel.text = _("No background slice encoding: {error}").format(error=exc)
+            return
+        self._checkPrecompute()
+
+    def _checkPrecompute(self) -> None:
+        """Until the background encoding ends, look every second; then show why it failed, if it did."""
+        job = self._precompute
+        if job is not None and job.running():
+            qt.QTimer.singleShot(1000, self._checkPrecompute)
+        elif self._reportPrecomputeProblem():
             self._precompute = None
 
-    def onNextUncertainSlice(self) -> None:
-        from SemiSAMSegmentLib.gui import jump_red_slice
+    def _reportPrecomputeProblem(self) -> bool:
+        """Log and show why the background encoding failed (once); False when it did not fail."""
+        problem = self.logic.precomputeProblem(self._precompute)
+        if problem:
+            log.warning("%s", problem)
+            self.ui.statusLabel.text = problem
+        return bool(problem)
 
+    def onNextUncertainSlice(self) -> None:
         p = self._parameterNode
         k = self.logic.nextUncertainSlice(p.outputSegmentation, self._reviewSlice)
         if k is None:
             return
         self._reviewSlice = k
-        jump_red_slice(self.logic.sliceCentreRAS(p.inputVolume, k))
+        sliceNode = red_slice_node()
+        if sliceNode is not None:  # turned to the volume's slice plane: k is not S for sagittal scans
+            self.logic.showSlice(sliceNode, p.inputVolume, k)
         self.ui.nextUncertainButton.text = _("Next uncertain slice (now: {k})").format(k=k)
 
     def onPropagate(self) -> None:
         p = self._parameterNode
+        if self._reportPrecomputeProblem():
+            self._precompute = None
 
         def work(report):
             return self.logic.propagate(
@@ -368,16 +351,12 @@ class SemiSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onBrowseModelFolder(self) -> None:
-        self._parameterNode.modelFolder = (
-            qt.QFileDialog.getExistingDirectory(self.parent, _("Specialist model folder"))
-            or self._parameterNode.modelFolder
-        )
+        p = self._parameterNode
+        p.modelFolder = browse_folder(self.parent, _("Specialist model folder"), p.modelFolder)
 
     def onBrowseStoreFolder(self) -> None:
-        self._parameterNode.storeFolder = (
-            qt.QFileDialog.getExistingDirectory(self.parent, _("Labeled-set store folder"))
-            or self._parameterNode.storeFolder
-        )
+        p = self._parameterNode
+        p.storeFolder = browse_folder(self.parent, _("Labeled-set store folder"), p.storeFolder)
 
     def _updateDependencies(self) -> None:
         """Show what is missing; the install button is enabled only then."""
@@ -436,8 +415,8 @@ class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic, CaseLogic):
     """MRML <-> ``semisam``. No qt, no ``slicer.app``: runs inside Slicer and against slicer-core.
 
     Every method takes the nodes it works on; the scene is the nodes' own. Auto-segment, propagate and
-    accept, with the case in progress they share, come from :class:`SemiSAMSegmentLib.logic.CaseLogic`;
-    mask files and display settings are here.
+    accept, with the case in progress they share, mask files, display settings and the generalist checks
+    come from :class:`SemiSAMSegmentLib.logic.CaseLogic`.
     """
 
     def __init__(self) -> None:
@@ -446,27 +425,6 @@ class SemiSAMSegmentLogic(ScriptedLoadableModuleLogic, CaseLogic):
 
     def getParameterNode(self):
         return SemiSAMSegmentParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def generalistProblem(generalist: Generalist, checkpoint: str):
-        """Why ``generalist`` cannot be used with ``checkpoint`` (a message for the user), or ``None``.
-
-        (Module files carry no ``X | None`` annotations: they must import on every Python Slicer ships.)
-        """
-        if generalist not in NEEDS_CHECKPOINT:
-            return None
-        if not checkpoint:
-            return _("{name} needs a checkpoint file: choose one (nothing is downloaded).").format(
-                name=generalist.value
-            )
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            return _("{name} checkpoint {path}: no such file.").format(name=generalist.value, path=path)
-        if not os.access(path, os.R_OK):
-            return _("{name} checkpoint {path}: not readable (permission denied).").format(
-                name=generalist.value, path=path
-            )
-        return None
 
 
 #

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated
 
 import slicer
-import vtk
 
 try:
     import SemiSAMSegmentLib  # noqa: F401  (shared helpers; importing it also makes ``semisam`` importable)
@@ -27,6 +26,7 @@ from SemiSAMSegmentLib.defaults import (
     Device,
     TrainingMethod,
 )
+from SemiSAMSegmentLib.gui import ModuleWidgetMixin, browse_folder
 
 try:  # the Slicer application
     import qt
@@ -116,31 +116,20 @@ class SemiSAMTrainParameterNode:
 #
 # SemiSAMTrainWidget
 #
-class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel (UI only: every check calls the Logic)."""
+class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel (UI only: every check calls the Logic). Set-up, enter/exit, scene close and
+    preferences shared with SemiSAMSegment come from ``SemiSAMSegmentLib.gui.ModuleWidgetMixin``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self.logic = self._parameterNode = self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSAMTrain.ui"))
-        self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SemiSAMTrainLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        for name, tip in NOT_YET.items():
-            button = getattr(self.ui, name)
-            button.enabled = False
-            button.toolTip = tip
+        self._setupPanel(uiWidget, SemiSAMTrainLogic(), NOT_YET)
         self.ui.storeBrowseButton.connect("clicked(bool)", self.onBrowseStore)
         self.ui.refreshButton.connect("clicked(bool)", self.refreshStore)
         self.ui.promoteButton.connect("clicked(bool)", self.onPromote)
@@ -155,45 +144,19 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self._storePreferences()
-        self.setParameterNode(None)
-
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = ("storeFolder", "trainingMethod", "device", "epochs")
 
-    def _applyPreferences(self) -> None:
-        from SemiSAMSegmentLib.gui import apply_preferences
-
-        apply_preferences(self._parameterNode, self.PREFERENCES)
-
-    def _storePreferences(self) -> None:
-        from SemiSAMSegmentLib.gui import store_preferences
-
-        store_preferences(self._parameterNode, self.PREFERENCES)
-
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         self._applyPreferences()
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
+        if self._observeParameterNode(inputParameterNode):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
             self._updateState()
 
     def _updateState(self, caller=None, event=None) -> None:
@@ -254,9 +217,8 @@ class SemiSAMTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshStore()
 
     def onBrowseStore(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Labeled-set store folder"))
-        if folder:
-            self._parameterNode.storeFolder = folder
+        p = self._parameterNode
+        p.storeFolder = browse_folder(self.parent, _("Labeled-set store folder"), p.storeFolder)
 
 
 #

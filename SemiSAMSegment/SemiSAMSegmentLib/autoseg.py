@@ -152,3 +152,21 @@ def slice_centre_ras(volume_node, k: int) -> tuple[float, float, float]:
     m = mrml_io.ijk_to_ras(volume_node)
     ras = m @ np.array([(nx - 1) / 2.0, (ny - 1) / 2.0, float(k), 1.0])
     return (float(ras[0]), float(ras[1]), float(ras[2]))
+
+
+def show_slice(slice_node, volume_node, k: int) -> tuple[float, float, float]:
+    """Make ``slice_node`` show slice ``k`` of ``volume_node``; returns the slice centre (RAS mm).
+
+    ``k`` indexes the volume's third voxel axis, which is the patient's S axis only for axial
+    acquisitions: a sagittal or coronal scan (or an oblique one) has its slices ``k`` in another plane,
+    so only moving the view along its own normal (the Red view is RAS-axial) would show a different
+    plane. The view is therefore turned to the volume's slice plane (normal = the ``k`` axis, horizontal =
+    the ``i`` axis, both in RAS) and centred on slice ``k``.
+    """
+    centre = slice_centre_ras(volume_node, k)
+    m = mrml_io.ijk_to_ras(volume_node)
+    t = m[:3, 0] / np.linalg.norm(m[:3, 0])
+    n = m[:3, 2] / np.linalg.norm(m[:3, 2])
+    slice_node.SetSliceToRASByNTP(*n, *t, *centre, 0)  # orientation 0: columns T, N x T, N
+    slice_node.UpdateMatrices()
+    return centre

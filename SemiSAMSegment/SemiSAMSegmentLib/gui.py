@@ -45,15 +45,77 @@ def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]
         dialog.deleteLater()
 
 
-def jump_red_slice(ras: tuple[float, float, float]) -> None:
-    """Move the red slice view so that it shows the point ``ras`` (mm)."""
+def red_slice_node():
+    """The Red slice view's slice node, or ``None`` (with a warning) when the layout has no Red view."""
     import slicer
 
     widget = slicer.app.layoutManager().sliceWidget("Red")
     if widget is None:
-        log.warning("no Red slice view in this layout; cannot jump to %s", ras)
-        return
-    widget.mrmlSliceNode().JumpSliceByOffsetting(*ras)
+        log.warning("no Red slice view in this layout; cannot show the slice")
+        return None
+    return widget.mrmlSliceNode()
+
+
+def browse_folder(parent, title: str, current: str) -> str:
+    """A folder chosen in a dialog, or ``current`` when the user cancels."""
+    import qt
+
+    return qt.QFileDialog.getExistingDirectory(parent, title) or current
+
+
+class ModuleWidgetMixin:
+    """What the SemiSAM Widgets share, from Slicer's scripted-module template: the panel set-up, the
+    scene-close observers, the parameter node's observer and the remembered preferences.
+
+    Listed first among the Widget's bases (before ``ScriptedLoadableModuleWidget`` and
+    ``VTKObservationMixin``, whose ``addObserver`` it uses). The Widget provides ``PREFERENCES`` (fields
+    remembered as ``SemiSAM/<field>``), ``initializeParameterNode``, ``onSceneStartClose`` and
+    ``_updateState``, and binds the GUI (``connectGui``) itself after :meth:`_observeParameterNode`.
+    """
+
+    PREFERENCES: tuple[str, ...] = ()
+
+    def _setupPanel(self, uiWidget, logic, notYet: dict) -> None:
+        """Add the loaded panel (``self.ui`` already set), attach the Logic, observe the scene closing and
+        disable the buttons of ``notYet`` (name -> tooltip saying why)."""
+        import slicer
+
+        self.layout.addWidget(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = logic
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for name, tip in notYet.items():
+            button = getattr(self.ui, name)
+            button.enabled = False
+            button.toolTip = tip
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        store_preferences(self._parameterNode, self.PREFERENCES)
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def _applyPreferences(self) -> None:
+        apply_preferences(self._parameterNode, self.PREFERENCES)
+
+    def _observeParameterNode(self, node) -> bool:
+        """Unbind and stop observing the current parameter node, then observe ``node`` (its changes call
+        ``_updateState``); True when there is a new node (the caller then binds the GUI to it)."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
+        self._parameterNode = node
+        if node:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._updateState)
+        return bool(node)
 
 
 def apply_preferences(parameter_node, keys) -> None:

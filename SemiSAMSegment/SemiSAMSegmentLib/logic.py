@@ -10,6 +10,7 @@ module's Logic.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +19,36 @@ from . import accept as accept_lib
 from . import autoseg, markup_prompts, mrml_io
 from . import propagate as propagate_lib
 from . import session as session_lib
-from .defaults import Generalist
+from .defaults import NEEDS_CHECKPOINT, Generalist
+from .texts import _
 
 
 class CaseLogic:
-    """Sessions, models and the three engine actions (see the module docstring).
-
-    The subclass provides ``generalistProblem(generalist, checkpoint)`` (a translated message or ``None``).
-    """
+    """Sessions, models and the three engine actions (see the module docstring)."""
 
     def __init__(self) -> None:
         self._sessions = {}  # volume node ID -> SegmentSession
         self._generalists = {}  # (name, checkpoint, device) -> PromptableModel
         self._specialists = {}  # (folder, sha256, device) -> (model, manifest)
         self._embeddings = None  # semisam.generalists.cache.EmbeddingCache, made at first use
+
+    @staticmethod
+    def generalistProblem(generalist: Generalist, checkpoint: str):
+        """Why ``generalist`` cannot be used with ``checkpoint`` (a message for the user), or ``None``."""
+        if generalist not in NEEDS_CHECKPOINT:
+            return None
+        if not checkpoint:
+            return _("{name} needs a checkpoint file: choose one (nothing is downloaded).").format(
+                name=generalist.value
+            )
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            return _("{name} checkpoint {path}: no such file.").format(name=generalist.value, path=path)
+        if not os.access(path, os.R_OK):
+            return _("{name} checkpoint {path}: not readable (permission denied).").format(
+                name=generalist.value, path=path
+            )
+        return None
 
     @staticmethod
     def setSegmentOpacity(segmentationNode, opacity: float) -> None:
@@ -174,6 +191,12 @@ class CaseLogic:
         """RAS (mm) of the centre of slice ``k`` of ``volumeNode``."""
         return autoseg.slice_centre_ras(volumeNode, k)
 
+    @staticmethod
+    def showSlice(sliceNode, volumeNode, k: int):
+        """Turn ``sliceNode`` to the plane of the volume's slices and centre it on slice ``k`` (works for
+        sagittal, coronal and oblique acquisitions too); returns the slice centre (RAS mm)."""
+        return autoseg.show_slice(sliceNode, volumeNode, k)
+
     # ------------------------------------------------------------------ propagate
     def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto"):
         """The generalist, built once per (name, checkpoint, device)."""
@@ -225,6 +248,19 @@ class CaseLogic:
         case = self.session(volumeNode)
         model, window, key = self._engine(generalist, checkpoint, intensityPreset, device, axis)
         return propagate_lib.precompute(case, model, key, axis, window, self.embeddingCache(), slices)
+
+    @staticmethod
+    def precomputeProblem(job):
+        """Why the background encoding ``job`` (from :meth:`precomputeEmbeddings`) failed, as a message
+        for the user, or ``None`` (no job, still running, finished or cancelled). Its failure costs only
+        time: the next Propagate encodes the slices it needs."""
+        error = getattr(job, "error", None)
+        if error is None:
+            return None
+        return _(
+            "Background slice encoding stopped after {done} of {n} slices ({kind}: {error}); Propagate "
+            "encodes the slices it needs."
+        ).format(done=job.done, n=len(job.indices), kind=type(error).__name__, error=error)
 
     @staticmethod
     def promptsFromMarkups(volumeNode, pointsNode=None, roiNode=None, axis=None):

@@ -172,6 +172,50 @@ def test_a_point_outside_the_volume_is_a_clear_error(mrml_scene):
         logic.promptsFromMarkups(node, mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty"))
 
 
+def _matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@pytest.mark.parametrize("acquisition", ["sagittal", "coronal", "oblique"])
+def test_next_uncertain_slice_shows_the_volume_slice_k(mrml_scene, acquisition):
+    """The Red view is RAS-axial; for a sagittal, coronal or oblique scan slice k lies in another plane.
+    After showSlice the view's plane is that of slice k: its normal is the k axis and all four corners
+    of slice k lie in it (0 mm off the plane), centred on the slice."""
+    directions = {  # columns: the i, j, k axes in RAS
+        "sagittal": np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]]),  # k runs R->L, i to A, j to I
+        "coronal": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),  # k runs along A
+        "oblique": np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0],
+    }
+    scan = Volume(np.zeros((9, 6, 7), np.int16), (0.8, 1.2, 3.0), (4.0, -20.0, 11.0), directions[acquisition])
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    red = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientationToAxial()
+    k = 6
+    centre = segment_module.SemiSAMSegmentLogic.showSlice(red, node, k)
+    slice_to_ras = _matrix(red.GetSliceToRAS())
+    normal = slice_to_ras[:3, 2]
+    k_axis = scan.direction[:, 2]
+    assert abs(abs(normal @ k_axis) - 1.0) < 1e-9, f"view normal {normal} is not the k axis {k_axis}"
+    np.testing.assert_allclose(slice_to_ras[:3, 3], centre, atol=1e-9)
+    corners = scan.voxel_to_ras([[i, j, k] for i in (0, 6) for j in (0, 5)])
+    in_view = np.linalg.inv(slice_to_ras) @ np.c_[corners, np.ones(4)].T
+    np.testing.assert_allclose(in_view[2], 0.0, atol=1e-6)  # every corner of slice k is in the view
+    assert np.allclose(scan.ras_to_voxel(centre), [3.0, 2.5, k])
+
+
+def test_accept_names_an_unknown_segment_id(mrml_scene, tmp_path):
+    scan = Volume(np.zeros((4, 8, 8), np.int16), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    mask = np.zeros(scan.shape, np.uint8)
+    mask[1, 2:4, 2:4] = 1
+    (sid,) = mrml_io.import_mask(mask, node, seg, names={1: "lesion"})
+    logic = segment_module.SemiSAMSegmentLogic()
+    with pytest.raises(ValueError, match=rf"'mine' has no segment with id nope \(it has {sid}\)"):
+        logic.accept(node, seg, str(tmp_path / "store"), None, segmentIds=[sid, "nope"])
+    assert not (tmp_path / "store").exists()  # nothing written
+
+
 # --------------------------------------------------------------------------- auto-segment on a grid
 def test_auto_segment_lands_on_the_volume_grid(mrml_scene, breast1, tmp_path):
     """An untrained specialist on breast1 (oblique-free but anisotropic, non-zero origin): the segments
@@ -323,6 +367,25 @@ def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
     moved = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
     assert moved.rebuilt and moved.added_prompts == 2
     assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
+
+
+def test_a_failed_background_encoding_is_reported(lung_flow):
+    """The Widget shows ``precomputeProblem`` of its background job (when it ends, or at the next
+    Propagate): a real job of the real LiteMedSAM that fails at a slice beyond the volume."""
+    from semisam.generalists.cache import SliceEncoder
+
+    logic = lung_flow["logic"]
+    assert logic.precomputeProblem(None) is None
+    n = lung_flow["crop"].shape[0]
+    model = logic.generalistModel("litemedsam", "", "cpu")
+    job = SliceEncoder(model, lung_flow["crop"].array, "axial", None).precompute([n])
+    assert job.wait(timeout=60) and job.error is not None
+    assert logic.precomputeProblem(job) == (
+        f"Background slice encoding stopped after 0 of 1 slices (IndexError: {job.error}); Propagate "
+        "encodes the slices it needs."
+    )
+    ok = logic.precomputeEmbeddings(lung_flow["node"], [lung_flow["key"]], device="cpu")
+    assert ok.wait(timeout=600) and logic.precomputeProblem(ok) is None
 
 
 def test_accept_stores_the_case_with_its_provenance(lung_flow):
