@@ -1,7 +1,8 @@
 """GUI helpers for the SemiSAM Widgets (Slicer application only: qt, ``slicer.app``, ``slicer.util``).
 
-Imported by the Widgets alone, never by a Logic: the imports of qt and the application happen inside the
-functions so that importing this file headless (static checks, pytest collection) costs nothing.
+Used by the Widgets alone, never by a Logic. The module files import it at their top, so the imports of qt,
+vtk and the application happen inside the functions: importing this file headless (static checks, pytest
+collection, the Logic against slicer-core) costs nothing and needs no GUI.
 """
 
 from __future__ import annotations
