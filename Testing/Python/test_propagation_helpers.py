@@ -145,3 +145,22 @@ def test_a_crop_and_its_full_scan_sharing_a_cache_never_share_entries():
     state = init_state(model, crop, "axial", window=win, cache=cache)
     state.embedding(0)
     assert not init_state(model, full, "axial", window=win, cache=cache).encoder.cached(0)
+
+
+def test_montage_png_is_written_atomically(tmp_path):
+    from PIL import Image
+
+    from semisam.fileio import TMP_PREFIX
+    from semisam.prompts import Prompt
+    from semisam.propagation.montage import render_montage, save_png
+
+    img = np.random.default_rng(0).uniform(0, 1, (3, 30, 30)).astype(np.float32)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[:, 10:20, 10:20] = 1
+    dest = tmp_path / "sub" / "montage.png"
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")  # replaced whole, never truncated in place
+    out = save_png(render_montage(img, mask, "axial", [0, 1, 2], [Prompt(1, box=(10, 10, 19, 19))]), dest)
+    assert out == dest and Image.open(dest).format == "PNG"
+    assert [p.name for p in dest.parent.iterdir()] == ["montage.png"]
+    assert not any(p.name.startswith(TMP_PREFIX) for p in dest.parent.iterdir())

@@ -30,14 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def dice(a, b) -> float:
-    a, b = a > 0, b > 0
-    s = int(a.sum() + b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def run(args: argparse.Namespace) -> int:
+    from semisam.fileio import atomic_write_json
     from semisam.generalists import build_generalist, parse_model_spec
+    from semisam.metrics import dice
     from semisam.prompts import take_slice
     from semisam.propagation import propagate_prompts
     from semisam.propagation.montage import render_montage, save_png
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{case.name}_prompts.json").write_text(json.dumps(prompts.to_json(), indent=2), encoding="utf-8")
+    atomic_write_json(out / f"{case.name}_prompts.json", prompts.to_json())
     mask_path = write_mask(result.mask, volume, out / f"{case.name}_mask.nii.gz")
     shown = sorted(set(result.slices) | set(lesion_slices(label)) | {p.slice for p in prompts.prompts})
     # One slice of context on each side shows where propagation stopped.

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from semisam.fileio import atomic_write_json
     from semisam.prompts import load_prompts
     from semisam.volume import read_volume, write_mask
 
@@ -86,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
         **result.summary(),
     }
     if args.confidence:
-        tmp = Path(args.confidence).with_name(f".{Path(args.confidence).name}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        os.replace(tmp, args.confidence)
+        atomic_write_json(Path(args.confidence), summary)
     print(json.dumps({k: summary[k] for k in ("output", "voxels", "key_slices", "seconds")}))
     return 0

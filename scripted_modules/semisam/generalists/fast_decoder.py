@@ -10,8 +10,6 @@ eager and the fast path share that code. Cached like the encoder export (see :mo
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -19,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from semisam.fileio import atomic_path
 
 from .fast_encoder import onnx_cache_dir, weights_sha256
 
@@ -114,27 +114,18 @@ class OrtDecoder:
             torch.zeros(1, 1, side, side),
             torch.zeros(1),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    graph,
-                    dummy,
-                    tmp,
-                    input_names=["embeddings", "coords", "labels", "mask_input", "has_mask"],
-                    output_names=["masks", "iou"],
-                    dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
-                    opset_version=17,
-                    dynamo=False,
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                dummy,
+                str(tmp),
+                input_names=["embeddings", "coords", "labels", "mask_input", "has_mask"],
+                output_names=["masks", "iou"],
+                dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
+                opset_version=17,
+                dynamo=False,
+            )
 
     def _ensure(self):
         with self._lock:

@@ -16,7 +16,6 @@ import copy
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from semisam.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +66,19 @@ def export_encoder(encoder: nn.Module, image_size: int, path: Path) -> Path:
     exports but fails at run time). Export runs on a CPU copy in fp32 so the file does not depend on where the
     model lives.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.rand(1, 3, image_size, image_size)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about python ints in TinyViT's shapes
-            torch.onnx.export(
-                encoder,
-                (dummy,),
-                tmp,
-                input_names=["image"],
-                output_names=["features"],
-                opset_version=17,
-                dynamo=False,
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # atomic_path: a concurrent process (Slicer + a CLI run) never loads a half-written export
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python ints in TinyViT's shapes
+        torch.onnx.export(
+            encoder,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["features"],
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semisam.fileio import atomic_path
+
 from .base import SliceEmbedding, SlicePrediction, SlicePrompt
 from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import BINARY_MASK_LOGIT, PromptError
@@ -118,9 +120,8 @@ def save_sam2(model: Sam2Model, path: str | Path) -> Path:
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.predictor.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(model.config)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(model.config)})
     return path
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from semisam.fileio import atomic_path
 from semisam.prompts import Prompt, take_slice
 
 MASK_RGB = (255, 60, 60)  # red: the propagated mask
@@ -100,10 +101,8 @@ def render_montage(
 
 
 def save_png(img: Image.Image, path: str | os.PathLike) -> Path:
-    """Write atomically (temporary file + rename)."""
+    """Write atomically (fsync'd temporary file + rename, :func:`semisam.fileio.atomic_path`)."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, dest)
+    with atomic_path(dest, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
     return dest
