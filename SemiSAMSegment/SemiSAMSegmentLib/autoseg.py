@@ -154,19 +154,48 @@ def slice_centre_ras(volume_node, k: int) -> tuple[float, float, float]:
     return (float(ras[0]), float(ras[1]), float(ras[2]))
 
 
+#: Slicer's default slice orientation presets (``vtkMRMLSliceNode.AddDefaultSliceOrientationPresets``) as
+#: (screen right, screen up, normal) in RAS: radiological convention, patient left on screen right,
+#: anterior / superior up.
+STANDARD_VIEWS = {
+    "Axial": ((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+    "Sagittal": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0), (-1.0, 0.0, 0.0)),
+    "Coronal": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0)),
+}
+
+
+def slice_view_axes(volume_node) -> np.ndarray:
+    """``(3, 3)`` RAS unit columns (screen right, screen up, normal) that show the volume's slices ``k``.
+
+    The normal is the ``k`` axis; screen right and up are the ``i`` and ``j`` axes (either order, either
+    sign), picked to be closest to Slicer's standard view with the nearest normal, so a sagittal scan
+    looks as in Slicer's sagittal view (not mirrored or upside down; the same matrix when it is not oblique,
+    and Slicer then names the view "Sagittal").
+    """
+    m = mrml_io.ijk_to_ras(volume_node)[:3, :3]
+    i, j, k = (m[:, c] / np.linalg.norm(m[:, c]) for c in range(3))
+    right, up, normal = (np.array(v) for v in max(STANDARD_VIEWS.values(), key=lambda v: abs(k @ v[2])))
+    pairs = ((i, j), (j, i))  # which voxel axis runs along screen right
+    a, b = max(pairs, key=lambda ab: abs(ab[0] @ right) + abs(ab[1] @ up))
+    return np.column_stack([np.sign(a @ right or 1) * a, np.sign(b @ up or 1) * b, np.sign(k @ normal) * k])
+
+
 def show_slice(slice_node, volume_node, k: int) -> tuple[float, float, float]:
     """Make ``slice_node`` show slice ``k`` of ``volume_node``; returns the slice centre (RAS mm).
 
     ``k`` indexes the volume's third voxel axis, which is the patient's S axis only for axial
     acquisitions: a sagittal or coronal scan (or an oblique one) has its slices ``k`` in another plane,
     so only moving the view along its own normal (the Red view is RAS-axial) would show a different
-    plane. The view is therefore turned to the volume's slice plane (normal = the ``k`` axis, horizontal =
-    the ``i`` axis, both in RAS) and centred on slice ``k``.
+    plane. The view is therefore turned to the volume's slice plane (:func:`slice_view_axes`) and
+    centred on slice ``k``.
     """
     centre = slice_centre_ras(volume_node, k)
-    m = mrml_io.ijk_to_ras(volume_node)
-    t = m[:3, 0] / np.linalg.norm(m[:3, 0])
-    n = m[:3, 2] / np.linalg.norm(m[:3, 2])
-    slice_node.SetSliceToRASByNTP(*n, *t, *centre, 0)  # orientation 0: columns T, N x T, N
+    slice_to_ras = np.eye(4)
+    slice_to_ras[:3, :3] = slice_view_axes(volume_node)
+    slice_to_ras[:3, 3] = centre
+    matrix = slice_node.GetSliceToRAS()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, slice_to_ras[r, c])
     slice_node.UpdateMatrices()
     return centre

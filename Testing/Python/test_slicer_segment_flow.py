@@ -176,20 +176,26 @@ def _matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-@pytest.mark.parametrize("acquisition", ["sagittal", "coronal", "oblique"])
+def _matrix3(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+
+
+@pytest.mark.parametrize("acquisition", ["axial", "sagittal", "coronal", "oblique"])
 def test_next_uncertain_slice_shows_the_volume_slice_k(mrml_scene, acquisition):
-    """The Red view is RAS-axial; for a sagittal, coronal or oblique scan slice k lies in another plane.
+    """The Red view is axial; for a sagittal, coronal or oblique scan slice k lies in another plane.
     After showSlice the view's plane is that of slice k: its normal is the k axis and all four corners
     of slice k lie in it (0 mm off the plane), centred on the slice."""
     directions = {  # columns: the i, j, k axes in RAS
+        "axial": np.eye(3),
         "sagittal": np.array([[0.0, 0, -1], [1, 0, 0], [0, -1, 0]]),  # k runs R->L, i to A, j to I
         "coronal": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),  # k runs along A
         "oblique": np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0],
     }
     scan = Volume(np.zeros((9, 6, 7), np.int16), (0.8, 1.2, 3.0), (4.0, -20.0, 11.0), directions[acquisition])
     node = mrml_io.node_from_volume(scan, mrml_scene)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(mrml_scene)  # as the application does
     red = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode")
-    red.SetOrientationToAxial()
+    red.SetOrientation("Axial")
     k = 6
     centre = segment_module.SemiSAMSegmentLogic.showSlice(red, node, k)
     slice_to_ras = _matrix(red.GetSliceToRAS())
@@ -201,6 +207,12 @@ def test_next_uncertain_slice_shows_the_volume_slice_k(mrml_scene, acquisition):
     in_view = np.linalg.inv(slice_to_ras) @ np.c_[corners, np.ones(4)].T
     np.testing.assert_allclose(in_view[2], 0.0, atol=1e-6)  # every corner of slice k is in the view
     assert np.allclose(scan.ras_to_voxel(centre), [3.0, 2.5, k])
+    if acquisition != "oblique":  # shown as Slicer's own sagittal / coronal view: not mirrored, S up
+        preset = _matrix3(red.GetSliceOrientationPreset(acquisition.capitalize()))
+        np.testing.assert_allclose(slice_to_ras[:3, :3], preset, atol=1e-12)
+        assert red.GetOrientation() == acquisition.capitalize()
+    else:
+        assert red.GetOrientation() == "Reformat"
 
 
 def test_accept_names_an_unknown_segment_id(mrml_scene, tmp_path):
