@@ -262,8 +262,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._precomputeAround(out.review_order[:5])
 
     def _precomputeAround(self, slices) -> None:
-        """Encode the given slices and their neighbours in the background (a best effort: failures are
-        logged, the next Propagate simply encodes what it needs)."""
+        """Encode the given slices and their neighbours in the background (a best effort: a failure is
+        logged and shown under the status line; the next Propagate simply encodes what it needs)."""
         p = self._parameterNode
         if self._precompute is not None:
             self._precompute.cancel()
@@ -274,8 +274,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.inputVolume, wanted, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
             )
         except (ValueError, OSError) as exc:  # CheckpointError, VolumeError are ValueErrors
-            log.warning("no background slice encoding: %s", exc)
-            self.ui.statusLabel.text = _("No background slice encoding: {error}").format(error=exc)
+            self._showProblem(_("No background slice encoding: {error}").format(error=exc))
             return
         self._checkPrecompute()
 
@@ -284,16 +283,21 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         job = self._precompute
         if job is not None and job.running():
             qt.QTimer.singleShot(1000, self._checkPrecompute)
-        elif self._reportPrecomputeProblem():
-            self._precompute = None
+        else:
+            self._precomputeProblem()
 
-    def _reportPrecomputeProblem(self) -> bool:
-        """Log and show why the background encoding failed (once); False when it did not fail."""
+    def _precomputeProblem(self) -> str:
+        """Why the background encoding failed, logged and shown once (then the job is dropped), or ""."""
         problem = self.logic.precomputeProblem(self._precompute)
         if problem:
-            log.warning("%s", problem)
-            self.ui.statusLabel.text = problem
-        return bool(problem)
+            self._precompute = None
+            self._showProblem(problem)
+        return problem or ""
+
+    def _showProblem(self, problem: str) -> None:
+        """Log a warning and add it under the status line (which keeps the last result)."""
+        log.warning("%s", problem)
+        self.ui.statusLabel.text = "\n".join(filter(None, (self.ui.statusLabel.text, problem)))
 
     def onNextUncertainSlice(self) -> None:
         p = self._parameterNode
@@ -308,8 +312,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def onPropagate(self) -> None:
         p = self._parameterNode
-        if self._reportPrecomputeProblem():
-            self._precompute = None
+        problem = self._precomputeProblem()
 
         def work(report):
             return self.logic.propagate(
@@ -327,7 +330,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
         out = self._run(_("Propagate"), work)
         if out is not None:
-            self.ui.statusLabel.text = out.describe(p.segmentName)
+            self.ui.statusLabel.text = "\n".join(filter(None, (out.describe(p.segmentName), problem)))
 
     def onAccept(self) -> None:
         p = self._parameterNode
