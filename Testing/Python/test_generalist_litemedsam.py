@@ -9,17 +9,9 @@ import pytest
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.fast_encoder import apply_backend
 from semisam.intensity import apply_window, window_for
+from semisam.metrics import dice
+from semisam.prompts import box_from_mask
 from semisam.volume import read_mask, read_volume
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
-
-
-def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,7 @@ def test_ground_truth_box_on_lung_lesion_gives_dice_above_0_7(model, lung):
     vol, lab, win, zs = lung
     z = int(zs[len(zs) // 2])
     img = apply_window(vol.array[z], win)
-    pred = model.predict(model.encode(img), SlicePrompt(box=box_of(lab[z])))
+    pred = model.predict(model.encode(img), SlicePrompt(box=box_from_mask(lab[z])))
     assert pred.logits.shape == lab[z].shape and pred.logits.dtype == np.float32
     assert dice(pred.mask, lab[z]) > 0.7
     assert 0.5 < pred.score <= 1.0
@@ -63,7 +55,7 @@ def test_fast_path_masks_match_eager_fp32(model, which, request):
     vol, lab, win, zs = request.getfixturevalue(which)
     z = int(zs[len(zs) // 2])
     img = apply_window(vol.array[z], win)
-    prompt = SlicePrompt(box=box_of(lab[z]))
+    prompt = SlicePrompt(box=box_from_mask(lab[z]))
     fast = model.encode(img)
     fast_pred = model.predict(fast, prompt)
     model.use_eager_encoder()
@@ -77,7 +69,7 @@ def test_fast_path_masks_match_eager_fp32(model, which, request):
             prompt,
             SlicePrompt(points=inside),
             SlicePrompt(points=np.vstack([inside, [[2.0, 2.0]]]), point_labels=np.array([1, 0])),
-            SlicePrompt(box=box_of(lab[z]), mask=eager_pred.logits),
+            SlicePrompt(box=box_from_mask(lab[z]), mask=eager_pred.logits),
         ]
         refs = [model.predict(eager, p) for p in prompts]
     finally:
@@ -100,7 +92,7 @@ def test_cuda_masks_match_cpu(lung):
     vol, lab, win, zs = lung
     z = int(zs[len(zs) // 2])
     img = apply_window(vol.array[z], win)
-    prompt = SlicePrompt(box=box_of(lab[z]))
+    prompt = SlicePrompt(box=box_from_mask(lab[z]))
     cpu = build_generalist("litemedsam", device="cpu", backend="eager")
     gpu = build_generalist("litemedsam", device="cuda")
     assert gpu.encoder_backend == "eager-fp32"  # auto keeps PyTorch on the GPU
@@ -119,9 +111,11 @@ def test_box_on_non_square_crop_lands_on_the_object(model, lung):
     r1 = r0 + 300
     img = apply_window(vol.array[z, r0:r1, :], win)
     gt = lab[z, r0:r1, :]
-    pred = model.predict(model.encode(img), SlicePrompt(box=box_of(gt)))
+    pred = model.predict(model.encode(img), SlicePrompt(box=box_from_mask(gt)))
     assert pred.logits.shape == (300, 512)
-    full = model.predict(model.encode(apply_window(vol.array[z], win)), SlicePrompt(box=box_of(lab[z])))
+    full = model.predict(
+        model.encode(apply_window(vol.array[z], win)), SlicePrompt(box=box_from_mask(lab[z]))
+    )
     assert dice(pred.mask, full.mask[r0:r1]) > 0.9
     assert dice(pred.mask, gt) > 0.7
     my, mx = np.nonzero(pred.mask)
@@ -139,11 +133,11 @@ def test_points_and_mask_prompts(model, brain):
     one_point = model.predict(emb, SlicePrompt(points=inside))
     assert one_point.logits.shape == lab[z].shape and 0.0 <= one_point.score <= 1.0
     with_point = model.predict(
-        emb, SlicePrompt(box=box_of(lab[z]), points=inside, point_labels=np.array([1]))
+        emb, SlicePrompt(box=box_from_mask(lab[z]), points=inside, point_labels=np.array([1]))
     )
     assert dice(with_point.mask, lab[z]) > 0.7
-    box = model.predict(emb, SlicePrompt(box=box_of(lab[z])))
-    refined = model.predict(emb, SlicePrompt(box=box_of(lab[z]), mask=box.logits))
+    box = model.predict(emb, SlicePrompt(box=box_from_mask(lab[z])))
+    refined = model.predict(emb, SlicePrompt(box=box_from_mask(lab[z]), mask=box.logits))
     assert dice(refined.mask, lab[z]) > 0.7
     with pytest.raises(ValueError, match="outside the slice"):
         model.predict(emb, SlicePrompt(points=np.array([[1000.0, 5.0]])))

@@ -14,8 +14,8 @@ from semisam.generalists.sam2_model import (
     init_state_from_frames,
     set_image_size,
 )
-from semisam.generalists.sam_family import PromptError
 from semisam.generalists.testing import tiny_sam2
+from semisam.prompts import PromptError
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,27 @@ def test_release_style_file_of_unknown_size_is_a_clear_error(tmp_path, model):
     with pytest.raises(
         CheckpointError, match=r"odd_sam2\.pt: a Hiera trunk of width 8 .* matches no released"
     ):
+        build_generalist("sam2", path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "words"),
+    [
+        ("{not json", "metadata is not valid JSON"),
+        ('["a list"]', "metadata is not a SAM 2 model config"),
+        ('{"image_size": 128}', "its model config does not build a SAM 2 model"),
+    ],
+)
+def test_bad_config_metadata_is_a_checkpoint_error_naming_the_file(tmp_path, model, meta, words):
+    """Review 1g: the metadata's JSON was decoded unguarded (a JSONDecodeError escaped, naming no file)."""
+    from safetensors.torch import save_file
+
+    from semisam.generalists.sam2_model import METADATA_KEY
+
+    path = tmp_path / "bad_meta.safetensors"
+    state = {k: v.contiguous() for k, v in model.predictor.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: meta})
+    with pytest.raises(CheckpointError, match=rf"bad_meta\.safetensors: .*{words}"):
         build_generalist("sam2", path)
 
 

@@ -10,15 +10,11 @@ import pytest
 
 from semisam.generalists import build_generalist
 from semisam.generalists.cache import EmbeddingCache
+from semisam.metrics import dice
 from semisam.prompts import PromptError, box_from_mask, take_slice
 from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
 from semisam.propagation.simulate import crop_around, middle_slice
 from semisam.volume import read_mask, read_volume
-
-
-def dice(a, b) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")

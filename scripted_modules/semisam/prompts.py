@@ -113,9 +113,16 @@ def take_slice(array: np.ndarray, axis: str | int, index: int) -> np.ndarray:
     """The 2D slice ``index`` across ``axis`` of a ``(Z, Y, X)`` array, as ``(rows, columns)``.
 
     axial -> ``array[k]`` ``(Y, X)``; coronal -> ``array[:, j]`` ``(Z, X)``; sagittal -> ``array[:, :, i]``
-    ``(Z, Y)``. A view, not a copy.
+    ``(Z, Y)``. A view for axial, a copy otherwise.
+
+    Raises:
+        PromptError: unknown axis. IndexError: ``index`` outside ``0..n-1`` (no negative indexing: a
+            slice -1 is a caller's bug, not the last slice).
     """
     a = axis_index(axis)
+    n = array.shape[a]
+    if not 0 <= index < n:
+        raise IndexError(f"slice index {index} outside 0..{n - 1} along axis {axis!r}")
     return np.take(array, index, axis=a) if a else array[index]
 
 

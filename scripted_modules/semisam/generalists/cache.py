@@ -18,12 +18,22 @@ import numpy as np
 import torch
 
 from ..intensity import IntensityWindow, apply_window
+
+# One slicing rule for the whole package (axis name -> numpy axis of a (Z, Y, X) array; axial = array[k]).
+from ..prompts import AXES, take_slice
 from .base import PromptableModel, SliceEmbedding, model_identity
 
 log = logging.getLogger(__name__)
 
-#: axis name -> numpy axis of a (Z, Y, X) array. ``axial`` slices are array[k] (the file's third voxel axis).
-AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+__all__ = [
+    "AXES",
+    "EmbeddingCache",
+    "EmbeddingKey",
+    "Precompute",
+    "SliceEncoder",
+    "array_fingerprint",
+    "take_slice",
+]
 
 
 @dataclass(frozen=True)
@@ -112,21 +122,6 @@ class EmbeddingCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
-
-
-def take_slice(volume_array: np.ndarray, axis: str, index: int) -> np.ndarray:
-    """The 2D slice ``index`` along ``axis`` of a ``(Z, Y, X)`` array.
-
-    ``axial`` -> ``(Y, X)``, ``coronal`` -> ``(Z, X)``, ``sagittal`` -> ``(Z, Y)``; a slice's rows are its
-    first axis and columns its second, matching :class:`~semisam.generalists.base.SlicePrompt` coordinates.
-    """
-    if axis not in AXES:
-        raise ValueError(f"unknown axis {axis!r}; choose one of {', '.join(AXES)}")
-    ax = AXES[axis]
-    n = volume_array.shape[ax]
-    if not 0 <= index < n:
-        raise IndexError(f"slice index {index} outside 0..{n - 1} along axis {axis!r}")
-    return np.take(volume_array, index, axis=ax)
 
 
 def array_fingerprint(array: np.ndarray) -> str:

@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from semisam.fileio import atomic_path
+from semisam.prompts import PromptError
 
 from .base import SliceEmbedding, SlicePrediction, SlicePrompt
 from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
-from .sam_family import BINARY_MASK_LOGIT, PromptError
+from .sam_family import BINARY_MASK_LOGIT
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,21 @@ def _metadata_config(path: Path) -> dict[str, Any] | None:
             meta = fh.metadata() or {}
     except Exception:  # unreadable files are reported by read_state_dict with a clear message
         return None
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
+    if METADATA_KEY not in meta:
+        return None
+    try:
+        cfg = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its {METADATA_KEY!r} metadata is not valid JSON ({exc}); re-save it with "
+            "semisam.generalists.sam2_model.save_sam2"
+        ) from exc
+    if not isinstance(cfg, dict) or "image_size" not in cfg:
+        raise CheckpointError(
+            f"checkpoint {path}: its {METADATA_KEY!r} metadata is not a SAM 2 model config "
+            f"(expected an object with 'image_size', got {type(cfg).__name__})"
+        )
+    return cfg
 
 
 def build_sam2(
@@ -154,7 +169,12 @@ def build_sam2(
     path = Path(checkpoint)
     state = read_state_dict(path)
     cfg = _metadata_config(path) or infer_sam2_config(state, path, name)
-    model = build_sam2_module(cfg, name)
+    try:
+        model = build_sam2_module(cfg, name)
+    except Exception as exc:  # hydra wraps whatever a bad config raises in its own exception types
+        raise CheckpointError(
+            f"checkpoint {path}: its model config does not build a SAM 2 model ({type(exc).__name__}: {exc})"
+        ) from exc
     load_strict(model.predictor, state, path, "SAM 2")
     model.checkpoint_path = str(path)
     model.weights_digest = checkpoint_sha256(path)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from semisam.prompts import PromptError
+
 from .base import SliceEmbedding, SlicePrediction, SlicePrompt
 from .geometry import ResizeLongestSide
 
@@ -24,10 +26,6 @@ log = logging.getLogger(__name__)
 #: A binary mask prompt (bool array) becomes decoder logits of +/- this value. SAM's own low-resolution
 #: logits on a confident object are typically 5..20 in magnitude.
 BINARY_MASK_LOGIT = 10.0
-
-
-class PromptError(ValueError):
-    """A prompt that cannot be answered (empty box, points outside the slice, wrong mask shape)."""
 
 
 @dataclass(frozen=True)
