@@ -238,3 +238,41 @@ def test_every_lib_script_is_installed_by_cmake():
     present = {p.name for p in (REPO / "SemiSAMSegment" / "SemiSAMSegmentLib").glob("*.py")}
     assert present - listed == set(), f"add to SemiSAMSegment/CMakeLists.txt: {sorted(present - listed)}"
     assert listed - present == set()
+
+
+# Provided by Slicer's ScriptedLoadableModuleWidget / VTKObservationMixin or set in every Widget's setup.
+_FRAMEWORK = {"layout", "parent", "ui", "logic", "addObserver", "removeObserver"}
+_FRAMEWORK |= {"_parameterNode", "_parameterNodeGuiTag"}
+
+
+def _mixin_needs() -> set[str]:
+    """``self.X`` that SemiSAMSegmentLib.gui.ModuleWidgetMixin uses but neither defines nor gets from Slicer."""
+    tree = ast.parse((REPO / "SemiSAMSegment" / "SemiSAMSegmentLib" / "gui.py").read_text())
+    mixin = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModuleWidgetMixin")
+    defined = {n.name for n in mixin.body if isinstance(n, ast.FunctionDef)}
+    defined |= {t.id for n in mixin.body if isinstance(n, ast.AnnAssign | ast.Assign) for t in _targets(n)}
+    used = {
+        n.attr
+        for n in ast.walk(mixin)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+    }
+    return used - defined - _FRAMEWORK
+
+
+def _targets(node) -> list:
+    return [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_provides_what_the_shared_mixin_calls(module):
+    """Both Widgets take set-up, enter/exit, scene close and preferences from ModuleWidgetMixin (listed
+    first, so its enter/exit win) and define what it calls back; a missing one would only fail inside
+    Slicer, when the module panel opens or the scene closes."""
+    needs = _mixin_needs()
+    assert {"initializeParameterNode", "onSceneStartClose", "_updateState", "setParameterNode"} <= needs
+    tree = ast.parse(_paths(module)[0].read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+    assert ast.unparse(widget.bases[0]) == "ModuleWidgetMixin"
+    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert needs - methods == set(), f"{module}Widget must define {sorted(needs - methods)}"
+    assert "_setupPanel" in ast.unparse(next(n for n in widget.body if getattr(n, "name", "") == "setup"))
