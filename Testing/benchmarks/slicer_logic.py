@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
+from semisam.metrics import dice  # noqa: E402
 from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.samples import find_case  # noqa: E402
@@ -85,11 +86,6 @@ def _scene():
         keep.append(logic)
     scene.semisam_keep = keep
     return scene
-
-
-def _dice(a, b) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    return float(2.0 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 def bench_propagate(case, repeats: int) -> dict:
@@ -147,7 +143,7 @@ def bench_propagate(case, repeats: int) -> dict:
         "logic_over_core": round(t_logic / t_core, 3),
         "logic_overhead_s": round(t_logic - t_core, 3),
         "same_mask": bool(np.array_equal(core_mask, logic_mask)),
-        "dice_vs_label": round(_dice(logic_mask, label), 4),
+        "dice_vs_label": round(dice(logic_mask, label), 4),
         "add_point_repropagate_s": round(t_again, 3),
         "add_point_slices_encoded_total": again.slices_encoded,
     }
