@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported lazily: the CLI builds its parsers (which list DEVICE_CHOICES) without torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +19,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     ``auto`` picks CUDA when it is available, else CPU. Asking for CUDA on a machine without it is an
     error that says so, rather than a silent fall-back.
     """
+    import torch
+
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").strip().lower()

@@ -13,9 +13,10 @@ import json
 import time
 from pathlib import Path
 
+from semisam.device import DEVICE_CHOICES
+
 # Same choices as semisam.device.DEVICE_CHOICES, spelled out so that building the parser (and failing on
 # bad input) does not import torch: that import alone takes 3-20 s on a busy 2-core machine.
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,11 +18,11 @@ import os
 import time
 from pathlib import Path
 
+from semisam.device import DEVICE_CHOICES
 from semisam.intensity import CT_PRESETS
 
 # Same choices as semisam.device.DEVICE_CHOICES, spelled out so that building the parser (and failing on
 # bad input) does not import torch: that import alone takes 3-20 s on a busy 2-core machine.
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 

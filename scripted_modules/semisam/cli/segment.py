@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
+from semisam.device import DEVICE_CHOICES
 from semisam.volume import read_volume, write_mask, write_volume
 
 #: As ``semisam.device.DEVICE_CHOICES``; repeated so building the parser does not import torch.
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
