@@ -92,11 +92,21 @@ def render_montage(
             draw.rectangle([0, 0, tile.width - 1, tile.height - 1], outline=PROMPT_RGB, width=3)
         draw.text((4, 2), f"{axis} {s}" + (" (prompt)" if s in keyed else ""), fill=(255, 255, 255))
         tiles.append(tile)
-    out = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), max(t.height for t in tiles)))
+    legend_h = 16  # a strip naming the colours, so the PNG reads on its own
+    width = sum(t.width for t in tiles) + 2 * (len(tiles) - 1)
+    out = Image.new("RGB", (width, max(t.height for t in tiles) + legend_h))
     x = 0
     for t in tiles:
         out.paste(t, (x, 0))
         x += t.width + 2
+    draw = ImageDraw.Draw(out)
+    y = out.height - legend_h + 2
+    x = 4
+    entries = [("propagated mask", MASK_RGB)] + ([("label", LABEL_RGB)] if label is not None else [])
+    for text, colour in [*entries, ("prompt / key slice", PROMPT_RGB)]:
+        draw.rectangle([x, y + 2, x + 9, y + 11], outline=colour, width=2)
+        draw.text((x + 14, y), text, fill=colour)
+        x += 14 + int(draw.textlength(text)) + 16
     return out
 
 
