@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import cpu_model
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MODELS = {
@@ -117,14 +119,7 @@ def make_synthetic(path: Path) -> None:
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

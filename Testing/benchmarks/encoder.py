@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -19,25 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import cpu_model
 
 from semisam import samples
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.fast_encoder import apply_backend
 from semisam.intensity import apply_window, window_for
+from semisam.metrics import dice
 from semisam.volume import read_mask, read_volume
 
 ENCODER_GFLOP = 74.95  # LiteMedSAM TinyViT at 256x256, torch.utils.flop_counter.FlopCounterMode
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def gemm_gflops(n: int = 1024) -> float:
@@ -63,11 +54,6 @@ def gemm_gflops_per_cpu_second(n: int = 1024) -> float:
         return best
     finally:
         torch.set_num_threads(threads)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
 def lesion_slices(case_name: str):

@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import cpu_model
 
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
+from semisam.metrics import dice
 from semisam.prompts import box_from_mask
 from semisam.propagation import PropagationParams, add_prompt, add_prompts, init_state, propagate
 from semisam.propagation.simulate import boxes_from_label, key_slices, lesion_slices, middle_slice
@@ -44,21 +46,8 @@ from semisam.volume import read_mask, read_volume
 REPO = Path(__file__).resolve().parents[2]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    s = int(a.sum() + b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

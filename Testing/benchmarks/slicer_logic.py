@@ -20,7 +20,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import slicer
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
+from bench_common import cpu_model  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
@@ -42,16 +42,6 @@ from semisam.samples import find_case  # noqa: E402
 from semisam.volume import read_mask, read_volume  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _interleaved(core, logic, repeats: int) -> tuple[float, float, object, object]:
@@ -202,7 +192,7 @@ def main() -> None:
         raise SystemExit("sample case lung1 not found; run `semisam samples fetch`")
     out = {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),

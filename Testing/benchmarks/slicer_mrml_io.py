@@ -15,10 +15,8 @@ import importlib.metadata
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +25,11 @@ import slicer
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
+from bench_common import cpu_model, median_seconds  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.samples import find_case  # noqa: E402
 from semisam.volume import read_mask, read_volume  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _scene():
@@ -111,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             "save_seg_nrrd": lambda: mrml_io.save_segmentation(seg, seg_path),
             "load_seg_nrrd": load_seg_and_drop,
         }
-        medians = {name: _median_s(fn, args.repeats) for name, fn in ops.items()}
+        medians = {name: median_seconds(fn, args.repeats) for name, fn in ops.items()}
         # Correctness alongside speed: the exported mask is the imported one.
         assert np.array_equal(mrml_io.export_mask(seg, volume_node), mask)
 
@@ -126,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "median_s": {k: round(v, 4) for k, v in medians.items()},
         "ratio_to_reference": {k: round(v / ref, 3) for k, v in medians.items()},
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch_version,

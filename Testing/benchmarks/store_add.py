@@ -14,36 +14,16 @@ import importlib.metadata
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import cpu_model, median_seconds
 
 from semisam.samples import find_case
 from semisam.store import LabeledStore, drill
 from semisam.store.decathlon import export_dataset, import_dataset
 from semisam.volume import read_mask, read_volume, write_mask, write_volume
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_add(tmp: Path, name: str, image, mask, repeats: int) -> dict:
@@ -57,8 +37,8 @@ def bench_add(tmp: Path, name: str, image, mask, repeats: int) -> dict:
         write_volume(vol, plain / f"{n}_img.nii.gz")
         write_mask(mask, vol, plain / f"{n}_msk.nii.gz")
 
-    bare_s = _median_s(bare, repeats)
-    add_s = _median_s(lambda: store.add_case(image, mask), repeats)
+    bare_s = median_seconds(bare, repeats)
+    add_s = median_seconds(lambda: store.add_case(image, mask), repeats)
     return {
         "add_case_s": round(add_s, 4),
         "bare_write_s": round(bare_s, 4),
@@ -74,7 +54,7 @@ def main() -> None:
     out: dict = {
         "benchmark": "store_add",
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": importlib.metadata.version("torch"),
@@ -100,17 +80,17 @@ def main() -> None:
         for _ in range(args.cases):
             store.add_case(image, mask)
         out[f"with_{args.cases}_cases"] = {
-            "open_s": round(_median_s(lambda: LabeledStore(tmp / "many"), args.repeats), 4),
-            "list_s": round(_median_s(store.cases, args.repeats), 4),
-            "add_case_s": round(_median_s(lambda: store.add_case(image, mask), args.repeats), 4),
+            "open_s": round(median_seconds(lambda: LabeledStore(tmp / "many"), args.repeats), 4),
+            "list_s": round(median_seconds(store.cases, args.repeats), 4),
+            "add_case_s": round(median_seconds(lambda: store.add_case(image, mask), args.repeats), 4),
         }
         small = LabeledStore.create(tmp / "x", {1: "lesion"})
         for _ in range(20):
             small.add_case(image, mask)
         counter = iter(range(10**6))
-        exp_s = _median_s(lambda: export_dataset(small, tmp / f"exp{next(counter)}"), 3)
+        exp_s = median_seconds(lambda: export_dataset(small, tmp / f"exp{next(counter)}"), 3)
         counter2 = iter(range(10**6))
-        imp_s = _median_s(lambda: import_dataset(tmp / "exp0", tmp / f"imp{next(counter2)}"), 3)
+        imp_s = median_seconds(lambda: import_dataset(tmp / "exp0", tmp / f"imp{next(counter2)}"), 3)
         out["export_20_small_cases_s"] = round(exp_s, 4)
         out["import_20_small_cases_s"] = round(imp_s, 4)
         assert np.array_equal(LabeledStore(tmp / "imp0").read_case("case_0001").mask.array, mask)
