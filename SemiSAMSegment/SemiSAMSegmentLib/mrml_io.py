@@ -38,6 +38,32 @@ class MrmlIOError(ValueError):
 
 
 # ----------------------------------------------------------------------------- volumes
+def batch_scene():
+    """A scene for batch use outside the Slicer application (scripts, pytest on the slicer-core wheel).
+
+    Registers the Colors, Segmentations and Volumes logics on one application logic, as Slicer's
+    application does: labelmap segments need the Segmentations logic. The application logic must be set
+    on each logic before the scene, because the Colors logic looks up its default colour files through it.
+    ``scene.semisam_logics`` maps the names to the logics (and keeps them alive as long as the scene).
+    """
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    logics = {"Application": app_logic}
+    for name, cls in (
+        ("Colors", slicer.vtkSlicerColorLogic),
+        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+        ("Volumes", slicer.vtkSlicerVolumesLogic),
+    ):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        app_logic.SetModuleLogic(name, logic)
+        logics[name] = logic
+    scene.semisam_logics = logics
+    return scene
+
+
 def _node_label(node) -> str:
     return f"node {node.GetName()!r} ({node.GetID()})" if node is not None else "node None"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,24 +57,13 @@ def mrml_scene():
 
     Yields the scene; ``scene.semisam_logics`` maps "Colors", "Segmentations", "Volumes" to the logics.
     """
-    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (Slicer's MRML in Python) is needed")
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    logics = {}
-    for name, cls in (
-        ("Colors", slicer.vtkSlicerColorLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-    ):
-        logic = cls()
-        # The application logic must be set before the scene: the Colors logic looks up its default
-        # colour files through it when it sees the scene.
-        logic.SetMRMLApplicationLogic(app_logic)
-        logic.SetMRMLScene(scene)
-        app_logic.SetModuleLogic(name, logic)
-        logics[name] = logic
-    scene.semisam_logics = logics
+    pytest.importorskip("slicer", reason="the slicer-core wheel (Slicer's MRML in Python) is needed")
+    if str(REPO / "SemiSAMSegment") not in sys.path:
+        sys.path.insert(0, str(REPO / "SemiSAMSegment"))
+    from SemiSAMSegmentLib.mrml_io import batch_scene
+
+    scene = batch_scene()
+    logics = {k: v for k, v in scene.semisam_logics.items() if k != "Application"}
     yield scene
     scene.Clear(1)
     for logic in logics.values():

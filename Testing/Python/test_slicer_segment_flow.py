@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
 
+from semisam.metrics import dice  # noqa: E402
 from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.store import LabeledStore  # noqa: E402
@@ -30,30 +31,9 @@ from semisam.volume import Volume, read_mask, read_volume  # noqa: E402
 segment_module = importlib.import_module("SemiSAMSegment")
 
 
-def dice(a, b) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
-
-
 def make_scene():
-    """A real scene with the Colors/Segmentations/Volumes logics (as conftest's ``mrml_scene``, but one
-    per module here so the expensive propagation runs once)."""
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    logics = []
-    for name, cls in (
-        ("Colors", slicer.vtkSlicerColorLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-    ):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        logics.append(logic)
-    scene.semisam_keep = (app, logics)
-    return scene
+    """A real scene (one per module here so the expensive propagation runs once)."""
+    return mrml_io.batch_scene()
 
 
 def tiny_model_dir(path: Path, labels=("lesion",), modality="CT") -> Path:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import slicer
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
@@ -60,22 +59,7 @@ def _interleaved(core, logic, repeats: int) -> tuple[float, float, object, objec
 
 
 def _scene():
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    keep = [app]
-    for name, cls in (
-        ("Colors", slicer.vtkSlicerColorLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-    ):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        keep.append(logic)
-    scene.semisam_keep = keep
-    return scene
+    return mrml_io.batch_scene()
 
 
 def bench_propagate(case, repeats: int) -> dict:

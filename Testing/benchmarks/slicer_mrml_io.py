@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import slicer
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
@@ -33,22 +32,7 @@ from semisam.volume import read_mask, read_volume  # noqa: E402
 
 
 def _scene():
-    """A scene with the Colors/Segmentations/Volumes logics, as the tests' ``mrml_scene`` fixture."""
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    keep = [app]
-    for name, cls in (
-        ("Colors", slicer.vtkSlicerColorLogic),
-        ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-        ("Volumes", slicer.vtkSlicerVolumesLogic),
-    ):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        keep.append(logic)
-    return scene, keep
+    return mrml_io.batch_scene()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     if case is None:
         raise SystemExit(f"sample case {args.case!r} not found; run `semisam samples fetch`")
 
-    scene, _keep = _scene()
+    scene = _scene()
     reference = read_volume(case.image)
     mask = read_mask(case.label, reference).array
     volume_node = mrml_io.load_volume(scene, case.image)

@@ -40,6 +40,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def cache_root() -> Path:
+    """The user's SemiSAM cache: ``$SEMISAM_CACHE_DIR`` or ``~/.cache/semisam`` (sample scans, ONNX exports)."""
+    return Path(os.environ.get("SEMISAM_CACHE_DIR") or Path.home() / ".cache" / "semisam")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

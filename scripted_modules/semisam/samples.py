@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from semisam.fileio import atomic_write_bytes, sha256_file
+from semisam.fileio import atomic_write_bytes, cache_root, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ class SampleCase:
 
 def cache_dir() -> Path:
     """``$SEMISAM_CACHE_DIR/samples`` or ``~/.cache/semisam/samples``."""
-    root = os.environ.get("SEMISAM_CACHE_DIR") or Path.home() / ".cache" / "semisam"
-    return Path(root) / "samples"
+    return cache_root() / "samples"
 
 
 def _verified_case(folder: Path, name: str) -> SampleCase | None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from semisam.fileio import atomic_path
 
-from .fast_encoder import onnx_cache_dir, weights_sha256
+from .fast_encoder import cpu_session, onnx_cache_dir, weights_sha256
 
 #: bump when the decoder graph changes, so stale cached exports are not reused
 DECODER_VERSION = "2"
@@ -130,21 +130,13 @@ class OrtDecoder:
     def _ensure(self):
         with self._lock:
             if self._session is None:
-                import onnxruntime as ort
-
                 m = self.model
                 key = weights_sha256(nn.ModuleList([m.prompt_encoder, m.mask_decoder]))[:32]
                 path = onnx_cache_dir() / f"decoder-{key}-s{m.image_size}-v{DECODER_VERSION}.onnx"
                 if not path.is_file():
                     log.info("exporting the prompt decoder to ONNX (first use): %s", path)
                     self._export(path)
-                so = ort.SessionOptions()
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                so.intra_op_num_threads = self.threads
-                so.inter_op_num_threads = 1
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                so.log_severity_level = 3
-                self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                self._session = cpu_session(path, self.threads)
                 self.path = path
             return self._session
 
