@@ -236,12 +236,15 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def _run(self, title: str, work):
         """Run ``work(report)`` with a progress dialog; errors go to an error dialog. Returns its result
-        (``None`` after an error)."""
-        from SemiSAMSegmentLib.gui import progress_dialog
+        (``None`` after an error or Cancel, which leaves the scene as it was)."""
+        from SemiSAMSegmentLib.gui import Cancelled, progress_dialog
 
         with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
-            with progress_dialog(slicer.util.mainWindow(), title) as report:
-                return work(report)
+            try:
+                with progress_dialog(slicer.util.mainWindow(), title) as report:
+                    return work(report)
+            except Cancelled:
+                self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
         return None
 
     def onAutoSegment(self) -> None:

@@ -14,12 +14,22 @@ from collections.abc import Callable, Iterator
 log = logging.getLogger(__name__)
 
 
+class Cancelled(Exception):
+    """Raised by a progress dialog's ``report`` once the user pressed Cancel.
+
+    The Logic calls only compute until the last step and write to the scene at the end (propagation keeps
+    its finished tracks and drops the interrupted one), so a cancelled run changes nothing in the scene.
+    """
+
+
 @contextlib.contextmanager
 def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]]:
-    """A modal progress dialog for long Logic calls; yields ``report(fraction 0..1, stage)``.
+    """A modal progress dialog with Cancel for long Logic calls; yields ``report(fraction 0..1, stage)``.
 
     ``report`` updates the bar and processes GUI events, so the application stays responsive (repaints,
-    no "not responding") while the work runs in the main thread in small steps.
+    no "not responding") while the work runs in the main thread in small steps; it raises
+    :class:`Cancelled` at the first step after Cancel was pressed (an encoder call in progress finishes
+    first: about a second on a CPU).
     """
     import qt
     import slicer
@@ -27,17 +37,18 @@ def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]
     dialog = slicer.util.createProgressDialog(
         parent=parent, windowTitle=title, labelText=title, maximum=100, value=0
     )
-    try:  # the engines have no cancel point between steps yet: no button that pretends to cancel
-        dialog.setCancelButton(None)
-    except (TypeError, ValueError):
-        log.debug("this PythonQt cannot remove the cancel button")
+    # Window-modal: processEvents below lets user input through (for Cancel), but not to the main window,
+    # so the scene cannot be edited under a running Logic call.
+    dialog.setWindowModality(qt.Qt.WindowModal)
     dialog.show()
     slicer.app.processEvents()
 
     def report(fraction: float, stage: str) -> None:
+        if dialog.wasCanceled:
+            raise Cancelled(title)
         dialog.setValue(int(round(100 * max(0.0, min(1.0, fraction)))))
         dialog.setLabelText(f"{title}: {stage}")
-        slicer.app.processEvents(qt.QEventLoop.ExcludeUserInputEvents)
+        slicer.app.processEvents()
 
     try:
         yield report

@@ -88,6 +88,35 @@ def test_new_prompt_repropagates_only_its_range(model, cache, lung_crop):
     assert new_calls < fresh.n_predict
 
 
+class _Cancel(Exception):
+    pass
+
+
+def test_cancelled_propagation_leaves_a_state_that_completes_the_same_result(model, cache, lung_crop):
+    vol, lab = lung_crop
+    key = middle_slice(lab)
+    ref_state = _state(model, cache, vol)
+    add_prompt(ref_state, key, box=box_from_mask(lab[key] > 0))
+    ref = propagate(ref_state)
+
+    state = _state(model, cache, vol)
+    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    seen = []
+
+    def cancel_going_down(s, outcome):  # what the progress dialog's Cancel button does
+        seen.append(s)
+        if s < key:
+            raise _Cancel
+
+    with pytest.raises(_Cancel):
+        propagate(state, progress=cancel_going_down)
+    # The upward track finished before the cancel and is kept; the interrupted downward one is gone, not
+    # left behind with partial masks that a later call would take as complete.
+    assert seen == [key + 1, key + 2, key - 1] and (key, 1) in state.tracks and (key, -1) not in state.tracks
+    again = propagate(state)
+    assert np.array_equal(again.mask, ref.mask) and again.stops == ref.stops
+
+
 def test_negative_point_slice_bounds_the_track(model, cache, lung_crop):
     vol, lab = lung_crop
     key = middle_slice(lab)

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
+from SemiSAMSegmentLib.gui import Cancelled  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
 from semisam.prompts import box_from_mask  # noqa: E402
@@ -359,6 +360,28 @@ def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
     moved = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
     assert moved.rebuilt and moved.added_prompts == 2
     assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
+
+
+def test_a_cancelled_propagation_changes_nothing_and_the_next_one_completes(lung_flow):
+    """Cancel in the progress dialog (its ``report`` raises) after the first propagated slice: the
+    segment is untouched; pressing Propagate again gives what an uncancelled run gave."""
+    logic, scene, crop, roi, before = (lung_flow[k] for k in ("logic", "scene", "crop", "roi", "before"))
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop, second case")  # its own case in progress
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "second case")
+    mrml_io.import_mask(before, node, seg, {1: "lesion"})
+
+    def cancel_at_first_slice(fraction, stage):
+        if stage.startswith("propagating"):
+            raise Cancelled("Propagate")
+
+    with pytest.raises(Cancelled):
+        logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu", progress=cancel_at_first_slice)
+    assert np.array_equal(mrml_io.export_mask(seg, node), before)
+    out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")
+    # slices_encoded counts over both calls: each of the 5 slices visited (key, 2 neighbours, 2 where the
+    # tracks stopped) was encoded once; what the cancelled call encoded was kept, not encoded again.
+    assert out.slices == lung_flow["out"].slices and out.slices_encoded == 5
+    assert np.array_equal(mrml_io.export_mask(seg, node, [out.segment_id]), lung_flow["after"])
 
 
 def test_a_failed_background_encoding_is_reported(lung_flow):

@@ -143,7 +143,19 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
 
 
 def _update_track(state: PropagationState, k: int, d: int, progress: Callable | None) -> Track:
-    """Bring track ``(k, d)`` up to date with the current key slices, reusing its masks when possible."""
+    """Bring track ``(k, d)`` up to date with the current key slices, reusing its masks when possible.
+
+    If the work is interrupted (``progress`` raised: the user cancelled), the half-extended track is
+    dropped, so the next :func:`propagate` runs it again instead of taking its partial masks as complete.
+    """
+    try:
+        return _extend_track(state, k, d, progress)
+    except BaseException:
+        state.tracks.pop((k, d), None)
+        raise
+
+
+def _extend_track(state: PropagationState, k: int, d: int, progress: Callable | None) -> Track:
     limit = _limit(state, k, d)
     track = state.tracks.get((k, d))
     if track is None:
@@ -169,7 +181,9 @@ def propagate(
 
     Args:
         state: from :func:`~semisam.propagation.state.init_state` with at least one prompt.
-        progress: called as ``progress(slice_index, outcome)`` after each propagated slice.
+        progress: called as ``progress(slice_index, outcome)`` after each propagated slice. It may raise
+            to stop the work (a Cancel button): the exception propagates, finished tracks are kept and the
+            interrupted one is dropped, so calling :func:`propagate` again completes the same result.
 
     Returns:
         :class:`PropagationResult`.
