@@ -145,3 +145,16 @@ def test_points_and_mask_prompts(model, brain):
         model.predict(emb, SlicePrompt(box=(50, 50, 40, 60)))
     with pytest.raises(ValueError, match="empty prompt"):
         model.predict(emb, SlicePrompt())
+
+
+def test_building_the_default_model_warns_nothing():
+    """A fresh process (imports are cached per process) builds LiteMedSAM with every warning an error:
+    the wheel's timm deprecation warnings are silenced where we import it, and nothing else is."""
+    import subprocess
+    import sys
+
+    code = "from semisam.generalists import build_generalist; build_generalist('litemedsam')"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

