@@ -234,14 +234,14 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if p.outputSegmentation:
             self.logic.setSegmentOpacity(p.outputSegmentation, p.segmentOpacity)
 
-    def _run(self, title: str, work):
+    def _run(self, title: str, work, cancellable: bool = True):
         """Run ``work(report)`` with a progress dialog; errors go to an error dialog. Returns its result
         (``None`` after an error or Cancel, which leaves the scene as it was)."""
         from SemiSAMSegmentLib.gui import Cancelled, progress_dialog
 
         with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
             try:
-                with progress_dialog(slicer.util.mainWindow(), title) as report:
+                with progress_dialog(slicer.util.mainWindow(), title, cancellable) as report:
                     return work(report)
             except Cancelled:
                 self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
@@ -341,6 +341,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         caseId = self._run(
             _("Accept"),
             lambda report: self.logic.accept(p.inputVolume, p.outputSegmentation, p.storeFolder, provenance),
+            cancellable=False,  # one store transaction, no steps to stop between
         )
         if caseId is not None:
             self.ui.statusLabel.text = _("Accepted as case {case} in {store}.").format(

@@ -23,13 +23,14 @@ class Cancelled(Exception):
 
 
 @contextlib.contextmanager
-def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]]:
-    """A modal progress dialog with Cancel for long Logic calls; yields ``report(fraction 0..1, stage)``.
+def progress_dialog(parent, title: str, cancellable: bool = True) -> Iterator[Callable[[float, str], None]]:
+    """A modal progress dialog for long Logic calls; yields ``report(fraction 0..1, stage)``.
 
     ``report`` updates the bar and processes GUI events, so the application stays responsive (repaints,
-    no "not responding") while the work runs in the main thread in small steps; it raises
-    :class:`Cancelled` at the first step after Cancel was pressed (an encoder call in progress finishes
-    first: about a second on a CPU).
+    no "not responding") while the work runs in the main thread in small steps. With ``cancellable`` the
+    dialog has a Cancel button and ``report`` raises :class:`Cancelled` at the first step after it was
+    pressed (an encoder call in progress finishes first: about a second on a CPU); without, there is no
+    button that would pretend to cancel a call that never reports.
     """
     import qt
     import slicer
@@ -40,15 +41,18 @@ def progress_dialog(parent, title: str) -> Iterator[Callable[[float, str], None]
     # Window-modal: processEvents below lets user input through (for Cancel), but not to the main window,
     # so the scene cannot be edited under a running Logic call.
     dialog.setWindowModality(qt.Qt.WindowModal)
+    if not cancellable:
+        dialog.setCancelButton(None)
     dialog.show()
     slicer.app.processEvents()
 
     def report(fraction: float, stage: str) -> None:
-        if dialog.wasCanceled:
-            raise Cancelled(title)
         dialog.setValue(int(round(100 * max(0.0, min(1.0, fraction)))))
         dialog.setLabelText(f"{title}: {stage}")
         slicer.app.processEvents()
+        # checked after the events: a click handled just now stops the work before its next step
+        if dialog.wasCanceled:
+            raise Cancelled(title)
 
     try:
         yield report

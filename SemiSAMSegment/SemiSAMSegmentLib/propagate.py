@@ -139,7 +139,6 @@ def propagate_session(
     if new:
         add_prompts(session.state, new)
         session.applied += new
-    session.count_prompts(wanted)
     n = max(1, session.state.n_slices)
     done = [0]
 
@@ -148,7 +147,9 @@ def propagate_session(
         if progress is not None:
             progress(min(0.99, done[0] / n), f"propagating: slice {slice_index}")
 
-    return propagate(session.state, progress=step), len(new or []), rebuilt
+    result = propagate(session.state, progress=step)
+    session.count_prompts(wanted)  # provenance counts the prompts of propagations that finished
+    return result, len(new or []), rebuilt
 
 
 def write_segment(
@@ -187,6 +188,10 @@ def run(
     """:func:`propagate_session` then :func:`write_segment`, timed, as a :class:`PropagateOutcome`."""
     t0 = time.perf_counter()
     result, added, rebuilt = propagate_session(session, markups, model, state_key, window, cache, progress)
+    if (
+        progress is not None
+    ):  # the last report (a Cancel is honoured here at the latest): nothing after the write
+        progress(1.0, "writing the segment")
     axis = markups.prompts.axis
     segment_id, rng = write_segment(session, result, axis, volume_node, segmentation_node, segment_name)
     seconds = time.perf_counter() - t0
@@ -200,8 +205,6 @@ def run(
         *rng,
         seconds,
     )
-    if progress is not None:
-        progress(1.0, "done")
     return PropagateOutcome(
         segment_id=segment_id,
         axis=axis,

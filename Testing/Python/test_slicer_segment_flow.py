@@ -320,7 +320,7 @@ def test_propagate_from_an_roi_segments_the_nodule(lung_flow):
     d = dice(after[lo : hi + 1], label[lo : hi + 1])
     assert d > 0.6, (d, out)
     assert out.slices == [lung_flow["key"] - 1, lung_flow["key"], lung_flow["key"] + 1], out.stops
-    assert lung_flow["stages"][-1] == (1.0, "done")
+    assert lung_flow["stages"][-1] == (1.0, "writing the segment")
     assert out.slices_encoded == 0  # all five came from the background precompute
     lo, hi = out.slice_range
     assert f"segment 'lesion' replaced in slices {lo}..{hi}" in out.describe("lesion")
@@ -362,20 +362,24 @@ def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
     assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
 
 
-def test_a_cancelled_propagation_changes_nothing_and_the_next_one_completes(lung_flow):
-    """Cancel in the progress dialog (its ``report`` raises) after the first propagated slice: the
-    segment is untouched; pressing Propagate again gives what an uncancelled run gave."""
+@pytest.mark.parametrize("at", ["propagating", "writing"])
+def test_a_cancelled_propagation_changes_nothing_and_the_next_one_completes(lung_flow, at):
+    """Cancel in the progress dialog (its ``report`` raises) at the first propagated slice, or at the last
+    report: the segment is untouched; pressing Propagate again gives what an uncancelled run gave."""
     logic, scene, crop, roi, before = (lung_flow[k] for k in ("logic", "scene", "crop", "roi", "before"))
-    node = mrml_io.node_from_volume(crop, scene, "lung1 crop, second case")  # its own case in progress
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "second case")
+    node = mrml_io.node_from_volume(crop, scene, f"lung1 crop, cancelled at {at}")  # its own case
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"cancelled at {at}")
     mrml_io.import_mask(before, node, seg, {1: "lesion"})
+    stages = []
 
-    def cancel_at_first_slice(fraction, stage):
-        if stage.startswith("propagating"):
+    def cancel(fraction, stage):
+        stages.append(stage)
+        if stage.startswith(at):
             raise Cancelled("Propagate")
 
     with pytest.raises(Cancelled):
-        logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu", progress=cancel_at_first_slice)
+        logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu", progress=cancel)
+    assert stages[-1].startswith(at) and len(stages) == (1 if at == "propagating" else 5), stages
     assert np.array_equal(mrml_io.export_mask(seg, node), before)
     out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")
     # slices_encoded counts over both calls: each of the 5 slices visited (key, 2 neighbours, 2 where the
