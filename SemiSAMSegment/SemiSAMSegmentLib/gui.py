@@ -42,7 +42,10 @@ def progress_dialog(parent, title: str, cancellable: bool = True) -> Iterator[Ca
     # so the scene cannot be edited under a running Logic call.
     dialog.setWindowModality(qt.Qt.WindowModal)
     if not cancellable:
-        dialog.setCancelButton(None)
+        try:
+            dialog.setCancelButton(None)
+        except (TypeError, ValueError):  # then Cancel only hides the dialog; the call still completes
+            log.debug("this PythonQt cannot remove the cancel button")
     dialog.show()
     slicer.app.processEvents()
 
