@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import cpu_model
+from bench_common import machine_info
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -116,20 +115,6 @@ def make_synthetic(path: Path) -> None:
     write_volume(Volume(arr, spacing=SYNTH_SPACING, origin=(-200.0, -200.0, -400.0)), path, compress=False)
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = cpu_model()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "load_average_1m_at_start": os.getloadavg()[0],
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -206,7 +191,7 @@ def main() -> None:
     result = {
         "benchmark": "autoseg",
         "torch_threads_per_run": args.threads or info["torch_threads"],
-        "machine": {**info, "load_average_1m_at_end": os.getloadavg()[0]},
+        "machine": {**info, "load_avg_1min_end": round(os.getloadavg()[0], 2)},
         "target_spacing_mm_ijk": target,
         "input_files": {c: str(p) for c, p in images.items()},
         "parameters": params,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_info(**extra) -> dict:
+    """What every benchmark's JSON says about where it ran, plus ``extra`` (versions of what it measures).
+
+    ``load_avg_1min`` tells how shared the machine was when the numbers were taken.
+    """
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": importlib.metadata.version("torch"),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    torch = sys.modules.get("torch")  # the threads torch really uses, when the benchmark imported it
+    if torch is not None:
+        info["threads"] = torch.get_num_threads()
+    return info | extra
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

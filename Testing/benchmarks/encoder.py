@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import cpu_model
+from bench_common import machine_info
 
 from semisam import samples
 from semisam.generalists import SlicePrompt, build_generalist
@@ -156,15 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         # estimate for an idle machine, NOT a measurement: fast CPU-seconds spread over all cores
         "encode_s_per_slice_fast_idle_est": round(statistics.median(cpu["fast"]) / (os.cpu_count() or 1), 3),
         "prompt_cpu_ms_fast": round(statistics.median(prc["fast"]) * 1e3, 2),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "onnxruntime": __import__("onnxruntime").__version__,
-            "python": sys.version.split()[0],
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(onnxruntime=__import__("onnxruntime").__version__),
     }
     print(json.dumps(result, indent=1))
     return 0

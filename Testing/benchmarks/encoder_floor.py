@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import cpu_model, median_seconds
+from bench_common import machine_info, median_seconds
 from encoder import lesion_slices
 
 from semisam.generalists import SlicePrompt, build_generalist
@@ -338,14 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "gflops_needed_for_2_slices_per_s": round(2 * flops["total_gflop"], 1),
         },
         "alternatives": alt,
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-            "python": sys.version.split()[0],
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(onnxruntime=__import__("onnxruntime").__version__),
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -24,15 +24,13 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from bench_common import cpu_model
+from bench_common import machine_info
 
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
@@ -44,18 +42,6 @@ from semisam.samples import find_case
 from semisam.volume import read_mask, read_volume
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def machine() -> dict:
-    cpu = cpu_model()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def oracle(state, label: np.ndarray) -> np.ndarray:
@@ -195,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     t = time.perf_counter()
     model = build_generalist("litemedsam", device="cpu")
-    report: dict = {"machine": machine(), "model": "litemedsam", "build_s": round(time.perf_counter() - t, 2)}
+    report: dict = {
+        "machine": machine_info(),
+        "model": "litemedsam",
+        "build_s": round(time.perf_counter() - t, 2),
+    }
     report["params"] = PropagationParams().to_json()
     report["cases"] = {name: run_case(model, name, args.repeats) for name in args.cases.split(",") if name}
     if args.timing_case:

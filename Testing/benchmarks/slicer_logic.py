@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
-from bench_common import cpu_model  # noqa: E402
+from bench_common import machine_info  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
@@ -169,19 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    import torch
 
     case = find_case("lung1", extra=[SHARED])
     if case is None:
         raise SystemExit("sample case lung1 not found; run `semisam samples fetch`")
     out = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "load_avg_1min": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine_info(),
         "repeats": args.repeats,
         "propagate": bench_propagate(case, args.repeats),
         "autosegment": bench_autosegment(case, args.repeats),

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
-from bench_common import cpu_model, median_seconds  # noqa: E402
+from bench_common import machine_info, median_seconds  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.samples import find_case  # noqa: E402
@@ -80,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         assert np.array_equal(mrml_io.export_mask(seg, volume_node), mask)
 
     ref = medians["read_volume_semisam (reference)"]
-    torch_version = importlib.metadata.version("torch")
     result = {
         "benchmark": "slicer_mrml_io",
         "case": args.case,
@@ -89,14 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "median_s": {k: round(v, 4) for k, v in medians.items()},
         "ratio_to_reference": {k: round(v / ref, 3) for k, v in medians.items()},
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch_version,
-            "slicer_core": importlib.metadata.version("slicer-core"),
-            "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count(),
-        },
+        "machine": machine_info(slicer_core=importlib.metadata.version("slicer-core")),
     }
     print(json.dumps(result, indent=2))
 

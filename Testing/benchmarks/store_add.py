@@ -10,15 +10,12 @@ writers alone, measured in the same process, so the noise of a shared machine mo
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_common import cpu_model, median_seconds
+from bench_common import machine_info, median_seconds
 
 from semisam.samples import find_case
 from semisam.store import LabeledStore, drill
@@ -53,14 +50,9 @@ def main() -> None:
     args = p.parse_args()
     out: dict = {
         "benchmark": "store_add",
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": importlib.metadata.version("torch"),
-            "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
-            "note": "the store does not use torch; listed for comparison with other benchmarks",
-        },
+        "machine": machine_info(
+            note="the store does not use torch; listed for comparison with other benchmarks"
+        ),
         "repeats": args.repeats,
     }
     with tempfile.TemporaryDirectory() as d:
