@@ -339,18 +339,24 @@ def load_volume(scene, path: str | os.PathLike, name: str | None = None, label: 
     Raises:
         MrmlIOError: the file does not exist or Slicer cannot read it.
     """
+    class_name = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
+    return _read_node(scene, path, name, class_name, "vtkMRMLVolumeArchetypeStorageNode", "volume")
+
+
+def _read_node(scene, path, name: str | None, node_class: str, storage_class: str, what: str):
+    """A new ``node_class`` node read from ``path`` by a new ``storage_class`` node; on failure neither
+    node stays in the scene."""
     p = Path(path)
     if not p.is_file():
         raise MrmlIOError(f"{p}: no such file")
-    class_name = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
-    node = scene.AddNewNodeByClass(class_name, name or p.name.split(".")[0])
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    node = scene.AddNewNodeByClass(node_class, name or p.name.split(".")[0])
+    storage = scene.AddNewNodeByClass(storage_class)
     storage.SetFileName(str(p))
     node.SetAndObserveStorageNodeID(storage.GetID())
     if not storage.ReadData(node):
         scene.RemoveNode(node)
         scene.RemoveNode(storage)
-        raise MrmlIOError(f"{p}: Slicer's volume reader could not read it")
+        raise MrmlIOError(f"{p}: Slicer's {what} reader could not read it")
     return node
 
 
@@ -376,15 +382,6 @@ def save_segmentation(segmentation_node, path: str | os.PathLike) -> Path:
 
 def load_segmentation(scene, path: str | os.PathLike, name: str | None = None):
     """Read a ``.seg.nrrd`` (or any file Slicer's segmentation storage node reads) into a new node."""
-    p = Path(path)
-    if not p.is_file():
-        raise MrmlIOError(f"{p}: no such file")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or p.name.split(".")[0])
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(p))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise MrmlIOError(f"{p}: Slicer's segmentation reader could not read it")
-    return node
+    return _read_node(
+        scene, path, name, "vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode", "segmentation"
+    )

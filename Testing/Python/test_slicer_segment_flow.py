@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
 from SemiSAMSegmentLib.gui import Cancelled  # noqa: E402
+from SemiSAMSegmentLib.selftest import roi_around, tiny_model_dir  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
 from semisam.prompts import box_from_mask  # noqa: E402
@@ -35,36 +36,6 @@ segment_module = importlib.import_module("SemiSAMSegment")
 def make_scene():
     """A real scene (one per module here so the expensive propagation runs once)."""
     return mrml_io.batch_scene()
-
-
-def tiny_model_dir(path: Path, labels=("lesion",), modality="CT") -> Path:
-    """An untrained specialist folder, exactly what ``semisam model init`` writes (small and coarse)."""
-    import torch
-
-    from semisam.checkpoints import new_manifest, save_model
-    from semisam.specialists import build_specialist
-
-    manifest = new_manifest(
-        "mamba_unet",
-        list(labels),
-        modality,
-        kwargs={"channels": [8, 16, 16, 32, 32]},
-        target_spacing=(2, 2, 3),
-    )
-    torch.manual_seed(0)
-    save_model(path, build_specialist(manifest.arch, **manifest.kwargs), manifest)
-    return path
-
-
-def roi_around(scene, volume: Volume, box, k: int, name: str = "box"):
-    """An ROI node (RAS) around voxel box ``(i0, j0, i1, j1)`` on slice ``k``, 0.8 voxel thick."""
-    x0, y0, x1, y1 = box
-    c0 = volume.voxel_to_ras([x0 - 0.5, y0 - 0.5, k - 0.4])
-    c1 = volume.voxel_to_ras([x1 + 0.5, y1 + 0.5, k + 0.4])
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
-    roi.SetCenter(*((c0 + c1) / 2))
-    roi.SetSize(*np.abs(c1 - c0))
-    return roi
 
 
 # ---------------------------------------------------------------------------------- fast checks
