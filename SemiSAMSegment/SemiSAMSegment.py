@@ -10,22 +10,16 @@ of them work; against the ``slicer-core`` wheel (pytest, batch) only the Logic d
 No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads the real annotation objects.
 """
 
+import importlib.util
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import slicer
 
-# Importing SemiSAMSegmentLib also makes ``semisam`` importable in a development checkout.
-from SemiSAMSegmentLib import dependencies
-from SemiSAMSegmentLib.defaults import (
-    DEFAULTS,
-    INTENSITY_PRESETS,
-    NEEDS_CHECKPOINT,
-    Device,
-    Generalist,
-)
-from SemiSAMSegmentLib.gui import ModuleWidgetMixin, browse_folder, red_slice_node
+if importlib.util.find_spec("SemiSAMLib") is None:  # development checkout: SemiSAMLib/ is at the root
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 from SemiSAMSegmentLib.logic import CaseLogic
 from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED, disabled_reasons
 from slicer import (
@@ -34,6 +28,17 @@ from slicer import (
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
 )
+
+from SemiSAMLib import dependencies
+from SemiSAMLib.defaults import (
+    DEFAULTS,
+    INTENSITY_PRESETS,
+    NEEDS_CHECKPOINT,
+    RANGES,
+    Device,
+    Generalist,
+)
+from SemiSAMLib.gui import ModuleWidgetMixin, browse_folder, poll_timer, red_slice_node
 
 try:  # the Slicer application
     import qt
@@ -47,7 +52,7 @@ try:  # the Slicer application
     )
     from slicer.util import VTKObservationMixin
 except ImportError:  # the slicer-core wheel: MRML only; the Logic below still runs
-    from SemiSAMSegmentLib.headless import (
+    from SemiSAMLib.headless import (
         Choice,
         ScriptedLoadableModule,
         ScriptedLoadableModuleLogic,
@@ -57,15 +62,18 @@ except ImportError:  # the slicer-core wheel: MRML only; the Logic below still r
         WithinRange,
         parameterNodeWrapper,
     )
-    from SemiSAMSegmentLib.headless import tr as _
+    from SemiSAMLib.headless import tr as _
 
     qt = None
 
 log = logging.getLogger(__name__)
 
-#: Tooltips of the buttons whose engine arrives with a later issue (kept here so tests can check them).
-#: Empty: auto-segment (#4), propagate (#3) and accept (#5) all work now.
-NOT_YET: dict = {}
+#: How often the Widget looks at a running computation (ms): the progress bar moves and Cancel is seen.
+WORKER_POLL_MS = 100
+#: Background slice encoding: slices on each side of the viewed slice when a scan is shown, and at most
+#: this many slices after auto-segment (those of the proposal and its neighbours, nearest first).
+PRECOMPUTE_RADIUS = 6
+PRECOMPUTE_LIMIT = 64
 
 
 #
@@ -117,6 +125,7 @@ class SemiSAMSegmentParameterNode:
     modelFolder - specialist model folder, used when the store has no active model version.
     storeFolder - labeled-set store: source of the active model, destination of accepted cases.
     annotator - who accepts cases (provenance).
+    retrainEvery - start a retraining run (SemiSAM Train's settings) every N accepted cases; 0: never.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -132,6 +141,7 @@ class SemiSAMSegmentParameterNode:
     modelFolder: str = DEFAULTS["modelFolder"]
     storeFolder: str = DEFAULTS["storeFolder"]
     annotator: str = DEFAULTS["annotator"]
+    retrainEvery: Annotated[int, WithinRange(*RANGES["retrainEvery"])] = DEFAULTS["retrainEvery"]
 
 
 #
@@ -139,7 +149,7 @@ class SemiSAMSegmentParameterNode:
 #
 class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel (UI only: every action calls the Logic). Set-up, enter/exit, scene close and
-    preferences shared with SemiSAMTrain come from ``SemiSAMSegmentLib.gui.ModuleWidgetMixin``."""
+    preferences shared with SemiSAMTrain come from ``SemiSAMLib.gui.ModuleWidgetMixin``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -150,7 +160,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSAMSegment.ui"))
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        self._setupPanel(uiWidget, SemiSAMSegmentLogic(), NOT_YET)
+        self._setupPanel(uiWidget, SemiSAMSegmentLogic())
         self.ui.loadMaskButton.connect("clicked(bool)", self.onLoadMask)
         self.ui.saveMaskButton.connect("clicked(bool)", self.onSaveMask)
         self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
@@ -161,19 +171,34 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self.ui.nextUncertainButton.connect("clicked(bool)", self.onNextUncertainSlice)
         self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.toggleSignButton.connect("clicked(bool)", self.onToggleSign)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.pointsPlaceWidget.placeMultipleMarkups = (
             slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         )
         self._reviewSlice = None  # the slice "Next uncertain slice" last jumped to
-        self._precompute = None  # background slice encoding started after auto-segment
+        self._precompute = None  # background slice encoding (after a scan is shown or auto-segmented)
+        self._worker = None  # the running Auto-segment / Propagate computation (SemiSAMLib.worker.Worker)
+        self._workerTimer = None
+        self._showBusy(False)
         self._updateDependencies()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._stopBackground()
+        self.removeObservers()
+
+    def _stopBackground(self) -> None:
+        """Cancel the background encoding and a running computation (their results are not written)."""
         if self._precompute is not None:
             self._precompute.cancel()
-        self.removeObservers()
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker.wait(5.0)  # at most one encoder call (about a second on a CPU)
+            self._worker = None
+        if self._workerTimer is not None:
+            self._workerTimer.stop()
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = (
@@ -185,11 +210,12 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         "modelFolder",
         "storeFolder",
         "annotator",
+        "retrainEvery",
     )
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._precompute is not None:
-            self._precompute.cancel()
+        self._stopBackground()
+        self._showBusy(False)
         self.logic.clearSessions()
         self.setParameterNode(None)
 
@@ -227,56 +253,112 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         why = disabled_reasons(
             p, dependencies.torch_available(), bool(self.logic.reviewOrder(p.outputSegmentation))
         )
+        busy = self._worker is not None
         for name, reason in why.items():
             button = getattr(self.ui, name)
-            button.enabled = reason is None and not (name == "propagateButton" and problem)
+            button.enabled = reason is None and not busy and not (name == "propagateButton" and problem)
             button.toolTip = WHY_DISABLED[reason] if reason else ENABLED_TIPS[name]
         if p.outputSegmentation:
             self.logic.setSegmentOpacity(p.outputSegmentation, p.segmentOpacity)
 
-    def _run(self, title: str, work, cancellable: bool = True):
-        """Run ``work(report)`` with a progress dialog; errors go to an error dialog. Returns its result
-        (``None`` after an error or Cancel, which leaves the scene as it was)."""
-        from SemiSAMSegmentLib.gui import Cancelled, progress_dialog
+    # ------------------------------------------------------------------ computations off the GUI thread
+    def _showBusy(self, busy: bool, title: str = "") -> None:
+        """Show the panel's progress bar and Cancel button while a computation runs."""
+        self.ui.progressBar.visible = busy
+        self.ui.cancelButton.visible = busy
+        self.ui.cancelButton.enabled = busy
+        if busy:
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.setFormat(_("{title}: starting").format(title=title))
 
+    def _startWork(self, title: str, start, finish) -> None:
+        """``start()`` (main thread: reads the scene, returns a started ``Worker``; its errors are shown);
+        then the worker runs while the GUI keeps redrawing, and ``finish(result)`` writes the result to
+        the scene on the main thread. Only one computation at a time."""
+        if self._worker is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
-            try:
-                with progress_dialog(slicer.util.mainWindow(), title, cancellable) as report:
-                    return work(report)
-            except Cancelled:
-                self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
-        return None
+            self._worker = start()
+        if self._worker is None:
+            return
+        self._workerTitle, self._workerFinish = title, finish
+        self._showBusy(True, title)
+        self._updateState()
+        self._workerTimer = poll_timer(WORKER_POLL_MS, self._onWorkerTick)
+
+    def _onWorkerTick(self) -> bool:
+        from SemiSAMLib.worker import WorkerState
+
+        worker, title = self._worker, self._workerTitle
+        if worker is None:
+            return False
+        status = worker.poll()
+        self.ui.progressBar.setValue(int(round(100 * status.fraction)))
+        self.ui.progressBar.setFormat(f"{title}: {status.stage} (%p%)")
+        if not status.finished:
+            return True
+        self._worker = None
+        self._showBusy(False)
+        if status.state is WorkerState.done:
+            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
+                self._workerFinish(worker.result)
+        elif status.state is WorkerState.failed:
+            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
+                raise worker.error
+        else:
+            self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
+        self._updateState()
+        return False
+
+    def onCancel(self) -> None:
+        """Stop the running computation at its next progress report (within about a second)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self.ui.cancelButton.enabled = False
+            self.ui.progressBar.setFormat(_("{title}: cancelling...").format(title=self._workerTitle))
 
     def onAutoSegment(self) -> None:
         p = self._parameterNode
 
-        def work(report):
-            folder, version = self.logic.resolveModelFolder(p.storeFolder, p.modelFolder)
-            return self.logic.autoSegment(
-                p.inputVolume, folder, p.outputSegmentation, p.device, report, modelVersion=version
-            )
-
-        out = self._run(_("Auto-segment"), work)
-        if out is not None:
+        def finish(request):
+            out = self.logic.applyAutoSegment(request)
             self._reviewSlice = None
             self.ui.statusLabel.text = out.describe()
             self.onNextUncertainSlice()
-            self._updateState()
-            self._precomputeAround(out.review_order[:5])
+            self._precomputeSlices(
+                self.logic.slicesAroundProposal(p.inputVolume, out.review_order[:5], PRECOMPUTE_LIMIT)
+            )
 
-    def _precomputeAround(self, slices) -> None:
-        """Encode the given slices and their neighbours in the background (a best effort: a failure is
-        logged and shown under the status line; the next Propagate simply encodes what it needs)."""
+        self._startWork(
+            _("Auto-segment"),
+            lambda: self.logic.startAutoSegment(
+                p.inputVolume, p.storeFolder, p.modelFolder, p.outputSegmentation, p.device
+            ),
+            finish,
+        )
+
+    def onInputVolumeChanged(self, node) -> None:
+        """A scan is shown: encode the slices around the viewed one in the background."""
+        if node is None or not dependencies.torch_available():
+            return
+        k = self.logic.sliceIndexAt(node, red_slice_node())
+        if k is not None:
+            self._precomputeSlices(self.logic.slicesAround(node, [k], PRECOMPUTE_RADIUS))
+
+    def _precomputeSlices(self, slices) -> None:
+        """Encode ``slices`` (nearest first) in the background (a best effort: a failure is logged and shown
+        under the status line; the next Propagate simply encodes what it needs)."""
         p = self._parameterNode
+        if p is None or not p.inputVolume or not slices:
+            return
         if self._precompute is not None:
             self._precompute.cancel()
-        wanted = sorted({k + d for k in slices for d in (-1, 0, 1)})
         self._precompute = None
         try:
             self._precompute = self.logic.precomputeEmbeddings(
-                p.inputVolume, wanted, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
+                p.inputVolume, slices, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
             )
-        except (ValueError, OSError) as exc:  # CheckpointError, VolumeError are ValueErrors
+        except (ValueError, OSError, ImportError) as exc:  # CheckpointError, VolumeError are ValueErrors
             self._showProblem(_("No background slice encoding: {error}").format(error=exc))
             return
         self._checkPrecompute()
@@ -317,8 +399,13 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         p = self._parameterNode
         problem = self._precomputeProblem()
 
-        def work(report):
-            return self.logic.propagate(
+        def finish(request):
+            out = self.logic.applyPropagate(request)
+            self.ui.statusLabel.text = "\n".join(filter(None, (out.describe(p.segmentName), problem)))
+
+        self._startWork(
+            _("Propagate"),
+            lambda: self.logic.startPropagate(
                 p.inputVolume,
                 p.outputSegmentation,
                 p.segmentName,
@@ -328,25 +415,44 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.generalistCheckpoint,
                 p.intensityPreset,
                 p.device,
-                progress=report,
-            )
-
-        out = self._run(_("Propagate"), work)
-        if out is not None:
-            self.ui.statusLabel.text = "\n".join(filter(None, (out.describe(p.segmentName), problem)))
+            ),
+            finish,
+        )
 
     def onAccept(self) -> None:
         p = self._parameterNode
         provenance = {"annotator": p.annotator or None}
-        caseId = self._run(
-            _("Accept"),
-            lambda report: self.logic.accept(p.inputVolume, p.outputSegmentation, p.storeFolder, provenance),
-            cancellable=False,  # one store transaction, no steps to stop between
+        caseId = None
+        with slicer.util.tryWithErrorDisplay(_("Accept failed."), waitCursor=True):
+            # one store transaction, no steps to stop between: on the main thread, in well under a second
+            caseId = self.logic.accept(p.inputVolume, p.outputSegmentation, p.storeFolder, provenance)
+        if caseId is None:
+            return
+        text = _("Accepted as case {case} in {store}.").format(case=caseId, store=p.storeFolder)
+        with slicer.util.tryWithErrorDisplay(_("Automatic retraining failed to start.")):
+            job = self.logic.startRetrainingIfDue(p.storeFolder, p.retrainEvery, self._trainSettings())
+            if job is not None:
+                text += " " + _(
+                    "Retraining started in the background (every {n} accepted cases); SemiSAM Train shows "
+                    "its progress."
+                ).format(n=p.retrainEvery)
+        self.ui.statusLabel.text = text
+
+    @staticmethod
+    def _trainSettings():
+        """SemiSAM Train's remembered settings (method, iterations, device, generalist, promotion)."""
+        from SemiSAMLib.defaults import setting
+        from SemiSAMLib.training_job import TrainSettings
+
+        read = qt.QSettings().value
+        return TrainSettings(
+            method=setting(read, "trainingMethod").value,
+            iterations=setting(read, "iterations"),
+            device=setting(read, "device").value,
+            generalist=setting(read, "generalist").value,
+            generalist_checkpoint=setting(read, "generalistCheckpoint"),
+            promote_if_better=setting(read, "promoteIfBetter"),
         )
-        if caseId is not None:
-            self.ui.statusLabel.text = _("Accepted as case {case} in {store}.").format(
-                case=caseId, store=p.storeFolder
-            )
 
     def onToggleSign(self) -> None:
         from SemiSAMSegmentLib.markup_prompts import toggle_point_sign
@@ -379,7 +485,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def onInstallDependencies(self) -> None:
         """Install torch through the PyTorch extension, then Resources/requirements.txt, after asking."""
-        from SemiSAMSegmentLib.gui import install_dependencies
+        from SemiSAMLib.gui import install_dependencies
 
         install_dependencies(self.ui.dependenciesLabel.text)
         self._updateDependencies()

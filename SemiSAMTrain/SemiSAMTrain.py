@@ -1,14 +1,17 @@
 """SemiSAMTrain: retrain the specialist on the labeled-set store in a background process; promote, roll back.
 
-Module, parameter node, Widget, Logic and Test as in Slicer's scripted-module template. What works: choosing
-and checking the store folder, the store's case counts (labeled train / validation, unlabeled pool), its
-model versions with their validation metrics, and Promote / Rollback through ``semisam.store.ModelRegistry``.
-The training job is not in the core yet (its issue is not filed), so Retrain / Cancel stay disabled and
-their tooltips say so; the training settings are kept in the scene's parameter node for it.
+Module, parameter node, Widget, Logic and Test as in Slicer's scripted-module template. *Retrain* starts
+``semisam train`` (docs/training.md) on the store as a child process with Slicer's own Python
+(``SemiSAMLib.training_job``); a timer polls its JSON-lines events into the panel (progress bar, phase,
+elapsed / remaining time) and into a live plot of the loss terms and validation Dice (table, plot-series
+and plot-chart nodes of the scene: ``SemiSAMLib.training_plot``). *Cancel* stops the whole process tree and
+leaves the registry as it was. The store's counts, its model versions with their validation metrics,
+*Promote* and *Rollback* go through ``semisam.store``.
 
 No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads the real annotation objects.
 """
 
+import importlib.util
 import logging
 import os
 import sys
@@ -17,16 +20,19 @@ from typing import Annotated
 
 import slicer
 
-try:
-    import SemiSAMSegmentLib  # noqa: F401  (shared helpers; importing it also makes ``semisam`` importable)
-except ImportError:  # development checkout: the helpers live in the sibling SemiSAMSegment folder
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SemiSAMSegment"))
-from SemiSAMSegmentLib.defaults import (
+if importlib.util.find_spec("SemiSAMLib") is None:  # development checkout: SemiSAMLib/ is at the root
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+from SemiSAMLib import training_job
+from SemiSAMLib.defaults import (
     DEFAULTS,
+    NEEDS_CHECKPOINT,
+    RANGES,
     Device,
+    Generalist,
     TrainingMethod,
 )
-from SemiSAMSegmentLib.gui import ModuleWidgetMixin, browse_folder
+from SemiSAMLib.gui import ModuleWidgetMixin, browse_folder, poll_timer
+from SemiSAMLib.training_plot import TrainingPlot, TrainingProgress
 
 try:  # the Slicer application
     import qt
@@ -40,7 +46,7 @@ try:  # the Slicer application
     )
     from slicer.util import VTKObservationMixin
 except ImportError:  # the slicer-core wheel: MRML only; the Logic below still runs
-    from SemiSAMSegmentLib.headless import (
+    from SemiSAMLib.headless import (
         ScriptedLoadableModule,
         ScriptedLoadableModuleLogic,
         ScriptedLoadableModuleTest,
@@ -49,26 +55,17 @@ except ImportError:  # the slicer-core wheel: MRML only; the Logic below still r
         WithinRange,
         parameterNodeWrapper,
     )
-    from SemiSAMSegmentLib.headless import tr as _
+    from SemiSAMLib.headless import tr as _
 
     qt = None
 
 log = logging.getLogger(__name__)
 
-_TRAINING_ISSUE = _("the semi-supervised training issue (after #4 and #5)")
-
-#: Tooltips of the buttons whose engine arrives with a later issue (kept here so tests can check them).
-NOT_YET = {
-    "retrainButton": _("Not available yet: background retraining arrives with {issue}.").format(
-        issue=_TRAINING_ISSUE
-    ),
-    "cancelButton": _("Not available yet: cancelling a training run arrives with {issue}.").format(
-        issue=_TRAINING_ISSUE
-    ),
-}
-
 #: Columns of the model-versions table (keys of :meth:`SemiSAMTrainLogic.modelRows`).
 MODEL_COLUMNS = ("version", "active", "arch", "dice", "metrics", "evaluated on", "added", "parent")
+#: How often the Widget reads the job's events (ms), and how long Cancel waits for a clean stop (s).
+POLL_MS = 500
+CANCEL_GRACE_S = 30.0
 
 
 #
@@ -103,14 +100,20 @@ class SemiSAMTrainParameterNode:
 
     storeFolder - folder of the labeled-set store shared with SemiSAM Segment and the training process.
     trainingMethod - supervised, mean teacher, SemiSAM+ (generalist pseudo-labels) or distillation.
+    iterations - optimiser steps of one retraining run.
     device - where training runs: auto (CUDA when present), cpu or cuda.
-    epochs - number of training epochs, 1 to 1000.
+    generalist - the generalist SemiSAM+ and distillation ask (LiteMedSAM ships with the extension).
+    generalistCheckpoint - its checkpoint file, for generalists without bundled weights.
+    promoteIfBetter - make the new version active when it beats the active one on the validation split.
     """
 
     storeFolder: str = DEFAULTS["storeFolder"]
     trainingMethod: TrainingMethod = DEFAULTS["trainingMethod"]
+    iterations: Annotated[int, WithinRange(*RANGES["iterations"])] = DEFAULTS["iterations"]
     device: Device = DEFAULTS["device"]
-    epochs: Annotated[int, WithinRange(1, 1000)] = DEFAULTS["epochs"]
+    generalist: Generalist = DEFAULTS["generalist"]
+    generalistCheckpoint: str = DEFAULTS["generalistCheckpoint"]
+    promoteIfBetter: bool = DEFAULTS["promoteIfBetter"]
 
 
 #
@@ -118,41 +121,76 @@ class SemiSAMTrainParameterNode:
 #
 class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel (UI only: every check calls the Logic). Set-up, enter/exit, scene close and
-    preferences shared with SemiSAMSegment come from ``SemiSAMSegmentLib.gui.ModuleWidgetMixin``."""
+    preferences shared with SemiSAMSegment come from ``SemiSAMLib.gui.ModuleWidgetMixin``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = self._parameterNode = self._parameterNodeGuiTag = None
+        self._timer = None  # polls the training job while it runs
+        self._killAt = None  # after Cancel: when to stop waiting for a clean stop (seconds, monotonic)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSAMTrain.ui"))
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        self._setupPanel(uiWidget, SemiSAMTrainLogic(), NOT_YET)
+        self._setupPanel(uiWidget, SemiSAMTrainLogic())
         self.ui.storeBrowseButton.connect("clicked(bool)", self.onBrowseStore)
+        self.ui.checkpointBrowseButton.connect("clicked(bool)", self.onBrowseCheckpoint)
         self.ui.refreshButton.connect("clicked(bool)", self.refreshStore)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlot)
         self.ui.promoteButton.connect("clicked(bool)", self.onPromote)
         self.ui.rollbackButton.connect("clicked(bool)", self.onRollback)
         self.ui.modelsTableWidget.connect("itemSelectionChanged()", self._updateModelButtons)
         self.ui.modelsTableWidget.setColumnCount(len(MODEL_COLUMNS))
         self.ui.modelsTableWidget.setHorizontalHeaderLabels(list(MODEL_COLUMNS))
+        self.ui.trainingProgressBar.setRange(0, 100)
+        self.ui.trainingProgressBar.setValue(0)
+        slicer.app.connect("aboutToQuit()", self.onApplicationQuit)
         self._storeShown = None  # the folder the table shows
         self._hasStore = False
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
         self.removeObservers()
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
-    PREFERENCES = ("storeFolder", "trainingMethod", "device", "epochs")
+    PREFERENCES = (
+        "storeFolder", "trainingMethod", "iterations", "device", "generalist", "generalistCheckpoint",
+        "promoteIfBetter",
+    )  # fmt: skip
+
+    def _askToStop(self, when: str) -> None:
+        """Closing the scene or Slicer while training: ask whether to stop the run (cleanly: it saves a
+        checkpoint) or to let it finish in the background (reopening the module re-attaches to it)."""
+        if not self.logic.trainingRunning():
+            return
+        stop = slicer.util.confirmYesNoDisplay(
+            _(
+                "A retraining run is still running ({progress}).\n\n{when} Stop it now? It saves a "
+                "checkpoint first; the registry stays as it is. Answer No to let it finish in the background "
+                "(SemiSAM Train shows it again when you reopen the module)."
+            ).format(progress=self.logic.progress.describe(), when=when)
+        )
+        if stop:
+            with slicer.util.tryWithErrorDisplay(_("Stopping the training run failed."), waitCursor=True):
+                self.logic.stopTraining(CANCEL_GRACE_S)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._askToStop(_("The scene is closing, which removes the training plot."))
         self.setParameterNode(None)
+
+    def onApplicationQuit(self) -> None:
+        self._askToStop(_("Slicer is quitting."))
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         self._applyPreferences()
+        self._reattach()
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._observeParameterNode(inputParameterNode):
@@ -166,7 +204,95 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         )
         if p and p.storeFolder != self._storeShown:
             self.refreshStore()
+        needsCheckpoint = bool(p) and p.generalist in NEEDS_CHECKPOINT
+        self.ui.generalistCheckpointLineEdit.enabled = needsCheckpoint
+        self.ui.checkpointBrowseButton.enabled = needsCheckpoint
+        self._updateTrainingButtons()
 
+    def _updateTrainingButtons(self) -> None:
+        running = self.logic.trainingRunning()
+        self.ui.retrainButton.enabled = self._hasStore and not running
+        self.ui.retrainButton.toolTip = (
+            _("Retrain the specialist on this store in a background process (progress and plot below).")
+            if self._hasStore
+            else _("Choose a folder that holds a store first (Accept in SemiSAM Segment makes one).")
+        )
+        self.ui.cancelButton.enabled = running
+        self.ui.cancelButton.toolTip = _(
+            "Stop the training run (and all its processes); the registry stays as it was."
+        )
+        self.ui.showPlotButton.enabled = self.logic.plot is not None
+
+    # ------------------------------------------------------------------ training
+    def onRetrain(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Retrain failed to start."), waitCursor=True):
+            self.logic.startTraining(p.storeFolder, self.logic.settingsFrom(p), slicer.mrmlScene)
+            self.ui.statusLabel.text = _("Retraining started.")
+            self.onShowPlot()
+            self._watch()
+        self._updateTrainingButtons()
+
+    def _reattach(self) -> None:
+        """Show a run started earlier (by this Slicer or one before it) that still runs on the store."""
+        p = self._parameterNode
+        if not p or not p.storeFolder or self._timer is not None:
+            return
+        if self.logic.attachTraining(p.storeFolder, slicer.mrmlScene) is not None:
+            self.ui.statusLabel.text = _("Re-attached to a training run started earlier.")
+            self._watch()
+
+    def _watch(self) -> None:
+        if self._timer is None or not self._timer.isActive():
+            self._killAt = None
+            self._timer = poll_timer(POLL_MS, self._onPoll)
+
+    def _onPoll(self) -> bool:
+        """Timer tick: read new events, show progress; returns False (stop polling) once the run ended."""
+        import time
+
+        self.logic.poll()
+        progress = self.logic.progress
+        self.ui.trainingProgressBar.setValue(int(round(100 * progress.fraction)))
+        self.ui.trainingStatusLabel.text = progress.describe()
+        if self._killAt is not None and time.monotonic() > self._killAt and self.logic.trainingRunning():
+            self.logic.killTraining()  # did not stop cleanly in time: end the whole process tree
+        if not self.logic.trainingFinished():
+            return True
+        self._onFinished(progress)
+        return False
+
+    def _onFinished(self, progress: TrainingProgress) -> None:
+        if progress.outcome == "done":
+            text = _("Retraining done: {version} ({promoted}). {why}").format(
+                version=progress.version,
+                promoted=_("now the active model") if progress.promoted else _("not promoted"),
+                why=progress.message,
+            )
+        elif progress.outcome == "cancelled":
+            text = _("Retraining cancelled; the registry is unchanged ({detail}).").format(
+                detail=progress.message
+            )
+        else:
+            text = _("Retraining failed: {message}").format(message=progress.message)
+            slicer.util.errorDisplay(text, detailedText=self.logic.lastLogLines())
+        self.ui.statusLabel.text = text
+        self.refreshStore()  # a new version, perhaps a new active one
+        self._updateTrainingButtons()
+
+    def onCancel(self) -> None:
+        import time
+
+        self.logic.cancelTraining()
+        self._killAt = time.monotonic() + CANCEL_GRACE_S
+        self.ui.statusLabel.text = _("Stopping the training run (it saves a checkpoint first)...")
+        self.ui.cancelButton.enabled = False
+
+    def onShowPlot(self) -> None:
+        if self.logic.plot is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(self.logic.plot.chart)
+
+    # ------------------------------------------------------------------ store and versions
     def refreshStore(self) -> None:
         """Show the store's counts and model versions (an empty table when the folder holds no store)."""
         p = self._parameterNode
@@ -190,6 +316,7 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 table.setItem(r, c, qt.QTableWidgetItem(row[key]))
         table.resizeColumnsToContents()
         self._updateModelButtons()
+        self._reattach()
 
     def _selectedVersion(self):
         items = self.ui.modelsTableWidget.selectedItems()
@@ -199,6 +326,7 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.promoteButton.enabled = self._hasStore and self._selectedVersion() is not None
         self.ui.rollbackButton.enabled = self._hasStore
         self.ui.refreshButton.enabled = bool(self._parameterNode and self._parameterNode.storeFolder)
+        self._updateTrainingButtons()
 
     def onPromote(self) -> None:
         version = self._selectedVersion()
@@ -220,19 +348,159 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         p = self._parameterNode
         p.storeFolder = browse_folder(self.parent, _("Labeled-set store folder"), p.storeFolder)
 
+    def onBrowseCheckpoint(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent,
+            _("Generalist checkpoint"),
+            "",
+            _("Checkpoints (*.pth *.pt *.safetensors);;All files (*)"),
+        )
+        if path:
+            self._parameterNode.generalistCheckpoint = path
+
 
 #
 # SemiSAMTrainLogic
 #
 class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
-    """The store's cases and model versions, promote / rollback (``semisam.store``); later the training
-    process. No qt, no ``slicer.app``: runs against slicer-core in pytest."""
+    """The store's cases and model versions, promote / rollback (``semisam.store``), and the training job:
+    a child process (``SemiSAMLib.training_job``) whose events :meth:`poll` folds into :attr:`progress` and
+    :attr:`plot`. No qt, no ``slicer.app``: runs against slicer-core in pytest.
+
+    Attributes:
+        job: the ``TrainingJob`` being watched (``None`` when none).
+        progress: its ``TrainingProgress`` (phase, iterations, times, losses, Dice, outcome).
+        plot: the ``TrainingPlot`` (table, series and chart nodes) in the scene given at start / attach.
+        events: every event read from the job, in order (a new scene's plot is rebuilt from them).
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.job = None
+        self.progress = TrainingProgress()
+        self.plot = None
+        self.events = []
 
     def getParameterNode(self):
         return SemiSAMTrainParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ the training job
+    @staticmethod
+    def settingsFrom(p) -> "training_job.TrainSettings":
+        """The run's settings from the parameter node (or anything with its fields)."""
+        return training_job.TrainSettings(
+            method=getattr(p.trainingMethod, "value", p.trainingMethod),
+            iterations=int(p.iterations),
+            device=getattr(p.device, "value", p.device),
+            generalist=getattr(p.generalist, "value", p.generalist),
+            generalist_checkpoint=p.generalistCheckpoint,
+            promote_if_better=bool(p.promoteIfBetter),
+        )
+
+    def startTraining(self, folder: str, settings, scene=None):
+        """Start ``semisam train`` on the store in ``folder`` as a child process; returns the job.
+
+        ``scene`` receives the live plot (a fresh one per run). Raises ``StoreNotFoundError`` when the
+        folder holds no store and ``TrainingJobError`` when a run still runs on it.
+        """
+        store = self.openStore(folder)  # a clear error now rather than a failing child
+        if self.trainingRunning():
+            raise training_job.TrainingJobError(_("A training run is still running; cancel it first."))
+        self.job = training_job.TrainingJob.start(store.root, settings)
+        self._watchNew(scene)
+        return self.job
+
+    def attachTraining(self, folder: str, scene=None):
+        """Watch the run recorded in the store's job-state file, if one is still running (or ended since
+        without being watched); its events so far are read again. Returns the job or ``None``."""
+        if (
+            not folder
+            or self.job is not None
+            and self.job.state.store == str(Path(folder).expanduser().resolve())
+        ):
+            return self.job
+        job = training_job.attach(folder)
+        if job is None:
+            return None
+        self.job = job
+        self.job._offset, self.job._partial = 0, b""  # replay: the plot shows the whole run
+        self._watchNew(scene)
+        self.poll()
+        return self.job
+
+    def _watchNew(self, scene) -> None:
+        self.progress, self.events = TrainingProgress(), []
+        self.plot = TrainingPlot(scene) if scene is not None else None
+        if self.plot is not None:
+            self.plot.reset()
+
+    def showIn(self, scene) -> None:
+        """Draw the watched run into ``scene`` (e.g. a new scene after the previous one closed)."""
+        self.plot = TrainingPlot(scene)
+        self.plot.reset()
+        for event in self.events:
+            self.plot.add(event)
+
+    def poll(self) -> list:
+        """Read the job's new events, fold them into :attr:`progress` and :attr:`plot`; returns them.
+
+        Once the process has ended, a run without a final event is reported as ``crashed`` with the last
+        lines of its log, and the job-state file is removed.
+        """
+        if self.job is None:
+            return []
+        events = self.job.poll()
+        for event in events:
+            self.events.append(event)
+            self.progress.apply(event)
+            if self.plot is not None and self.plot.scene is not None:
+                self.plot.add(event)
+        if not self.job.running():
+            events += self._collectEnd()
+        return events
+
+    def _collectEnd(self) -> list:
+        late = self.job.poll()  # written between the read above and the exit
+        for event in late:
+            self.events.append(event)
+            self.progress.apply(event)
+            if self.plot is not None:
+                self.plot.add(event)
+        if not self.progress.outcome:
+            self.progress.outcome = "crashed"
+            self.progress.message = self.job.crash_message() or _("the training process ended")
+        self.job.forget()
+        return late
+
+    def trainingRunning(self) -> bool:
+        return self.job is not None and self.job.running()
+
+    def trainingFinished(self) -> bool:
+        """The watched run has ended and its outcome is known (``progress.outcome``)."""
+        return self.job is not None and not self.job.running() and bool(self.progress.outcome)
+
+    def cancelTraining(self) -> None:
+        """Ask the run to stop cleanly (it checkpoints, writes ``cancelled`` and exits 3); non-blocking."""
+        if self.job is not None:
+            self.job.terminate()
+
+    def killTraining(self) -> None:
+        """End the run's whole process tree now."""
+        if self.job is not None:
+            self.job.kill()
+
+    def stopTraining(self, grace_s: float = 30.0) -> bool:
+        """Cancel and wait up to ``grace_s`` seconds, then kill; reads the last events. True when the run
+        stopped cleanly (or had already ended)."""
+        if self.job is None:
+            return True
+        clean = self.job.stop(grace_s)
+        self.poll()
+        return clean
+
+    def lastLogLines(self, n: int = 20) -> str:
+        """The last ``n`` lines of the run's log (stderr), for an error message."""
+        return training_job.last_lines(self.job.log_tail(n), n) if self.job is not None else ""
 
     @staticmethod
     def storeProblem(folder: str):

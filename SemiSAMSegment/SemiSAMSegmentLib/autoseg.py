@@ -115,6 +115,28 @@ def run_specialist(
     return segment(volume, model, manifest, device=device, progress=progress), manifest
 
 
+@dataclass
+class AutoSegmentRequest:
+    """One auto-segmentation: gathered on the main thread, computed anywhere, written on the main thread
+    (see :meth:`CaseLogic.prepareAutoSegment`).
+
+    Attributes:
+        session: the case in progress (its volume is the input).
+        model_dir, device, model_version: the specialist folder, the resolved torch device, provenance label.
+        volume_node, segmentation_node: where the result goes.
+        result, manifest: the core's ``SegmentationResult`` and the model's manifest, once computed.
+    """
+
+    session: object
+    model_dir: Path
+    device: object
+    model_version: str
+    volume_node: object
+    segmentation_node: object
+    result: object = None
+    manifest: object = None
+
+
 def write_review_table(segmentation_node, order: np.ndarray, slice_uncertainty: np.ndarray):
     """Store the ranking in a table node referenced by ``segmentation_node`` (created or reused)."""
     scene = segmentation_node.GetScene()

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from SemiSAMLib.defaults import NEEDS_CHECKPOINT, Generalist
+
 from . import accept as accept_lib
 from . import autoseg, markup_prompts, mrml_io
 from . import propagate as propagate_lib
 from . import session as session_lib
-from .defaults import NEEDS_CHECKPOINT, Generalist
 from .texts import _
 
 
@@ -132,7 +133,8 @@ class CaseLogic:
         Segments are named after the manifest's labels and replaced in place when they exist. The
         per-slice uncertainty ranking goes into a table node and the segmentation node's
         ``SemiSAM.ReviewOrder`` attribute; the labels are kept as the case's proposal (for the proposal
-        Dice at :meth:`accept`).
+        Dice at :meth:`accept`). The synchronous form of :meth:`prepareAutoSegment` -> ``computeAutoSegment``
+        -> :meth:`applyAutoSegment` (what :meth:`startAutoSegment` runs with the middle step on a thread).
 
         Args:
             volumeNode: the scan (``vtkMRMLScalarVolumeNode``).
@@ -146,19 +148,39 @@ class CaseLogic:
             :class:`SemiSAMSegmentLib.autoseg.AutoSegmentResult` (its ``review_order``: slices ``k``,
             most uncertain first).
         """
+        request = self.prepareAutoSegment(volumeNode, modelDir, segmentationNode, device, modelVersion)
+        return self.applyAutoSegment(self.computeAutoSegment(request, progress))
+
+    def prepareAutoSegment(self, volumeNode, modelDir, segmentationNode, device="auto", modelVersion=None):
+        """Main thread: read the scan from the scene; returns an ``AutoSegmentRequest``."""
         from semisam.device import resolve_device
 
-        dev = resolve_device(getattr(device, "value", device))
-        case = self.session(volumeNode)
-        result, manifest = autoseg.run_specialist(
-            case.volume, Path(modelDir), dev, progress, self._specialists
+        return autoseg.AutoSegmentRequest(
+            session=self.session(volumeNode),
+            model_dir=Path(modelDir),
+            device=resolve_device(getattr(device, "value", device)),
+            model_version=modelVersion or f"folder:{Path(modelDir).resolve()}",
+            volume_node=volumeNode,
+            segmentation_node=segmentationNode,
         )
+
+    def computeAutoSegment(self, request, progress=None):
+        """Any thread (no MRML): load (once) and run the specialist; fills ``request.result``."""
+        request.result, request.manifest = autoseg.run_specialist(
+            request.session.volume, request.model_dir, request.device, progress, self._specialists
+        )
+        return request
+
+    def applyAutoSegment(self, request):
+        """Main thread: write the computed labels and the review table; returns ``AutoSegmentResult``."""
+        result, manifest, case = request.result, request.manifest, request.session
+        volumeNode, segmentationNode = request.volume_node, request.segmentation_node
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
         names = {int(value): name for name, value in manifest.labels.items()}
         ids = mrml_io.import_mask(result.labels, volumeNode, segmentationNode, names)
         table = autoseg.write_review_table(segmentationNode, result.review_order, result.slice_uncertainty)
         case.proposal = result.labels
-        case.proposal_version = modelVersion or f"folder:{Path(modelDir).resolve()}"
+        case.proposal_version = request.model_version
         case.modality = manifest.modality
         case.review_order = [int(k) for k in result.review_order]
         return autoseg.AutoSegmentResult(
@@ -169,6 +191,19 @@ class CaseLogic:
             model_version=case.proposal_version,
             seconds={k: round(v, 3) for k, v in result.seconds.items()},
         )
+
+    def startAutoSegment(self, volumeNode, storeFolder, modelFolder, segmentationNode, device="auto"):
+        """Start an auto-segmentation on a worker thread; returns the started ``SemiSAMLib.worker.Worker``.
+
+        The model is resolved now, from the store's *active* version each time (so a version promoted
+        since the last run is used), else ``modelFolder``. Poll the worker; when it is done, call
+        :meth:`applyAutoSegment` with ``worker.result`` on the main thread.
+        """
+        from SemiSAMLib.worker import Worker
+
+        folder, version = self.resolveModelFolder(storeFolder, modelFolder)
+        request = self.prepareAutoSegment(volumeNode, folder, segmentationNode, device, version)
+        return Worker(_("Auto-segment"), lambda report: self.computeAutoSegment(request, report)).start()
 
     @staticmethod
     def reviewOrder(segmentationNode) -> list:
@@ -249,6 +284,40 @@ class CaseLogic:
         model, window, key = self._engine(generalist, checkpoint, intensityPreset, device, axis)
         return propagate_lib.precompute(case, model, key, axis, window, self.embeddingCache(), slices)
 
+    def slicesAround(self, volumeNode, centres, radius: int) -> list:
+        """Slice indices (axial, ``k``) within ``radius`` of any of ``centres``, nearest first, inside the
+        volume: what a propagation from those slices visits first."""
+        n = self.session(volumeNode).volume.shape[0]
+        wanted = {k + d for k in centres for d in range(-radius, radius + 1) if 0 <= k + d < n}
+        return sorted(wanted, key=lambda s: (min(abs(s - c) for c in centres), s))
+
+    def slicesAroundProposal(self, volumeNode, centres, limit: int) -> list:
+        """After auto-segment: the slices the proposal covers and one on each side, nearest to ``centres``
+        (e.g. the most uncertain slices) first, at most ``limit`` (the embedding cache holds ~384)."""
+        case = self.session(volumeNode)
+        if case.proposal is None:
+            return self.slicesAround(volumeNode, list(centres), 2)[:limit]
+        covered = np.flatnonzero(case.proposal.reshape(case.proposal.shape[0], -1).any(axis=1))
+        wanted = {int(k) + d for k in covered for d in (-1, 0, 1)} | {int(k) for k in centres}
+        wanted = {k for k in wanted if 0 <= k < case.volume.shape[0]}
+        anchors = list(centres) or sorted(wanted)[:1]
+        return sorted(wanted, key=lambda s: (min(abs(s - c) for c in anchors), s))[:limit] if anchors else []
+
+    @staticmethod
+    def sliceIndexAt(volumeNode, sliceNode=None):
+        """The volume's slice ``k`` nearest the centre of ``sliceNode``'s view (the middle slice when there
+        is no slice node), or ``None`` without image data."""
+        image = volumeNode.GetImageData() if volumeNode is not None else None
+        if image is None:
+            return None
+        nz = image.GetDimensions()[2]
+        if sliceNode is None:
+            return nz // 2
+        m = sliceNode.GetSliceToRAS()
+        ras = np.array([m.GetElement(r, 3) for r in range(3)] + [1.0])
+        ijk = np.linalg.inv(mrml_io.ijk_to_ras(volumeNode)) @ ras
+        return int(np.clip(round(float(ijk[2])), 0, nz - 1))
+
     @staticmethod
     def precomputeProblem(job):
         """Why the background encoding ``job`` (from :meth:`precomputeEmbeddings`) failed, as a message
@@ -286,6 +355,9 @@ class CaseLogic:
     ):
         """Prompt with markups, propagate with the generalist, replace ``segmentName`` in that range only.
 
+        The synchronous form of :meth:`preparePropagate` -> ``propagate_lib.compute`` ->
+        :meth:`applyPropagate` (:meth:`startPropagate` runs the middle step on a worker thread).
+
         Args:
             volumeNode, segmentationNode: the scan and the output.
             segmentName: the segment to write (created when missing).
@@ -304,13 +376,35 @@ class CaseLogic:
         Raises:
             MarkupPromptError: no prompt, or a markup outside the volume (names node and point).
         """
+        request = self.preparePropagate(
+            volumeNode, segmentationNode, segmentName, pointsNode, roiNode, generalist, checkpoint,
+            intensityPreset, device, axis,
+        )  # fmt: skip
+        return self.applyPropagate(propagate_lib.compute(request, progress))
+
+    def preparePropagate(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentName="lesion",
+        pointsNode=None,
+        roiNode=None,
+        generalist="litemedsam",
+        checkpoint="",
+        intensityPreset="auto",
+        device="auto",
+        axis=None,
+    ):
+        """Main thread: read the scan and the markups, get the generalist; returns a ``PropagateRequest``.
+        Errors in the prompts (``MarkupPromptError``) and the generalist's settings are raised here, before
+        any computation starts."""
         case = self.session(volumeNode)
         markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
         model, window, key = self._engine(
             generalist, checkpoint, intensityPreset, device, markups.prompts.axis
         )
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
-        return propagate_lib.run(
+        return propagate_lib.PropagateRequest(
             case,
             markups,
             model,
@@ -320,10 +414,44 @@ class CaseLogic:
             volumeNode,
             segmentationNode,
             segmentName,
-            progress,
         )
 
+    @staticmethod
+    def applyPropagate(request):
+        """Main thread: write a computed ``PropagateRequest`` into its segment; returns the outcome."""
+        return propagate_lib.apply(request)
+
+    def startPropagate(self, *args, **kwargs):
+        """:meth:`preparePropagate` now (same arguments), the propagation on a worker thread; returns the
+        started ``SemiSAMLib.worker.Worker``. When it is done, call :meth:`applyPropagate` with
+        ``worker.result`` on the main thread; after Cancel nothing is written."""
+        from SemiSAMLib.worker import Worker
+
+        request = self.preparePropagate(*args, **kwargs)
+        return Worker(_("Propagate"), lambda report: propagate_lib.compute(request, report)).start()
+
     # ------------------------------------------------------------------ accept
+    @staticmethod
+    def retrainDue(storeFolder: str, every: int) -> bool:
+        """Whether the store's labeled-case count has just reached a multiple of ``every`` (0: never)."""
+        if not every or every < 1 or not storeFolder:
+            return False
+        from semisam.store import LabeledStore
+
+        return len(LabeledStore(Path(storeFolder).expanduser()).cases()) % int(every) == 0
+
+    def startRetrainingIfDue(self, storeFolder: str, every: int, settings=None):
+        """After an accept: start a retraining run (``SemiSAMLib.training_job``) when :meth:`retrainDue`,
+        unless one still runs on the store. Returns the started ``TrainingJob`` or ``None``."""
+        from SemiSAMLib import training_job
+
+        if not self.retrainDue(storeFolder, every):
+            return None
+        running = training_job.attach(storeFolder)
+        if running is not None and running.running():
+            return None  # the running one will be followed by the next multiple of ``every``
+        return training_job.TrainingJob.start(storeFolder, settings or training_job.TrainSettings())
+
     def accept(self, volumeNode, segmentationNode, storeDir, provenance=None, segmentIds=None) -> str:
         """Add the volume and its segments to the labeled-set store; returns the new case id.
 

@@ -173,32 +173,70 @@ def write_segment(
     return segment_id, (lo, hi)
 
 
-def run(
-    session: SegmentSession,
-    markups: MarkupPrompts,
-    model,
-    state_key: tuple,
-    window: str | None,
-    cache,
-    volume_node,
-    segmentation_node,
-    segment_name: str,
-    progress: Callable[[float, str], None] | None = None,
-) -> PropagateOutcome:
-    """:func:`propagate_session` then :func:`write_segment`, timed, as a :class:`PropagateOutcome`."""
+@dataclass
+class PropagateRequest:
+    """Everything one propagation needs, gathered from the scene on the main thread by
+    :meth:`CaseLogic.preparePropagate`; :func:`compute` then runs anywhere (a worker thread) and
+    :func:`apply` writes on the main thread.
+
+    Attributes:
+        session: the case in progress (its propagation state is advanced by :func:`compute`).
+        markups: the prompts read from the markups.
+        model, state_key, window, cache: the generalist, its state key, intensity window and embedding cache.
+        volume_node, segmentation_node, segment_name: where :func:`apply` writes.
+        result: the core's ``PropagationResult`` once :func:`compute` finished (``None`` before).
+        added, rebuilt: prompts added to the kept state and whether it was started afresh.
+        seconds: wall-clock seconds of :func:`compute`.
+    """
+
+    session: SegmentSession
+    markups: MarkupPrompts
+    model: object
+    state_key: tuple
+    window: str | None
+    cache: object
+    volume_node: object
+    segmentation_node: object
+    segment_name: str
+    result: object = None
+    added: int = 0
+    rebuilt: bool = False
+    seconds: float = 0.0
+
+
+def compute(
+    request: PropagateRequest, progress: Callable[[float, str], None] | None = None
+) -> PropagateRequest:
+    """The propagation itself (no MRML: safe on a worker thread); fills ``request.result``.
+
+    ``progress(fraction, stage)`` is called once per propagated slice and a last time with stage
+    ``"writing the segment"``; when it raises (Cancel) nothing is written.
+    """
     t0 = time.perf_counter()
-    result, added, rebuilt = propagate_session(session, markups, model, state_key, window, cache, progress)
-    if (
-        progress is not None
-    ):  # the last report (a Cancel is honoured here at the latest): nothing after the write
+    r = request
+    r.result, r.added, r.rebuilt = propagate_session(
+        r.session, r.markups, r.model, r.state_key, r.window, r.cache, progress
+    )
+    r.seconds = time.perf_counter() - t0
+    if progress is not None:  # the last report (a Cancel is honoured here at the latest): nothing after
         progress(1.0, "writing the segment")
-    axis = markups.prompts.axis
-    segment_id, rng = write_segment(session, result, axis, volume_node, segmentation_node, segment_name)
-    seconds = time.perf_counter() - t0
+    return r
+
+
+def apply(request: PropagateRequest) -> PropagateOutcome:
+    """Write a computed propagation into the segment (main thread: MRML); returns the outcome."""
+    r, t0 = request, time.perf_counter()
+    if r.result is None:
+        raise ValueError("the propagation has not been computed (call compute first)")
+    result, axis = r.result, r.markups.prompts.axis
+    segment_id, rng = write_segment(
+        r.session, result, axis, r.volume_node, r.segmentation_node, r.segment_name
+    )
+    seconds = r.seconds + (time.perf_counter() - t0)
     log.info(
         "propagated %d prompt(s) (%d new) on %s slices %s -> %d voxels in slices %d..%d (%.1f s)",
-        len(markups.prompts.prompts),
-        added,
+        len(r.markups.prompts.prompts),
+        r.added,
         axis,
         result.key_slices,
         int(result.mask.sum()),
@@ -213,8 +251,8 @@ def run(
         slices=result.slices,
         confidence=result.confidence,
         stops=dict(result.stops),
-        added_prompts=added,
-        rebuilt=rebuilt,
-        slices_encoded=int(session.state.n_encode),
+        added_prompts=r.added,
+        rebuilt=r.rebuilt,
+        slices_encoded=int(r.session.state.n_encode),
         seconds=round(seconds, 3),
     )

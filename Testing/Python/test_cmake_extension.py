@@ -84,6 +84,15 @@ def test_segment_module_carries_its_scripts_helpers_and_the_core(configured):
 
 
 @needs_compilers
+def test_the_shared_helpers_are_installed_beside_the_modules(configured):
+    """SemiSAMLib/ (imported by both modules) lands in the scripted-modules folder as a package."""
+    listed = manifest(configured, "SemiSAMLib")
+    present = {f"SemiSAMLib/{p.name}" for p in (REPO / "SemiSAMLib").glob("*.py")}
+    assert listed["SCRIPTS"] == present and "SemiSAMLib/__init__.py" in present
+    assert listed["RESOURCES"] == set()
+
+
+@needs_compilers
 def test_train_module_and_extension_metadata(configured):
     listed = manifest(configured, "SemiSAMTrain")
     assert listed["SCRIPTS"] == {"SemiSAMTrain.py"}
@@ -101,7 +110,7 @@ def _broken_copy(tmp_path: Path, module_cmake_edit) -> Path:
     for name in ("CMakeLists.txt", "Resources"):
         path = REPO / name
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, src / name)
-    for module in ("SemiSAMSegment", "SemiSAMTrain"):
+    for module in ("SemiSAMLib", "SemiSAMSegment", "SemiSAMTrain"):
         shutil.copytree(REPO / module, src / module, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         REPO / "scripted_modules" / "semisam",

@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
-from SemiSAMSegmentLib.gui import Cancelled  # noqa: E402
 from SemiSAMSegmentLib.selftest import roi_around, tiny_model_dir  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
@@ -29,6 +28,7 @@ from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.store import LabeledStore  # noqa: E402
 from semisam.volume import Volume, read_mask, read_volume  # noqa: E402
+from SemiSAMLib.worker import Cancelled, WorkerState  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
 
@@ -231,7 +231,10 @@ def test_the_stores_active_model_is_the_one_auto_segment_uses(tmp_path):
 # ---------------------------------------------------------------- propagate and accept, lung1 crop
 @pytest.fixture(scope="module")
 def lung_flow(lung1, tmp_path_factory):
-    """Auto-segment (untrained model) -> paint marks far from the nodule -> one ROI box -> propagate."""
+    """The whole flow on one case, once: auto-segment (untrained model) -> paint marks far from the nodule
+    -> one ROI box -> propagate -> one more point -> that point moved -> accept (twice). Every step that
+    changes the case happens here and its result is kept, so the tests below only look at results and
+    pass alone and in any order."""
     tmp = tmp_path_factory.mktemp("lung_flow")
     full = read_volume(lung1.image)
     crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
@@ -261,7 +264,29 @@ def lung_flow(lung1, tmp_path_factory):
         node, seg, "lesion", roiNode=roi, device="cpu", progress=lambda f, s: stages.append((f, s))
     )
     after = mrml_io.export_mask(seg, node, [out.segment_id])
+    # A positive point on the nodule one slice up, then the same point moved by one voxel.
+    encoded_before_point = out.slices_encoded
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "corrections")
+    j, i = np.argwhere(label[key + 1] > 0).mean(axis=0).round().astype(int)
+    points.AddControlPoint(*crop.voxel_to_ras([i, j, key + 1]))
+    again = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=roi, device="cpu")
+    again_mask = mrml_io.export_mask(seg, node, [again.segment_id])
+    points.SetNthControlPointPosition(0, *crop.voxel_to_ras([i + 1, j, key + 1]))
+    moved = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=roi, device="cpu")
+    # Accept (the case ends), then accept again: a new case without the first one's prompts or proposal.
+    store_dir = tmp / "store"
+    accepted = mrml_io.export_mask(seg, node)  # label n = n-th segment: lesion 1, vessel 2
+    case_id = logic.accept(node, seg, str(store_dir), {"annotator": "JD", "notes": "test"})
+    second_id = logic.accept(node, seg, str(store_dir), None)
     return dict(
+        encoded_before_point=encoded_before_point,
+        again=again,
+        again_mask=again_mask,
+        moved=moved,
+        store_dir=store_dir,
+        accepted=accepted,
+        case_id=case_id,
+        second_id=second_id,
         scene=scene,
         node=node,
         seg=seg,
@@ -313,22 +338,12 @@ def test_slices_outside_the_propagated_range_keep_what_they_had(lung_flow):
 def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
     """A positive point on the nodule one slice up: the propagation state is kept (one prompt added, no
     slice encoded again); moving the point rebuilds the state but reuses the cached embeddings."""
-    logic, node, seg, crop, key, label = (
-        lung_flow[k] for k in ("logic", "node", "seg", "crop", "key", "label")
-    )
-    encoded = lung_flow["out"].slices_encoded
-    points = lung_flow["scene"].AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "corrections")
-    j, i = np.argwhere(label[key + 1] > 0).mean(axis=0).round().astype(int)
-    points.AddControlPoint(*crop.voxel_to_ras([i, j, key + 1]))
-    again = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
+    again, moved, key, label = (lung_flow[k] for k in ("again", "moved", "key", "label"))
     assert again.added_prompts == 1 and not again.rebuilt
-    assert again.key_slices == [key, key + 1] and again.slices_encoded == encoded
-    after = mrml_io.export_mask(seg, node, [again.segment_id])
+    assert again.key_slices == [key, key + 1] and again.slices_encoded == lung_flow["encoded_before_point"]
     lo, hi = again.slice_range
-    assert dice(after[lo : hi + 1], label[lo : hi + 1]) > 0.6
-    assert np.array_equal(after[0], lung_flow["before"][0])
-    points.SetNthControlPointPosition(0, *crop.voxel_to_ras([i + 1, j, key + 1]))  # moved: rebuild
-    moved = logic.propagate(node, seg, "lesion", pointsNode=points, roiNode=lung_flow["roi"], device="cpu")
+    assert dice(lung_flow["again_mask"][lo : hi + 1], label[lo : hi + 1]) > 0.6
+    assert np.array_equal(lung_flow["again_mask"][0], lung_flow["before"][0])
     assert moved.rebuilt and moved.added_prompts == 2
     assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
 
@@ -379,11 +394,8 @@ def test_a_failed_background_encoding_is_reported(lung_flow):
 
 
 def test_accept_stores_the_case_with_its_provenance(lung_flow):
-    logic, node, seg, tmp = (lung_flow[k] for k in ("logic", "node", "seg", "tmp"))
-    store_dir = tmp / "store"
-    accepted = mrml_io.export_mask(seg, node)  # label n = n-th segment: lesion 1, vessel 2
-    case_id = logic.accept(node, seg, str(store_dir), {"annotator": "JD", "notes": "test"})
-    store = LabeledStore(store_dir)
+    store = LabeledStore(lung_flow["store_dir"])
+    case_id, accepted = lung_flow["case_id"], lung_flow["accepted"]
     assert store.labels == {0: "background", 1: "lesion", 2: "vessel"}
     case = store.read_case(case_id)
     assert np.array_equal(case.mask.array, accepted)
@@ -399,10 +411,67 @@ def test_accept_stores_the_case_with_its_provenance(lung_flow):
     assert prov.seconds is not None and prov.seconds >= 0
     on_disk = json.loads((store.case_dir(case_id) / "case.json").read_text())
     assert on_disk["provenance"]["n_prompts"] == 3
-    # The case ended: a second accept is a new case without the first one's prompts or proposal.
-    second = logic.accept(node, seg, str(store_dir), None)
+    # The case ended: the second accept is a new case without the first one's prompts or proposal.
+    second = lung_flow["second_id"]
     assert second != case_id and store.record(second).provenance.prompts == {}
     assert store.record(second).provenance.proposal_dice is None
+
+
+# ------------------------------------------------------------------------ off the GUI thread
+def test_the_worker_path_of_propagate_gives_the_synchronous_mask(lung_flow):
+    """Propagate as the Widget runs it (prepare on the main thread, compute on a worker thread, write on
+    the main thread after polling) writes exactly the mask of the synchronous call; meanwhile the main
+    thread is free (it keeps polling) and nothing reaches the scene before the apply step."""
+    import time
+
+    logic, node, roi, scene = (lung_flow[k] for k in ("logic", "node", "roi", "scene"))
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "worker vs sync")
+    worker = logic.startPropagate(node, seg, "lesion worker", None, roi, device="cpu")
+    polls = 0
+    while not worker.poll().finished:  # what the Widget's QTimer does every 100 ms
+        polls += 1
+        assert mrml_io.segment_ids(seg) == []  # the worker never writes to MRML
+        time.sleep(0.01)
+    status = worker.poll()
+    assert status.state is WorkerState.done, worker.error
+    assert status.fraction == 1.0 and status.stage == "writing the segment"
+    threaded = logic.applyPropagate(worker.result)
+    synchronous = logic.propagate(node, seg, "lesion sync", roiNode=roi, device="cpu")
+    got = mrml_io.export_mask(seg, node, [threaded.segment_id])
+    expected = mrml_io.export_mask(seg, node, [synchronous.segment_id])
+    assert got.any() and np.array_equal(got, expected)
+    assert threaded.slice_range == synchronous.slice_range and threaded.slices == synchronous.slices
+    assert polls > 0
+
+
+def test_cancel_stops_a_worker_within_about_a_second_and_writes_nothing(lung_flow):
+    """Cancel while slices are being encoded (a new case: nothing cached): the worker ends at its next
+    progress report, the segmentation is untouched, and the time from Cancel to the end is about one
+    encoder call."""
+    import time
+
+    logic, scene, crop, roi = (lung_flow[k] for k in ("logic", "scene", "crop", "roi"))
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop, cancelled worker")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cancelled worker")
+    worker = logic.startPropagate(node, seg, "lesion", None, roi, device="cpu")
+    while worker.poll().stage == "starting" and not worker.poll().finished:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    worker.cancel()
+    status = worker.wait(timeout=30)
+    waited = time.perf_counter() - t0
+    assert status.state is WorkerState.cancelled and worker.result is None
+    assert mrml_io.segment_ids(seg) == []
+    assert waited < 5.0, f"Cancel took {waited:.2f} s"  # one LiteMedSAM encode: ~1 s on a free core
+
+
+def test_background_slices_are_the_nearest_first(lung_flow):
+    logic, node = lung_flow["logic"], lung_flow["node"]
+    n = lung_flow["crop"].shape[0]
+    assert logic.slicesAround(node, [3], 2) == [3, 2, 4, 1, 5]
+    assert logic.slicesAround(node, [0], 2) == [0, 1, 2]
+    assert set(logic.slicesAround(node, [n - 1], 50)) == set(range(n))
+    assert logic.sliceIndexAt(node) == n // 2
 
 
 # ------------------------------------------------------------------------ the module's self-test

@@ -86,29 +86,41 @@ def test_icons_are_128_pixel_pngs(path):
 
 
 def test_slicer_requirements_are_the_core_dependencies_without_torch():
-    sys.path.insert(0, str(REPO / "SemiSAMSegment"))
-    from SemiSAMSegmentLib import dependencies
+    sys.path.insert(0, str(REPO))
+    from packaging.requirements import Requirement
 
-    listed = dict(dependencies.parse_requirements((REPO / "Resources" / "requirements.txt").read_text()))
+    from SemiSAMLib import dependencies
+
+    listed = {
+        r.name: str(r.specifier)
+        for r in dependencies.parse_requirements((REPO / "Resources" / "requirements.txt").read_text())
+    }
     assert "torch" not in listed  # Slicer's PyTorch extension provides it
+    assert dependencies.SKIP_PACKAGES == ("torch",)  # ... and no requirement may replace its build
     core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for spec in core:
-        name, _, minimum = spec.partition(">=")
-        if name.strip() == "torch":
+        requirement = Requirement(spec)
+        if requirement.name == "torch":
             continue
-        assert listed.get(name.strip()) == (minimum.strip() or None), (
+        assert listed.get(requirement.name) == str(requirement.specifier), (
             f"{spec} differs in Resources/requirements.txt"
         )
 
 
 def test_requirements_checker(tmp_path):
-    sys.path.insert(0, str(REPO / "SemiSAMSegment"))
+    """Outside Slicer >= 5.11 (no ``slicer.pydeps``) the file is read with ``packaging``: full specifiers,
+    markers for other platforms skipped, a bad line named with its number."""
+    sys.path.insert(0, str(REPO))
     from importlib.metadata import PackageNotFoundError
 
-    from SemiSAMSegmentLib import dependencies
+    from SemiSAMLib import dependencies
 
+    assert dependencies.pydeps() is None  # the slicer-core wheel has no slicer.pydeps
     req = tmp_path / "requirements.txt"
-    req.write_text("# comment\nalpha>=1.10\nbeta\ngamma>=2.0  # trailing comment\n")
+    req.write_text(
+        "# comment\nalpha>=1.10\nbeta\ngamma>=2.0,<3  # trailing comment\n"
+        'delta>=1; sys_platform == "nonexistent-os"\n'
+    )
     installed = {"alpha": "1.9.3", "gamma": "2.0.post1"}
 
     def version_of(name):
@@ -117,6 +129,9 @@ def test_requirements_checker(tmp_path):
         return installed[name]
 
     assert dependencies.missing_requirements(req, version_of) == ["alpha>=1.10", "beta"]
-    req.write_text("alpha[extra]==1\n")
-    with pytest.raises(dependencies.RequirementsError, match=r"requirements\.txt:1: 'alpha\[extra\]==1'"):
+    installed["gamma"] = "3.1"
+    assert dependencies.missing_requirements(req, version_of) == ["alpha>=1.10", "beta", "gamma<3,>=2.0"]
+    req.write_text("alpha >= = 1\n")
+    with pytest.raises(dependencies.RequirementsError, match=r"requirements\.txt:1: 'alpha >= = 1' is not a"):
         dependencies.missing_requirements(req, version_of)
+    assert dependencies.missing_requirements(REPO / "Resources" / "requirements.txt") == []  # this venv

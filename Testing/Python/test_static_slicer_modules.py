@@ -39,8 +39,7 @@ def parse_ui(text: str) -> dict[str, UiWidget]:
 
 
 def ui_names_used(tree: ast.Module) -> set[str]:
-    """``X`` of every ``self.ui.X`` in the module, plus the keys of a module-level ``NOT_YET`` dict
-    (those buttons are reached through ``getattr(self.ui, name)``)."""
+    """``X`` of every ``self.ui.X`` in the module."""
     names = set()
     for node in ast.walk(tree):
         if (
@@ -51,11 +50,6 @@ def ui_names_used(tree: ast.Module) -> set[str]:
             and node.value.value.id == "self"
         ):
             names.add(node.attr)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "NOT_YET" for t in node.targets
-        ):
-            names |= {k.value for k in node.value.keys}  # type: ignore[union-attr]
     return names
 
 
@@ -187,18 +181,18 @@ def test_checker_reports_unknown_ui_name():
 
 def test_checker_reports_unknown_parameter_name():
     py, ui = _paths("SemiSAMTrain")
-    broken = ui.read_text().replace("<string>epochs</string>", "<string>epoch</string>")
+    broken = ui.read_text().replace("<string>iterations</string>", "<string>iteration</string>")
     problems = check_module(py.read_text(), broken)
-    assert any("'epoch', not a parameter node field" in p for p in problems)
-    assert any("field 'epochs' has no widget" in p for p in problems)
+    assert any("'iteration', not a parameter node field" in p for p in problems)
+    assert any("field 'iterations' has no widget" in p for p in problems)
 
 
 def test_checker_reports_widget_that_cannot_bind():
     py, ui = _paths("SemiSAMTrain")
     broken = ui.read_text().replace(
-        'class="QSpinBox" name="epochsSpinBox"', 'class="QLineEdit" name="epochsSpinBox"'
+        'class="QSpinBox" name="iterationsSpinBox"', 'class="QLineEdit" name="iterationsSpinBox"'
     )
-    assert any("cannot represent field epochs" in p for p in check_module(py.read_text(), broken))
+    assert any("cannot represent field iterations" in p for p in check_module(py.read_text(), broken))
 
 
 def test_checker_reports_boolean_string_field():
@@ -222,21 +216,31 @@ def test_remembered_preferences_are_parameter_fields_with_defaults(module):
     ]
     import sys
 
-    sys.path.insert(0, str(REPO / "SemiSAMSegment"))
-    from SemiSAMSegmentLib.defaults import DEFAULTS
+    sys.path.insert(0, str(REPO))
+    from SemiSAMLib.defaults import DEFAULTS
 
     assert set(prefs) <= set(parameter_fields(tree)) and set(prefs) <= set(DEFAULTS)
 
 
-def test_every_lib_script_is_installed_by_cmake():
-    """A helper file missing from MODULE_PYTHON_SCRIPTS is absent from the built extension: the module
+@pytest.mark.parametrize(
+    ("cmake", "pattern", "folder"),
+    [
+        (
+            "SemiSAMSegment/CMakeLists.txt",
+            r"\$\{MODULE_NAME\}Lib/(\w+\.py)",
+            "SemiSAMSegment/SemiSAMSegmentLib",
+        ),
+        ("CMakeLists.txt", r"SemiSAMLib/(\w+\.py)", "SemiSAMLib"),
+    ],
+)
+def test_every_lib_script_is_installed_by_cmake(cmake, pattern, folder):
+    """A helper file missing from the CMake script lists is absent from the built extension: the module
     would fail to import in Slicer while every test here passes."""
     import re
 
-    cmake = (REPO / "SemiSAMSegment" / "CMakeLists.txt").read_text()
-    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\w+\.py)", cmake))
-    present = {p.name for p in (REPO / "SemiSAMSegment" / "SemiSAMSegmentLib").glob("*.py")}
-    assert present - listed == set(), f"add to SemiSAMSegment/CMakeLists.txt: {sorted(present - listed)}"
+    listed = set(re.findall(pattern, (REPO / cmake).read_text()))
+    present = {p.name for p in (REPO / folder).glob("*.py")}
+    assert present - listed == set(), f"add to {cmake}: {sorted(present - listed)}"
     assert listed - present == set()
 
 
@@ -246,8 +250,8 @@ _FRAMEWORK |= {"_parameterNode", "_parameterNodeGuiTag"}
 
 
 def _mixin_needs() -> set[str]:
-    """``self.X`` that SemiSAMSegmentLib.gui.ModuleWidgetMixin uses but neither defines nor gets from Slicer."""
-    tree = ast.parse((REPO / "SemiSAMSegment" / "SemiSAMSegmentLib" / "gui.py").read_text())
+    """``self.X`` that SemiSAMLib.gui.ModuleWidgetMixin uses but neither defines nor gets from Slicer."""
+    tree = ast.parse((REPO / "SemiSAMLib" / "gui.py").read_text())
     mixin = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModuleWidgetMixin")
     defined = {n.name for n in mixin.body if isinstance(n, ast.FunctionDef)}
     defined |= {t.id for n in mixin.body if isinstance(n, ast.AnnAssign | ast.Assign) for t in _targets(n)}
@@ -276,3 +280,93 @@ def test_widget_provides_what_the_shared_mixin_calls(module):
     methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
     assert needs - methods == set(), f"{module}Widget must define {sorted(needs - methods)}"
     assert "_setupPanel" in ast.unparse(next(n for n in widget.body if getattr(n, "name", "") == "setup"))
+
+
+# ------------------------------------------------------------------------------ Qt signals the Widgets connect
+_BUTTON = {"clicked()", "clicked(bool)", "pressed()", "released()", "toggled(bool)"}
+_VIEW = {"clicked(QModelIndex)", "doubleClicked(QModelIndex)", "activated(QModelIndex)"}
+#: Signals of the widget classes the .ui files use (their own and inherited ones, as Qt / CTK / Slicer
+#: declare them, in the normalised form PythonQt's ``connect`` takes).
+SIGNALS = {
+    "QPushButton": _BUTTON,
+    "QToolButton": _BUTTON | {"triggered(QAction*)"},
+    "QCheckBox": _BUTTON | {"stateChanged(int)"},
+    "QTableWidget": _VIEW
+    | {
+        "itemSelectionChanged()",
+        "cellClicked(int,int)",
+        "cellDoubleClicked(int,int)",
+        "itemChanged(QTableWidgetItem*)",
+    },
+    "QComboBox": {"currentIndexChanged(int)", "currentTextChanged(QString)", "activated(int)"},
+    "QLineEdit": {"textChanged(QString)", "textEdited(QString)", "editingFinished()", "returnPressed()"},
+    "QSpinBox": {"valueChanged(int)", "editingFinished()"},
+    "ctkSliderWidget": {"valueChanged(double)", "valueIsChanging(double)"},
+    "qMRMLNodeComboBox": {
+        "currentNodeChanged(vtkMRMLNode*)",
+        "currentNodeChanged(bool)",
+        "currentNodeIDChanged(QString)",
+        "nodeAdded(vtkMRMLNode*)",
+        "nodeActivated(vtkMRMLNode*)",
+    },
+    "qSlicerMarkupsPlaceWidget": {"activeMarkupsFiducialPlaceModeChanged(bool)"},
+}
+
+
+def ui_connections(tree: ast.Module) -> list[tuple[str, str, int]]:
+    """``(widget name, signal, line)`` of every ``self.ui.X.connect("signal", ...)`` in the module."""
+    out = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "connect"
+            and isinstance(node.func.value, ast.Attribute)
+            and ast.unparse(node.func.value.value) == "self.ui"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            out.append((node.func.value.attr, node.args[0].value, node.lineno))
+    return out
+
+
+def check_signals(source: str, ui_text: str) -> list[str]:
+    """Every signal a Widget connects on a ``self.ui`` widget exists for that widget's class."""
+    widgets = parse_ui(ui_text)
+    problems = []
+    for name, signal, line in ui_connections(ast.parse(source)):
+        widget = widgets.get(name)
+        if widget is None:
+            problems.append(f"line {line}: self.ui.{name} is not in the .ui")
+        elif widget.cls not in SIGNALS:
+            problems.append(f"line {line}: {name} is a {widget.cls}; add its signals to SIGNALS")
+        elif signal.replace(" ", "") not in SIGNALS[widget.cls]:
+            problems.append(f"line {line}: {name} ({widget.cls}) has no signal {signal!r}")
+    return problems
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_connected_signal_exists_in_the_ui(module):
+    py, ui = _paths(module)
+    connections = ui_connections(ast.parse(py.read_text()))
+    assert len(connections) >= 8, connections  # the parser finds the Widget's connections
+    assert check_signals(py.read_text(), ui.read_text()) == []
+
+
+def test_signal_checker_reports_a_wrong_signal_and_a_wrong_class():
+    py, ui = _paths("SemiSAMSegment")
+    broken = py.read_text().replace(
+        'cancelButton.connect("clicked(bool)"', 'cancelButton.connect("clickd(bool)"'
+    )
+    assert any(
+        "cancelButton (QPushButton) has no signal 'clickd(bool)'" in p
+        for p in check_signals(broken, ui.read_text())
+    )
+    py, ui = _paths("SemiSAMTrain")
+    broken_ui = ui.read_text().replace(
+        'class="QTableWidget" name="modelsTableWidget"', 'class="QPushButton" name="modelsTableWidget"'
+    )
+    problems = check_signals(py.read_text(), broken_ui)
+    assert any(
+        "modelsTableWidget (QPushButton) has no signal 'itemSelectionChanged()'" in p for p in problems
+    )

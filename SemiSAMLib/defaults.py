@@ -31,12 +31,13 @@ NEEDS_CHECKPOINT = frozenset({Generalist.sam, Generalist.medsam, Generalist.sam2
 
 
 class TrainingMethod(enum.Enum):
-    """Ways SemiSAMTrain can retrain the specialist (DESIGN.md, "training")."""
+    """Ways SemiSAMTrain can retrain the specialist: the ``--method`` values of ``semisam train``
+    (docs/training.md); labeled cases always teach (``supervised`` is part of every method)."""
 
     supervised = "supervised"
     mean_teacher = "mean_teacher"
     semisam_plus = "semisam_plus"  # generalist pseudo-labels with confidence weighting
-    distillation = "distillation"  # MedSAM -> student with perturbation consistency
+    distill = "distill"  # generalist -> student distillation with perturbation consistency
 
     def label(self) -> str:
         """Combo-box text."""
@@ -64,7 +65,7 @@ _LABELS: dict[enum.Enum, str] = {
     TrainingMethod.supervised: "Supervised (labeled cases only)",
     TrainingMethod.mean_teacher: "Mean teacher",
     TrainingMethod.semisam_plus: "SemiSAM+ (generalist pseudo-labels)",
-    TrainingMethod.distillation: "MedSAM-to-student distillation",
+    TrainingMethod.distill: "Generalist-to-student distillation",
     Device.auto: "auto (CUDA when present)",
     Device.cpu: "CPU",
     Device.cuda: "CUDA",
@@ -88,8 +89,13 @@ DEFAULTS: dict[str, Any] = {
     "modelFolder": "",  # a specialist folder picked by the user (when the store has no active model)
     "annotator": "",  # recorded in the provenance of accepted cases
     "trainingMethod": TrainingMethod.semisam_plus,
-    "epochs": 50,
+    "iterations": 200,  # optimiser steps of one retraining run (semisam train --iterations)
+    "promoteIfBetter": True,  # False: the run registers its version but never promotes it (--no-promote)
+    "retrainEvery": 0,  # SemiSAMSegment starts a retraining run every N accepted cases; 0: never
 }
+
+#: Bounds of the integer settings (the parameter nodes' ``WithinRange`` and the spin boxes use them).
+RANGES: dict[str, tuple[int, int]] = {"iterations": (1, 100000), "retrainEvery": (0, 1000)}
 
 SETTINGS_PREFIX = "SemiSAM/"
 

@@ -7,61 +7,9 @@ collection, the Logic against slicer-core) costs nothing and needs no GUI.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """Raised by a progress dialog's ``report`` once the user pressed Cancel.
-
-    The Logic calls only compute until the last step and write to the scene at the end (propagation keeps
-    its finished tracks and drops the interrupted one), so a cancelled run changes nothing in the scene.
-    """
-
-
-@contextlib.contextmanager
-def progress_dialog(parent, title: str, cancellable: bool = True) -> Iterator[Callable[[float, str], None]]:
-    """A modal progress dialog for long Logic calls; yields ``report(fraction 0..1, stage)``.
-
-    ``report`` updates the bar and processes GUI events, so the application stays responsive (repaints,
-    no "not responding") while the work runs in the main thread in small steps. With ``cancellable`` the
-    dialog has a Cancel button and ``report`` raises :class:`Cancelled` at the first step after it was
-    pressed (an encoder call in progress finishes first: about a second on a CPU); without, there is no
-    button that would pretend to cancel a call that never reports.
-    """
-    import qt
-    import slicer
-
-    dialog = slicer.util.createProgressDialog(
-        parent=parent, windowTitle=title, labelText=title, maximum=100, value=0
-    )
-    # Window-modal: processEvents below lets user input through (for Cancel), but not to the main window,
-    # so the scene cannot be edited under a running Logic call.
-    dialog.setWindowModality(qt.Qt.WindowModal)
-    if not cancellable:
-        try:
-            dialog.setCancelButton(None)
-        except (TypeError, ValueError):  # then Cancel only hides the dialog; the call still completes
-            log.debug("this PythonQt cannot remove the cancel button")
-    dialog.show()
-    slicer.app.processEvents()
-
-    def report(fraction: float, stage: str) -> None:
-        dialog.setValue(int(round(100 * max(0.0, min(1.0, fraction)))))
-        dialog.setLabelText(f"{title}: {stage}")
-        slicer.app.processEvents()
-        # checked after the events: a click handled just now stops the work before its next step
-        if dialog.wasCanceled:
-            raise Cancelled(title)
-
-    try:
-        yield report
-    finally:
-        dialog.close()
-        dialog.deleteLater()
 
 
 def red_slice_node():
@@ -94,9 +42,8 @@ class ModuleWidgetMixin:
 
     PREFERENCES: tuple[str, ...] = ()
 
-    def _setupPanel(self, uiWidget, logic, notYet: dict) -> None:
-        """Add the loaded panel (``self.ui`` already set), attach the Logic, observe the scene closing and
-        disable the buttons of ``notYet`` (name -> tooltip saying why)."""
+    def _setupPanel(self, uiWidget, logic) -> None:
+        """Add the loaded panel (``self.ui`` already set), attach the Logic and observe the scene closing."""
         import slicer
 
         self.layout.addWidget(uiWidget)
@@ -104,10 +51,6 @@ class ModuleWidgetMixin:
         self.logic = logic
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        for name, tip in notYet.items():
-            button = getattr(self.ui, name)
-            button.enabled = False
-            button.toolTip = tip
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -185,4 +128,27 @@ def install_dependencies(missing_text: str) -> None:
 
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                 raise RuntimeError(_("PyTorch was not installed; the other packages need it first."))
-        slicer.util.pip_install(["-r", str(dependencies.requirements_file())])
+        dependencies.install_missing()
+
+
+def poll_timer(interval_ms: int, tick) -> object:
+    """A started ``qt.QTimer`` that calls ``tick()`` every ``interval_ms`` until ``tick`` returns False
+    (then the timer stops itself). The Widgets poll their worker threads and the training process with it,
+    so that results reach the scene on the main thread while the GUI keeps redrawing."""
+    import qt
+
+    timer = qt.QTimer()
+    timer.setInterval(int(interval_ms))
+
+    def on_timeout() -> None:
+        try:
+            keep = tick()
+        except Exception:  # a failing tick must not fire again every interval
+            timer.stop()
+            raise
+        if not keep:
+            timer.stop()
+
+    timer.connect("timeout()", on_timeout)
+    timer.start()
+    return timer
