@@ -18,6 +18,15 @@ import vtk
 CHART_NAME = "SemiSAM training"
 LOSS_TABLE_NAME = "SemiSAM training losses"
 DICE_TABLE_NAME = "SemiSAM validation Dice"
+#: Plot-series names: one per loss term (``"SemiSAM training: loss total"``) and the validation Dice (a loss
+#: term may itself be called ``dice``).
+VALIDATION_SERIES = f"{CHART_NAME}: validation Dice"
+
+
+def _loss_series(term: str) -> str:
+    return f"{CHART_NAME}: loss {term}"
+
+
 #: What the phases of ``semisam train`` are called in the panel.
 PHASE_TEXT = {
     "loading": "loading the store",
@@ -175,16 +184,15 @@ class TrainingPlot:
     def reset(self) -> None:
         """Empty both tables and drop the series (a new run starts a new plot)."""
         self.chart.RemoveAllPlotSeriesNodeIDs()
-        for name in [*self._terms, "dice"]:
-            series = self.scene.GetFirstNode(f"{CHART_NAME}: {name}", "vtkMRMLPlotSeriesNode", False, True)
+        for name in [*(_loss_series(t) for t in self._terms), VALIDATION_SERIES]:
+            series = self.scene.GetFirstNode(name, "vtkMRMLPlotSeriesNode", False, True)
             if series is not None:
                 self.scene.RemoveNode(series)
         self._terms = []
         self._set_table(self.loss_table, ["iteration"])
         self._set_table(self.dice_table, ["iteration", "dice"])
 
-    def _series(self, table_node, column: str, colour) -> None:
-        name = f"{CHART_NAME}: {column}"
+    def _series(self, table_node, column: str, name: str, colour) -> None:
         series = self.scene.GetFirstNode(name, "vtkMRMLPlotSeriesNode", False, True)
         if series is None:
             series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
@@ -192,7 +200,9 @@ class TrainingPlot:
         series.SetXColumnName("iteration")
         series.SetYColumnName(column)
         series.SetPlotType(series.PlotTypeScatter)
-        series.SetMarkerStyle(series.MarkerStyleNone if column != "dice" else series.MarkerStyleCircle)
+        series.SetMarkerStyle(
+            series.MarkerStyleCircle if name == VALIDATION_SERIES else series.MarkerStyleNone
+        )
         series.SetColor(*colour)
         if not self.chart.HasPlotSeriesNodeID(series.GetID()):
             self.chart.AddAndObservePlotSeriesNodeID(series.GetID())
@@ -211,12 +221,13 @@ class TrainingPlot:
                 array.Fill(float("nan"))
                 table.AddColumn(array)
                 self._terms.append(term)
-                self._series(self.loss_table, term, COLOURS[(len(self._terms) - 1) % len(COLOURS)])
+                colour = COLOURS[(len(self._terms) - 1) % len(COLOURS)]
+                self._series(self.loss_table, term, _loss_series(term), colour)
             row = [float(event["iteration"])] + [float(losses.get(t, float("nan"))) for t in self._terms]
             self._append(self.loss_table, row)
         elif kind == "validation":
             self._append(self.dice_table, [float(event["iteration"]), float(event["dice"])])
-            self._series(self.dice_table, "dice", (0.0, 0.0, 0.0))
+            self._series(self.dice_table, "dice", VALIDATION_SERIES, (0.0, 0.0, 0.0))
 
     @staticmethod
     def _append(node, values) -> None:
