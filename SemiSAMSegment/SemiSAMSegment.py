@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 WORKER_POLL_MS = 100
 #: Background slice encoding: slices on each side of the viewed slice when a scan is shown, and at most
 #: this many slices after auto-segment (those of the proposal and its neighbours, nearest first).
-PRECOMPUTE_RADIUS = 6
+PRECOMPUTE_RADIUS = 8
 PRECOMPUTE_LIMIT = 64
 
 

@@ -10,8 +10,13 @@ Logic / core, so the noise of a shared machine mostly cancels.
   (kept state, warm cache);
 * auto-segment: an untrained ``mamba_unet`` (as ``semisam model init`` makes it, channels 8..32, target
   spacing 2 x 2 x 3 mm) on the full lung1 (512 x 512 x 48).
+* propagate_preencoded: what the user waits for after pressing *Propagate* on a 10-slice structure (an AAL
+  atlas region on Colin27, cropped with a 24-voxel margin), from the press (``startPropagate``: markups ->
+  prompts, worker thread) to the mask in the scene (``applyPropagate`` after polling), as the Widget runs
+  it: cold (nothing encoded yet) vs after the background encoding the Widget starts when the scan is shown
+  (the viewed slice +- ``PRECOMPUTE_RADIUS``, finished while the user places the box). Both on fresh Logics, alternately.
 
-    python Testing/benchmarks/slicer_logic.py [--repeats 3]
+    python Testing/benchmarks/slicer_logic.py [--repeats 3] [--only propagate_preencoded]
 """
 
 from __future__ import annotations
@@ -164,20 +169,115 @@ def bench_autosegment(case, repeats: int) -> dict:
     }
 
 
+def atlas_structure(slices: int = 10, margin: tuple[int, int, int] = (2, 24, 24)):
+    """``(crop, label mask, region name)``: the AAL region of Colin27 spanning ``slices`` axial slices whose
+    mean slice area is largest (a compact structure), cropped with ``margin`` voxels (Z, Y, X)."""
+    from semisam.propagation.simulate import crop_around
+
+    image = read_volume(SHARED / "ch2.nii.gz")
+    atlas = read_mask(SHARED / "aal_dev.nii.gz", reference=image).array
+    names = {}
+    for line in (SHARED / "aal_dev.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    best = None
+    for value in np.unique(atlas)[1:]:
+        region = atlas == value
+        extent = np.flatnonzero(region.reshape(region.shape[0], -1).any(axis=1))
+        if len(extent) == slices and extent[-1] - extent[0] + 1 == slices:
+            area = region.sum() / slices
+            best = max(best or (0, 0), (area, int(value)))
+    if best is None:
+        raise SystemExit(f"no AAL region spans exactly {slices} contiguous axial slices")
+    crop, label = crop_around(image, (atlas == best[1]).astype(np.uint8), margin)
+    return crop, label, names.get(best[1], str(best[1]))
+
+
+def bench_propagate_preencoded(repeats: int) -> dict:
+    """Press-to-scene time of Propagate, cold vs with the background encoding (see the module docstring)."""
+    from semisam.generalists import build_generalist
+
+    segment_module = importlib.import_module("SemiSAMSegment")
+    radius = segment_module.PRECOMPUTE_RADIUS  # what the Widget encodes around the viewed slice
+    crop, label, name = atlas_structure()
+    key = middle_slice(label)
+    box = box_from_mask(label[key] > 0)
+    model = build_generalist("litemedsam", device="cpu")
+    scene = _scene()
+    x0, y0, x1, y1 = box
+    c0 = crop.voxel_to_ras([x0 - 0.5, y0 - 0.5, key - 0.4])
+    c1 = crop.voxel_to_ras([x1 + 0.5, y1 + 0.5, key + 0.4])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenter(*((c0 + c1) / 2))
+    roi.SetSize(*np.abs(c1 - c0))
+    results = {}
+
+    def press(preencode: bool):
+        logic = segment_module.SemiSAMSegmentLogic()  # fresh session and embedding cache
+        logic._generalists[("litemedsam", "", "cpu")] = model  # the model is loaded once, like in Slicer
+        node = mrml_io.node_from_volume(crop, scene, "structure")
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        encode_s = 0.0
+        if preencode:  # the scan is shown with the key slice in view: the Widget encodes key +- radius
+            t = time.perf_counter()
+            job = logic.precomputeEmbeddings(node, logic.slicesAround(node, [key], radius), device="cpu")
+            job.wait()
+            encode_s = time.perf_counter() - t
+        t0 = time.perf_counter()
+        worker = logic.startPropagate(node, seg, "structure", None, roi, device="cpu")
+        while not worker.poll().finished:
+            time.sleep(0.005)
+        out = logic.applyPropagate(worker.result)
+        seconds = time.perf_counter() - t0
+        mask = mrml_io.export_mask(seg, node, [out.segment_id])
+        results[preencode] = (out, mask, encode_s)
+        return seconds
+
+    press(True)  # warm-up: ONNX sessions, first-call allocations
+    cold_s, warm_s = [], []
+    for _ in range(repeats):  # alternately, so load changes on a shared machine hit both alike
+        cold_s.append(press(False))
+        warm_s.append(press(True))
+    t_cold, t_warm = statistics.median(cold_s), statistics.median(warm_s)
+    (cold, cold_mask, _), (warm, warm_mask, encode_s) = results[False], results[True]
+    return {
+        "structure": name,
+        "volume_zyx": list(crop.shape),
+        "structure_slices": int(label.reshape(label.shape[0], -1).any(axis=1).sum()),
+        "propagated_slices": len(warm.slices),
+        "preencoded_slices": len(range(max(0, key - radius), min(crop.shape[0], key + radius + 1))),
+        "background_encode_s": round(encode_s, 3),
+        "cold_press_to_scene_s": round(t_cold, 3),
+        "preencoded_press_to_scene_s": round(t_warm, 3),
+        "speedup": round(t_cold / t_warm, 2),
+        "slices_encoded_cold": cold.slices_encoded,
+        "slices_encoded_preencoded": warm.slices_encoded,
+        "same_mask": bool(np.array_equal(cold_mask, warm_mask)),
+        "dice_vs_atlas": round(dice(warm_mask, label), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("propagate", "autosegment", "propagate_preencoded"), action="append"
+    )
     args = parser.parse_args()
+    only = set(args.only or ("propagate", "autosegment", "propagate_preencoded"))
 
-    case = find_case("lung1", extra=[SHARED])
-    if case is None:
-        raise SystemExit("sample case lung1 not found; run `semisam samples fetch`")
-    out = {
-        "machine": machine_info(),
-        "repeats": args.repeats,
-        "propagate": bench_propagate(case, args.repeats),
-        "autosegment": bench_autosegment(case, args.repeats),
-    }
+    out = {"machine": machine_info(), "repeats": args.repeats}
+    if only & {"propagate", "autosegment"}:
+        case = find_case("lung1", extra=[SHARED])
+        if case is None:
+            raise SystemExit("sample case lung1 not found; run `semisam samples fetch`")
+        if "propagate" in only:
+            out["propagate"] = bench_propagate(case, args.repeats)
+        if "autosegment" in only:
+            out["autosegment"] = bench_autosegment(case, args.repeats)
+    if "propagate_preencoded" in only:
+        out["propagate_preencoded"] = bench_propagate_preencoded(args.repeats)
     print(json.dumps(out, indent=2))
 
 
