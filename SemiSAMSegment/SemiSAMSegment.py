@@ -557,6 +557,8 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
             test()
         self.setUp()
         self.test_PropagateAndAccept()
+        self.setUp()
+        self.test_PropagateOffTheGuiThread()
 
     def test_GeneralistProblem(self) -> None:
         logic = SemiSAMSegmentLogic()
@@ -591,3 +593,15 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
         with tempfile.TemporaryDirectory() as folder:
             propagate_and_accept_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
         self.delayDisplay("Test passed")
+
+    def test_PropagateOffTheGuiThread(self) -> None:
+        import tempfile
+
+        from SemiSAMSegmentLib.selftest import worker_propagate_flow
+
+        self.delayDisplay("Propagate on a worker thread while the GUI keeps redrawing")
+        with tempfile.TemporaryDirectory() as folder:
+            worker_propagate_flow(
+                self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder), slicer.app.processEvents
+            )
+        self.delayDisplay("Worker propagation passed")

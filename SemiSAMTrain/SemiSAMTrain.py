@@ -380,6 +380,7 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
         self.progress = TrainingProgress()
         self.plot = None
         self.events = []
+        self._ended = False
 
     def getParameterNode(self):
         return SemiSAMTrainParameterNode(super().getParameterNode())
@@ -429,7 +430,7 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
         return self.job
 
     def _watchNew(self, scene) -> None:
-        self.progress, self.events = TrainingProgress(), []
+        self.progress, self.events, self._ended = TrainingProgress(), [], False
         self.plot = TrainingPlot(scene) if scene is not None else None
         if self.plot is not None:
             self.plot.reset()
@@ -455,7 +456,7 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
             self.progress.apply(event)
             if self.plot is not None and self.plot.scene is not None:
                 self.plot.add(event)
-        if not self.job.running():
+        if not self._ended and not self.job.running():
             events += self._collectEnd()
         return events
 
@@ -470,14 +471,16 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
             self.progress.outcome = "crashed"
             self.progress.message = self.job.crash_message() or _("the training process ended")
         self.job.forget()
+        self._ended = True
         return late
 
     def trainingRunning(self) -> bool:
         return self.job is not None and self.job.running()
 
     def trainingFinished(self) -> bool:
-        """The watched run has ended and its outcome is known (``progress.outcome``)."""
-        return self.job is not None and not self.job.running() and bool(self.progress.outcome)
+        """The watched run has ended, :meth:`poll` has read all it wrote and its outcome is known
+        (``progress.outcome``)."""
+        return self.job is not None and self._ended
 
     def cancelTraining(self) -> None:
         """Ask the run to stop cleanly (it checkpoints, writes ``cancelled`` and exits 3); non-blocking."""
@@ -603,10 +606,15 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        self.test_StoreProblem()
-        self.test_ParameterNode()
-        self.test_PromoteRollback()
+        for test in (
+            self.test_StoreProblem,
+            self.test_ParameterNode,
+            self.test_PromoteRollback,
+            self.test_RetrainAndAutoSegment,
+            self.test_CancelAndReattach,
+        ):
+            self.setUp()
+            test()
 
     def test_StoreProblem(self) -> None:
         import tempfile
@@ -623,8 +631,9 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
     def test_ParameterNode(self) -> None:
         node = SemiSAMTrainLogic().getParameterNode()
         self.assertEqual(node.trainingMethod, DEFAULTS["trainingMethod"])
-        node.epochs = 7
-        self.assertEqual(node.epochs, 7)
+        node.iterations = 7
+        self.assertEqual(node.iterations, 7)
+        self.assertEqual(SemiSAMTrainLogic.settingsFrom(node).iterations, 7)
         self.delayDisplay("Test passed")
 
     def test_PromoteRollback(self) -> None:
@@ -661,3 +670,40 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
             self.assertEqual([r["active"] for r in logic.modelRows(folder)], ["", "yes"])
             self.assertEqual(logic.rollback(folder).version, "v0001")
         self.delayDisplay("Promote / rollback passed")
+
+    def test_RetrainAndAutoSegment(self) -> None:
+        """Mirrors test_a_real_run_reaches_done_... of Testing/Python/test_slicer_train_job.py."""
+        import tempfile
+
+        import SemiSAMSegment
+        from SemiSAMLib import training_selftest
+
+        self.delayDisplay("Retrain a tiny synthetic store (a real semisam train process), then auto-segment")
+        with tempfile.TemporaryDirectory() as tmp:
+            version = training_selftest.retrain_flow(
+                self,
+                slicer.mrmlScene,
+                SemiSAMTrainLogic(),
+                SemiSAMSegment.SemiSAMSegmentLogic(),
+                Path(tmp),
+                slicer.app.processEvents,
+            )
+        self.delayDisplay(f"Retrain passed: {version}")
+
+    def test_CancelAndReattach(self) -> None:
+        """Mirrors test_cancel_ends_the_real_child_... of Testing/Python/test_slicer_train_job.py."""
+        import tempfile
+
+        from SemiSAMLib import training_selftest
+
+        self.delayDisplay("Cancel a running retraining, watched by a re-attached Logic")
+        with tempfile.TemporaryDirectory() as tmp:
+            training_selftest.cancel_flow(
+                self,
+                slicer.mrmlScene,
+                SemiSAMTrainLogic,
+                Path(tmp),
+                slicer.app.processEvents,
+                forget_live=False,
+            )
+        self.delayDisplay("Cancel passed")

@@ -122,3 +122,33 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     test.assertTrue(np.array_equal(stored.mask.array, accepted))
     test.assertEqual(stored.record.provenance.prompts, {"box": 1})
     test.assertEqual(stored.record.provenance.annotator, "self-test")
+
+
+def worker_propagate_flow(test, scene, logic, tmp: Path, idle=None) -> None:
+    """test_the_worker_path_of_propagate_gives_the_synchronous_mask: Propagate as the Widget runs it
+    (worker thread, polled; written on the main thread) gives the mask of the synchronous call, and the
+    worker writes nothing to the scene itself. ``idle`` runs between polls (``slicer.app.processEvents``)."""
+    import time
+
+    from semisam.prompts import box_from_mask
+    from semisam.propagation.simulate import crop_around, middle_slice
+    from semisam.volume import read_mask, read_volume
+    from SemiSAMLib.worker import WorkerState
+
+    case = sample_or_skip(test, "lung1")
+    full = read_volume(case.image)
+    crop, label = crop_around(full, read_mask(case.label, reference=full).array, (2, 24, 24))
+    node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "worker vs sync")
+    key = middle_slice(label)
+    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    worker = logic.startPropagate(node, seg, "lesion worker", None, roi, device="cpu")
+    while not worker.poll().finished:
+        test.assertEqual(mrml_io.segment_ids(seg), [])
+        (idle or (lambda: time.sleep(0.01)))()
+    test.assertIs(worker.poll().state, WorkerState.done, worker.error)
+    threaded = logic.applyPropagate(worker.result)
+    synchronous = logic.propagate(node, seg, "lesion sync", roiNode=roi, device="cpu")
+    got = mrml_io.export_mask(seg, node, [threaded.segment_id])
+    test.assertTrue(got.any())
+    test.assertTrue(np.array_equal(got, mrml_io.export_mask(seg, node, [synchronous.segment_id])))

@@ -490,6 +490,7 @@ def test_the_modules_self_test_flows_pass_on_the_real_scene(tmp_path):
     selftest.mask_round_trip_flow(case, scene, logic, tmp_path / "mask")
     selftest.auto_segment_flow(case, scene, logic, tmp_path / "auto")
     selftest.propagate_and_accept_flow(case, scene, logic, tmp_path / "prop")
+    selftest.worker_propagate_flow(case, scene, logic, tmp_path / "worker")
 
 
 @pytest.mark.cuda
