@@ -190,6 +190,9 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         self._applyPreferences()
+        plot = self.logic.plot
+        if self.logic.trainingRunning() and (plot is None or plot.chart.GetScene() is None):
+            self.logic.showIn(slicer.mrmlScene)  # a new scene: draw the running job's curves again
         self._reattach()
 
     def setParameterNode(self, inputParameterNode) -> None:

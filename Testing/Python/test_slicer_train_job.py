@@ -164,8 +164,11 @@ def test_cancel_ends_the_real_child_and_leaves_the_registry_as_it_was(mrml_scene
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_engine
 def test_an_error_event_and_a_killed_run_are_reported_with_the_log(mrml_scene, tmp_path):
+    """Two real children (slow: ~27 s on a loaded 2-core machine). Run with
+    ``pytest -m slow Testing/Python/test_slicer_train_job.py``."""
     empty = LabeledStore.create(tmp_path / "empty", {1: "lesion"}, modality="CT")
     logic = train_module.SemiSAMTrainLogic()
     logic.startTraining(str(empty.root), settings(tmp_path, iterations=2), mrml_scene)
