@@ -181,6 +181,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self._precompute = None  # background slice encoding (after a scan is shown or auto-segmented)
         self._worker = None  # the running Auto-segment / Propagate computation (SemiSAMLib.worker.Worker)
         self._workerTimer = None
+        self._workerTitle, self._workerFinish = "", None
         self._showBusy(False)
         self._updateDependencies()
         self.initializeParameterNode()

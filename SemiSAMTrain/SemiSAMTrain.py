@@ -188,6 +188,7 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._askToStop(_("Slicer is quitting."))
 
     def initializeParameterNode(self) -> None:
+        self._storeShown = None  # read the store again: a run may have added or promoted a version
         self.setParameterNode(self.logic.getParameterNode())
         self._applyPreferences()
         plot = self.logic.plot
@@ -237,12 +238,13 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self._updateTrainingButtons()
 
     def _reattach(self) -> None:
-        """Show a run started earlier (by this Slicer or one before it) that still runs on the store."""
+        """Show a run started earlier (by this Slicer, e.g. from SemiSAM Segment's automatic retraining, or
+        by one before it) that still runs on the store."""
         p = self._parameterNode
-        if not p or not p.storeFolder or self._timer is not None:
+        if not p or not p.storeFolder or (self._timer is not None and self._timer.isActive()):
             return
         if self.logic.attachTraining(p.storeFolder, slicer.mrmlScene) is not None:
-            self.ui.statusLabel.text = _("Re-attached to a training run started earlier.")
+            self.ui.statusLabel.text = _("Showing the training run started earlier.")
             self._watch()
 
     def _watch(self) -> None:
@@ -417,12 +419,11 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
     def attachTraining(self, folder: str, scene=None):
         """Watch the run recorded in the store's job-state file, if one is still running (or ended since
         without being watched); its events so far are read again. Returns the job or ``None``."""
-        if (
-            not folder
-            or self.job is not None
-            and self.job.state.store == str(Path(folder).expanduser().resolve())
-        ):
-            return self.job
+        if not folder:
+            return None
+        root = str(Path(folder).expanduser().resolve())
+        if self.job is not None and self.job.state.store == root and not self._ended:
+            return self.job  # already watching it
         job = training_job.attach(folder)
         if job is None:
             return None
