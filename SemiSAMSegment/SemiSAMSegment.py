@@ -352,6 +352,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         p = self._parameterNode
         if p is None or not p.inputVolume or not slices:
             return
+        if self.logic.generalistProblem(p.generalist, p.generalistCheckpoint):
+            return  # the status line says what the generalist needs; Propagate refuses until then
         if self._precompute is not None:
             self._precompute.cancel()
         self._precompute = None

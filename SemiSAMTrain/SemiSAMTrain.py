@@ -256,6 +256,9 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         """Timer tick: read new events, show progress; returns False (stop polling) once the run ended."""
         import time
 
+        plot = self.logic.plot
+        if plot is not None and plot.chart.GetScene() is None:  # the scene was closed under the run
+            self.logic.showIn(slicer.mrmlScene)
         self.logic.poll()
         progress = self.logic.progress
         self.ui.trainingProgressBar.setValue(int(round(100 * progress.fraction)))
