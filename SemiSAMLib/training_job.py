@@ -277,6 +277,14 @@ class TrainingJob:
             return []
         return text.splitlines()[-lines:]
 
+    def events_tail(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the events file, as written."""
+        try:
+            text = Path(self.state.events).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
     def ended(self) -> bool:
         """The process has exited (or is gone) and every event it wrote has been read."""
         if self.running():

@@ -509,8 +509,14 @@ class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
         return clean
 
     def lastLogLines(self, n: int = 20) -> str:
-        """The last ``n`` lines of the run's log (stderr), for an error message."""
-        return training_job.last_lines(self.job.log_tail(n), n) if self.job is not None else ""
+        """The last ``n`` lines of the run's log (stderr: warnings, tracebacks), for an error message; when
+        the log is empty (a killed process writes none), the last lines of its events file."""
+        if self.job is None:
+            return ""
+        lines = self.job.log_tail(n)
+        if not lines:
+            lines = [_("(the job's log is empty; its last events:)")] + self.job.events_tail(n)
+        return training_job.last_lines(lines, n + 1)
 
     @staticmethod
     def storeProblem(folder: str):

@@ -174,6 +174,10 @@ def test_an_error_event_and_a_killed_run_are_reported_with_the_log(mrml_scene, t
     logic.startTraining(str(empty.root), settings(tmp_path, iterations=2), mrml_scene)
     wait_for(logic, logic.trainingFinished, timeout=120)
     assert logic.progress.outcome == "error" and "no_training_cases" in logic.progress.message
+    details = logic.lastLogLines()  # what the error dialog shows as details
+    assert '"event": "error"' in details.replace('":"', '": "') or details == "\n".join(
+        logic.job.log_tail(20)
+    )
     assert logic.job.returncode == training_job.EXIT_ERROR and not logic.trainingRunning()
     # A run that dies without a final event (killed here) is reported as crashed, with its log.
     store = make_store(tmp_path / "store")
@@ -182,6 +186,8 @@ def test_an_error_event_and_a_killed_run_are_reported_with_the_log(mrml_scene, t
     os.killpg(job.pid, signal.SIGKILL)
     wait_for(logic, logic.trainingFinished, timeout=30)
     assert logic.progress.outcome == "crashed"
+    details = logic.lastLogLines()
+    assert details.splitlines()[-1] in logic.job.log_tail(1) + logic.job.events_tail(1), details
     assert logic.progress.message == f"the training process ended without a final event (exit status {-9})"
     assert training_job.attach(store.root) is None  # the job-state file went with it
 
