@@ -293,3 +293,4 @@ class Trainer:
                 ddp.barrier(self.dist)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 self.checkpoint(done)
+        ddp.average_buffers(self.ctx.student, self.dist)
