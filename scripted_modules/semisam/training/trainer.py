@@ -164,7 +164,10 @@ class Trainer:
         xu, uidx = (None, [])
         if self.needs_unlabeled:
             xu, uidx = self.sampler.unlabeled_batch(
-                rng, self.cfg.unlabeled_batch_size or self.cfg.batch_size, self.u_pool
+                rng,
+                self.cfg.unlabeled_batch_size or self.cfg.batch_size,
+                self.u_pool,
+                self.ctx.unlabeled_focus,
             )
         if self.augment is not None:
             x, y = self.augment(x, y, rng)
