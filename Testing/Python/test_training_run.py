@@ -252,3 +252,11 @@ def test_bad_store_and_device_are_error_results(tmp_path):
         assert res.error_kind == "bad_config" and "CUDA is not available" in res.message
         assert [e["event"] for e in seen] == ["error"]
         assert not (store.root / "training" / "train.lock").read_text()  # released and emptied
+
+
+def test_error_kinds_of_unexpected_failures():
+    from semisam.training.job import _classify
+
+    kind, msg = _classify(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert kind == "cuda_oom" and "--batch-size" in msg
+    assert _classify(KeyError("x"))[0] == "internal"

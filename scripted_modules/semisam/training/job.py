@@ -340,6 +340,8 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
                 "per_case": validation["per_case"],
             }
         )
+    if cancel is not None and cancel.is_set():  # SIGTERM while validating: nothing registered
+        raise Cancelled(config.iterations, str(runstate.latest(run_dir)))
     emit({"event": "phase", "phase": "saving"})
     training = {
         "method": "+".join(names),
