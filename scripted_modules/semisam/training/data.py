@@ -196,15 +196,29 @@ class Sampler:
             idx.append((i, origin))
         return torch.stack(xs).float(), torch.stack(ys).long(), idx
 
-    def unlabeled_batch(self, rng: np.random.Generator, n: int, case_pool: Sequence[int] | None = None):
-        """``n`` unlabeled samples (uniform): (xu, index list); ``(None, [])`` without unlabeled scans."""
+    def unlabeled_batch(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        case_pool: Sequence[int] | None = None,
+        focus: Sequence[np.ndarray | None] = (),
+    ):
+        """``n`` unlabeled samples: (xu, index list); ``(None, [])`` without unlabeled scans.
+
+        ``focus[i]``: ``(N, 3)`` voxel coordinates of case ``i`` to centre on with probability
+        ``foreground_fraction`` (``TrainContext.unlabeled_focus``); uniform otherwise or without it.
+        """
         pool = list(case_pool) if case_pool is not None else list(range(len(self.unlabeled)))
         if not pool:
             return None, []
         xs, idx = [], []
         for _ in range(n):
             i = pool[int(rng.integers(len(pool)))]
-            img, _, origin = self.cut(self.unlabeled[i], self._center(rng, self.unlabeled[i], None))
+            pts = focus[i] if i < len(focus) else None
+            use = pts is not None and len(pts) > 0 and rng.random() < self.spec.foreground_fraction
+            img, _, origin = self.cut(
+                self.unlabeled[i], self._center(rng, self.unlabeled[i], pts if use else None)
+            )
             xs.append(img)
             idx.append((i, origin))
         return torch.stack(xs).float(), idx

@@ -164,7 +164,10 @@ class Trainer:
         xu, uidx = (None, [])
         if self.needs_unlabeled:
             xu, uidx = self.sampler.unlabeled_batch(
-                rng, self.cfg.unlabeled_batch_size or self.cfg.batch_size, self.u_pool
+                rng,
+                self.cfg.unlabeled_batch_size or self.cfg.batch_size,
+                self.u_pool,
+                self.ctx.unlabeled_focus,
             )
         if self.augment is not None:
             x, y = self.augment(x, y, rng)
@@ -253,6 +256,7 @@ class Trainer:
             if it == start or it % cfg.refresh_every == 0:
                 for part in self.parts:
                     part.refresh(self.ctx, it)
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             t0 = time.perf_counter()
             terms = self.step(it)
             dt = time.perf_counter() - t0
@@ -267,7 +271,7 @@ class Trainer:
                         "iteration": done,
                         "iterations": cfg.iterations,
                         "losses": terms,
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": lr,
                         "seconds_per_iteration": round(ema, 4),
                         "eta_s": round(ema * (cfg.iterations - done), 1),
                     }
@@ -293,3 +297,4 @@ class Trainer:
                 ddp.barrier(self.dist)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 self.checkpoint(done)
+        ddp.average_buffers(self.ctx.student, self.dist)
