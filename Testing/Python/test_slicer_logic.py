@@ -161,6 +161,8 @@ def test_every_enum_member_has_a_label():
 def test_choices_match_the_core():
     registry = pytest.importorskip("semisam.generalists.registry")
     assert {g.value for g in defaults.Generalist} == set(registry.generalist_registry)
+    methods = pytest.importorskip("semisam.training.methods")
+    assert {m.value for m in defaults.TrainingMethod} == set(methods.METHOD_PARTS)  # semisam train --method
     intensity = pytest.importorskip("semisam.intensity")
     assert set(defaults.INTENSITY_PRESETS) == set(intensity.CT_PRESETS) | {"auto", "percentile"}
 
