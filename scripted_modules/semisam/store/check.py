@@ -51,6 +51,12 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
             for name in (rec.image, *sorted(referenced)):
                 if not (case_dir / name).is_file():
                     problems.append(f"cases/{case_dir.name}: {name} is missing")
+                elif (case_dir / name).resolve().parent != case_dir.resolve():
+                    # the schema refuses names with separators; this catches a symlink leading out
+                    problems.append(
+                        f"cases/{case_dir.name}: {name} points outside the case folder "
+                        f"(to {(case_dir / name).resolve()})"
+                    )
             if deep:
                 problems += _deep_check(store, rec)
         records = store.cases()
@@ -76,9 +82,13 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
         try:
             registry = store.models
             for v in registry.versions():
-                for name in ("manifest.json", "weights.safetensors"):
-                    if not (v.path / name).is_file():
-                        problems.append(f"models/versions/{v.version}: {name} is missing")
+                missing = [n for n in ("manifest.json", "weights.safetensors") if not (v.path / n).is_file()]
+                problems += [f"models/versions/{v.version}: {name} is missing" for name in missing]
+                if not missing:
+                    try:
+                        registry.verified(v.version)
+                    except StoreError as exc:
+                        problems.append(str(exc))
             registry.active()
         except StoreError as exc:
             problems.append(str(exc))

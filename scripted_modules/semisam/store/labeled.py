@@ -108,6 +108,9 @@ class LabeledStore(UnlabeledPool):
                 f"version {FORMAT_VERSION}: upgrade semisam to open it",
                 meta_path,
             )
+        from semisam.store.pool import check_json
+
+        check_json("store_meta", meta, meta_path, "store metadata")
         self.meta = meta
         self.lock = _fs.StoreLock(self.root / ".lock", timeout_s=lock_timeout_s)
         if clean:
@@ -192,7 +195,7 @@ class LabeledStore(UnlabeledPool):
     def declare_labels(self, labels: Mapping[int, str]) -> dict[int, str]:
         """Add label values to the table (an existing value must keep its name). Returns the new table."""
         with self.lock:
-            meta = read_json(self.root / STORE_FILE, "store metadata")
+            meta = read_json(self.root / STORE_FILE, "store metadata", "store_meta")
             table = {int(k): v for k, v in meta["labels"].items()}
             for value, name in check_label_table(labels).items():
                 if value in table and table[value] != name:
@@ -235,6 +238,23 @@ class LabeledStore(UnlabeledPool):
                 out.append(rec)
         return sorted(out, key=lambda r: r.seq)
 
+    def damaged_cases(self) -> list[str]:
+        """One line per case folder whose ``case.json`` cannot be used (what :meth:`cases` skips)."""
+        out = []
+        folder = self.root / "cases"
+        if not folder.is_dir():
+            return out
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or not p.is_dir() or not (p / CASE_FILE).is_file():
+                continue
+            try:
+                self._load_record(p.name)
+            except CaseNotFoundError:
+                continue
+            except StoreError as exc:
+                out.append(str(exc))
+        return out
+
     def case_ids(self, split: str | None = None) -> list[str]:
         return [r.case_id for r in self.cases(split)]
 
@@ -253,7 +273,7 @@ class LabeledStore(UnlabeledPool):
     def _load_record(self, case_id: str) -> CaseRecord:
         path = self.case_dir(case_id) / CASE_FILE
         try:
-            data = read_json(path, "case record")
+            data = read_json(path, "case record", "case_record")
         except FileNotFoundError:
             known = ", ".join(self._ids_quick()[:10]) or "none"
             raise CaseNotFoundError(f"no case {case_id!r} in the store (cases: {known})", self.root) from None
