@@ -69,12 +69,33 @@ def infer_sam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -> dict[
             "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
             "iou_head_hidden_dim": int(state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
         }
-    except (KeyError, IndexError) as exc:
+    except (KeyError, IndexError, ZeroDivisionError) as exc:
         raise CheckpointError(
             f"checkpoint {path}: not a SAM ViT checkpoint (segment-anything image encoder + prompt encoder + "
-            f"mask decoder): missing {exc}"
+            f"mask decoder): missing or empty {exc}"
         ) from exc
-    if depth == 0 or windows or embed_dim % head_dim or not math.isfinite(arch["mlp_ratio"]):
+    # Crafted shapes (a zero-width table or layer) must not reach the constructors, whose asserts and
+    # divisions would fail with no file named.
+    widths = {
+        "pos_embed": embed_dim,
+        "pos_embed grid": grid,
+        "rel_pos_h width": head_dim,
+        "neck": out_chans,
+        "mlp": int(state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0]),
+        **{k: int(arch[k]) for k in ("mask_in_chans", "decoder_depth", "decoder_mlp_dim", "iou_head_depth")},
+        "iou_head_hidden_dim": int(arch["iou_head_hidden_dim"]),
+    }
+    empty = sorted(k for k, v in widths.items() if v < 1)
+    if empty:
+        raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: zero-size {', '.join(empty)}")
+    if (
+        depth == 0
+        or windows
+        or embed_dim % head_dim
+        or not math.isfinite(arch["mlp_ratio"])
+        or min(sizes) < 1
+        or grid > 1024
+    ):
         raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: inconsistent block shapes")
     return arch
 
@@ -140,7 +161,12 @@ def build_sam(
     path = Path(checkpoint)
     state = read_state_dict(path)
     arch = infer_sam_arch(state, path)
-    model = build_sam_module(arch, name)
+    try:
+        model = build_sam_module(arch, name)
+    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: not a SAM ViT checkpoint: its shapes do not build a model ({exc})"
+        ) from exc
     load_strict(model, state, path, "SAM ViT")
     model.checkpoint_path = str(path)
     model.weights_digest = checkpoint_sha256(path)
