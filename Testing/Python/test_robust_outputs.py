@@ -95,9 +95,7 @@ def test_segment_bad_outputs_refused_before_the_model_loads(
 
 def test_model_init_refuses_an_existing_path(tmp_path, scan, capsys):
     before = sha(scan)
-    code, _, err = run_cli(
-        capsys, ["model", "init", "--labels", "a", "--modality", "CT", "--output", scan]
-    )
+    code, _, err = run_cli(capsys, ["model", "init", "--labels", "a", "--modality", "CT", "--output", scan])
     assert_one_line_error(code, err, "already exists")
     assert sha(scan) == before
 
