@@ -81,27 +81,45 @@ class GridTooLargeError(VolumeError):
 #: Largest 3D grid (voxels) any resampling may produce: 2^30 float32 voxels = 4 GiB. A whole-body CT
 #: at 0.8 x 0.8 x 1.5 mm is ~0.2e9; beyond 2^30 the header's spacing (or a model's target) is wrong.
 MAX_GRID_VOXELS = 1 << 30
-#: Largest 2D slice (pixels) a resampling may produce: 8192 x 8192.
-MAX_SLICE_PIXELS = 1 << 26
+#: Largest 2D slice (pixels) a resampling may produce: 4096 x 4096.
+MAX_SLICE_PIXELS = 1 << 24
+#: Largest growth of the element count by one resampling. Real cases stay far below: 5 mm slices to
+#: 1.5 mm with 0.7 mm pixels to 0.8 mm is x2.6; a coronal slice of a 5 mm CT made square is x8.8. A
+#: bigger factor means a wrong spacing (1e6 mm) or target (0.01 mm), and memory in proportion.
+MAX_RESAMPLE_GROWTH = 64.0
 #: |cos| between two voxel axes above which they count as not orthogonal (0.06 degrees off 90).
 ORTHOGONALITY_ATOL = 1e-3
 
 
 def check_grid_size(
-    shape: Sequence[int], what: str, fix: str, source: str | None = None, limit: int | None = None
+    shape: Sequence[float],
+    what: str,
+    fix: str,
+    source: str | None = None,
+    limit: int | None = None,
+    grown_from: Sequence[int] | None = None,
 ) -> None:
     """Raise :class:`GridTooLargeError` when ``shape`` holds more than ``limit`` (default
-    :data:`MAX_GRID_VOXELS`, or :data:`MAX_SLICE_PIXELS` for 2D) elements.
+    :data:`MAX_GRID_VOXELS`, or :data:`MAX_SLICE_PIXELS` for 2D) elements, or, given the shape it is
+    resampled from (``grown_from``), more than :data:`MAX_RESAMPLE_GROWTH` times as many.
 
     ``what`` says what would be made (``"the model grid"``), ``fix`` what the user should change.
     """
     limit = limit or (MAX_SLICE_PIXELS if len(shape) == 2 else MAX_GRID_VOXELS)
     n = float(np.prod([float(s) for s in shape]))
+    dims = " x ".join(f"{s:.3g}" for s in shape)
     if not n <= limit:  # also catches NaN
-        dims = " x ".join(f"{s:.3g}" for s in shape)
         raise GridTooLargeError(
             f"{what} would be {dims} = {n:.3g} elements (at most {limit:.3g}); {fix}", source
         )
+    if grown_from is not None:
+        growth = n / max(1.0, float(np.prod([float(s) for s in grown_from])))
+        if growth > MAX_RESAMPLE_GROWTH:
+            raise GridTooLargeError(
+                f"{what} would multiply the element count by {growth:.3g} (to {dims}; at most "
+                f"x{MAX_RESAMPLE_GROWTH:g}); {fix}",
+                source,
+            )
 
 
 def check_direction(direction: np.ndarray, source: str | None = None) -> None:

@@ -123,6 +123,7 @@ def to_model_grid(volume: Volume, preprocessing: dict, device: torch.device) -> 
         f"{tuple(preprocessing['target_spacing'])} mm",
         "check the voxel size in the scan's header, or the model manifest's preprocessing.target_spacing",
         volume.source,
+        grown_from=oriented_shape,
     )
     model_shape = tuple(max(2, int(round(x))) for x in sizes)
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=torch.float32)

@@ -187,6 +187,7 @@ def _check_square_pixel_size(volume: Volume, axis: str, pixel_mm: tuple[float, f
         f"an {axis} slice resampled to square pixels (pixel {pixel_mm[0]:.3g} x {pixel_mm[1]:.3g} mm)",
         f"check the voxel size in the scan's header (spacing {tuple(volume.spacing)} mm)",
         volume.source,
+        grown_from=(rows, cols),
     )
 
 
