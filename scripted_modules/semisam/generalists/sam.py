@@ -49,6 +49,11 @@ def infer_sam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -> dict[
         depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
         rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
         head_dim = int(rel[0].shape[1])
+        if head_dim < 1 or embed_dim < 1:
+            raise CheckpointError(
+                f"checkpoint {path}: not a SAM ViT checkpoint: zero-size attention tables "
+                f"(rel_pos_h {tuple(rel[0].shape)}, embedding width {embed_dim})"
+            )
         sizes = [(int(r.shape[0]) + 1) // 2 for r in rel]
         global_idx = [i for i, s in enumerate(sizes) if s == grid]
         windows = {s for s in sizes if s != grid}
@@ -69,11 +74,13 @@ def infer_sam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -> dict[
             "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
             "iou_head_hidden_dim": int(state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
         }
-    except (KeyError, IndexError, ZeroDivisionError) as exc:
+    except (KeyError, IndexError) as exc:
         raise CheckpointError(
             f"checkpoint {path}: not a SAM ViT checkpoint (segment-anything image encoder + prompt encoder + "
-            f"mask decoder): missing or empty {exc}"
+            f"mask decoder): missing {exc}"
         ) from exc
+    except ZeroDivisionError as exc:
+        raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: zero-size tensors") from exc
     # Crafted shapes (a zero-width table or layer) must not reach the constructors, whose asserts and
     # divisions would fail with no file named.
     widths = {

@@ -34,6 +34,7 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
     from semisam.store.labeled import CASE_FILE, SCAN_FILE
 
     problems: list[str] = []
+    store.damaged_cases()  # reported below, case by case: store.cases() need not log them again
     with store.lock:
         leftovers = store.leftovers()
         for case_dir in _visible_dirs(store.root / "cases"):

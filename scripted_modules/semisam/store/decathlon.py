@@ -270,7 +270,12 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
     if (root / "semisam_store.json").exists():
         store = LabeledStore(root)
         with store.lock:  # one import at a time; a failure takes back everything it added
-            _import_into_existing(store, table, job)
+            try:
+                _import_into_existing(store, table, job)
+            except (CaseExistsError, LabelError):
+                raise  # refused before anything was written; their messages say so
+            except ValueError as exc:
+                raise StoreError(f"{exc}; nothing imported (the store is as it was)") from exc
         return store
     # A new store is assembled in a hidden folder beside ROOT and appears by one rename when complete.
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -283,6 +288,9 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
         if root.exists():
             root.rmdir()  # the empty folder the user named
         _fs.commit_dir(staging, root)
+    except ValueError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"{exc}; nothing imported (no store was created)") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -112,6 +112,8 @@ class LabeledStore(UnlabeledPool):
 
         check_json("store_meta", meta, meta_path, "store metadata")
         self.meta = meta
+        #: damaged case records already reported (by :meth:`damaged_cases` or a log line): logged once
+        self._reported_damaged: set[str] = set()
         self.lock = _fs.StoreLock(self.root / ".lock", timeout_s=lock_timeout_s)
         if clean:
             self._clean_if_idle()
@@ -232,14 +234,19 @@ class LabeledStore(UnlabeledPool):
             except CaseNotFoundError:
                 continue  # a folder without case.json is not a case
             except StoreError as exc:
-                log.error("skipping damaged case: %s", exc)
+                if p.name not in self._reported_damaged:
+                    self._reported_damaged.add(p.name)
+                    log.error("skipping damaged case: %s", exc)
                 continue
             if split is None or rec.split == split:
                 out.append(rec)
         return sorted(out, key=lambda r: r.seq)
 
     def damaged_cases(self) -> list[str]:
-        """One line per case folder whose ``case.json`` cannot be used (what :meth:`cases` skips)."""
+        """One line per case folder whose ``case.json`` cannot be used (what :meth:`cases` skips).
+
+        The caller reports them: :meth:`cases` then skips them without logging them again.
+        """
         out = []
         folder = self.root / "cases"
         if not folder.is_dir():
@@ -253,6 +260,7 @@ class LabeledStore(UnlabeledPool):
                 continue
             except StoreError as exc:
                 out.append(str(exc))
+                self._reported_damaged.add(p.name)
         return out
 
     def case_ids(self, split: str | None = None) -> list[str]:
