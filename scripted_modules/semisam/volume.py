@@ -339,6 +339,8 @@ def _read_sitk(path: str | os.PathLike) -> tuple[sitk.Image, str, tuple[int, tup
     nonfinite = None
     if _suffix(p) in (".nii", ".nii.gz"):
         nonfinite = _check_nifti_complete(p)
+    elif _suffix(p) in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        _check_text_header(p)
     try:
         return sitk.ReadImage(str(p)), str(p), nonfinite
     except RuntimeError as exc:  # SimpleITK reports every decode failure as RuntimeError
@@ -349,6 +351,21 @@ def _read_sitk(path: str | os.PathLike) -> tuple[sitk.Image, str, tuple[int, tup
 
 #: NIfTI datatype codes of float voxels -> numpy type (float128 and complex are not checked here).
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _check_text_header(path: Path) -> None:
+    """NRRD / MetaImage headers are checked before ITK parses them: hostile values crash it."""
+    from semisam.headers import HeaderError, check_metaimage_header, check_nrrd_header
+
+    try:
+        if _suffix(path) in (".nrrd", ".nhdr"):
+            check_nrrd_header(path)
+        else:
+            check_metaimage_header(path)
+    except HeaderError as exc:
+        raise ScanReadError(f"corrupt header: {str(exc).removeprefix(str(path) + ': ')}", path) from exc
+    except OSError as exc:
+        raise ScanReadError(f"cannot be read: {exc.strerror or exc}", path) from exc
 
 
 def _check_nifti_complete(path: Path) -> tuple[int, tuple[int, int, int]] | None:
