@@ -376,7 +376,7 @@ def _check_nifti_complete(path: Path) -> tuple[int, tuple[int, int, int]] | None
     the NRRD and MHA readers keep them). Returns ``(count, first (i, j, k))`` of such voxels, or ``None``.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    blocks: list[bytes] = []
+    scan: _FiniteScan | None = None
     try:
         with opener(path, "rb") as fh:
             header = fh.read(352)
@@ -406,12 +406,13 @@ def _check_nifti_complete(path: Path) -> tuple[int, tuple[int, int, int]] | None
                 actual = path.stat().st_size
             else:  # stream through the gzip data to count it (about 0.3 s per 100 MB)
                 actual = len(header)
-                if ftype:
-                    blocks.append(header)
+                if ftype:  # scanned as it streams by: no second copy of the data in memory
+                    scan = _FiniteScan(np.dtype(endian + ftype), start, n_voxels)
+                    scan.feed(header, 0)
                 while block := fh.read(1 << 22):
+                    if scan is not None:
+                        scan.feed(block, actual)
                     actual += len(block)
-                    if ftype:
-                        blocks.append(block)
     except (OSError, EOFError, zlib.error) as exc:
         raise ScanReadError(f"cannot be decoded (corrupt or truncated compressed data): {exc}", path) from exc
     if actual < expected:
@@ -421,17 +422,51 @@ def _check_nifti_complete(path: Path) -> tuple[int, tuple[int, int, int]] | None
         )
     if not ftype:
         return None
-    dtype = np.dtype(endian + ftype)
-    if opener is open:
-        data = np.fromfile(path, dtype=dtype, count=n_voxels, offset=start)
-    else:
-        data = np.frombuffer(b"".join(blocks), dtype=dtype, count=n_voxels, offset=start)
-    bad = np.flatnonzero(~np.isfinite(data[: 1 << 31]))  # 3D scans: at most 2^31 voxels (checked later)
-    if not bad.size:
+    if scan is None:  # an uncompressed file: read in 4 MiB chunks
+        scan = _FiniteScan(np.dtype(endian + ftype), start, n_voxels)
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            pos = start
+            while not scan.done and (block := fh.read(1 << 22)):
+                scan.feed(block, pos)
+                pos += len(block)
+    if not scan.count:
         return None
     nx, ny = max(1, dims[1]), max(1, dims[2])
-    f = int(bad[0])
-    return int(bad.size), (f % nx, (f // nx) % ny, f // (nx * ny))
+    f = scan.first
+    return scan.count, (f % nx, (f // nx) % ny, f // (nx * ny))
+
+
+class _FiniteScan:
+    """Counts NaN/inf among ``n`` values of ``dtype`` starting at byte ``start`` of a byte stream fed
+    in blocks (any block boundaries); remembers the flat index of the first one."""
+
+    def __init__(self, dtype: np.dtype, start: int, n: int) -> None:
+        self.dtype, self.start, self.n = dtype, start, n
+        self.seen = 0
+        self.count = 0
+        self.first = -1
+        self._carry = b""
+
+    @property
+    def done(self) -> bool:
+        return self.seen >= self.n
+
+    def feed(self, block: bytes, pos: int) -> None:
+        """``block`` holds the stream's bytes ``pos .. pos + len(block)``."""
+        if self.done or pos + len(block) <= self.start:
+            return
+        buf = self._carry + block[max(0, self.start - pos) :]
+        usable = len(buf) - len(buf) % self.dtype.itemsize
+        values = np.frombuffer(buf, dtype=self.dtype, count=usable // self.dtype.itemsize)
+        values = values[: self.n - self.seen]
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            if self.first < 0:
+                self.first = self.seen + int(bad[0])
+            self.count += int(bad.size)
+        self.seen += len(values)
+        self._carry = buf[usable:]
 
 
 def _first_line(exc: BaseException) -> str:
