@@ -163,7 +163,7 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         raise CheckpointError(f"{path}: missing; a model directory needs {MANIFEST_NAME} and {WEIGHTS_NAME}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
     from semisam.validate import validate
 
@@ -182,6 +182,11 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
 def _validate(man: ModelManifest, where: str) -> None:
     def bad(msg: str) -> CheckpointError:
         return CheckpointError(f"{where}: {msg}")
+
+    from semisam.validate import validate
+
+    # The same schema as a manifest read from disk: a model is never saved with values it cannot load.
+    validate("manifest", dataclasses.asdict(man), where, error=CheckpointError)
 
     if (
         not isinstance(man.format_version, int)
