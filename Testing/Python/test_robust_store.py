@@ -17,6 +17,7 @@ from robust_helpers import (
     make_store,
     nifti_pair,
     run_cli,
+    small_scan,
     tree_digest,
 )
 
@@ -82,6 +83,21 @@ def test_damaged_case_record(store, tmp_path, capsys, damage, command):
         assert len(problems) == 1 and "case.json" in problems[0] and needle in problems[0], out
     assert tree_digest(store) == before
     assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("command", ["list", "check", "export"])
+def test_damaged_scan_record(template, tmp_path, capsys, command):
+    root = copy_store(template, tmp_path / "store")
+    LabeledStore(root).add_unlabeled(small_scan(tmp_path), scan_id="scan_0001")
+    _edit_json(root / "unlabeled" / "scan_0001" / "scan.json", _set(["shape_zyx"], "big"))
+    before = tree_digest(root)
+    argv = ["store", command, root] + ([tmp_path / "exported"] if command == "export" else [])
+    code, out, err = run_cli(capsys, argv)
+    assert code == 1 and "Traceback" not in err
+    text = out if command == "check" else err
+    lines = [ln for ln in text.splitlines() if "scan.json" in ln]
+    assert len(lines) == 1 and "shape_zyx" in lines[0], out + err
+    assert tree_digest(root) == before and not (tmp_path / "exported").exists()
 
 
 def test_export_skip_damaged_is_explicit(store, tmp_path, capsys):

@@ -186,7 +186,7 @@ def _fmt_labels(labels: dict[str, int]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = LabeledStore(args.root)
-    damaged = store.damaged_cases()
+    damaged = store.damaged_cases() + store.damaged_unlabeled()
     cases = store.cases(args.split)
     scans = store.unlabeled()
     versions = store.models.versions()
@@ -242,11 +242,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _report_damaged(damaged: list[str]) -> int:
-    """Damaged case records: one line each on stderr and exit code 1 (`store check` says more)."""
+    """Damaged case / scan records: one line each on stderr and exit code 1 (`store check` says more)."""
     import sys
 
     for line in damaged:
-        print(f"semisam store list: error: damaged case: {line}", file=sys.stderr)
+        print(f"semisam store list: error: damaged record: {line}", file=sys.stderr)
     return 1 if damaged else 0
 
 

@@ -34,7 +34,8 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
     from semisam.store.labeled import CASE_FILE, SCAN_FILE
 
     problems: list[str] = []
-    store.damaged_cases()  # reported below, case by case: store.cases() need not log them again
+    store.damaged_cases()  # reported below, one by one: store.cases() need not log them again
+    store.damaged_unlabeled()
     with store.lock:
         leftovers = store.leftovers()
         for case_dir in _visible_dirs(store.root / "cases"):
@@ -77,7 +78,11 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
                         "still in the pool (`check --clean` removes it from the pool)"
                     )
                 continue
-            path = store.unlabeled_path(scan_dir.name)
+            try:
+                path = store.unlabeled_path(scan_dir.name)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
             if not path.is_file():
                 problems.append(f"unlabeled/{scan_dir.name}: scan file {path} is missing")
         try:

@@ -74,12 +74,12 @@ def export_dataset(
         raise StoreError(
             f"export folder lies inside the store {store.root}; choose a folder outside it", dest
         )
-    damaged = store.damaged_cases()
+    damaged = store.damaged_cases() + store.damaged_unlabeled()
     if damaged and not skip_damaged:
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         raise StoreError(f"{damaged[0]}{more}; nothing exported (fix it, or export with --skip-damaged)")
     for line in damaged:
-        log.warning("export skips a damaged case: %s", line)
+        log.warning("export skips a damaged record: %s", line)
     records = store.require_cases()
     scans = store.unlabeled()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -134,8 +134,28 @@ class UnlabeledPool:
             try:
                 out.append(UnlabeledRecord.from_json(read_json(p / SCAN_FILE, "scan record", "scan_record")))
             except (StoreError, TypeError) as exc:
-                log.error("skipping damaged unlabeled scan %s: %s", p, exc)
+                reported = getattr(self, "_reported_damaged", set())
+                if f"unlabeled/{p.name}" not in reported:
+                    reported.add(f"unlabeled/{p.name}")
+                    log.error("skipping damaged unlabeled scan: %s", exc)
         return sorted(out, key=lambda r: r.seq)
+
+    def damaged_unlabeled(self) -> list[str]:
+        """One line per unlabeled scan whose ``scan.json`` cannot be used (what :meth:`unlabeled` skips);
+        the caller reports them, so :meth:`unlabeled` does not log them again."""
+        out = []
+        folder = self.root / "unlabeled"
+        if not folder.is_dir():
+            return out
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or not (p / SCAN_FILE).is_file():
+                continue
+            try:
+                UnlabeledRecord.from_json(read_json(p / SCAN_FILE, "scan record", "scan_record"))
+            except (StoreError, TypeError) as exc:
+                out.append(str(exc))
+                getattr(self, "_reported_damaged", set()).add(f"unlabeled/{p.name}")
+        return out
 
     def unlabeled_path(self, scan_id: str) -> Path:
         """File of an unlabeled scan (inside the store, or the referenced file)."""
