@@ -18,7 +18,11 @@ history stays in the store).
 
 :func:`import_dataset` reads either layout (or any folder with that structure from nnU-Net or the MSD),
 takes the split from the "semisam" section, else from ``splits_final.json`` (fold 0), else applies the
-store's rule; ``imagesTs`` scans join the unlabeled pool.
+store's rule; ``imagesTs`` scans join the unlabeled pool. ``dataset.json`` is checked against
+``schemas/dataset.json`` first. An import is all or nothing: a new store is assembled in a hidden folder
+and renamed into place when complete; into an existing store, a failure removes every case and scan the
+import had added and restores the label table, so the corrected re-import is not refused.
+An export refuses a store with damaged records unless asked to skip them.
 """
 
 from __future__ import annotations
