@@ -56,8 +56,13 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(stage)
         bar.update(int(round(fraction * 100)) - bar.n)
 
-    result = segment(volume, model, manifest, device, progress=progress)
-    bar.close()
+    try:
+        result = segment(volume, model, manifest, device, progress=progress)
+    except BaseException:
+        bar.leave = False  # erase the bar: the error line stays the only output
+        raise
+    finally:
+        bar.close()
     t1 = time.perf_counter()
     with commit_outputs(outputs) as tmp:  # both files appear together, or neither is touched
         write_mask(result.labels, volume, tmp["--output"])
