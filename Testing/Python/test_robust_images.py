@@ -4,6 +4,7 @@ resample to terabytes. Each is one clear line (or a warning), exit 1 from the CL
 
 from __future__ import annotations
 
+import locale
 import logging
 import struct
 
@@ -105,6 +106,16 @@ def test_constant_image_is_warned_about(tmp_path, caplog):
 
 
 def _dicom_series(folder, skip=()):
+    # GDCM's DICOM writer switches the process to the "C" locale (measured: preferred encoding UTF-8 ->
+    # ANSI_X3.4-1968), which breaks later text I/O of other tests in this process: restore it.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(folder, skip)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder, skip):
     folder.mkdir()
     arr = np.random.default_rng(0).integers(0, 1000, (8, 16, 16)).astype(np.int16)
     writer = sitk.ImageFileWriter()
