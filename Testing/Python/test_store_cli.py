@@ -73,7 +73,7 @@ def test_cli_workflow(tmp_path, files, capsys):
     assert code == 1 and "not better" in err
     assert run(capsys, "promote", root, "v0002", "--force")[0] == 0
     assert run(capsys, "rollback", root)[1] == "active model: v0001 (rolled back)\n"
-    assert "model *v0001: drill" in run(capsys, "list", root)[1]
+    assert "model *v0001: unet3d" in run(capsys, "list", root)[1]
 
     (root / "cases" / ".tmp-case_0006-0123").mkdir()
     code, out, _ = run(capsys, "check", root)

@@ -23,7 +23,7 @@ def make_model_dir(path, seed=0, parent=None):
     # The contract of semisam.checkpoints (ModelManifest); written by hand so this needs no torch.
     manifest = {
         "format_version": 1,
-        "arch": "unet_tiny",
+        "arch": "unet3d",  # a registered name (registration refuses unknown ones); weights need not fit
         "kwargs": {"n_classes": 2, "channels": 4},
         "labels": {"lesion": 1},
         "modality": "CT",
@@ -52,7 +52,7 @@ def test_add_promote_rollback(store, tmp_path):
     assert reg.versions() == [] and reg.active() is None
     v1 = reg.add(make_model_dir(tmp_path / "m1", 1), metrics={"dice": 0.70}, evaluated_on=["c5"])
     v2 = reg.add(make_model_dir(tmp_path / "m2", 2, parent="v0001"))
-    assert (v1.version, v2.version, v2.parent, v1.arch) == ("v0001", "v0002", "v0001", "unet_tiny")
+    assert (v1.version, v2.version, v2.parent, v1.arch) == ("v0001", "v0002", "v0001", "unet3d")
     assert (v1.path / "weights.safetensors").read_bytes() == (
         tmp_path / "m1" / "weights.safetensors"
     ).read_bytes()

@@ -147,7 +147,6 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------------- reading
-_REQUIRED = ("arch", "kwargs", "labels", "modality", "preprocessing", "format_version")
 
 
 def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
@@ -164,13 +163,13 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         raise CheckpointError(f"{path}: missing; a model directory needs {MANIFEST_NAME} and {WEIGHTS_NAME}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+    from semisam.validate import validate
+
+    # Types and value ranges (spacing, window, overlap, ROI size...) come from schemas/manifest.json: the
+    # sha256 covers the weights, not this hand-editable file.
+    validate("manifest", data, path, error=CheckpointError)
     known = {f.name for f in dataclasses.fields(ModelManifest)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -183,6 +182,11 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
 def _validate(man: ModelManifest, where: str) -> None:
     def bad(msg: str) -> CheckpointError:
         return CheckpointError(f"{where}: {msg}")
+
+    from semisam.validate import validate
+
+    # The same schema as a manifest read from disk: a model is never saved with values it cannot load.
+    validate("manifest", dataclasses.asdict(man), where, error=CheckpointError)
 
     if (
         not isinstance(man.format_version, int)
@@ -201,7 +205,8 @@ def _validate(man: ModelManifest, where: str) -> None:
     values = list(man.labels.values())
     if not all(isinstance(v, int) and 1 <= v <= 255 for v in values) or len(set(values)) != len(values):
         raise bad(f"label values must be distinct integers 1..255, got {values}")
-    if int(man.kwargs.get("n_classes", man.n_classes)) != man.n_classes:
+    n_classes = man.kwargs.get("n_classes", man.n_classes)
+    if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes != man.n_classes:
         raise bad(
             f"kwargs.n_classes={man.kwargs.get('n_classes')} but there are {len(values)} label(s) + background"
         )
@@ -220,9 +225,45 @@ def _validate(man: ModelManifest, where: str) -> None:
     orient = pre.get("orientation", DEFAULT_ORIENTATION)
     if not (isinstance(orient, str) and len(orient) == 3 and {c for c in orient.upper()} <= set("RLAPSI")):
         raise bad(f"preprocessing.orientation must be a 3-letter code such as 'LPS', got {orient!r}")
-    mode = (pre.get("intensity") or {}).get("mode")
+    intensity = pre.get("intensity")
+    mode = intensity.get("mode") if isinstance(intensity, dict) else None
     if mode not in ("ct", "percentile"):
         raise bad(f"preprocessing.intensity.mode must be 'ct' or 'percentile', got {mode!r}")
+    lo_hi = (
+        intensity.get("window", DEFAULT_CT_WINDOW)
+        if mode == "ct"
+        else (
+            intensity.get("lower", DEFAULT_MR_PERCENTILES[0]),
+            intensity.get("upper", DEFAULT_MR_PERCENTILES[1]),
+        )
+    )
+    if not (
+        isinstance(lo_hi, list | tuple)
+        and len(lo_hi) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in lo_hi)
+        and lo_hi[0] < lo_hi[1]
+    ):
+        what = "window" if mode == "ct" else "lower/upper"
+        raise bad(f"preprocessing.intensity.{what} must be two numbers, low < high, got {list(lo_hi)!r}")
+    if man.inference is not None and not isinstance(man.inference, dict):
+        raise bad(f"inference must be an object, got {type(man.inference).__name__}")
+
+
+#: Architectures of :data:`semisam.specialists.SPECIALIST_REGISTRY` known without importing torch
+#: (a test checks both agree); any other name is looked up in the registry itself.
+BUILTIN_ARCHS = ("mamba_unet", "unet3d")
+
+
+def check_arch_known(arch: str, where: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``arch`` is a registered specialist architecture."""
+    if arch in BUILTIN_ARCHS:
+        return
+    from semisam.specialists import SPECIALIST_REGISTRY
+
+    if arch not in SPECIALIST_REGISTRY:
+        raise CheckpointError(
+            f"{where}: arch: unknown specialist architecture {arch!r}; choose one of {sorted(SPECIALIST_REGISTRY)}"
+        )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -342,7 +383,8 @@ def load_model(
     man = verify_model_dir(model_dir)
     try:
         model = build_specialist(man.arch, **man.kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as exc:
+        # TypeError: kwargs the constructor does not take; the others: values it cannot build from
         raise CheckpointError(f"{Path(model_dir) / MANIFEST_NAME}: {exc}") from exc
     weights = Path(model_dir) / WEIGHTS_NAME
     try:

@@ -231,7 +231,7 @@ def load_prompts(path: str | os.PathLike, shape_zyx: tuple[int, int, int] | None
         raise PromptError(f"{p}: prompts file not found")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # Recursion: absurd nesting
         raise PromptError(f"{p}: not valid JSON: {exc}") from exc
     return parse_prompts(data, shape_zyx, source=str(p))
 

@@ -70,6 +70,88 @@ class NonFiniteVoxelsError(VolumeError):
     """The image holds NaN or infinite voxels."""
 
 
+class BadDirectionError(VolumeError):
+    """The voxel axes are not orthogonal (sheared) or the direction matrix is singular."""
+
+
+class GridTooLargeError(VolumeError):
+    """Resampling the scan would make an array too large to allocate (absurd spacing in a header)."""
+
+
+#: Largest 3D grid (voxels) any resampling may produce: 2^30 float32 voxels = 4 GiB. A whole-body CT
+#: at 0.8 x 0.8 x 1.5 mm is ~0.2e9; beyond 2^30 the header's spacing (or a model's target) is wrong.
+MAX_GRID_VOXELS = 1 << 30
+#: Largest 2D slice (pixels) a resampling may produce: 4096 x 4096.
+MAX_SLICE_PIXELS = 1 << 24
+#: Largest growth of the element count by one resampling. Real cases stay far below: 5 mm slices to
+#: 1.5 mm with 0.7 mm pixels to 0.8 mm is x2.6; a coronal slice of a 5 mm CT made square is x8.8. A
+#: bigger factor means a wrong spacing (1e6 mm) or target (0.01 mm), and memory in proportion.
+MAX_RESAMPLE_GROWTH = 64.0
+#: |cos| between two voxel axes above which they count as not orthogonal (0.06 degrees off 90).
+ORTHOGONALITY_ATOL = 1e-3
+
+
+def check_grid_size(
+    shape: Sequence[float],
+    what: str,
+    fix: str,
+    source: str | None = None,
+    limit: int | None = None,
+    grown_from: Sequence[int] | None = None,
+) -> None:
+    """Raise :class:`GridTooLargeError` when ``shape`` holds more than ``limit`` (default
+    :data:`MAX_GRID_VOXELS`, or :data:`MAX_SLICE_PIXELS` for 2D) elements, or, given the shape it is
+    resampled from (``grown_from``), more than :data:`MAX_RESAMPLE_GROWTH` times as many.
+
+    ``what`` says what would be made (``"the model grid"``), ``fix`` what the user should change.
+    """
+    limit = limit or (MAX_SLICE_PIXELS if len(shape) == 2 else MAX_GRID_VOXELS)
+    n = float(np.prod([float(s) for s in shape]))
+    dims = " x ".join(f"{s:.3g}" for s in shape)
+    if not n <= limit:  # also catches NaN
+        raise GridTooLargeError(
+            f"{what} would be {dims} = {n:.3g} elements (at most {limit:.3g}); {fix}", source
+        )
+    if grown_from is not None:
+        growth = n / max(1.0, float(np.prod([float(s) for s in grown_from])))
+        if growth > MAX_RESAMPLE_GROWTH:
+            raise GridTooLargeError(
+                f"{what} would multiply the element count by {growth:.3g} (to {dims}; at most "
+                f"x{MAX_RESAMPLE_GROWTH:g}); {fix}",
+                source,
+            )
+
+
+def check_direction(direction: np.ndarray, source: str | None = None) -> None:
+    """Refuse a singular or non-orthogonal direction matrix (columns = voxel axes).
+
+    Not handled by resampling: every part of SemiSAM indexes voxels along orthogonal axes, and a sheared
+    grid would get masks whose geometry differs from the scan's. The message says how to fix the file.
+    """
+    d = np.asarray(direction, dtype=float)
+    if not np.all(np.isfinite(d)):
+        raise BadDirectionError("direction matrix holds NaN or infinite values (corrupt header)", source)
+    norms = np.linalg.norm(d, axis=0)
+    if np.any(norms < 1e-6) or abs(np.linalg.det(d)) < 1e-6:
+        raise BadDirectionError(
+            "direction matrix is singular (two voxel axes point the same way, or one is zero); corrupt header",
+            source,
+        )
+    u = d / norms
+    cos = u.T @ u - np.eye(3)
+    worst = float(np.max(np.abs(cos)))
+    if worst > ORTHOGONALITY_ATOL:
+        a, b = np.unravel_index(np.argmax(np.abs(cos)), cos.shape)
+        angle = float(np.degrees(np.arccos(np.clip(cos[a, b], -1, 1))))
+        axes = "ijk"
+        raise BadDirectionError(
+            f"voxel axes {axes[a]} and {axes[b]} are not orthogonal ({angle:.2f} degrees apart: a sheared "
+            "grid, e.g. a gantry-tilted CT); SemiSAM needs orthogonal axes - resample the scan onto an "
+            "orthogonal grid first (e.g. Slicer's Resample Scalar Volume, or SimpleITK Resample)",
+            source,
+        )
+
+
 class GeometryMismatchError(VolumeError):
     """A mask (or second image) is not on the grid of its reference image."""
 
@@ -179,6 +261,10 @@ class Volume:
         """Build from a 3D scalar SimpleITK image (LPS geometry converted to RAS)."""
         _check_3d_scalar(image, source)
         d_lps = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+        check_direction(d_lps, source)
+        origin = np.array(image.GetOrigin(), dtype=float)
+        if not np.all(np.isfinite(origin)):
+            raise ScanReadError(f"origin {tuple(origin)} is not finite (corrupt header)", source)
         return cls(
             array=sitk.GetArrayFromImage(image),
             spacing=tuple(image.GetSpacing()),
@@ -233,12 +319,14 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_sitk(path: str | os.PathLike) -> tuple[sitk.Image, str]:
+def _read_sitk(path: str | os.PathLike) -> tuple[sitk.Image, str, tuple[int, tuple[int, int, int]] | None]:
+    """``(image, source, raw_nonfinite)``; ``raw_nonfinite`` is ``(count, first (i, j, k))`` of NaN/inf
+    voxels found in a NIfTI file's raw float data (ITK's NIfTI reader turns them into 0), else ``None``."""
     p = Path(path)
     if not p.exists():
         raise ScanNotFoundError("no such file or folder", p)
     if p.is_dir():
-        return _read_dicom_series(p), str(p)
+        return _read_dicom_series(p), str(p), None
     if _suffix(p) not in SUPPORTED_SUFFIXES and p.suffix.lower() not in (".dcm", ""):
         raise ScanReadError(
             f"unsupported file type {p.suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)} or a DICOM folder",
@@ -248,19 +336,47 @@ def _read_sitk(path: str | os.PathLike) -> tuple[sitk.Image, str]:
         raise ScanReadError("file is not readable (permission denied)", p)
     if p.stat().st_size == 0:
         raise ScanReadError("file is empty (0 bytes)", p)
+    nonfinite = None
     if _suffix(p) in (".nii", ".nii.gz"):
-        _check_nifti_complete(p)
+        nonfinite = _check_nifti_complete(p)
+    elif _suffix(p) in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        _check_text_header(p)
     try:
-        return sitk.ReadImage(str(p)), str(p)
+        return sitk.ReadImage(str(p)), str(p), nonfinite
     except RuntimeError as exc:  # SimpleITK reports every decode failure as RuntimeError
         raise ScanReadError(
             f"cannot be decoded (corrupt header or truncated data): {_first_line(exc)}", p
         ) from exc
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Fail on a truncated NIfTI: ITK's NIfTI reader silently fills missing voxels with zeros."""
+#: NIfTI datatype codes of float voxels -> numpy type (float128 and complex are not checked here).
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _check_text_header(path: Path) -> None:
+    """NRRD / MetaImage headers are checked before ITK parses them: hostile values crash it."""
+    from semisam.headers import HeaderError, check_metaimage_header, check_nrrd_header
+
+    try:
+        if _suffix(path) in (".nrrd", ".nhdr"):
+            check_nrrd_header(path)
+        else:
+            check_metaimage_header(path)
+    except HeaderError as exc:
+        raise ScanReadError(f"corrupt header: {str(exc).removeprefix(str(path) + ': ')}", path) from exc
+    except OSError as exc:
+        raise ScanReadError(f"cannot be read: {exc.strerror or exc}", path) from exc
+
+
+def _check_nifti_complete(path: Path) -> tuple[int, tuple[int, int, int]] | None:
+    """Fail on a truncated NIfTI: ITK's NIfTI reader silently fills missing voxels with zeros.
+
+    Float data is also scanned for NaN/inf in the raw bytes, because ITK's NIfTI reader returns them as 0
+    (measured with SimpleITK 2.5: a NaN and an inf voxel written to .nii/.nii.gz read back as 0.0, while
+    the NRRD and MHA readers keep them). Returns ``(count, first (i, j, k))`` of such voxels, or ``None``.
+    """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    scan: _FiniteScan | None = None
     try:
         with opener(path, "rb") as fh:
             header = fh.read(352)
@@ -272,18 +388,30 @@ def _check_nifti_complete(path: Path) -> None:
             else:
                 raise ScanReadError("corrupt NIfTI header (sizeof_hdr is not 348)", path)
             dims = struct.unpack(endian + "8h", header[40:56])
+            datatype = struct.unpack(endian + "h", header[70:72])[0]
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            offset_f = struct.unpack(endian + "f", header[108:112])[0]
+            if not np.isfinite(offset_f) or not 0 <= offset_f < 2**31:
+                raise ScanReadError(f"corrupt NIfTI header (vox_offset={offset_f})", path)
+            vox_offset = int(offset_f)
             if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1 : dims[0] + 1]) < 1:
                 raise ScanReadError(f"corrupt NIfTI header (dim={dims}, bitpix={bitpix})", path)
-            expected = (
-                max(vox_offset, 352) + int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64)) * bitpix // 8
-            )
+            n_voxels = int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64))
+            start = max(vox_offset, 352)
+            expected = start + n_voxels * bitpix // 8
+            ftype = _NIFTI_FLOATS.get(datatype)
+            if ftype and np.dtype(ftype).itemsize * 8 != bitpix:
+                ftype = None  # inconsistent header: SimpleITK decides (and usually refuses)
             if opener is open:
                 actual = path.stat().st_size
             else:  # stream through the gzip data to count it (about 0.3 s per 100 MB)
                 actual = len(header)
+                if ftype:  # scanned as it streams by: no second copy of the data in memory
+                    scan = _FiniteScan(np.dtype(endian + ftype), start, n_voxels)
+                    scan.feed(header, 0)
                 while block := fh.read(1 << 22):
+                    if scan is not None:
+                        scan.feed(block, actual)
                     actual += len(block)
     except (OSError, EOFError, zlib.error) as exc:
         raise ScanReadError(f"cannot be decoded (corrupt or truncated compressed data): {exc}", path) from exc
@@ -292,6 +420,53 @@ def _check_nifti_complete(path: Path) -> None:
             f"truncated data: {actual} bytes where the NIfTI header needs {expected} (corrupt or incomplete copy)",
             path,
         )
+    if not ftype:
+        return None
+    if scan is None:  # an uncompressed file: read in 4 MiB chunks
+        scan = _FiniteScan(np.dtype(endian + ftype), start, n_voxels)
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            pos = start
+            while not scan.done and (block := fh.read(1 << 22)):
+                scan.feed(block, pos)
+                pos += len(block)
+    if not scan.count:
+        return None
+    nx, ny = max(1, dims[1]), max(1, dims[2])
+    f = scan.first
+    return scan.count, (f % nx, (f // nx) % ny, f // (nx * ny))
+
+
+class _FiniteScan:
+    """Counts NaN/inf among ``n`` values of ``dtype`` starting at byte ``start`` of a byte stream fed
+    in blocks (any block boundaries); remembers the flat index of the first one."""
+
+    def __init__(self, dtype: np.dtype, start: int, n: int) -> None:
+        self.dtype, self.start, self.n = dtype, start, n
+        self.seen = 0
+        self.count = 0
+        self.first = -1
+        self._carry = b""
+
+    @property
+    def done(self) -> bool:
+        return self.seen >= self.n
+
+    def feed(self, block: bytes, pos: int) -> None:
+        """``block`` holds the stream's bytes ``pos .. pos + len(block)``."""
+        if self.done or pos + len(block) <= self.start:
+            return
+        buf = self._carry + block[max(0, self.start - pos) :]
+        usable = len(buf) - len(buf) % self.dtype.itemsize
+        values = np.frombuffer(buf, dtype=self.dtype, count=usable // self.dtype.itemsize)
+        values = values[: self.n - self.seen]
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            if self.first < 0:
+                self.first = self.seen + int(bad[0])
+            self.count += int(bad.size)
+        self.seen += len(values)
+        self._carry = buf[usable:]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -319,12 +494,49 @@ def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Imag
             )
     names = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
     reader.SetFileNames(names)
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice tags, for the slice-spacing check below
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as exc:
         raise ScanReadError(
             f"DICOM series {series_uid} cannot be decoded: {_first_line(exc)}", folder
         ) from exc
+    for problem in _slice_spacing_problems(reader, len(names)):
+        log.warning("%s: DICOM series %s: %s", folder, series_uid, problem)
+    return image
+
+
+#: Relative deviation of one slice gap from the median gap above which the series counts as uneven.
+SLICE_GAP_RTOL = 0.1
+
+
+def _slice_spacing_problems(reader: sitk.ImageSeriesReader, n: int) -> list[str]:
+    """Missing or unevenly spaced slices of a read series (ITK stacks them at one spacing regardless:
+    the volume is then geometrically wrong between those slices, so the user is told)."""
+    if n < 3:
+        return []
+    try:
+        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+        normal = np.cross(cosines[:3], cosines[3:6])
+        pos = [
+            float(np.dot([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")], normal))
+            for i in range(n)
+        ]
+    except (RuntimeError, ValueError, IndexError):
+        return ["slice positions (ImagePositionPatient) are missing; slice spacing could not be checked"]
+    gaps = np.abs(np.diff(np.sort(pos)))
+    median = float(np.median(gaps))
+    if median <= 0:
+        return ["several slices share one position (duplicate slices?)"]
+    out = []
+    missing = int(np.sum(np.round(gaps / median) - 1, where=gaps > median * 1.5))
+    if missing > 0:
+        out.append(
+            f"about {missing} slice(s) are missing (gaps of up to {gaps.max():.3g} mm, median {median:.3g} mm)"
+        )
+    elif float(np.max(np.abs(gaps - median))) > SLICE_GAP_RTOL * median:
+        out.append(f"slices are unevenly spaced ({gaps.min():.3g}..{gaps.max():.3g} mm)")
+    return out
 
 
 def read_volume(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Volume:
@@ -336,8 +548,15 @@ def read_volume(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Vo
         NotA3DScalarError: 2D, 4D, single-slice or multi-component.
         NonFiniteVoxelsError: NaN/inf voxels (unless ``allow_nonfinite``).
     """
-    image, source = _read_sitk(path)
+    image, source, raw_nonfinite = _read_sitk(path)
     vol = Volume.from_sitk(image, source=source)
+    if raw_nonfinite:
+        n, (i, j, k) = raw_nonfinite
+        if not allow_nonfinite:
+            raise NonFiniteVoxelsError(
+                f"{n} voxel(s) are NaN or infinite (first at voxel i={i}, j={j}, k={k})", source
+            )
+        log.warning("%s: %d NaN/infinite voxel(s) were read as 0 by the NIfTI reader", source, n)
     if not allow_nonfinite and np.issubdtype(vol.array.dtype, np.floating):
         bad = ~np.isfinite(vol.array)
         n = int(bad.sum())
@@ -346,6 +565,12 @@ def read_volume(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Vo
             raise NonFiniteVoxelsError(
                 f"{n} voxel(s) are NaN or infinite (first at voxel i={i}, j={j}, k={k})", source
             )
+    if vol.array.size and vol.array.min() == vol.array.max():
+        log.warning(
+            "%s: every voxel has the value %g (a constant image): there is nothing to segment in it",
+            source,
+            float(vol.array.flat[0]),
+        )
     return vol
 
 
@@ -358,7 +583,9 @@ def read_mask(path: str | os.PathLike, reference: Volume | None = None) -> Volum
         GeometryMismatchError: the mask's grid differs from ``reference``'s (the message lists how).
         MaskValueError: negative, fractional or non-finite values.
     """
-    image, source = _read_sitk(path)
+    image, source, raw_nonfinite = _read_sitk(path)
+    if raw_nonfinite:
+        raise MaskValueError("mask holds NaN or infinite values", source)
     mask = Volume.from_sitk(image, source=source)
     arr = _as_label_array(mask.array, source)
     mask = Volume(arr, mask.spacing, mask.origin, mask.direction, source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from semisam import __version__
@@ -42,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`semisam store list | head -1`): not an error of ours. Point stdout at
+        # devnull so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, OSError, SampleUnavailableError) as exc:
         # Bad input (every project error subclasses ValueError) and file-system trouble are the user's
         # to fix: one line naming the problem, no traceback. Anything else is a bug and keeps its traceback.

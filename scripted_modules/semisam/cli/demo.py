@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from semisam.fileio import atomic_write_json
     from semisam.generalists import build_generalist, parse_model_spec
     from semisam.metrics import dice
+    from semisam.outputs import commit_outputs, plan_outputs
     from semisam.prompts import take_slice
     from semisam.propagation import propagate_prompts
     from semisam.propagation.montage import render_montage, save_png
@@ -43,8 +44,24 @@ def run(args: argparse.Namespace) -> int:
     from semisam.volume import read_mask, read_volume, write_mask
 
     t0 = time.perf_counter()
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out}: is a file; give a folder (created when missing)")
     extra = [args.samples_dir] if args.samples_dir else []
     case = get_case(args.case, extra=extra, download=True)
+    # Checked before any work: the demo never writes over the sample files (or the checkpoint).
+    outputs = plan_outputs(
+        {
+            "sample image": case.image,
+            "sample label": case.label,
+            "--model checkpoint": (args.model or "").partition(":")[2] or None,
+        },
+        {
+            "prompts": (out / f"{case.name}_prompts.json", "json"),
+            "mask": (out / f"{case.name}_mask.nii.gz", "image"),
+            "montage": (out / f"{case.name}_montage.png", "png"),
+        },
+    )
     volume = read_volume(case.image)
     label = read_mask(case.label, reference=volume).array
     prompts = boxes_from_label(label, [middle_slice(label)], "axial")
@@ -53,18 +70,18 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     result, state = propagate_prompts(model, volume, prompts, modality=case.modality)
     t2 = time.perf_counter()
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{case.name}_prompts.json", prompts.to_json())
-    mask_path = write_mask(result.mask, volume, out / f"{case.name}_mask.nii.gz")
+    mask_path, png = outputs["mask"].path, outputs["montage"].path
     shown = sorted(set(result.slices) | set(lesion_slices(label)) | {p.slice for p in prompts.prompts})
     # One slice of context on each side shows where propagation stopped.
     shown = list(range(max(0, shown[0] - 1), min(volume.shape[0], shown[-1] + 2)))
     image01 = state.encoder.window.apply(volume.array)
-    png = save_png(
-        render_montage(image01, result.mask, "axial", shown, list(prompts.prompts), label=label),
-        out / f"{case.name}_montage.png",
-    )
+    with commit_outputs(outputs) as tmp:  # the three files appear together, or none is touched
+        atomic_write_json(tmp["prompts"], prompts.to_json())
+        write_mask(result.mask, volume, tmp["mask"])
+        save_png(
+            render_montage(image01, result.mask, "axial", shown, list(prompts.prompts), label=label),
+            tmp["montage"],
+        )
     per_slice = {
         str(s): round(dice(take_slice(result.mask, "axial", s), take_slice(label, "axial", s)), 4)
         for s in shown

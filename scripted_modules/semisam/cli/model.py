@@ -53,6 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.output)
+    # Before any work (and before torch's multi-second import): a model folder is never replaced.
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"--output {out}: already exists; a new model needs a new folder")
+    from semisam.outputs import OutputError, writable_folder
+
+    if writable_folder(out.resolve().parent) is None:
+        raise OutputError(f"--output {out}: folder {out.parent} is not a writable folder")
     import torch
 
     from semisam.checkpoints import new_manifest, save_model

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -53,10 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from semisam.fileio import atomic_write_json
+    from semisam.outputs import commit_outputs, plan_outputs
     from semisam.prompts import load_prompts
     from semisam.volume import read_volume, write_mask
 
     t0 = time.perf_counter()
+    # Every output is checked before any work: never the scan, the prompts or the checkpoint, never
+    # each other, a writable type and folder.
+    checkpoint_arg = (args.model or "").partition(":")[2] or None
+    outputs = plan_outputs(
+        {"IMAGE": args.image, "--prompts": args.prompts, "--model checkpoint": checkpoint_arg},
+        {"--output": (args.output, "image"), "--confidence": (args.confidence, "json")},
+    )
     volume = read_volume(args.image)
     prompts = load_prompts(args.prompts, volume.shape)  # fail on bad prompts before loading a model
     # torch and the model come only after the input is known to be good.
@@ -65,15 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
     name, checkpoint = parse_model_spec(args.model)
     out = Path(args.output)
-    if out.exists() and out.is_dir():
-        raise ValueError(f"--output {out}: is a folder; give a file name such as {out / 'mask.nii.gz'}")
-    if args.confidence and not os.access(Path(args.confidence).parent.resolve(), os.W_OK):
-        raise ValueError(f"--confidence {args.confidence}: folder is not writable")
     model = build_generalist(name, checkpoint=checkpoint, device=args.device)
     t1 = time.perf_counter()
     result, state = propagate_prompts(model, volume, prompts, window=args.window, modality=args.modality)
     t2 = time.perf_counter()
-    write_mask(result.mask, volume, out)
     summary = {
         "image": str(args.image),
         "output": str(out),
@@ -86,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds": {"load": round(t1 - t0, 2), "propagate": round(t2 - t1, 2)},
         **result.summary(),
     }
-    if args.confidence:
-        atomic_write_json(Path(args.confidence), summary)
+    with commit_outputs(outputs) as tmp:  # all outputs appear together, or none
+        write_mask(result.mask, volume, tmp["--output"])
+        if "--confidence" in tmp:
+            atomic_write_json(tmp["--confidence"], summary)
     print(json.dumps({k: summary[k] for k in ("output", "voxels", "key_slices", "seconds")}))
     return 0

@@ -38,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from semisam.checkpoints import load_model
     from semisam.device import resolve_device
     from semisam.inference import segment
+    from semisam.outputs import commit_outputs, plan_outputs
 
     t0 = time.perf_counter()
+    # Checked before the model is loaded: never the scan or the model folder, never each other.
+    outputs = plan_outputs(
+        {"IMAGE": args.image, "--model": args.model},
+        {"--output": (args.output, "image"), "--uncertainty": (args.uncertainty, "image")},
+    )
     device = resolve_device(args.device)
     model, manifest = load_model(args.model, device)
     volume = read_volume(args.image)
@@ -50,12 +56,18 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(stage)
         bar.update(int(round(fraction * 100)) - bar.n)
 
-    result = segment(volume, model, manifest, device, progress=progress)
-    bar.close()
+    try:
+        result = segment(volume, model, manifest, device, progress=progress)
+    except BaseException:
+        bar.leave = False  # erase the bar: the error line stays the only output
+        raise
+    finally:
+        bar.close()
     t1 = time.perf_counter()
-    write_mask(result.labels, volume, args.output)
-    if args.uncertainty:
-        write_volume(volume.with_array(result.uncertainty), args.uncertainty)
+    with commit_outputs(outputs) as tmp:  # both files appear together, or neither is touched
+        write_mask(result.labels, volume, tmp["--output"])
+        if "--uncertainty" in tmp:
+            write_volume(volume.with_array(result.uncertainty), tmp["--uncertainty"])
     t_write = time.perf_counter() - t1
     values, counts = np.unique(result.labels[result.labels > 0], return_counts=True)
     names = {v: k for k, v in manifest.labels.items()}

@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("root")
     a.add_argument("dest", help="new folder, e.g. Dataset501_Name")
     a.add_argument("--layout", choices=["nnunetv2", "msd"], default="nnunetv2")
+    a.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="leave out cases whose record is damaged (default: refuse)",
+    )
     a.set_defaults(func=_friendly_os_errors(cmd_export))
 
     a = ss.add_parser(
@@ -103,7 +108,7 @@ def _friendly_os_errors(func):
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except FileNotFoundError:
+        except (FileNotFoundError, BrokenPipeError):  # BrokenPipeError: `| head`; semisam.cli.main handles it
             raise
         except OSError as exc:
             raise StoreError(
@@ -181,6 +186,7 @@ def _fmt_labels(labels: dict[str, int]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = LabeledStore(args.root)
+    damaged = store.damaged_cases() + store.damaged_unlabeled()
     cases = store.cases(args.split)
     scans = store.unlabeled()
     versions = store.models.versions()
@@ -194,8 +200,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             "models": [v.to_json() for v in versions],
             "active_model": active.version if active else None,
         }
+        out["damaged"] = damaged
         print(json.dumps(out, indent=2))
-        return 0
+        return _report_damaged(damaged)
     n_val = sum(r.split == "validation" for r in cases)
     labels = ", ".join(f"{k}={v}" for k, v in store.labels.items() if k)
     print(f"store {store.root}  (labels {labels}; modality {store.modality or 'unset'})")
@@ -231,14 +238,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         mark = "*" if active and v.version == active.version else " "
         metrics = " ".join(f"{k}={x:.4f}" for k, x in v.metrics.items()) or "not evaluated"
         print(f"model {mark}{v.version}: {v.arch} (parent {v.parent or '-'}) {metrics}")
-    return 0
+    return _report_damaged(damaged)
+
+
+def _report_damaged(damaged: list[str]) -> int:
+    """Damaged case / scan records: one line each on stderr and exit code 1 (`store check` says more)."""
+    import sys
+
+    for line in damaged:
+        print(f"semisam store list: error: damaged record: {line}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from semisam.store.decathlon import export_dataset
 
     store = LabeledStore(args.root)
-    out = export_dataset(store, args.dest, layout=args.layout)
+    out = export_dataset(store, args.dest, layout=args.layout, skip_damaged=args.skip_damaged)
     print(
         f"exported {len(store.cases())} cases ({len(store.validation_ids())} validation) and "
         f"{len(store.unlabeled())} unlabeled scans to {out} ({args.layout} layout)"

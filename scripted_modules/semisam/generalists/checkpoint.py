@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import threading
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -61,26 +62,60 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
+    kind = sniff_checkpoint(path)
+    if kind is None:
+        raise CheckpointError(
+            f"checkpoint {path}: not a checkpoint (neither a PyTorch .pth/.pt file nor safetensors; "
+            "wrong file, or a corrupt or incomplete copy)"
+        )
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only=True refuses globals other than tensors/containers: that is a pickled object.
+        # torch's message goes on to suggest weights_only=False, which runs arbitrary code: never quoted.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"checkpoint {path}: refused to load - it contains pickled Python objects "
+                f"({found.group(1)}), not only tensors; save the state dict alone (or as safetensors)"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path}: refused to load — it contains pickled Python objects, not only tensors "
-            f"(only weights_only checkpoints are accepted): {str(exc).splitlines()[0]}"
-        ) from exc
+            f"checkpoint {path}: not a readable PyTorch checkpoint (corrupt or incomplete pickle data)"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch/safetensors file ({exc})") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable PyTorch/safetensors file ({_first_sentence(exc)})"
+        ) from None
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise CheckpointError(
-            f"checkpoint {path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"checkpoint {path}: not a readable checkpoint ({type(exc).__name__}: {_first_sentence(exc)})"
+        ) from None
     return unwrap_state_dict(obj, path)
+
+
+def sniff_checkpoint(path: Path) -> str | None:
+    """``"torch"`` (zip archive or legacy pickle), ``"safetensors"``, or ``None`` (not a checkpoint),
+    from the first bytes only: random bytes never reach an unpickler."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 1 < n < min(path.stat().st_size, 100 << 20) and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    cut = text.find(". ")
+    text = text if cut < 0 else text[: cut + 1]
+    return text[:200]
 
 
 def unwrap_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from semisam.fileio import atomic_path
 
-from .fast_encoder import cpu_session, onnx_cache_dir, weights_sha256
+from .fast_encoder import cached_session, onnx_cache_dir, weights_sha256
 
 #: bump when the decoder graph changes, so stale cached exports are not reused
 DECODER_VERSION = "2"
@@ -133,10 +133,7 @@ class OrtDecoder:
                 m = self.model
                 key = weights_sha256(nn.ModuleList([m.prompt_encoder, m.mask_decoder]))[:32]
                 path = onnx_cache_dir() / f"decoder-{key}-s{m.image_size}-v{DECODER_VERSION}.onnx"
-                if not path.is_file():
-                    log.info("exporting the prompt decoder to ONNX (first use): %s", path)
-                    self._export(path)
-                self._session = cpu_session(path, self.threads)
+                self._session = cached_session(path, self._export, self.threads, "prompt decoder")
                 self.path = path
             return self._session
 

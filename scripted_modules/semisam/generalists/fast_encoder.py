@@ -57,6 +57,25 @@ def cpu_session(path: Path, threads: int, profile_prefix: str | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def cached_session(path: Path, build, threads: int, what: str):
+    """A session for the cached export at ``path``, exporting it with ``build(path)`` when missing.
+
+    A cached file that fails to load (truncated by a full disk or a killed copy, or written by another
+    onnxruntime) is removed and rebuilt once, instead of failing every later run.
+    """
+    if not path.is_file():
+        log.info("exporting the %s to ONNX (first use): %s", what, path)
+        build(path)
+        return cpu_session(path, threads)
+    try:
+        return cpu_session(path, threads)
+    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
+        log.warning("cached ONNX %s %s cannot be loaded (%s); rebuilding it", what, path, str(exc)[:200])
+        path.unlink(missing_ok=True)
+        build(path)
+        return cpu_session(path, threads)
+
+
 def onnx_cache_dir() -> Path:
     return cache_root() / "onnx"
 
@@ -126,10 +145,9 @@ class OrtEncoder:
                     enc = copy.deepcopy(enc).to("cpu")
                 key = weights_sha256(enc)[:32]
                 path = onnx_cache_dir() / f"encoder-{key}-s{self.image_size}-b1-v{EXPORT_VERSION}.onnx"
-                if not path.is_file():
-                    log.info("exporting the image encoder to ONNX (first use): %s", path)
-                    export_encoder(enc, self.image_size, path)
-                self._session = cpu_session(path, self.threads)
+                self._session = cached_session(
+                    path, lambda p: export_encoder(enc, self.image_size, p), self.threads, "image encoder"
+                )
                 self.path = path
             return self._session
 

@@ -49,6 +49,11 @@ def infer_sam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -> dict[
         depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
         rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
         head_dim = int(rel[0].shape[1])
+        if head_dim < 1 or embed_dim < 1:
+            raise CheckpointError(
+                f"checkpoint {path}: not a SAM ViT checkpoint: zero-size attention tables "
+                f"(rel_pos_h {tuple(rel[0].shape)}, embedding width {embed_dim})"
+            )
         sizes = [(int(r.shape[0]) + 1) // 2 for r in rel]
         global_idx = [i for i, s in enumerate(sizes) if s == grid]
         windows = {s for s in sizes if s != grid}
@@ -74,7 +79,30 @@ def infer_sam_arch(state: Mapping[str, torch.Tensor], path: str | Path) -> dict[
             f"checkpoint {path}: not a SAM ViT checkpoint (segment-anything image encoder + prompt encoder + "
             f"mask decoder): missing {exc}"
         ) from exc
-    if depth == 0 or windows or embed_dim % head_dim or not math.isfinite(arch["mlp_ratio"]):
+    except ZeroDivisionError as exc:
+        raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: zero-size tensors") from exc
+    # Crafted shapes (a zero-width table or layer) must not reach the constructors, whose asserts and
+    # divisions would fail with no file named.
+    widths = {
+        "pos_embed": embed_dim,
+        "pos_embed grid": grid,
+        "rel_pos_h width": head_dim,
+        "neck": out_chans,
+        "mlp": int(state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0]),
+        **{k: int(arch[k]) for k in ("mask_in_chans", "decoder_depth", "decoder_mlp_dim", "iou_head_depth")},
+        "iou_head_hidden_dim": int(arch["iou_head_hidden_dim"]),
+    }
+    empty = sorted(k for k, v in widths.items() if v < 1)
+    if empty:
+        raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: zero-size {', '.join(empty)}")
+    if (
+        depth == 0
+        or windows
+        or embed_dim % head_dim
+        or not math.isfinite(arch["mlp_ratio"])
+        or min(sizes) < 1
+        or grid > 1024
+    ):
         raise CheckpointError(f"checkpoint {path}: not a SAM ViT checkpoint: inconsistent block shapes")
     return arch
 
@@ -140,7 +168,12 @@ def build_sam(
     path = Path(checkpoint)
     state = read_state_dict(path)
     arch = infer_sam_arch(state, path)
-    model = build_sam_module(arch, name)
+    try:
+        model = build_sam_module(arch, name)
+    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: not a SAM ViT checkpoint: its shapes do not build a model ({exc})"
+        ) from exc
     load_strict(model, state, path, "SAM ViT")
     model.checkpoint_path = str(path)
     model.weights_digest = checkpoint_sha256(path)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisam.volume import Volume
+from semisam.volume import Volume, check_grid_size
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,18 @@ def to_model_grid(volume: Volume, preprocessing: dict, device: torch.device) -> 
     sp_in = np.asarray(volume.spacing)[::-1]  # (sk, sj, si) = spacing per input array axis
     sp = sp_in[list(axes)]
     target = np.asarray(preprocessing["target_spacing"], dtype=float)[::-1]
-    model_shape = tuple(
-        max(2, int(round(n * s / t))) for n, s, t in zip(oriented_shape, sp, target, strict=True)
+    sizes = [n * s / t for n, s, t in zip(oriented_shape, sp, target, strict=True)]
+    # Bounded before anything is allocated: a header spacing of 1e6 mm or a target of 0.01 mm would ask
+    # for terabytes.
+    check_grid_size(
+        sizes,
+        f"resampling the scan (spacing {tuple(volume.spacing)} mm) to the model's target_spacing "
+        f"{tuple(preprocessing['target_spacing'])} mm",
+        "check the voxel size in the scan's header, or the model manifest's preprocessing.target_spacing",
+        volume.source,
+        grown_from=oriented_shape,
     )
+    model_shape = tuple(max(2, int(round(x))) for x in sizes)
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=torch.float32)
     t = _resample(t, model_shape, "trilinear").contiguous()
     normalise_intensity(t, preprocessing["intensity"])

@@ -176,6 +176,21 @@ def resolve_window(
     return window_for(volume, mod, window)
 
 
+def _check_square_pixel_size(volume: Volume, axis: str, pixel_mm: tuple[float, float]) -> None:
+    """Input check: a slice resampled to square pixels must stay allocatable (spacing 1e6 mm in a header)."""
+    from semisam.volume import check_grid_size
+
+    fine = min(pixel_mm)
+    rows, cols = slice_shape(volume.shape, axis)
+    check_grid_size(
+        (rows * pixel_mm[0] / fine, cols * pixel_mm[1] / fine),
+        f"an {axis} slice resampled to square pixels (pixel {pixel_mm[0]:.3g} x {pixel_mm[1]:.3g} mm)",
+        f"check the voxel size in the scan's header (spacing {tuple(volume.spacing)} mm)",
+        volume.source,
+        grown_from=(rows, cols),
+    )
+
+
 def init_state(
     model: PromptableModel,
     volume: Volume,
@@ -203,6 +218,7 @@ def init_state(
         raise PromptError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_NAMES)}")
     win = resolve_window(volume, window, modality)
     pixel_mm, slice_mm = slice_geometry(volume, axis)
+    _check_square_pixel_size(volume, axis, pixel_mm)
     if SquarePixels.needed(pixel_mm) and not hasattr(model, "propagate_volume"):
         # e.g. coronal/sagittal slices of a thick-slice scan: the model sees them resampled to square pixels.
         model = SquarePixels(model, pixel_mm)  # type: ignore[assignment]

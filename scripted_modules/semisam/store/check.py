@@ -34,6 +34,8 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
     from semisam.store.labeled import CASE_FILE, SCAN_FILE
 
     problems: list[str] = []
+    store.damaged_cases()  # reported below, one by one: store.cases() need not log them again
+    store.damaged_unlabeled()
     with store.lock:
         leftovers = store.leftovers()
         for case_dir in _visible_dirs(store.root / "cases"):
@@ -51,6 +53,12 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
             for name in (rec.image, *sorted(referenced)):
                 if not (case_dir / name).is_file():
                     problems.append(f"cases/{case_dir.name}: {name} is missing")
+                elif (case_dir / name).resolve().parent != case_dir.resolve():
+                    # the schema refuses names with separators; this catches a symlink leading out
+                    problems.append(
+                        f"cases/{case_dir.name}: {name} points outside the case folder "
+                        f"(to {(case_dir / name).resolve()})"
+                    )
             if deep:
                 problems += _deep_check(store, rec)
         records = store.cases()
@@ -70,15 +78,23 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
                         "still in the pool (`check --clean` removes it from the pool)"
                     )
                 continue
-            path = store.unlabeled_path(scan_dir.name)
+            try:
+                path = store.unlabeled_path(scan_dir.name)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
             if not path.is_file():
                 problems.append(f"unlabeled/{scan_dir.name}: scan file {path} is missing")
         try:
             registry = store.models
             for v in registry.versions():
-                for name in ("manifest.json", "weights.safetensors"):
-                    if not (v.path / name).is_file():
-                        problems.append(f"models/versions/{v.version}: {name} is missing")
+                missing = [n for n in ("manifest.json", "weights.safetensors") if not (v.path / n).is_file()]
+                problems += [f"models/versions/{v.version}: {name} is missing" for name in missing]
+                if not missing:
+                    try:
+                        registry.verified(v.version)
+                    except StoreError as exc:
+                        problems.append(str(exc))
             registry.active()
         except StoreError as exc:
             problems.append(str(exc))

@@ -18,7 +18,11 @@ history stays in the store).
 
 :func:`import_dataset` reads either layout (or any folder with that structure from nnU-Net or the MSD),
 takes the split from the "semisam" section, else from ``splits_final.json`` (fold 0), else applies the
-store's rule; ``imagesTs`` scans join the unlabeled pool.
+store's rule; ``imagesTs`` scans join the unlabeled pool. ``dataset.json`` is checked against
+``schemas/dataset.json`` first. An import is all or nothing: a new store is assembled in a hidden folder
+and renamed into place when complete; into an existing store, a failure removes every case and scan the
+import had added and restores the label table, so the corrected re-import is not refused.
+An export refuses a store with damaged records unless asked to skip them.
 """
 
 from __future__ import annotations
@@ -48,19 +52,38 @@ def _image_name(case_id: str, layout: str) -> str:
 
 
 def export_dataset(
-    store: LabeledStore, dest: str | os.PathLike, *, layout: str = "nnunetv2", description: str | None = None
+    store: LabeledStore,
+    dest: str | os.PathLike,
+    *,
+    layout: str = "nnunetv2",
+    description: str | None = None,
+    skip_damaged: bool = False,
 ) -> Path:
     """Write the store's cases, split and unlabeled scans to ``dest`` (must not exist or be empty).
 
+    A case whose record is damaged makes the export fail (naming it) unless ``skip_damaged``: a
+    dataset silently missing a case would train and evaluate on something else than the store holds.
+
     Raises:
         EmptyStoreError: the store has no labeled case.
-        StoreError: ``dest`` is not empty, or ``layout`` is unknown.
+        StoreError: ``dest`` is not empty or lies inside the store, ``layout`` is unknown, or a case
+            record is damaged.
     """
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StoreError("export folder exists and is not empty; choose a new folder", dest)
+    if _inside(dest, store.root):
+        raise StoreError(
+            f"export folder lies inside the store {store.root}; choose a folder outside it", dest
+        )
+    damaged = store.damaged_cases() + store.damaged_unlabeled()
+    if damaged and not skip_damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise StoreError(f"{damaged[0]}{more}; nothing exported (fix it, or export with --skip-damaged)")
+    for line in damaged:
+        log.warning("export skips a damaged record: %s", line)
     records = store.require_cases()
     scans = store.unlabeled()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +115,12 @@ def export_dataset(
         raise
     log.info("exported %d cases and %d unlabeled scans to %s (%s)", len(records), len(scans), dest, layout)
     return dest
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies below it (real paths: symlinks resolved)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
 
 
 def _dataset_json(store, records, scans, layout: str, description: str | None) -> dict[str, Any]:
@@ -143,13 +172,9 @@ def _read_dataset_json(src: Path) -> dict[str, Any]:
     path = src / "dataset.json"
     if not path.is_file():
         raise StoreNotFoundError("no dataset.json: not an MSD / nnU-Net raw dataset folder", src)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"dataset.json cannot be read: {exc}", path) from exc
-    if not isinstance(data, dict) or "labels" not in data:
-        raise StoreError("dataset.json has no 'labels'", path)
-    return data
+    from semisam.validate import load_json
+
+    return load_json(path, "dataset", error=StoreError)
 
 
 def _labels_and_layout(meta: dict[str, Any], path: Path) -> tuple[str, dict[int, str], str | None]:
@@ -173,7 +198,15 @@ def _labels_and_layout(meta: dict[str, Any], path: Path) -> tuple[str, dict[int,
         raise StoreError(
             f"dataset has {len(modality)} modalities {modality}; the store holds one scan per case", path
         )
-    return "msd", {int(k): v for k, v in meta["labels"].items()}, next(iter(modality.values()), None)
+    labels = {}
+    for key, name in meta["labels"].items():
+        if not str(key).isdigit() or not isinstance(name, str):
+            raise LabelError(
+                f'labels: MSD labels map a value to a name, e.g. {{"1": "tumour"}}; got {key!r}: {name!r}',
+                path,
+            )
+        labels[int(key)] = name
+    return "msd", labels, next(iter(modality.values()), None)
 
 
 def _training_pairs(src: Path, meta: dict[str, Any], layout: str) -> list[tuple[str, Path, Path]]:
@@ -233,19 +266,78 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
     splits = _splits(src, semisam)
 
     root = Path(store_root)
+    if _inside(root, src) or _inside(src, root):
+        raise StoreError(f"the store folder and the dataset folder {src} overlap; use separate folders", root)
+    pairs.sort(key=lambda p: (info.get(p[0], {}).get("seq", 1 << 30), p[0]))
+    table = {k: v for k, v in labels.items() if k != 0}
+    job = (src, meta, pairs, tests, info, splits, modality)
     if (root / "semisam_store.json").exists():
         store = LabeledStore(root)
-        store.declare_labels({k: v for k, v in labels.items() if k != 0})
-    else:
-        store = LabeledStore.create(
-            root, {k: v for k, v in labels.items() if k != 0}, modality=modality, name=meta.get("name")
-        )
+        with store.lock:  # one import at a time; a failure takes back everything it added
+            try:
+                _import_into_existing(store, table, job)
+            except (CaseExistsError, LabelError):
+                raise  # refused before anything was written; their messages say so
+            except ValueError as exc:
+                raise StoreError(f"{exc}; nothing imported (the store is as it was)") from exc
+        return store
+    # A new store is assembled in a hidden folder beside ROOT and appears by one rename when complete.
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StoreError("folder is not empty and holds no store; import into a new or empty folder", root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = _fs.tmp_name(root.parent, root.name)
+    try:
+        store = LabeledStore.create(staging, table, modality=modality, name=meta.get("name") or root.name)
+        _add_all(store, job)
+        if root.exists():
+            root.rmdir()  # the empty folder the user named
+        _fs.commit_dir(staging, root)
+    except ValueError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"{exc}; nothing imported (no store was created)") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return LabeledStore(root)
+
+
+def _import_into_existing(store: LabeledStore, table: dict[int, str], job) -> None:
+    """Import ``job`` into an open store (lock held); on any failure remove what was added and restore
+    the label table, so the store is exactly as before and a corrected re-import is not refused."""
+    src, meta, pairs, tests, *_ = job
     clash = sorted({c for c, _, _ in pairs} & set(store.case_ids()))
     clash += sorted({s for s, _ in tests} & {r.scan_id for r in store.unlabeled()})
     if clash:
-        raise CaseExistsError(f"ids already in the store: {', '.join(clash[:10])}; nothing imported", root)
+        raise CaseExistsError(
+            f"ids already in the store: {', '.join(clash[:10])}; nothing imported", store.root
+        )
+    from semisam.store.labeled import STORE_FILE
 
-    pairs.sort(key=lambda p: (info.get(p[0], {}).get("seq", 1 << 30), p[0]))
+    meta_before = (store.root / STORE_FILE).read_bytes()
+    before_cases, before_scans = set(store.case_ids()), {r.scan_id for r in store.unlabeled()}
+    try:
+        store.declare_labels(table)
+        _add_all(store, job)
+    except BaseException:
+        for cid in sorted(set(store.case_ids()) - before_cases):
+            _remove_dir(store.case_dir(cid))
+        for sid in sorted({r.scan_id for r in store.unlabeled()} - before_scans):
+            store.remove_unlabeled(sid)
+        _fs.atomic_write_bytes(store.root / STORE_FILE, meta_before)
+        store.meta = json.loads(meta_before)
+        raise
+
+
+def _remove_dir(folder: Path) -> None:
+    """Hide a folder by one rename (readers stop seeing it at once), then delete it."""
+    hidden = _fs.tmp_name(folder.parent, folder.name)
+    os.rename(folder, hidden)
+    _fs.fsync_dir(folder.parent)
+    _fs.remove_path(hidden)
+
+
+def _add_all(store: LabeledStore, job) -> None:
+    src, meta, pairs, tests, info, splits, modality = job
     tool = f"import:{meta.get('name') or src.name}"
     for case_id, image, label in pairs:
         extra = info.get(case_id, {})
@@ -261,7 +353,6 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
     for scan_id, image in tests:
         store.add_unlabeled(image, scan_id=scan_id, modality=modality)
     log.info("imported %d cases and %d unlabeled scans from %s", len(pairs), len(tests), src)
-    return store
 
 
 def _splits(src: Path, semisam: dict[str, Any]) -> dict[str, str]:
@@ -271,8 +362,10 @@ def _splits(src: Path, semisam: dict[str, Any]) -> dict[str, str]:
     path = src / "splits_final.json"
     if not path.is_file():
         return {}
+    from semisam.validate import load_json
+
+    folds = load_json(path, "splits_final", error=StoreError)
     try:
-        folds = json.loads(path.read_text(encoding="utf-8"))
         fold = folds[0]
         return {**{c: "train" for c in fold["train"]}, **{c: "validation" for c in fold["val"]}}
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:

@@ -25,9 +25,15 @@ import numpy as np
 from semisam.store import _fs
 from semisam.store.labeled import LabeledStore
 from semisam.store.records import Provenance
+from semisam.validate import warm
 from semisam.volume import Volume
 
 SHAPE_ZYX = (16, 32, 32)
+
+# Every store read checks its JSON against a schema; the first check of a kind costs ~0.1 s. Done at
+# import, a fork server that preloads this module hands warm validators to each drill it forks, so a
+# child killed within a few hundred milliseconds still gets real work done.
+warm("store_meta", "case_record", "scan_record", "registry_record", "active", "manifest")
 
 
 def synthetic_case(key: str) -> tuple[Volume, np.ndarray]:
@@ -63,7 +69,7 @@ def model_folder(path: Path) -> Path:
     save_file({"w": np.arange(4096, dtype=np.float32)}, str(tmp / "weights.safetensors"))
     manifest = {  # the contract of semisam.checkpoints.ModelManifest, written without torch
         "format_version": 1,
-        "arch": "drill",
+        "arch": "unet3d",  # a registered name: registration refuses unknown architectures
         "kwargs": {"n_classes": 2},
         "labels": {"lesion": 1},
         "modality": "CT",

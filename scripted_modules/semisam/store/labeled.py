@@ -108,7 +108,12 @@ class LabeledStore(UnlabeledPool):
                 f"version {FORMAT_VERSION}: upgrade semisam to open it",
                 meta_path,
             )
+        from semisam.store.pool import check_json
+
+        check_json("store_meta", meta, meta_path, "store metadata")
         self.meta = meta
+        #: damaged case records already reported (by :meth:`damaged_cases` or a log line): logged once
+        self._reported_damaged: set[str] = set()
         self.lock = _fs.StoreLock(self.root / ".lock", timeout_s=lock_timeout_s)
         if clean:
             self._clean_if_idle()
@@ -192,7 +197,7 @@ class LabeledStore(UnlabeledPool):
     def declare_labels(self, labels: Mapping[int, str]) -> dict[int, str]:
         """Add label values to the table (an existing value must keep its name). Returns the new table."""
         with self.lock:
-            meta = read_json(self.root / STORE_FILE, "store metadata")
+            meta = read_json(self.root / STORE_FILE, "store metadata", "store_meta")
             table = {int(k): v for k, v in meta["labels"].items()}
             for value, name in check_label_table(labels).items():
                 if value in table and table[value] != name:
@@ -229,11 +234,34 @@ class LabeledStore(UnlabeledPool):
             except CaseNotFoundError:
                 continue  # a folder without case.json is not a case
             except StoreError as exc:
-                log.error("skipping damaged case: %s", exc)
+                if p.name not in self._reported_damaged:
+                    self._reported_damaged.add(p.name)
+                    log.error("skipping damaged case: %s", exc)
                 continue
             if split is None or rec.split == split:
                 out.append(rec)
         return sorted(out, key=lambda r: r.seq)
+
+    def damaged_cases(self) -> list[str]:
+        """One line per case folder whose ``case.json`` cannot be used (what :meth:`cases` skips).
+
+        The caller reports them: :meth:`cases` then skips them without logging them again.
+        """
+        out = []
+        folder = self.root / "cases"
+        if not folder.is_dir():
+            return out
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or not p.is_dir() or not (p / CASE_FILE).is_file():
+                continue
+            try:
+                self._load_record(p.name)
+            except CaseNotFoundError:
+                continue
+            except StoreError as exc:
+                out.append(str(exc))
+                self._reported_damaged.add(p.name)
+        return out
 
     def case_ids(self, split: str | None = None) -> list[str]:
         return [r.case_id for r in self.cases(split)]
@@ -253,7 +281,7 @@ class LabeledStore(UnlabeledPool):
     def _load_record(self, case_id: str) -> CaseRecord:
         path = self.case_dir(case_id) / CASE_FILE
         try:
-            data = read_json(path, "case record")
+            data = read_json(path, "case record", "case_record")
         except FileNotFoundError:
             known = ", ".join(self._ids_quick()[:10]) or "none"
             raise CaseNotFoundError(f"no case {case_id!r} in the store (cases: {known})", self.root) from None

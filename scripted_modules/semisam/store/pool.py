@@ -24,18 +24,31 @@ SCAN_FILE = "scan.json"
 ImageLike = Volume | str | os.PathLike
 
 
-def read_json(path: Path, what: str) -> dict:
-    """Parse a JSON object; FileNotFoundError passes through, anything else is a :class:`StoreFormatError`."""
+def read_json(path: Path, what: str, kind: str | None = None) -> dict:
+    """Parse a JSON object (checked against ``schemas/<kind>.json`` when ``kind`` is given).
+
+    FileNotFoundError passes through, anything else is a :class:`StoreFormatError` naming the file and,
+    for a schema failure, the field and what was expected.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise StoreFormatError(f"{what} cannot be read ({exc})", path) from exc
     if not isinstance(data, dict):
         raise StoreFormatError(f"{what} is not a JSON object", path)
+    if kind is not None:
+        check_json(kind, data, path, what)
     return data
+
+
+def check_json(kind: str, data: object, path: Path, what: str) -> None:
+    """:func:`semisam.validate.validate` with the store's error type: ``PATH: WHAT is damaged: FIELD: ...``."""
+    from semisam.validate import validate
+
+    validate(kind, data, None, error=lambda m: StoreFormatError(f"{what} is damaged: {m}", path))
 
 
 class UnlabeledPool:
@@ -119,16 +132,36 @@ class UnlabeledPool:
             if p.name.startswith(".") or not (p / SCAN_FILE).is_file():
                 continue
             try:
-                out.append(UnlabeledRecord.from_json(read_json(p / SCAN_FILE, "scan record")))
+                out.append(UnlabeledRecord.from_json(read_json(p / SCAN_FILE, "scan record", "scan_record")))
             except (StoreError, TypeError) as exc:
-                log.error("skipping damaged unlabeled scan %s: %s", p, exc)
+                reported = getattr(self, "_reported_damaged", set())
+                if f"unlabeled/{p.name}" not in reported:
+                    reported.add(f"unlabeled/{p.name}")
+                    log.error("skipping damaged unlabeled scan: %s", exc)
         return sorted(out, key=lambda r: r.seq)
+
+    def damaged_unlabeled(self) -> list[str]:
+        """One line per unlabeled scan whose ``scan.json`` cannot be used (what :meth:`unlabeled` skips);
+        the caller reports them, so :meth:`unlabeled` does not log them again."""
+        out = []
+        folder = self.root / "unlabeled"
+        if not folder.is_dir():
+            return out
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or not (p / SCAN_FILE).is_file():
+                continue
+            try:
+                UnlabeledRecord.from_json(read_json(p / SCAN_FILE, "scan record", "scan_record"))
+            except (StoreError, TypeError) as exc:
+                out.append(str(exc))
+                getattr(self, "_reported_damaged", set()).add(f"unlabeled/{p.name}")
+        return out
 
     def unlabeled_path(self, scan_id: str) -> Path:
         """File of an unlabeled scan (inside the store, or the referenced file)."""
         folder = self.root / "unlabeled" / scan_id
         try:
-            rec = UnlabeledRecord.from_json(read_json(folder / SCAN_FILE, "scan record"))
+            rec = UnlabeledRecord.from_json(read_json(folder / SCAN_FILE, "scan record", "scan_record"))
         except FileNotFoundError:
             raise CaseNotFoundError(f"no unlabeled scan {scan_id!r} in the store", self.root) from None
         return folder / rec.image if rec.image else Path(rec.reference)

@@ -81,7 +81,8 @@ class ModelVersion:
 
 def verify_model_folder(folder: Path) -> dict[str, Any]:
     """Check a model folder (:func:`semisam.checkpoints.verify_model_dir`: files, format, sha256, no
-    pickles) and return its manifest as a dict. Torch is not imported: only the weights' bytes are hashed.
+    pickles; the architecture must be a registered one) and return its manifest as a dict. Torch is not
+    imported for the built-in architectures: only the weights' bytes are hashed.
     """
     from semisam import checkpoints
 
@@ -89,7 +90,8 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise RegistryError("model folder does not exist", folder)
     try:
-        checkpoints.verify_model_dir(folder)
+        man = checkpoints.verify_model_dir(folder)
+        checkpoints.check_arch_known(man.arch, folder / MANIFEST)
         return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # CheckpointError subclasses ValueError
         raise RegistryError(f"not a valid model folder: {exc}", folder) from exc
@@ -121,21 +123,41 @@ class ModelRegistry:
         return self._load(version)
 
     def _load(self, version: str) -> ModelVersion:
+        from semisam.store.pool import read_json
+
         path = self.versions_dir / version
+        data = read_json(path / RECORD, "registry record", "registry_record")
+        if data["version"] != version:
+            raise StoreFormatError(
+                f"registry record is damaged: version: names {data['version']!r}, not its folder {version!r}",
+                path / RECORD,
+            )
         try:
-            data = json.loads((path / RECORD).read_text(encoding="utf-8"))
             return ModelVersion.from_json(data, path)
-        except (OSError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise StoreFormatError(f"registry record is damaged: {exc}", path / RECORD) from exc
 
     def _pointer(self) -> dict[str, Any]:
+        from semisam.store.pool import read_json
+
         path = self.root / ACTIVE
         if not path.is_file():
             return {"active": None, "stack": [], "log": []}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StoreFormatError(f"active-version pointer is damaged: {exc}", path) from exc
+        return read_json(path, "active-version pointer", "active")
+
+    def verified(self, version: str) -> ModelVersion:
+        """:meth:`get` plus a check that the version's files are intact: manifest valid, weights present
+        and their sha256 equal to the one recorded at registration (what promote and rollback need)."""
+        rec = self.get(version)
+        verify_model_folder(rec.path)
+        actual = sha256_file(rec.path / WEIGHTS)
+        if actual != rec.sha256:
+            raise RegistryError(
+                f"{version}: weights sha256 {actual[:16]}... differs from the {rec.sha256[:16]}... recorded "
+                "at registration; the model files were modified after registering, not activated",
+                rec.path / WEIGHTS,
+            )
+        return rec
 
     def active(self) -> ModelVersion | None:
         """The active version (what SemiSAMSegment runs), or ``None`` before the first promotion."""
@@ -213,7 +235,7 @@ class ModelRegistry:
         why and nothing changes.
         """
         with self.store.lock:
-            cand = self.get(version)
+            cand = self.verified(version)
             ptr = self._pointer()
             current = ptr.get("active")
             if current == version:
@@ -237,7 +259,7 @@ class ModelRegistry:
                     "nothing to roll back to: no version was active before this one", self.root
                 )
             previous = stack.pop()
-            rec = self.get(previous)
+            rec = self.verified(previous)
             ptr.update(active=previous, stack=stack)
             ptr.setdefault("log", []).append({"time": _fs.utc_now(), "event": "rollback", "active": previous})
             _fs.atomic_write_json(self.root / ACTIVE, ptr)
