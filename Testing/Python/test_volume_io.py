@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import locale
 import os
 import stat
 from pathlib import Path
@@ -59,6 +60,16 @@ def test_round_trip_keeps_voxels_and_geometry(tmp_path, suffix):
 
 
 def test_dicom_series_folder(tmp_path):
+    # GDCM's DICOM writer can switch the process to the "C" locale, which breaks later tests' text I/O
+    # in the same process (see test_robust_images._dicom_series): restore it whatever happens.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _check_dicom_series_folder(tmp_path)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _check_dicom_series_folder(tmp_path):
     vol = _oblique_volume(shape=(4, 6, 8))
     img = vol.to_sitk()
     folder = tmp_path / "dicom"
