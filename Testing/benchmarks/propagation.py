@@ -147,13 +147,13 @@ def micro(model, volume, label, modality, repeats: int) -> dict:
     }
 
 
-def run_case(model, name: str, repeats: int) -> dict:
+def run_case(model, name: str, repeats: int, cache: EmbeddingCache | None = None) -> dict:
     case = find_case(name, extra=[REPO.parent / "shared" / "data"])
     if case is None:
         return {"skipped": "sample case not found (run `semisam samples fetch`)"}
     volume = read_volume(case.image)
     label = read_mask(case.label, reference=volume).array
-    cache = EmbeddingCache(max_bytes=2 * 2**30)
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=2 * 2**30)
     out: dict = {"lesion_slices": lesion_slices(label)}
     t = time.perf_counter()
     d, res, state = ours(model, volume, label, [middle_slice(label)], case.modality, cache)
@@ -431,15 +431,18 @@ def main(argv: list[str] | None = None) -> int:
         "build_s": round(time.perf_counter() - t, 2),
     }
     report["params"] = PropagationParams().to_json()
-    report["cases"] = {name: run_case(model, name, args.repeats) for name in args.cases.split(",") if name}
+    # One cache for the whole run: every slice is encoded once, whatever the case, structure, axis or k.
+    cache = (
+        DiskEmbeddingCache(Path(args.embedding_cache))
+        if args.embedding_cache
+        else EmbeddingCache(max_bytes=4 * 2**30)
+    )
+    report["cases"] = {
+        name: run_case(model, name, args.repeats, cache) for name in args.cases.split(",") if name
+    }
     structures = [s for s in args.structures.split(",") if s]
     if structures:
         ks = tuple(int(k) for k in args.ks.split(","))
-        cache = (
-            DiskEmbeddingCache(Path(args.embedding_cache))
-            if args.embedding_cache
-            else EmbeddingCache(max_bytes=4 * 2**30)
-        )  # every slice is encoded once per run, whatever the structure, axis or k
         aal = run_aal(model, Path(args.data), structures, args.axes.split(","), ks, cache)
         groups = {
             "development": tuple(s for s in structures if s in AAL_DEV),

@@ -145,16 +145,17 @@ def _limit(state: PropagationState, key: int, direction: int) -> int:
 def _outward_reach(state: PropagationState, track: Track) -> int | None:
     """How far a track beyond the outermost key slice may run, in slices; ``None``: no bound.
 
-    A user who boxes several slices spreads the boxes over the structure, near both ends (the simulated
-    annotator puts them at the centres of equal parts: half a gap from each end). So beyond the outermost
-    box the structure goes on for less than the largest gap between neighbouring boxes; a track that runs
-    further has left it (on 1 mm MRI a track from the lowest of three thalamus boxes otherwise runs 40
-    slices down the brainstem, whose tissue looks alike). With one key slice there is no such bound.
+    Several boxes are spread over the structure the way :func:`semisam.propagation.simulate.key_slices`
+    spreads them (the centres of equal parts of the extent), so the structure goes on beyond the
+    outermost box for about half a gap between boxes. A track may run half the largest gap, plus one
+    slice; further on it has left the structure (on 1 mm T1 a track from the lowest of three thalamus
+    boxes otherwise runs 40 slices down the brainstem, whose tissue looks alike: intensity cannot stop
+    it). With one key slice there is no such bound.
     """
     keys = sorted(k for k, v in state.keys.items() if v.result is not None)
     if len(keys) < 2 or (track.limit not in (-1, state.n_slices)):
         return None
-    return int(max(np.diff(keys)))
+    return int(np.ceil(max(np.diff(keys)) / 2)) + 1
 
 
 def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: Callable | None) -> None:
@@ -182,6 +183,7 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
                 state.pixel_mm,
                 state.slice_mm,
                 s,
+                outward=track.limit in (-1, state.n_slices),
             )
         else:
             outcome = propagate_one(

@@ -100,8 +100,14 @@ def follow_one(
     slice_mm: float,
     slice_index: int,
     trace: list | None = None,
+    outward: bool = False,
 ):
     """Segment slice ``slice_index`` from the previous slice's result by carrying it (see module doc).
+
+    ``outward``: the track runs beyond the outermost key slice (no key slice ahead bounds it). Then the
+    answer must also look like the *key slice's* structure (key-slice intensity model, nearest-mean
+    boundary): the neighbour-to-neighbour model alone follows any tissue that changes gradually (on 1 mm
+    T1 a track from the thalamus ran 115 slices through the brainstem with it, 40 with the key model).
 
     Args are those of :func:`semisam.propagation.step.propagate_one`, plus ``prev_image``: the previous
     slice's ``(H, W)`` windowed image. Returns a :class:`~semisam.propagation.step.StepOutcome`.
@@ -138,6 +144,7 @@ def follow_one(
         # on a 1 mm caudate the key slice's model gives its own track 0.7 near the key slice and 0.49
         # seventeen slices away. Judge each slice against its neighbour instead: the previous slice's
         # mask and image (the carried-mask agreement keeps this local model on the target).
+        key_lesion = lesion
         lesion = LesionModel.fit(prev_image, prev_mask) or lesion
     carried_like = lesion.likeness(image, carried.mask) if lesion is not None else 1.0
     # On thin slices the intensity test compares with the key slice's own structure and surroundings
@@ -169,6 +176,10 @@ def follow_one(
         # answer (score x agreement < min_agreement), so the review order shows it early.
         if carried_like < min_like:
             return StepOutcome(best, f"structure ends: carried region likeness {carried_like:.2f}")
+        if outward and lesion is not None:
+            key_like = key_lesion.likeness(image, carried.mask)
+            if key_like < min(params.min_likeness, key_lesion.boundary):
+                return StepOutcome(best, f"structure ends: unlike the key slice's structure ({key_like:.2f})")
         if carried.ncc < params.min_ncc:
             return StepOutcome(best, f"structure ends: images no longer match (NCC {carried.ncc:.2f})")
         if carried_run >= params.max_carried(slice_mm):
@@ -186,6 +197,10 @@ def follow_one(
         )
         res.carried_run = carried_run + 1
         return StepOutcome(res, None)
+    if outward and lesion is not None:
+        key_like = key_lesion.likeness(image, best.mask)
+        if key_like < min(params.min_likeness, key_lesion.boundary):
+            return StepOutcome(best, f"structure ends: unlike the key slice's structure ({key_like:.2f})")
     return StepOutcome(best, _end_reason(best, prev, params, carried_like))
 
 
