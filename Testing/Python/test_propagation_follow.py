@@ -92,8 +92,9 @@ class ScriptedModel:
         return SliceEmbedding(torch.zeros(1, 1, 4, 4), tuple(image.shape), {"image": np.array(image)})
 
     def predict(self, embedding, prompt):
-        mask = self.answer(embedding.extras["image"], prompt)
-        return SlicePrediction(_logits(mask), self.score)
+        out = self.answer(embedding.extras["image"], prompt)
+        mask, score = out if isinstance(out, tuple) else (out, self.score)
+        return SlicePrediction(_logits(mask), score)
 
 
 def _rim_slice(shape=(64, 64)):
@@ -130,8 +131,11 @@ def test_key_slice_answer_on_a_brighter_rim_is_asked_again():
 def test_propagated_answer_on_a_brighter_rim_is_refused():
     img, lesion, rim = _rim_slice()
 
-    def answer(image, prompt):  # box-only prompts go to the rim; with points the model finds the lesion
-        return lesion if prompt.points is not None else (rim | lesion if prompt.box[2] > 44 else rim)
+    def answer(image, prompt):
+        # Box-only prompts go to the rim (or the rim with the lesion), and the model is surer of those.
+        if prompt.points is not None:
+            return lesion, 0.8
+        return (rim | lesion if prompt.box[2] > 44 else rim), 0.95
 
     model = ScriptedModel(answer)
     prev = _result(9, lesion, 10)
