@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +223,7 @@ class DiskEmbeddingCache(EmbeddingCache):
 
         path = self._path(key)
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save(
                 {
                     "features": emb.features.cpu(),
@@ -332,14 +333,17 @@ def run_aal(model, data: Path, structures, axes, ks, cache) -> dict:
     labels = read_volume(atlas).array
     names = aal_names(names_txt)
     out: dict = {}
-    for i, name in enumerate(structures):
+    for name in structures:
         if name not in names or not (labels == names[name]).any():
             out[name] = {"skipped": "not in the atlas"}
             continue
         label = (labels == names[name]).astype(np.uint8)
         out[name] = {
-            axis: run_structure(model, volume, label, axis, ks, cache, seed=7 * i + j)
-            for j, axis in enumerate(axes)
+            # The jitter depends only on the structure and axis, whatever else this run measures.
+            axis: run_structure(
+                model, volume, label, axis, ks, cache, seed=zlib.crc32(f"{name}:{axis}".encode())
+            )
+            for axis in axes
         }
         log.warning(
             "%s: %s",

@@ -1,11 +1,20 @@
 """Run a propagation session: key-slice answers, tracks both ways, reconciliation, 3D clean-up.
 
-2D models (LiteMedSAM, SAM, MedSAM): each key slice is answered from its prompts; from every key slice a
-track runs up and one runs down, slice by slice (:func:`semisam.propagation.step.propagate_one`), until
-the structure ends or the next key slice is reached. Between two key slices both tracks cover the gap;
-each slice takes the distance-weighted mean of their logits (the nearer key slice counts more; a slice
-reached by only one track takes that one). Finally :func:`semisam.propagation.cleanup.keep_supported`
-keeps only the 3D components that a key slice's mask touches.
+2D models (LiteMedSAM, SAM, MedSAM): each key slice is answered from its prompts (asked again with points
+when the answer sits on a brighter rim, :mod:`.rim`); from every key slice a track runs up and one runs
+down, slice by slice, until the structure ends or the next key slice is reached. Slices thin against the
+structure (``slice_mm <= r / 2``) use :func:`semisam.propagation.follow.follow_one` (the previous mask
+carried by registration places the prompt and refuses answers that drift); thick ones (the 5-6.5 mm
+lesion scans) :func:`semisam.propagation.step.propagate_one`. A track beyond the outermost of several key
+slices runs at most half the largest gap between them, plus one slice.
+
+Between two key slices both tracks cover the gap. Where they agree (Dice >= ``min_agreement``) the slice
+takes the distance-weighted mean of their logits (the nearer key slice counts more); where they disagree,
+or only one of them reached the slice, the more confident answer is kept and the slice is *flagged*
+(:attr:`PropagationResult.flagged`, first in :attr:`PropagationResult.review_order`). Confidence is the
+model's predicted IoU x intensity likeness x agreement with the carried mask, times the two tracks'
+agreement between key slices. Finally :func:`semisam.propagation.cleanup.keep_supported` keeps only the
+3D components that a key slice's mask touches.
 
 SAM 2-family models (``propagate_volume`` method): the slices go to SAM 2's video predictor as frames
 and its memory bank propagates; their object score is the per-slice confidence.

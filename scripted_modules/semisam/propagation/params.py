@@ -1,7 +1,9 @@
 """The few parameters of sparse-slice propagation, each with the reason for its value.
 
-Values were chosen on the three development cases only (lung1, brain1, breast1) and are meant to be
-principled (units, probabilities) rather than tuned per case. ``Testing/benchmarks/propagation.py``
+The lesion-step values were chosen on the three development cases only (lung1, brain1, breast1); the
+thin-slice ones (``min_agreement``, ``min_ncc``, ``max_carried_mm``) were set from the reasons given below,
+before looking at results, and checked on three AAL structures (Caudate_L, Thalamus_L, Pallidum_L). All
+are meant to be principled (units, probabilities) rather than tuned per case. ``Testing/benchmarks/propagation.py``
 prints them beside the Dice they give.
 """
 
