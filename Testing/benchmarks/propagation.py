@@ -15,7 +15,18 @@ to the idle wall time): ``cold_10_slices_s`` (one box propagated through exactly
 median of ``--repeats``), ``encode_s`` (one slice, warm, median) and ``predict_ms`` (one prompt answered
 from a cached embedding, median) — ratios are against ``encode_s`` measured in this same process.
 
-Usage: ``python Testing/benchmarks/propagation.py [--cases lung1,brain1,breast1] [--repeats 3]``
+Long structures (``aal``): Colin27 T1 (1 mm) with AAL atlas structures 10-66 slices long, along the axial
+and coronal axes. Per structure and axis: ``oracle`` (the label's tight box on every slice, same model),
+``k1``/``k3``/``k5`` (boxes on k key slices chosen by the product's rule, each side moved by up to
+``JITTER_PX`` as a human draws), their ratio to the oracle, the Spearman correlation of per-slice
+confidence with per-slice Dice on the propagated slices, and ``review.wrong_first`` (of the slices with
+Dice < 0.5, the fraction found in as many first places of the review order). ``aal_summary`` groups
+``AAL_DEV`` (the structures the rules were developed on) and the others (never looked at while
+developing). Every slice is encoded once per run (one cache across cases, structures and k);
+``--embedding-cache DIR`` keeps the encoded slices between runs.
+
+Usage: ``python Testing/benchmarks/propagation.py [--cases lung1,brain1,breast1] [--repeats 3]
+[--structures Caudate_L,...] [--axes axial,coronal] [--ks 1,3,5] [--embedding-cache DIR] [--quick]``
 """
 
 from __future__ import annotations
