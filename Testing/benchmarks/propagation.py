@@ -15,7 +15,18 @@ to the idle wall time): ``cold_10_slices_s`` (one box propagated through exactly
 median of ``--repeats``), ``encode_s`` (one slice, warm, median) and ``predict_ms`` (one prompt answered
 from a cached embedding, median) — ratios are against ``encode_s`` measured in this same process.
 
-Usage: ``python Testing/benchmarks/propagation.py [--cases lung1,brain1,breast1] [--repeats 3]``
+Long structures (``aal``): Colin27 T1 (1 mm) with AAL atlas structures 10-66 slices long, along the axial
+and coronal axes. Per structure and axis: ``oracle`` (the label's tight box on every slice, same model),
+``k1``/``k3``/``k5`` (boxes on k key slices chosen by the product's rule, each side moved by up to
+``JITTER_PX`` as a human draws), their ratio to the oracle, the Spearman correlation of per-slice
+confidence with per-slice Dice on the propagated slices, and ``review.wrong_first`` (of the slices with
+Dice < 0.5, the fraction found in as many first places of the review order). ``aal_summary`` groups
+``AAL_DEV`` (the structures the rules were developed on) and the others (never looked at while
+developing). Every slice is encoded once per run (one cache across cases, structures and k);
+``--embedding-cache DIR`` keeps the encoded slices between runs.
+
+Usage: ``python Testing/benchmarks/propagation.py [--cases lung1,brain1,breast1] [--repeats 3]
+[--structures Caudate_L,...] [--axes axial,coronal] [--ks 1,3,5] [--embedding-cache DIR] [--quick]``
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +47,24 @@ from bench_common import machine_info
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask
+from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation import PropagationParams, add_prompt, add_prompts, init_state, propagate
 from semisam.propagation.simulate import boxes_from_label, key_slices, lesion_slices, middle_slice
 from semisam.samples import find_case
 from semisam.volume import read_mask, read_volume
 
 REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger("propagation-benchmark")
 
 
 def oracle(state, label: np.ndarray) -> np.ndarray:
-    """Label box on every lesion slice, answered independently by the model."""
+    """Label box on every lesion slice (along ``state.axis``), answered independently by the model."""
     out = np.zeros(label.shape, np.uint8)
-    for s in lesion_slices(label):
-        pred = state.predict(state.embedding(s), SlicePrompt(box=box_from_mask(label[s] > 0)))
-        out[s] = pred.mask
+    for s in lesion_slices(label, state.axis):
+        pred = state.predict(
+            state.embedding(s), SlicePrompt(box=box_from_mask(take_slice(label, state.axis, s) > 0))
+        )
+        put_slice(out, state.axis, s, pred.mask.astype(np.uint8))
     return out
 
 
@@ -144,13 +159,13 @@ def micro(model, volume, label, modality, repeats: int) -> dict:
     }
 
 
-def run_case(model, name: str, repeats: int) -> dict:
+def run_case(model, name: str, repeats: int, cache: EmbeddingCache | None = None) -> dict:
     case = find_case(name, extra=[REPO.parent / "shared" / "data"])
     if case is None:
         return {"skipped": "sample case not found (run `semisam samples fetch`)"}
     volume = read_volume(case.image)
     label = read_mask(case.label, reference=volume).array
-    cache = EmbeddingCache(max_bytes=2 * 2**30)
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=2 * 2**30)
     out: dict = {"lesion_slices": lesion_slices(label)}
     t = time.perf_counter()
     d, res, state = ours(model, volume, label, [middle_slice(label)], case.modality, cache)
@@ -172,12 +187,256 @@ def run_case(model, name: str, repeats: int) -> dict:
     return out
 
 
+# --- Long structures: Colin27 T1 + AAL atlas (1 mm, 10-66 slices per structure) -------------------------
+
+#: Structures the propagation rules were developed on (looked at, debugged on).
+AAL_DEV = ("Caudate_L", "Thalamus_L", "Pallidum_L")
+#: Structures never looked at while developing: the evaluation of rules fixed on AAL_DEV and the lesions.
+AAL_HELD_OUT = ("Amygdala_R", "Insula_R", "Caudate_R", "Heschl_L")
+AAL_AXES = ("axial", "coronal")
+#: A human's box is not the label's tight box: each side moves by up to this many pixels (1 mm here).
+JITTER_PX = 2
+
+
+class DiskEmbeddingCache(EmbeddingCache):
+    """The in-memory LRU backed by ``.pt`` files, so that repeated benchmark runs encode each slice once.
+
+    Files are named by a hash of the full :class:`~semisam.generalists.cache.EmbeddingKey` (model identity
+    with its weights digest, scan fingerprint, axis, index, window), so a changed model or scan never
+    reads a stale file.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int = 2 * 2**30) -> None:
+        super().__init__(max_bytes)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key) -> Path:
+        import hashlib
+
+        return self.folder / (hashlib.sha256(repr(key).encode()).hexdigest()[:40] + ".pt")
+
+    def get(self, key):
+        emb = super().get(key)
+        if emb is None and self._path(key).exists():
+            import torch
+
+            from semisam.generalists.base import SliceEmbedding
+
+            d = torch.load(self._path(key), weights_only=True)
+            emb = SliceEmbedding(d["features"], tuple(int(v) for v in d["shape"]), dict(d["extras"]))
+            super().put(key, emb)
+        return emb
+
+    def put(self, key, emb) -> None:
+        super().put(key, emb)
+        import torch
+
+        path = self._path(key)
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(
+                {
+                    "features": emb.features.cpu(),
+                    "shape": list(emb.slice_shape),
+                    "extras": {k: v for k, v in emb.extras.items() if not callable(v)},
+                },
+                tmp,
+            )
+            tmp.replace(path)
+
+
+def aal_names(path: Path) -> dict[str, int]:
+    """``{name: label value}`` from ``aal_dev.txt`` (lines ``value name code``)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            out[parts[1]] = int(parts[0])
+    return out
+
+
+def jittered_box(label2d: np.ndarray, seed: int, jitter: int = JITTER_PX) -> tuple[int, int, int, int]:
+    """The label's box with each side moved by a random integer in ``[-jitter, jitter]`` (kept valid)."""
+    x0, y0, x1, y1 = box_from_mask(label2d)
+    d = np.random.default_rng(seed).integers(-jitter, jitter + 1, size=4)
+    h, w = label2d.shape
+    bx0, by0 = int(np.clip(x0 + d[0], 0, w - 1)), int(np.clip(y0 + d[1], 0, h - 1))
+    bx1, by1 = int(np.clip(x1 + d[2], bx0, w - 1)), int(np.clip(y1 + d[3], by0, h - 1))
+    return bx0, by0, bx1, by1
+
+
+def per_slice_dice(mask: np.ndarray, label: np.ndarray, axis: str, slices) -> dict[int, float]:
+    return {int(s): dice(take_slice(mask, axis, s), take_slice(label, axis, s)) for s in slices}
+
+
+def spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return round(float(spearmanr(x, y).statistic), 3)
+
+
+def review_hits(order: list[int], slice_dice: dict[int, float], bad: float = 0.5) -> dict:
+    """How well the review order puts wrong slices (Dice < ``bad``) first: of the first ``n_bad`` slices
+    in the order, the fraction that are wrong (1.0 = all wrong slices come first)."""
+    wrong = {s for s, d in slice_dice.items() if d < bad}
+    if not wrong:
+        return {"n_wrong": 0, "wrong_first": None}
+    head = order[: len(wrong)]
+    return {"n_wrong": len(wrong), "wrong_first": round(len(wrong & set(head)) / len(wrong), 3)}
+
+
+def run_structure(model, volume, label: np.ndarray, axis: str, ks, cache, seed: int) -> dict:
+    """Oracle and k-box propagation of one structure along one axis (jittered label boxes)."""
+    state = init_state(model, volume, axis, modality="MR", cache=cache)
+    lab_slices = lesion_slices(label, axis)
+    out: dict = {"slices": len(lab_slices), "range": [lab_slices[0], lab_slices[-1]]}
+    t = time.perf_counter()
+    orc = oracle(state, label)
+    out["oracle"] = round(dice(orc, label), 4)
+    out["oracle_s"] = round(time.perf_counter() - t, 1)
+    for k in ks:
+        keys = key_slices(label, k, axis)
+        st = init_state(model, volume, axis, modality="MR", cache=cache)
+        for s in keys:
+            add_prompt(st, s, box=jittered_box(take_slice(label, axis, s) > 0, seed * 1000 + s))
+        t = time.perf_counter()
+        res = propagate(st)
+        sec = time.perf_counter() - t
+        shown = sorted(set(res.slices) | set(lab_slices))
+        sd = per_slice_dice(res.mask, label, axis, shown)
+        free = [s for s in res.slices if s not in keys]  # confidence is judged on propagated slices only
+        conf = [float(res.confidence[s]) for s in free]
+        entry = {
+            "keys": keys,
+            "dice": round(dice(res.mask, label), 4),
+            "seconds": round(sec, 1),
+            "decoder_calls": st.n_predict,
+            "spearman_conf_dice": spearman(conf, [sd[s] for s in free]),
+            "review": review_hits([s for s in _review_order(res) if s not in keys], {s: sd[s] for s in free}),
+            "_pairs": list(zip(conf, [sd[s] for s in free], strict=True)),
+        }
+        if hasattr(res, "flagged"):
+            entry["flagged"] = [int(s) for s in res.flagged]
+        missed = [s for s in lab_slices if not np.isfinite(res.confidence[s])]
+        entry["missed_slices"] = len(missed)
+        entry["extra_slices"] = len([s for s in res.slices if s not in set(lab_slices)])
+        out[f"k{k}"] = entry
+    o = out["oracle"]
+    out["ratio_to_oracle"] = {f"k{k}": round(out[f"k{k}"]["dice"] / o, 3) if o else None for k in ks}
+    return out
+
+
+def _review_order(res) -> list[int]:
+    order = getattr(res, "review_order", None)
+    if order is not None:
+        return [int(s) for s in order]
+    return [int(s) for s in sorted(res.slices, key=lambda s: float(res.confidence[s]))]
+
+
+def run_aal(model, data: Path, structures, axes, ks, cache) -> dict:
+    image, atlas, names_txt = data / "ch2.nii.gz", data / "aal_dev.nii.gz", data / "aal_dev.txt"
+    if not (image.exists() and atlas.exists() and names_txt.exists()):
+        return {"skipped": f"{image} / {atlas} / {names_txt} not found"}
+    volume = read_volume(image)
+    labels = read_volume(atlas).array
+    names = aal_names(names_txt)
+    out: dict = {}
+    for name in structures:
+        if name not in names or not (labels == names[name]).any():
+            out[name] = {"skipped": "not in the atlas"}
+            continue
+        label = (labels == names[name]).astype(np.uint8)
+        out[name] = {
+            # The jitter depends only on the structure and axis, whatever else this run measures.
+            axis: run_structure(
+                model, volume, label, axis, ks, cache, seed=zlib.crc32(f"{name}:{axis}".encode())
+            )
+            for axis in axes
+        }
+        log.warning(
+            "%s: %s",
+            name,
+            {
+                a: {
+                    k: v.get("dice") if isinstance(v, dict) else v
+                    for k, v in r.items()
+                    if k.startswith(("k", "oracle"))
+                }
+                for a, r in out[name].items()
+            },
+        )
+    return out
+
+
+def summarise(aal: dict, groups: dict[str, tuple[str, ...]], ks) -> dict:
+    """Per group (dev / held-out): median Dice and ratio to the oracle per k, the worst ratio, the largest
+    drop when a box is added, and the pooled confidence-vs-Dice Spearman correlation."""
+    out = {}
+    pairs_all = []
+    for gname, names in groups.items():
+        runs = [r for n in names if n in aal and "skipped" not in aal[n] for r in aal[n].values()]
+        if not runs:
+            continue
+        g: dict = {
+            "runs": len(runs),
+            "oracle_median": round(float(np.median([r["oracle"] for r in runs])), 4),
+        }
+        for k in ks:
+            ratios = [r["ratio_to_oracle"][f"k{k}"] for r in runs]
+            g[f"k{k}"] = {
+                "dice_median": round(float(np.median([r[f"k{k}"]["dice"] for r in runs])), 4),
+                "ratio_median": round(float(np.median(ratios)), 3),
+                "ratio_min": round(float(np.min(ratios)), 3),
+            }
+        drops = [
+            r[f"k{a}"]["dice"] - r[f"k{b}"]["dice"]
+            for r in runs
+            for a, b in zip(ks[:-1], ks[1:], strict=True)
+        ]
+        g["largest_drop_adding_boxes"] = round(float(max(drops, default=0.0)), 4)
+        pairs = [p for r in runs for k in ks for p in r[f"k{k}"]["_pairs"]]
+        pairs_all += pairs
+        g["spearman_conf_dice_pooled"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+        g["slices_judged"] = len(pairs)
+        out[gname] = g
+    out["spearman_conf_dice_all"] = spearman([p[0] for p in pairs_all], [p[1] for p in pairs_all])
+    return out
+
+
+def _strip_pairs(aal: dict) -> None:
+    for r in aal.values():
+        for run in r.values() if isinstance(r, dict) else ():
+            if isinstance(run, dict):
+                for v in run.values():
+                    if isinstance(v, dict):
+                        v.pop("_pairs", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="lung1,brain1,breast1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timing-case", default="brain1", help="case for the cold 10-slice timing ('' to skip)")
+    ap.add_argument("--structures", default=",".join(AAL_DEV + AAL_HELD_OUT), help="AAL names ('' to skip)")
+    ap.add_argument("--axes", default=",".join(AAL_AXES))
+    ap.add_argument("--ks", default="1,3,5")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with ch2 / aal_dev")
+    ap.add_argument(
+        "--embedding-cache",
+        default=None,
+        help="folder of encoded slices kept between runs (default: in memory only, for this run)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="iteration subset: development structures, axial, k=1,3, no timing",
+    )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.structures, args.axes, args.ks, args.timing_case = ",".join(AAL_DEV), "axial", "1,3", ""
     logging.basicConfig(level=logging.WARNING)
     t = time.perf_counter()
     model = build_generalist("litemedsam", device="cpu")
@@ -187,7 +446,26 @@ def main(argv: list[str] | None = None) -> int:
         "build_s": round(time.perf_counter() - t, 2),
     }
     report["params"] = PropagationParams().to_json()
-    report["cases"] = {name: run_case(model, name, args.repeats) for name in args.cases.split(",") if name}
+    # One cache for the whole run: every slice is encoded once, whatever the case, structure, axis or k.
+    cache = (
+        DiskEmbeddingCache(Path(args.embedding_cache))
+        if args.embedding_cache
+        else EmbeddingCache(max_bytes=4 * 2**30)
+    )
+    report["cases"] = {
+        name: run_case(model, name, args.repeats, cache) for name in args.cases.split(",") if name
+    }
+    structures = [s for s in args.structures.split(",") if s]
+    if structures:
+        ks = tuple(int(k) for k in args.ks.split(","))
+        aal = run_aal(model, Path(args.data), structures, args.axes.split(","), ks, cache)
+        groups = {
+            "development": tuple(s for s in structures if s in AAL_DEV),
+            "held_out": tuple(s for s in structures if s not in AAL_DEV),
+        }
+        report["aal_summary"] = summarise(aal, groups, ks) if "skipped" not in aal else aal
+        _strip_pairs(aal)
+        report["aal"] = aal
     if args.timing_case:
         case = find_case(args.timing_case, extra=[REPO.parent / "shared" / "data"])
         if case is not None:

@@ -1,11 +1,20 @@
 """Run a propagation session: key-slice answers, tracks both ways, reconciliation, 3D clean-up.
 
-2D models (LiteMedSAM, SAM, MedSAM): each key slice is answered from its prompts; from every key slice a
-track runs up and one runs down, slice by slice (:func:`semisam.propagation.step.propagate_one`), until
-the structure ends or the next key slice is reached. Between two key slices both tracks cover the gap;
-each slice takes the distance-weighted mean of their logits (the nearer key slice counts more; a slice
-reached by only one track takes that one). Finally :func:`semisam.propagation.cleanup.keep_supported`
-keeps only the 3D components that a key slice's mask touches.
+2D models (LiteMedSAM, SAM, MedSAM): each key slice is answered from its prompts (asked again with points
+when the answer sits on a brighter rim, :mod:`.rim`); from every key slice a track runs up and one runs
+down, slice by slice, until the structure ends or the next key slice is reached. Slices thin against the
+structure (``slice_mm <= r / 2``) use :func:`semisam.propagation.follow.follow_one` (the previous mask
+carried by registration places the prompt and refuses answers that drift); thick ones (the 5-6.5 mm
+lesion scans) :func:`semisam.propagation.step.propagate_one`. A track beyond the outermost of several key
+slices runs at most half the largest gap between them, plus one slice.
+
+Between two key slices both tracks cover the gap. Where they agree (Dice >= ``min_agreement``) the slice
+takes the distance-weighted mean of their logits (the nearer key slice counts more); where they disagree,
+or only one of them reached the slice, the more confident answer is kept and the slice is *flagged*
+(:attr:`PropagationResult.flagged`, first in :attr:`PropagationResult.review_order`). Confidence is the
+model's predicted IoU x intensity likeness x agreement with the carried mask, times the two tracks'
+agreement between key slices. Finally :func:`semisam.propagation.cleanup.keep_supported` keeps only the
+3D components that a key slice's mask touches.
 
 SAM 2-family models (``propagate_volume`` method): the slices go to SAM 2's video predictor as frames
 and its memory bank propagates; their object score is the per-slice confidence.
@@ -15,16 +24,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from semisam.generalists.base import SlicePrompt
 from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation.cleanup import keep_supported
+from semisam.propagation.follow import follow_one, is_thin
 from semisam.propagation.lesion import LesionModel
+from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, PropagationState, Track
 from semisam.propagation.step import SliceResult, propagate_one
+from semisam.propagation.track import mask_dice
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,9 @@ class PropagationResult:
             between two key slices, the nearer one).
         stops: ``{"<key>:<+1|-1>": reason}`` why each track ended before the next key slice.
         key_slices: the prompted slices.
+        flagged: slices to look at first, each with why (``{slice: reason}``): between two key slices,
+            the two tracks disagree (Dice < ``min_agreement``) or only one reached the slice; or every
+            model answer was refused and the registered previous mask stands for the slice.
     """
 
     mask: np.ndarray
@@ -48,6 +63,15 @@ class PropagationResult:
     source: np.ndarray
     stops: dict[str, str]
     key_slices: list[int]
+    flagged: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def review_order(self) -> list[int]:
+        """Propagated (non-key) slices in the order to check them: flagged ones first, each group by
+        rising confidence (the "next slice to fix" is ``review_order[0]``)."""
+        keys = set(self.key_slices)
+        free = [s for s in self.slices if s not in keys]
+        return sorted(free, key=lambda s: (s not in self.flagged, float(self.confidence[s])))
 
     @property
     def slices(self) -> list[int]:
@@ -63,6 +87,8 @@ class PropagationResult:
                 for i in self.slices
             },
             "stops": self.stops,
+            "flagged": {str(k): v for k, v in sorted(self.flagged.items())},
+            "review_order": self.review_order,
         }
 
 
@@ -93,13 +119,29 @@ def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: Sl
     if not prompts:
         return
     emb = state.embedding(index)
-    preds = [state.predict(emb, p) for p in prompts]
+    image = state.image(index)
+    preds = [_answer_prompt(state, emb, image, p) for p in prompts]
     logits = np.maximum.reduce([p.logits for p in preds]).astype(np.float32)
     score = float(np.mean([p.score for p in preds]))
     res = SliceResult(index, logits, score, 1.0, index, prompts[0], "key")
     if res.mask.any():
         key.result = res
-        key.lesion = LesionModel.fit(state.image(index), res.mask)
+        key.lesion = LesionModel.fit(image, res.mask)
+
+
+def _answer_prompt(state: PropagationState, emb, image: np.ndarray, prompt: SlicePrompt):
+    """The model's answer to a key slice's box, asked again with points when it sits on a brighter rim
+    (:mod:`semisam.propagation.rim`). Prompts with the user's own points are answered as given."""
+    pred = state.predict(emb, prompt)
+    if prompt.box is None or prompt.points is not None or not rim_like(image, pred.mask, prompt.box):
+        return pred
+    points, labels = rim_points(pred.mask, prompt.box)
+    retry = state.predict(emb, SlicePrompt(box=prompt.box, points=points, point_labels=labels))
+    cx, cy = int(points[0, 0]), int(points[0, 1])
+    if retry.mask[cy, cx] and not rim_like(image, retry.mask, prompt.box):
+        log.debug("key slice answer sat on a brighter rim; re-asked with the box centre")
+        return retry
+    return pred
 
 
 def _limit(state: PropagationState, key: int, direction: int) -> int:
@@ -109,6 +151,22 @@ def _limit(state: PropagationState, key: int, direction: int) -> int:
     return min(others) if direction > 0 else max(others)
 
 
+def _outward_reach(state: PropagationState, track: Track) -> int | None:
+    """How far a track beyond the outermost key slice may run, in slices; ``None``: no bound.
+
+    Several boxes are spread over the structure the way :func:`semisam.propagation.simulate.key_slices`
+    spreads them (the centres of equal parts of the extent), so the structure goes on beyond the
+    outermost box for about half a gap between boxes. A track may run half the largest gap, plus one
+    slice; further on it has left the structure (on 1 mm T1 a track from the lowest of three thalamus
+    boxes otherwise runs 40 slices down the brainstem, whose tissue looks alike: intensity cannot stop
+    it). With one key slice there is no such bound.
+    """
+    keys = sorted(k for k, v in state.keys.items() if v.result is not None)
+    if len(keys) < 2 or (track.limit not in (-1, state.n_slices)):
+        return None
+    return int(np.ceil(max(np.diff(keys)) / 2)) + 1
+
+
 def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: Callable | None) -> None:
     """Extend ``track`` from its last result (or the key slice) until it stops or reaches its limit."""
     if key.result is None:
@@ -116,18 +174,38 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
         return
     prev = track.results[-1] if track.results else key.result
     s = prev.slice + track.direction
+    thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
+    reach = _outward_reach(state, track)
     while s != track.limit:
-        outcome = propagate_one(
-            state,  # its predict() counts decoder calls
-            state.embedding(s),
-            state.image(s),
-            prev,
-            key.lesion,
-            state.params,
-            state.pixel_mm,
-            state.slice_mm,
-            s,
-        )
+        if reach is not None and abs(s - track.key) > reach:
+            track.stop = f"slice {s}: more than {reach} slices beyond the outermost key slice"
+            return
+        if thin:  # neighbouring slices nearly alike: carry the mask by registration (follow.py)
+            outcome = follow_one(
+                state,  # its predict() counts decoder calls
+                state.embedding(s),
+                state.image(s),
+                state.image(prev.slice),
+                prev,
+                key.lesion,
+                state.params,
+                state.pixel_mm,
+                state.slice_mm,
+                s,
+                outward=track.limit in (-1, state.n_slices),
+            )
+        else:
+            outcome = propagate_one(
+                state,
+                state.embedding(s),
+                state.image(s),
+                prev,
+                key.lesion,
+                state.params,
+                state.pixel_mm,
+                state.slice_mm,
+                s,
+            )
         if progress is not None:
             progress(s, outcome)
         if outcome.stop is not None:
@@ -216,6 +294,44 @@ def _current_result(state: PropagationState, index: int) -> SliceResult | None:
     return best
 
 
+def _reconcile(
+    state: PropagationState, s: int, results: list[SliceResult]
+) -> tuple[np.ndarray, float, int, str | None]:
+    """One slice's ``(logits, confidence, source key, flag)`` from the tracks that reached it.
+
+    Two tracks (one from each neighbouring key slice) that agree (Dice >= ``min_agreement``) are averaged,
+    the nearer key slice weighing more, and their confidence is scaled by their agreement. Two that
+    disagree cannot both be right: the more confident one is kept (its confidence scaled by the
+    agreement too) and the slice is flagged. A slice between two key slices that only one track reached
+    is flagged as well: the other key slice's track ended before it.
+    """
+    if len(results) == 1:
+        r = results[0]
+        flag = "every answer refused: the registered previous mask" if r.candidate == "carried-only" else None
+        lower = max((k for k in state.keys if k < s), default=None)
+        upper = min((k for k in state.keys if k > s), default=None)
+        if flag is None and lower is not None and upper is not None:
+            other = upper if r.key == lower else lower
+            if state.keys[other].result is not None:
+                flag = f"only the track from key slice {r.key} reached it (key slice {other}'s ended)"
+        return r.logits, r.confidence, r.key, flag
+    a, b = results[0], results[1]
+    agreement = mask_dice(a.mask, b.mask)
+    if agreement >= state.params.min_agreement:
+        w = np.array([1.0 / abs(s - r.key) for r in results])
+        w /= w.sum()
+        logits = sum(wi * r.logits for wi, r in zip(w, results, strict=True))
+        conf = float(sum(wi * r.confidence for wi, r in zip(w, results, strict=True)))
+        src = results[int(np.argmax(w))].key
+        flag = None
+        if any(r.candidate == "carried-only" for r in results):
+            flag = "every answer refused on one track: the registered previous mask"
+        return logits, conf * agreement, src, flag
+    best = max(results, key=lambda r: (r.confidence, -abs(s - r.key)))
+    flag = f"the tracks from key slices {a.key} and {b.key} disagree (Dice {agreement:.2f})"
+    return best.logits, best.confidence * agreement, best.key, flag
+
+
 def _assemble(state: PropagationState) -> PropagationResult:
     n = state.n_slices
     per_slice: dict[int, list[SliceResult]] = {}
@@ -229,21 +345,19 @@ def _assemble(state: PropagationState) -> PropagationResult:
     mask = np.zeros(state.volume.shape, dtype=np.uint8)
     confidence = np.full(n, np.nan, dtype=np.float32)
     source = np.full(n, -1, dtype=np.int64)
+    flagged: dict[int, str] = {}
     for s, results in per_slice.items():
-        if len(results) == 1:
+        if s in state.keys:
             r = results[0]
-            logits, conf, src = r.logits, (r.score if s in state.keys else r.confidence), r.key
+            logits, conf, src, flag = r.logits, r.score, r.key, None
         else:
-            # Between two key slices: weight each track by closeness of its key slice.
-            w = np.array([1.0 / abs(s - r.key) for r in results])
-            w /= w.sum()
-            logits = sum(wi * r.logits for wi, r in zip(w, results, strict=True))
-            conf = float(sum(wi * r.confidence for wi, r in zip(w, results, strict=True)))
-            src = results[int(np.argmax(w))].key
+            logits, conf, src, flag = _reconcile(state, s, results)
         m = logits > 0
         if m.any():
             put_slice(mask, state.axis, s, m.astype(np.uint8))
             confidence[s], source[s] = conf, src
+            if flag is not None:
+                flagged[s] = flag
     support = np.zeros(state.volume.shape, dtype=bool)
     for k, key in state.keys.items():
         if key.result is not None:
@@ -252,8 +366,9 @@ def _assemble(state: PropagationState) -> PropagationResult:
     for s in range(n):  # slices emptied by the clean-up lose their confidence
         if not np.isnan(confidence[s]) and not _slice_any(mask, state.axis, s):
             confidence[s], source[s] = np.nan, -1
+            flagged.pop(s, None)
     stops = {f"{t.key}:{t.direction:+d}": t.stop for t in state.tracks.values() if t.stop}
-    return PropagationResult(mask, confidence, source, stops, sorted(state.keys))
+    return PropagationResult(mask, confidence, source, stops, sorted(state.keys), flagged)
 
 
 def _slice_any(mask: np.ndarray, axis: str, s: int) -> bool:

@@ -25,11 +25,23 @@ class LesionModel:
         p_lesion: ``(N_BINS,)`` smoothed, normalised histogram of the lesion's pixels on the key slice.
         p_background: ``(N_BINS,)`` same for a ring around the lesion (as wide as the lesion's radius).
         area_px: the lesion's area on the key slice (pixels).
+        inside: mean posterior of the key slice's own mask (how lesion-like the lesion itself looks).
+        around: mean posterior of the key slice's ring (how lesion-like its surroundings look).
     """
 
     p_lesion: np.ndarray
     p_background: np.ndarray
     area_px: int
+    inside: float = 1.0
+    around: float = 0.0
+
+    @property
+    def boundary(self) -> float:
+        """Likeness half-way between the key slice's structure and its surroundings: the nearest-mean
+        rule on the posterior. 0.5 for a model that separates them perfectly or symmetrically; lower
+        when the structure and its surroundings overlap in intensity (deep grey matter in T1: e.g. 0.56
+        inside vs 0.40 around), where a fixed 0.5 would end tracks on noise."""
+        return 0.5 * (self.inside + self.around)
 
     @classmethod
     def fit(cls, image: np.ndarray, mask: np.ndarray) -> LesionModel | None:
@@ -41,7 +53,10 @@ class LesionModel:
         # Ring as wide as the lesion's equivalent radius (>= 3 px): local background, not the whole slice.
         radius = max(3, int(round(np.sqrt(area / np.pi))))
         ring = ndi.binary_dilation(mask, iterations=radius) & ~mask
-        return cls(_hist(image[mask]), _hist(image[ring]), area)
+        model = cls(_hist(image[mask]), _hist(image[ring]), area)
+        inside = float(model.posterior(image[mask]).mean())
+        around = float(model.posterior(image[ring]).mean()) if ring.any() else 0.0
+        return cls(model.p_lesion, model.p_background, area, inside, around)
 
     def posterior(self, image: np.ndarray) -> np.ndarray:
         """``(H, W)`` probability that each pixel is lesion rather than surroundings (equal priors)."""

@@ -1,7 +1,9 @@
 """The few parameters of sparse-slice propagation, each with the reason for its value.
 
-Values were chosen on the three development cases only (lung1, brain1, breast1) and are meant to be
-principled (units, probabilities) rather than tuned per case. ``Testing/benchmarks/propagation.py``
+The lesion-step values were chosen on the three development cases only (lung1, brain1, breast1); the
+thin-slice ones (``min_agreement``, ``min_ncc``, ``max_carried_mm``) were set from the reasons given below,
+before looking at results, and checked on three AAL structures (Caudate_L, Thalamus_L, Pallidum_L). All
+are meant to be principled (units, probabilities) rather than tuned per case. ``Testing/benchmarks/propagation.py``
 prints them beside the Dice they give.
 """
 
@@ -33,6 +35,17 @@ class PropagationParams:
             previous slice's; a bigger jump means the prompt grabbed a neighbouring structure, or only a
             remnant (partial volume, a vessel) is left where the lesion ended. brain1's largest real jump
             between neighbours is 3.4x (247 -> 842 px).
+        min_agreement: on thin slices (:mod:`semisam.propagation.follow`) an answer whose Dice with the
+            previous mask carried onto the slice by registration is below this is refused: less than half
+            of it is where the images say the structure went. True neighbouring cross-sections of a thin
+            slicing overlap with Dice >= 0.68 (discs offset by half a radius), a neighbouring structure
+            or a leak into one with Dice near 0 (drift) to 2/3 (mask doubled).
+        min_ncc: below this normalised cross-correlation of the two slices around the structure the
+            images no longer show the same tissue (less than a quarter of the variance shared: 0.5^2) and
+            a carried mask proves nothing.
+        max_carried_mm: how far (mm) a track may go on carried masks alone, with every answer refused: a
+            few slices bridge a model hiccup; beyond 3 mm the structure has changed too much for a
+            registration of neighbouring slices to vouch for it.
     """
 
     min_score: float = 0.5
@@ -43,6 +56,13 @@ class PropagationParams:
     min_overlap: float = 0.5
     max_area_ratio: float = 4.0
     refine: bool = True
+    min_agreement: float = 0.5
+    min_ncc: float = 0.5
+    max_carried_mm: float = 3.0
+
+    def max_carried(self, slice_mm: float) -> int:
+        """``max_carried_mm`` in slices ``slice_mm`` apart (at least 1)."""
+        return max(1, int(self.max_carried_mm // max(slice_mm, 1e-6)))
 
     def search_mm(self, slice_mm: float) -> float:
         """Search distance (mm) beyond the previous box for slices ``slice_mm`` apart."""

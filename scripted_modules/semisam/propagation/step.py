@@ -41,7 +41,12 @@ class SliceResult:
         likeness: mean lesion posterior inside the mask (key-slice intensity model), in [0, 1].
         key: the key slice this result was propagated from (itself for a key slice).
         prompt: the prompt that produced it (slice pixel coordinates).
-        candidate: which candidate won (``"key"``, ``"prev"``, ``"lesion"``, ``"union"``).
+        candidate: which candidate won (``"key"``, ``"prev"``, ``"lesion"``, ``"union"``, ``"refine"``; on
+            thin slices ``"carried"``, ``"carried+points"``, or ``"carried-only"`` when every answer was
+            refused and the registered previous mask stands for the slice).
+        agreement: Dice of the mask with the previous mask carried onto this slice by registration
+            (:mod:`semisam.propagation.follow`; 1.0 where no mask was carried).
+        carried_run: how many slices in a row up to this one are ``"carried-only"``.
     """
 
     slice: int
@@ -51,6 +56,8 @@ class SliceResult:
     key: int
     prompt: SlicePrompt
     candidate: str
+    agreement: float = 1.0
+    carried_run: int = 0
 
     @property
     def mask(self) -> np.ndarray:
@@ -59,8 +66,9 @@ class SliceResult:
 
     @property
     def confidence(self) -> float:
-        """Per-slice confidence in [0, 1]: predicted IoU x lesion likeness."""
-        return float(self.score * self.likeness)
+        """Per-slice confidence in [0, 1]: predicted IoU x lesion likeness x agreement with the carried
+        mask."""
+        return float(self.score * self.likeness * self.agreement)
 
 
 @dataclass
