@@ -141,6 +141,9 @@ class Sampler:
         self.spec = spec
         # Structure voxel coordinates per case, (N, 3) int32 (small: the structure is a small part).
         self.fg = [np.argwhere(c.mask.numpy() > 0).astype(np.int32) for c in labeled]
+        #: per unlabeled case, ``(N, 3)`` voxel coordinates to centre a ``foreground_fraction`` share of
+        #: its samples on (set from ``ctx.extra["unlabeled_focus"]`` by the trainer), or ``None``: uniform.
+        self.unlabeled_focus: list[np.ndarray | None] | None = None
 
     def _center(self, rng: np.random.Generator, case: CaseData, fg: np.ndarray | None) -> tuple[int, ...]:
         shape = case.shape
@@ -202,9 +205,15 @@ class Sampler:
         if not pool:
             return None, []
         xs, idx = [], []
+        focus = self.unlabeled_focus
         for _ in range(n):
             i = pool[int(rng.integers(len(pool)))]
-            img, _, origin = self.cut(self.unlabeled[i], self._center(rng, self.unlabeled[i], None))
+            fg = None
+            # A part may point at where unlabeled cases teach (e.g. pseudo-label foreground); the random
+            # draw happens only then, so runs without a focus sample exactly as before.
+            if focus is not None and i < len(focus) and focus[i] is not None and len(focus[i]):
+                fg = focus[i] if rng.random() < self.spec.foreground_fraction else None
+            img, _, origin = self.cut(self.unlabeled[i], self._center(rng, self.unlabeled[i], fg))
             xs.append(img)
             idx.append((i, origin))
         return torch.stack(xs).float(), idx

@@ -42,6 +42,10 @@ class PromptConfig:
         ring_px: how far outside the component negative points are looked for.
         max_fg_fraction: a slice where more than this share is predicted foreground gets no prompt (an
             untrained specialist floods slices; such a prediction says nothing about where to look).
+        min_voxels_3d, max_components_3d: before slicing, only the ``max_components_3d`` largest 3D
+            connected components of the prediction with at least ``min_voxels_3d`` voxels are kept
+            (:func:`keep_main_components`): speckle far from the structure prompts nothing and costs no
+            encoder run.
     """
 
     threshold: float = 0.5
@@ -56,9 +60,21 @@ class PromptConfig:
     n_neg: int = 1
     ring_px: int = 4
     max_fg_fraction: float = 0.3
+    min_voxels_3d: int = 30
+    max_components_3d: int = 4
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+def keep_main_components(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
+    """``prob`` ``(Z, Y, X)`` with everything outside the main 3D components of ``prob >= threshold`` set to 0."""
+    lab, n = ndi.label(prob >= cfg.threshold)
+    if n == 0:
+        return np.zeros_like(prob)
+    sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    order = [int(i) + 1 for i in np.argsort(-sizes) if sizes[i] >= cfg.min_voxels_3d][: cfg.max_components_3d]
+    return np.where(np.isin(lab, order), prob, 0.0).astype(prob.dtype)
 
 
 def _draw(rng: np.random.Generator, mask: np.ndarray, n: int, weight: np.ndarray | None = None) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Pseudo-labels for unlabeled cases: the specialist prompts a frozen generalist, the answer teaches back.
 
 For each unlabeled case (``(Z, Y, X)`` on the model grid) and each axial slice where the specialist
-predicts a class (connected components of ``prob >= 0.5``, :mod:`semisam.training.prompting`):
+predicts a class (its main 3D components, then each slice's connected components of ``prob >= 0.5``,
+:mod:`semisam.training.prompting`):
 
 1. prompts come from the specialist's own probability map (box + points; ``rounds`` draws), never from
    a label: unlabeled cases have none (``CaseData.mask is None``) and nothing here reads one;
@@ -39,7 +40,7 @@ import torch
 from semisam.generalists.base import PromptableModel, model_identity
 
 from .embedding_store import EmbeddingStore
-from .prompting import PromptConfig, prompts_from_prediction
+from .prompting import PromptConfig, keep_main_components, prompts_from_prediction
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ class PseudoLabeler:
         case_key = int.from_bytes(
             hashlib.sha256(f"{case_sha}|{specialist_sha}".encode()).digest()[:4], "little"
         )
+        prob = np.stack([prob[0]] + [keep_main_components(prob[c], self.prompt) for c in range(1, n_classes)])
         for z in range(depth):
             gen_p, confs, scores, agrees = [], [], [], []
             for c in range(1, n_classes):

@@ -101,6 +101,9 @@ class Trainer:
             ctx.unlabeled
         )
         self.wants_views = any(getattr(p, "wants_views", False) for p in parts)
+        # A part whose per-sample targets are looked up by u_index on the un-augmented grid (semisam_plus's
+        # pseudo-labels) sets augment_unlabeled = False: a flip or rotation of xu would misalign them.
+        self.augment_unlabeled = all(getattr(p, "augment_unlabeled", True) for p in parts)
         # Case shards per rank (only when every rank gets at least one case).
         n = len(ctx.labeled)
         self.l_pool = (
@@ -160,6 +163,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ steps
     def make_batch(self, it: int) -> Batch:
         rng = iteration_rng(self.cfg.seed, self.dist.rank, it)
+        self.sampler.unlabeled_focus = self.ctx.extra.get("unlabeled_focus")
         x, y, lidx = self.sampler.labeled_batch(rng, self.cfg.batch_size, self.l_pool)
         xu, uidx = (None, [])
         if self.needs_unlabeled:
@@ -168,7 +172,7 @@ class Trainer:
             )
         if self.augment is not None:
             x, y = self.augment(x, y, rng)
-            if xu is not None:
+            if xu is not None and self.augment_unlabeled:
                 xu, _ = self.augment(xu, None, rng)
         dev = self.device
         batch = Batch(

@@ -182,7 +182,11 @@ class MethodPart(Protocol):
     """A method part (see the module docstring for when each hook runs).
 
     Optional attributes the trainer reads with ``getattr``: ``needs_unlabeled`` (bool, default
-    False: batches then carry ``xu``) and ``wants_views`` (bool: fill ``batch.weak``/``strong``).
+    False: batches then carry ``xu``), ``wants_views`` (bool: fill ``batch.weak``/``strong``) and
+    ``augment_unlabeled`` (bool, default True; False: ``xu`` is not augmented, so targets looked up by
+    ``u_index`` stay aligned). A part may set ``ctx.extra["unlabeled_focus"]`` to per-unlabeled-case
+    ``(N, 3)`` voxel coordinates (or ``None``) on which a ``foreground_fraction`` share of unlabeled
+    samples is centred.
     """
 
     name: str
@@ -210,6 +214,7 @@ class PartBase:
     name = "part"
     needs_unlabeled = False
     wants_views = False
+    augment_unlabeled = True
 
     def __init__(self, config: dict[str, Any] | None = None):
         self.options = dict(config or {})

@@ -31,7 +31,8 @@ be untestable against the paper.
 
 Options (``config.parts["distill"]``): ``weight`` (1.0), ``pert_weight`` (1.0), ``perturbations`` (1),
 ``gamma`` (0.3), ``sigma`` (0.05), ``rows`` (4 slices per step), ``margin`` (2 slices), ``max_encodes``
-(200), ``start`` (0.2), ``refresh_every``.
+(200), ``perturb_unlabeled`` (False: perturbed encodings of labeled slices only), ``start`` (0.2),
+``refresh_every``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class Distill(PartBase):
         self.rows = int(o.get("rows", 4))
         self.margin = int(o.get("margin", 2))
         self.max_encodes = int(o.get("max_encodes", 200))
+        self.perturb_unlabeled = bool(o.get("perturb_unlabeled", False))
         #: channels of the generalist's encoder output (256 for every SAM-family model); checked at setup
         self.teacher_channels = int(o.get("teacher_channels", 256))
         self.projector: torch.nn.Conv2d | None = None
@@ -197,9 +199,11 @@ class Distill(PartBase):
         if key in self.cells or budget[0] <= 0:
             return
         image = case.image[z].detach().to("cpu", torch.float32).numpy()
+        # Unlabeled slices: the clean encoding is shared with semisam_plus (no extra encoder run);
+        # perturbed encodings only when perturb_unlabeled (each costs one more encoder run per slice).
+        n_pert = self.perturbations if (kind == "l" or self.perturb_unlabeled) else 0
         views = [image] + [
-            perturb(image, [self._case_key(case), z, k], self.gamma, self.sigma)
-            for k in range(1, self.perturbations + 1)
+            perturb(image, [self._case_key(case), z, k], self.gamma, self.sigma) for k in range(1, n_pert + 1)
         ]
         out = []
         for v in views:
@@ -286,8 +290,11 @@ class Distill(PartBase):
         hc, wc = t.shape[-2:]
         s = self.projector(self._features(ctx, x)[..., :hc, :wc].float())
         terms = {"distill_feat": self.weight * (1.0 - F.cosine_similarity(s, t, dim=1)).mean()}
-        if self.perturbations > 0 and self.pert_weight > 0:
-            kp = 1 + int(self._rng.integers(self.perturbations))
+        have = min(len(self.cells[k]) for k in pick) - 1
+        if have <= 0 or self.pert_weight <= 0:
+            terms["distill_pert"] = s.sum() * 0.0  # no perturbed teacher encoding for these slices
+        else:
+            kp = 1 + int(self._rng.integers(have))
             xp = np.stack(
                 [
                     perturb(st, [self._case_key(case), z, kp], self.gamma, self.sigma)

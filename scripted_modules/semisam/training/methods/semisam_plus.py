@@ -10,8 +10,9 @@ without the public code's defects:
 * the loss is :func:`semisam.training.losses.confidence_weighted_loss` (Dice + CE weighted per pixel by
   the pseudo-label's confidence) times a ramp-up; it is never divided by its own value.
 
-Schedule (iterations): the first pseudo-labels are made at ``start`` (default 20 % of the run: a
-specialist trained from scratch predicts noise before that, and noise would prompt nonsense), then
+Schedule (iterations): the first pseudo-labels are made at ``start`` (default 20 % of the run rounded
+up to a multiple of ``refresh_every``: a specialist trained from scratch predicts noise before that, and
+noise would prompt nonsense), then
 renewed every ``refresh_every`` (default ``config.refresh_every``, else 100) as the specialist improves;
 the loss weight ramps up from ``start`` over ``rampup`` iterations (sigmoid ramp-up) to ``weight``.
 
@@ -94,6 +95,8 @@ class SemiSAMPlus(PartBase):
 
     name = "semisam_plus"
     needs_unlabeled = True
+    #: pseudo-labels are looked up by ``u_index`` on the un-augmented grid: ``xu`` must stay aligned
+    augment_unlabeled = False
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__(config)
@@ -118,10 +121,13 @@ class SemiSAMPlus(PartBase):
 
     def setup(self, ctx: TrainContext) -> None:
         total = int(getattr(ctx.config, "iterations", 100))
-        self.start = _iters(self.options.get("start"), total, 0.2)
-        self.rampup = _iters(self.options.get("rampup"), total, 0.2)
         every = self.options.get("refresh_every") or getattr(ctx.config, "refresh_every", None) or 100
         self.refresh_every = max(1, int(every))
+        start = _iters(self.options.get("start"), total, 0.2)
+        if "start" not in self.options:  # the default start falls on one of the trainer's refresh points
+            start = -(-start // self.refresh_every) * self.refresh_every
+        self.start = start
+        self.rampup = _iters(self.options.get("rampup"), total, 0.2)
         store = embedding_store(ctx, int(self.options.get("embedding_cache_bytes", DEFAULT_MAX_BYTES)))
         self.labeler = PseudoLabeler(
             generalists(ctx),
@@ -156,6 +162,11 @@ class SemiSAMPlus(PartBase):
             ),
         )
         self.refreshed_at = iteration
+        # Unlabeled samples then centre (foreground_fraction of the time) on where pseudo-labels teach
+        # foreground: uniform samples of a 10-slice structure in a 32-slice scan mostly see weight 0.
+        ctx.extra["unlabeled_focus"] = [
+            np.argwhere((p.label > 0) & (p.weight > 0)).astype(np.int32) for p in self.pseudo
+        ]
         teach = [p.stats.get("teaching_slices", 0) for p in self.pseudo]
         entry = {
             "iteration": iteration,
