@@ -39,6 +39,7 @@ A task takes about 0.3 s per case here (2 cores); the same (task, n_cases, seed)
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -112,7 +113,9 @@ def _smooth_field(
     return out[: shape[0], : shape[1], : shape[2]]
 
 
+@functools.lru_cache(maxsize=2)
 def _load(data: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
+    """The atlas T1 (float32) and labels (Z, Y, X), read once per folder (callers do not modify them)."""
     t1_path, aal_path = data / "ch2.nii.gz", data / "aal_dev.nii.gz"
     for p in (t1_path, aal_path):
         if not p.is_file():
@@ -205,7 +208,7 @@ def build(
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest}: exists and is not empty; choose another folder")
     t0 = time.perf_counter()
-    t1, aal, ref = _load(Path(data) if data else DEFAULT_DATA)
+    t1, aal, ref = _load((Path(data) if data else DEFAULT_DATA).resolve())
     mask = np.isin(aal, spec.values)
     if not mask.any():
         raise ValueError(f"task {task}: AAL values {spec.values} are not in the atlas")

@@ -145,14 +145,15 @@ def child(args: argparse.Namespace) -> int:
 
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     if args.generalist_dice and res.model_dir:
-        out.update(generalist_dice(Path(args.store), Path(res.model_dir), cfg))
+        out.update(generalist_dice(Path(args.store), Path(res.model_dir), cfg, args.generalist_test))
     print("RESULT " + json.dumps(out))
     return 0
 
 
-def generalist_dice(store_root: Path, model_dir: Path, cfg) -> dict:
-    """The trained specialist's and the specialist-prompted generalist's Dice on the store's
-    validation (= test) cases, on the model grid (pseudo-labeller settings as in training)."""
+def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None) -> dict:
+    """The trained specialist's and the specialist-prompted generalist's Dice on the first ``n_cases``
+    of the store's validation (= test) cases, on the model grid (pseudo-labeller settings as in
+    training)."""
     import torch
 
     from semisam import checkpoints
@@ -166,13 +167,17 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg) -> dict:
     opts = cfg.parts.get("semisam_plus", {})
     model, manifest = checkpoints.load_model(model_dir)
     store = LabeledStore(store_root)
-    cases = load_labeled(store, store.validation_ids(), manifest)
+    cases = load_labeled(store, store.validation_ids()[:n_cases], manifest)
     g = build_generalist("litemedsam", device="cpu")
     labeler = PseudoLabeler(
         [g],
         EmbeddingStore(store_root / "cache" / "embeddings"),
         None,
-        PromptConfig(rounds=int(opts.get("rounds", 3))),
+        PromptConfig(
+            rounds=int(opts.get("rounds", 3)),
+            n_pos=int(opts.get("n_pos", 2)),
+            n_neg=int(opts.get("n_neg", 1)),
+        ),
     )
     sha = weights_sha(model)
     gen, spec = {}, {}
@@ -190,10 +195,12 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg) -> dict:
     }
 
 
-def run_child(store: Path, cfg: dict, generalist: bool, nice: int) -> dict:
+def run_child(store: Path, cfg: dict, generalist: int | None, nice: int) -> dict:
+    """One training run in a child process; ``generalist``: also measure the prompted generalist's
+    Dice on that many test cases (``None``: not)."""
     cmd = [sys.executable, __file__, "--child", "--store", str(store), "--config", json.dumps(cfg)]
-    if generalist:
-        cmd.append("--generalist-dice")
+    if generalist is not None:
+        cmd += ["--generalist-dice", "--generalist-test", str(generalist)]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "scripted_modules") + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
@@ -240,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=str, help=argparse.SUPPRESS)
     p.add_argument("--config", type=str, help=argparse.SUPPRESS)
     p.add_argument("--generalist-dice", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--generalist-test",
+        type=int,
+        default=None,
+        help="test cases for the prompted generalist's Dice (all)",
+    )
     args = p.parse_args(argv)
     if args.child:
         return child(args)
@@ -286,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         report["results"][str(k)] = entry
         for m in args.methods:
             log.info("budget %d: %s ...", k, m)
-            res = run_child(root, {**base, "method": m}, generalist=m == "semisam_plus", nice=args.nice)
+            gen = (args.generalist_test or args.test) if m == "semisam_plus" else None
+            res = run_child(root, {**base, "method": m}, generalist=gen, nice=args.nice)
             entry["methods"][m] = res
             log.info("budget %d: %s -> dice %s in %s s", k, m, res.get("dice"), res.get("seconds"))
             print(json.dumps({"budget": k, "method": m, **res}), file=sys.stderr, flush=True)
@@ -296,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         speed = {}
         for arch in ("mamba_unet", "unet3d"):
             cfg = {**base, "method": "supervised", "arch": arch, "iterations": args.speed_iterations}
-            r = run_child(root, cfg, generalist=False, nice=args.nice)
+            r = run_child(root, cfg, generalist=None, nice=args.nice)
             speed[arch] = {k: r.get(k) for k in ("iterations_per_s", "seconds", "peak_rss_mib", "status")}
         speed["crop_2.5d"] = list(args.crop)
         speed["patch_3d"] = [32, 96, 96]
