@@ -240,3 +240,15 @@ def test_unet3d_and_mean_teacher_run(tmp_path):
     it = [e for e in seen if e["event"] == "iteration"][-1]
     assert set(it["losses"]) == {"dice", "ce", "consistency", "total"}
     assert load_model(res.model_dir)[1].arch == "unet3d"
+
+
+def test_bad_store_and_device_are_error_results(tmp_path):
+    res = train(tmp_path / "nowhere", TrainConfig(iterations=1, device="cpu"))
+    assert res.status == "error" and res.error_kind == "bad_config" and "not a SemiSAM store" in res.message
+    if not torch.cuda.is_available():
+        store = make_store(tmp_path / "store", n_train=1, n_val=0)
+        seen = []
+        res = train(store.root, TrainConfig(iterations=1, device="cuda", **FAST), events=seen.append)
+        assert res.error_kind == "bad_config" and "CUDA is not available" in res.message
+        assert [e["event"] for e in seen] == ["error"]
+        assert not (store.root / "training" / "train.lock").read_text()  # released and emptied

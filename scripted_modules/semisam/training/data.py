@@ -141,9 +141,6 @@ class Sampler:
         self.spec = spec
         # Structure voxel coordinates per case, (N, 3) int32 (small: the structure is a small part).
         self.fg = [np.argwhere(c.mask.numpy() > 0).astype(np.int32) for c in labeled]
-        #: per unlabeled case, ``(N, 3)`` voxel coordinates to centre a ``foreground_fraction`` share of
-        #: its samples on (set from ``ctx.extra["unlabeled_focus"]`` by the trainer), or ``None``: uniform.
-        self.unlabeled_focus: list[np.ndarray | None] | None = None
 
     def _center(self, rng: np.random.Generator, case: CaseData, fg: np.ndarray | None) -> tuple[int, ...]:
         shape = case.shape
@@ -199,21 +196,29 @@ class Sampler:
             idx.append((i, origin))
         return torch.stack(xs).float(), torch.stack(ys).long(), idx
 
-    def unlabeled_batch(self, rng: np.random.Generator, n: int, case_pool: Sequence[int] | None = None):
-        """``n`` unlabeled samples (uniform): (xu, index list); ``(None, [])`` without unlabeled scans."""
+    def unlabeled_batch(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        case_pool: Sequence[int] | None = None,
+        focus: Sequence[np.ndarray | None] = (),
+    ):
+        """``n`` unlabeled samples: (xu, index list); ``(None, [])`` without unlabeled scans.
+
+        ``focus[i]``: ``(N, 3)`` voxel coordinates of case ``i`` to centre on with probability
+        ``foreground_fraction`` (``TrainContext.unlabeled_focus``); uniform otherwise or without it.
+        """
         pool = list(case_pool) if case_pool is not None else list(range(len(self.unlabeled)))
         if not pool:
             return None, []
         xs, idx = [], []
-        focus = self.unlabeled_focus
         for _ in range(n):
             i = pool[int(rng.integers(len(pool)))]
-            fg = None
-            # A part may point at where unlabeled cases teach (e.g. pseudo-label foreground); the random
-            # draw happens only then, so runs without a focus sample exactly as before.
-            if focus is not None and i < len(focus) and focus[i] is not None and len(focus[i]):
-                fg = focus[i] if rng.random() < self.spec.foreground_fraction else None
-            img, _, origin = self.cut(self.unlabeled[i], self._center(rng, self.unlabeled[i], fg))
+            pts = focus[i] if i < len(focus) else None
+            use = pts is not None and len(pts) > 0 and rng.random() < self.spec.foreground_fraction
+            img, _, origin = self.cut(
+                self.unlabeled[i], self._center(rng, self.unlabeled[i], pts if use else None)
+            )
             xs.append(img)
             idx.append((i, origin))
         return torch.stack(xs).float(), idx

@@ -91,6 +91,22 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
         p.grad.div_(info.world_size)
 
 
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, in place.
+
+    DDP broadcasts rank 0's buffers at each forward, so after the last step every rank's statistics
+    hold one step of its own batches; averaging them leaves one identical model everywhere.
+    """
+    if not info.active:
+        return
+    import torch.distributed as dist
+
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(info.world_size)
+
+
 def barrier(info: DistInfo) -> None:
     if info.active:
         import torch.distributed as dist

@@ -163,12 +163,14 @@ class Trainer:
     # ------------------------------------------------------------------------------ steps
     def make_batch(self, it: int) -> Batch:
         rng = iteration_rng(self.cfg.seed, self.dist.rank, it)
-        self.sampler.unlabeled_focus = self.ctx.extra.get("unlabeled_focus")
         x, y, lidx = self.sampler.labeled_batch(rng, self.cfg.batch_size, self.l_pool)
         xu, uidx = (None, [])
         if self.needs_unlabeled:
             xu, uidx = self.sampler.unlabeled_batch(
-                rng, self.cfg.unlabeled_batch_size or self.cfg.batch_size, self.u_pool
+                rng,
+                self.cfg.unlabeled_batch_size or self.cfg.batch_size,
+                self.u_pool,
+                self.ctx.unlabeled_focus,
             )
         if self.augment is not None:
             x, y = self.augment(x, y, rng)
@@ -297,3 +299,4 @@ class Trainer:
                 ddp.barrier(self.dist)
             if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 self.checkpoint(done)
+        ddp.average_buffers(self.ctx.student, self.dist)

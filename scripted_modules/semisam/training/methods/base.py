@@ -74,6 +74,10 @@ class TrainContext:
         rank, world_size: DDP rank and number of processes (0, 1 without DDP).
         want_features: set True in ``setup`` to get the student's 1/16-resolution encoder features in
             :class:`StudentOutput` (the trainer registers the forward hook on :func:`feature_module`).
+        unlabeled_focus: per unlabeled case, ``(N, 3)`` int voxel coordinates ``(z, y, x)`` on the
+            model grid (or ``None``) around which unlabeled crops are centred with probability
+            ``config.foreground_fraction`` (else uniform), like labeled crops around the structure. A
+            part sets it, typically in ``refresh`` from the current predicted foreground; empty: uniform.
         extra: free room for parts to share objects (e.g. a built generalist), keyed by part name.
     """
 
@@ -90,6 +94,7 @@ class TrainContext:
     rank: int = 0
     world_size: int = 1
     want_features: bool = False
+    unlabeled_focus: list[np.ndarray | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     _generalist_objects: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -184,9 +189,7 @@ class MethodPart(Protocol):
     Optional attributes the trainer reads with ``getattr``: ``needs_unlabeled`` (bool, default
     False: batches then carry ``xu``), ``wants_views`` (bool: fill ``batch.weak``/``strong``) and
     ``augment_unlabeled`` (bool, default True; False: ``xu`` is not augmented, so targets looked up by
-    ``u_index`` stay aligned). A part may set ``ctx.extra["unlabeled_focus"]`` to per-unlabeled-case
-    ``(N, 3)`` voxel coordinates (or ``None``) on which a ``foreground_fraction`` share of unlabeled
-    samples is centred.
+    ``u_index`` stay aligned).
     """
 
     name: str

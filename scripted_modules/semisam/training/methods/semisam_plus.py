@@ -164,7 +164,7 @@ class SemiSAMPlus(PartBase):
         self.refreshed_at = iteration
         # Unlabeled samples then centre (foreground_fraction of the time) on where pseudo-labels teach
         # foreground: uniform samples of a 10-slice structure in a 32-slice scan mostly see weight 0.
-        ctx.extra["unlabeled_focus"] = [
+        ctx.unlabeled_focus = [
             np.argwhere((p.label > 0) & (p.weight > 0)).astype(np.int32) for p in self.pseudo
         ]
         teach = [p.stats.get("teaching_slices", 0) for p in self.pseudo]
