@@ -108,7 +108,9 @@ def child(args: argparse.Namespace) -> int:
     """Run one training in this process; print one JSON line with the outcome."""
     import torch
 
-    torch.set_num_threads(int(os.environ.get("SSL_THREADS", "2")))
+    torch.set_num_threads(
+        int(os.environ.get("SSL_THREADS", "1"))
+    )  # 2 threads on a busy 2-core machine spin-wait
     from semisam.training import TrainConfig, train
 
     cfg = TrainConfig.from_dict(json.loads(args.config))
@@ -202,6 +204,7 @@ def run_child(store: Path, cfg: dict, generalist: int | None, nice: int) -> dict
     if generalist is not None:
         cmd += ["--generalist-dice", "--generalist-test", str(generalist)]
     env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", env.get("SSL_THREADS", "1"))
     env["PYTHONPATH"] = str(REPO / "scripted_modules") + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
         ["nice", "-n", str(nice), *cmd] if nice else cmd,
