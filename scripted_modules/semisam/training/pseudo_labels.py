@@ -288,6 +288,9 @@ class PseudoLabeler:
             "mean_agreement": float(np.nanmean(agreement)) if prompted.any() else None,
             "foreground_voxels": int((label > 0).sum()),
         }
+        # The cache stores fp16 weights; hand out the same values now, so a result never depends on
+        # whether the pseudo-label came from the cache.
+        weight = weight.astype(np.float16).astype(np.float32)
         pl = PseudoLabel(label, weight, score, agreement, prompted, stats=stats)
         self._save(path, pl)
         return pl

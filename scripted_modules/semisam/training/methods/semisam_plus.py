@@ -176,6 +176,15 @@ class SemiSAMPlus(PartBase):
             "embedding_hits": self.labeler.embeddings.hits - hit0,
         }
         self.history.append(entry)
+        ctx.emit(
+            {
+                "event": "phase",
+                "phase": "pseudo_labels",
+                "done": len(self.pseudo),
+                "total": len(self.pseudo),
+                **entry,
+            }
+        )
         log.info("semisam_plus pseudo-labels at iteration %d: %s", iteration, entry)
 
     # ------------------------------------------------------------------ loss
