@@ -84,9 +84,9 @@ def test_distill_terms_send_gradient_into_student_and_projector(tmp_path):
         terms[term].backward()
         enc = student.enc[2]  # the 1/16 stage the hook reads
         grads = [p.grad.abs().sum().item() for p in enc.parameters() if p.grad is not None]
-        assert grads and sum(grads) > 0, term
-        assert student.stem[0].weight.grad.abs().sum() > 0, term
-        assert part.projector.weight.grad.abs().sum() > 0, term
+        assert grads and sum(grads) > 1e-6, term  # a real gradient, not a self-normalised loss's ~1e-16
+        assert student.stem[0].weight.grad.abs().sum() > 1e-6, term
+        assert part.projector.weight.grad.abs().sum() > 1e-6, term
 
     state = part.state_dict()
     other = build({}, ctx)
