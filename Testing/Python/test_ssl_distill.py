@@ -88,6 +88,9 @@ def test_distill_terms_send_gradient_into_student_and_projector(tmp_path):
         assert student.stem[0].weight.grad.abs().sum() > 1e-6, term
         assert part.projector.weight.grad.abs().sum() > 1e-6, term
 
+    import copy
+
+    copy.deepcopy(student)  # inference and saving copy the student: the hook must hold no graph tensor
     state = part.state_dict()
     other = build({}, ctx)
     other.load_state_dict(state)

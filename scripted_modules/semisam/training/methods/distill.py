@@ -104,14 +104,33 @@ def _std(f: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureHook:
-    """Captures a module's output during the student's forward (``hook.value``)."""
+    """Captures a module's output during the student forwards this part runs itself (``hook.value``).
+
+    Armed only inside :meth:`capture`: the trainer's own forwards leave nothing here, and ``value`` is
+    cleared after each use, so a ``copy.deepcopy`` of the student (inference preparation, saving) never
+    meets a non-leaf tensor through the hook.
+    """
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.value: torch.Tensor | None = None
+        self.armed = False
         self._handle = module.register_forward_hook(self._store)
 
     def _store(self, module, inputs, output) -> None:
-        self.value = output
+        if self.armed:
+            self.value = output
+
+    def capture(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run ``model(x)`` and return the hooked module's output."""
+        self.value, self.armed = None, True
+        try:
+            model(x)
+        finally:
+            self.armed = False
+        value, self.value = self.value, None
+        if value is None:
+            raise RuntimeError("the feature hook did not fire: the student never ran its 1/16 stage")
+        return value
 
     def remove(self) -> None:
         self._handle.remove()
@@ -178,10 +197,8 @@ class Distill(PartBase):
         ctx.student.eval()
         dev = next(ctx.student.parameters()).device
         with torch.no_grad():
-            ctx.student(torch.zeros(1, k, 32, 32, device=dev))
+            c_student = int(self._hook.capture(ctx.student, torch.zeros(1, k, 32, 32, device=dev)).shape[1])
         ctx.student.train(was)
-        assert self._hook.value is not None
-        c_student = int(self._hook.value.shape[1])
         gen = torch.Generator().manual_seed(int(getattr(ctx.config, "seed", 0)))
         self.projector = torch.nn.Conv2d(c_student, self.teacher_channels, 1)
         with torch.no_grad():
@@ -265,11 +282,7 @@ class Distill(PartBase):
 
     def _features(self, ctx: TrainContext, x: torch.Tensor) -> torch.Tensor:
         assert self._hook is not None
-        self._hook.value = None
-        ctx.student(x)
-        feats = self._hook.value
-        assert feats is not None, "the feature hook did not fire"
-        return feats
+        return self._hook.capture(ctx.student, x)
 
     def losses(
         self, ctx: TrainContext, batch: Batch, out: StudentOutput, iteration: int
