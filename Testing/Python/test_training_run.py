@@ -252,3 +252,28 @@ def test_bad_store_and_device_are_error_results(tmp_path):
         assert res.error_kind == "bad_config" and "CUDA is not available" in res.message
         assert [e["event"] for e in seen] == ["error"]
         assert not (store.root / "training" / "train.lock").read_text()  # released and emptied
+
+
+def test_error_kinds_of_unexpected_failures():
+    from semisam.training.job import _classify
+
+    kind, msg = _classify(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert kind == "cuda_oom" and "--batch-size" in msg
+    assert _classify(KeyError("x"))[0] == "internal"
+
+
+def test_bad_part_option_and_missing_part_module_are_bad_config(tmp_path, monkeypatch):
+    from semisam.training.methods import METHOD_PARTS
+
+    store = make_store(tmp_path / "store", n_train=1, n_val=0)
+    res = train(
+        store.root,
+        TrainConfig(
+            method="mean_teacher", iterations=1, device="cpu", parts={"mean_teacher": {"decay": 0.9}}, **FAST
+        ),
+    )
+    assert res.error_kind == "bad_config" and "decay" in res.message
+    monkeypatch.setitem(METHOD_PARTS, "mean_teacher", "semisam.training.methods.not_built_here:build")
+    res = train(store.root, TrainConfig(method="mean_teacher", iterations=1, device="cpu", **FAST))
+    assert res.error_kind == "bad_config" and "not installed" in res.message
+    assert store.models.versions() == []

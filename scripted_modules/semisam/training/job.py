@@ -271,7 +271,10 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    parts = build_parts(names, config.parts, ctx)
+    try:
+        parts = build_parts(names, config.parts, ctx)
+    except ValueError as exc:  # an unavailable part or a bad part option
+        raise TrainError("bad_config", f"method {config.method!r}: {exc}") from exc
     if any(getattr(p, "needs_unlabeled", False) for p in parts):
         ctx.unlabeled = load_unlabeled(store, unlabeled_ids, manifest)
     for p in parts:
@@ -340,6 +343,8 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
                 "per_case": validation["per_case"],
             }
         )
+    if cancel is not None and cancel.is_set():  # SIGTERM while validating: nothing registered
+        raise Cancelled(config.iterations, str(runstate.latest(run_dir)))
     emit({"event": "phase", "phase": "saving"})
     training = {
         "method": "+".join(names),

@@ -259,6 +259,7 @@ class Trainer:
             if it == start or it % cfg.refresh_every == 0:
                 for part in self.parts:
                     part.refresh(self.ctx, it)
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             t0 = time.perf_counter()
             terms = self.step(it)
             dt = time.perf_counter() - t0
@@ -273,7 +274,7 @@ class Trainer:
                         "iteration": done,
                         "iterations": cfg.iterations,
                         "losses": terms,
-                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "lr": lr,
                         "seconds_per_iteration": round(ema, 4),
                         "eta_s": round(ema * (cfg.iterations - done), 1),
                     }
