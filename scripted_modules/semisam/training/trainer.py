@@ -101,6 +101,9 @@ class Trainer:
             ctx.unlabeled
         )
         self.wants_views = any(getattr(p, "wants_views", False) for p in parts)
+        # A part whose per-sample targets are looked up by u_index on the un-augmented grid (semisam_plus's
+        # pseudo-labels) sets augment_unlabeled = False: a flip or rotation of xu would misalign them.
+        self.augment_unlabeled = all(getattr(p, "augment_unlabeled", True) for p in parts)
         # Case shards per rank (only when every rank gets at least one case).
         n = len(ctx.labeled)
         self.l_pool = (
@@ -171,7 +174,7 @@ class Trainer:
             )
         if self.augment is not None:
             x, y = self.augment(x, y, rng)
-            if xu is not None:
+            if xu is not None and self.augment_unlabeled:
                 xu, _ = self.augment(xu, None, rng)
         dev = self.device
         batch = Batch(

@@ -187,7 +187,9 @@ class MethodPart(Protocol):
     """A method part (see the module docstring for when each hook runs).
 
     Optional attributes the trainer reads with ``getattr``: ``needs_unlabeled`` (bool, default
-    False: batches then carry ``xu``) and ``wants_views`` (bool: fill ``batch.weak``/``strong``).
+    False: batches then carry ``xu``), ``wants_views`` (bool: fill ``batch.weak``/``strong``) and
+    ``augment_unlabeled`` (bool, default True; False: ``xu`` is not augmented, so targets looked up by
+    ``u_index`` stay aligned).
     """
 
     name: str
@@ -215,6 +217,7 @@ class PartBase:
     name = "part"
     needs_unlabeled = False
     wants_views = False
+    augment_unlabeled = True
 
     def __init__(self, config: dict[str, Any] | None = None):
         self.options = dict(config or {})

@@ -1,0 +1,169 @@
+"""semisam_plus: prompts from the specialist's own prediction, real LiteMedSAM answers, cached pseudo-labels,
+and a confidence-weighted loss that sends gradient into the student's weights."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.checkpoints import new_manifest
+from semisam.training.embedding_store import EmbeddingStore
+from semisam.training.methods.base import Batch, CaseData, StudentOutput, TrainContext
+from semisam.training.methods.semisam_plus import SemiSAMPlus, crop_targets
+from semisam.training.prompting import PromptConfig, prompts_from_prediction
+from semisam.training.pseudo_labels import PseudoLabeler, label_cases, weights_sha
+
+
+class ThresholdStudent(torch.nn.Module):
+    """A real (tiny) 2.5D specialist: one 1x1 convolution, initialised to call bright pixels foreground."""
+
+    input_kind = "2.5d"
+    in_slices = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 20.0
+            self.conv.bias[1] = -10.0  # foreground where intensity > 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _volume(seed: int = 0, depth: int = 2, size: int = 64) -> np.ndarray:
+    """A bright ellipse (radius ~12 x 9 px) on a noisy darker background, ``(Z, Y, X)`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    vol = np.empty((depth, size, size), dtype=np.float32)
+    for z in range(depth):
+        inside = ((yy - 30) / 12.0) ** 2 + ((xx - 34) / 9.0) ** 2 <= 1.0
+        vol[z] = np.where(inside, 0.8, 0.25) + rng.normal(0, 0.03, (size, size))
+    return np.clip(vol, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    from semisam.generalists import build_generalist
+
+    return build_generalist("litemedsam", device="cpu")
+
+
+def _ctx(tmp_path, student, cases, generalist, seed=0) -> TrainContext:
+    cfg = types.SimpleNamespace(iterations=100, seed=seed, refresh_every=50, parts={})
+    ctx = TrainContext(
+        config=cfg,  # type: ignore[arg-type]
+        device=torch.device("cpu"),
+        student=student,
+        manifest=new_manifest("mamba_unet", ["object"], "MR"),
+        store=None,
+        cache=tmp_path / "cache",
+        unlabeled=cases,
+        generalists=[("litemedsam", None)],
+    )
+    ctx._generalist_objects["litemedsam:"] = generalist  # built once per module (the same real model)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def unlabeled_cases():
+    # Unlabeled scans carry no mask at all: nothing can read a ground truth.
+    return [CaseData(f"u{i}", torch.from_numpy(_volume(i)), None, sha256=f"sha-u{i}") for i in range(2)]
+
+
+def test_prompts_follow_the_prediction_not_a_label():
+    prob = np.zeros((48, 48), dtype=np.float32)
+    prob[10:20, 12:30] = 0.97  # the specialist's component
+    prob[9, 12:30] = 0.3  # an uncertain rim
+    rounds = prompts_from_prediction(prob, PromptConfig(rounds=3), np.random.default_rng(0))
+    assert len(rounds) == 3 and all(len(r) == 1 for r in rounds)
+    x0, y0, x1, y1 = rounds[0][0].box
+    assert x0 < 12 and y0 < 10 and x1 > 29 and y1 > 19  # box with a margin around the component
+    assert rounds[0][0].points is None  # round 0: box only
+    for r in rounds[1:]:
+        p = r[0]
+        assert p.mask is None  # never a mask prompt: nothing leaks between samples
+        for (x, y), lab in zip(p.points, p.point_labels, strict=True):
+            assert (prob[int(y), int(x)] >= 0.9) == bool(lab)  # positives on confident foreground only
+    moved = np.roll(prob, 15, axis=1)  # another prediction -> other prompts
+    assert (
+        prompts_from_prediction(moved, PromptConfig(), np.random.default_rng(0))[0][0].box != rounds[0][0].box
+    )
+    assert prompts_from_prediction(np.zeros_like(prob), PromptConfig(), np.random.default_rng(0)) == []
+    assert (
+        prompts_from_prediction(np.ones_like(prob), PromptConfig(), np.random.default_rng(0)) == []
+    )  # flooded
+
+
+def test_pseudo_label_from_real_litemedsam_and_cache_hit(tmp_path, unlabeled_cases, litemedsam):
+    g = litemedsam
+    student = ThresholdStudent()
+    emb = EmbeddingStore(tmp_path / "emb")
+    lab = PseudoLabeler([g], emb, tmp_path / "pl", PromptConfig(rounds=2))
+    pls = label_cases(lab, student, unlabeled_cases[:1], torch.device("cpu"))
+    pl = pls[0]
+    assert not pl.from_cache and pl.prompted.all()
+    truth = _volume(0) > 0.5
+    dice = 2 * np.logical_and(pl.label > 0, truth).sum() / ((pl.label > 0).sum() + truth.sum())
+    assert dice > 0.8, dice  # the generalist found the object the specialist pointed at
+    assert 0 < pl.weight.max() <= 1 and pl.weight[pl.label > 0].mean() > 0.3
+    assert emb.encoded == 2 and lab.decoder_calls > 0
+
+    # Second run, same specialist weights: pseudo-labels come from disk, nothing is encoded or decoded.
+    emb2 = EmbeddingStore(tmp_path / "emb")
+    lab2 = PseudoLabeler([g], emb2, tmp_path / "pl", PromptConfig(rounds=2))
+    again = label_cases(lab2, student, unlabeled_cases[:1], torch.device("cpu"))[0]
+    assert again.from_cache and emb2.encoded == 0 and lab2.decoder_calls == 0
+    np.testing.assert_array_equal(again.label, pl.label)
+
+    # A changed specialist is another key: new pseudo-labels, but the slice embeddings are reused.
+    with torch.no_grad():
+        student.conv.bias[1] = -9.0
+    lab3 = PseudoLabeler([g], emb2, tmp_path / "pl", PromptConfig(rounds=2))
+    third = label_cases(lab3, student, unlabeled_cases[:1], torch.device("cpu"))[0]
+    assert not third.from_cache and lab3.decoder_calls > 0 and emb2.encoded == 0 and emb2.hits >= 2
+
+
+def test_semisam_plus_loss_sends_gradient_into_the_student(tmp_path, unlabeled_cases, litemedsam):
+    student = ThresholdStudent()
+    ctx = _ctx(tmp_path, student, unlabeled_cases, litemedsam)
+    part = SemiSAMPlus({"start": 0, "rampup": 0, "rounds": 2})
+    part.setup(ctx)
+    # Batch rows: crops of the unlabeled cases' centre slices; the student's logits for them.
+    u_index = [(0, (1, 8, 8)), (1, (0, 0, 0))]
+    xu = torch.stack([unlabeled_cases[c].image[z, y : y + 48, x : x + 48] for c, (z, y, x) in u_index])[
+        :, None
+    ]
+    with torch.no_grad():  # make the student disagree with the pseudo-label a little, so there is a loss
+        student.conv.bias[1] = -12.0
+    logits_u = student(xu)
+    batch = Batch(x=xu[:0], y=torch.zeros(0, 48, 48, dtype=torch.long), xu=xu, u_index=u_index)
+    terms = part.losses(ctx, batch, StudentOutput(logits=logits_u[:0], logits_u=logits_u), iteration=0)
+    assert set(terms) == {"pseudo"} and terms["pseudo"].item() > 0
+    terms["pseudo"].backward()
+    # A real gradient, not the ~1e-16 that a loss divided by itself (L / (L + 1e-16)) would leave.
+    assert student.conv.weight.grad is not None and student.conv.weight.grad.abs().sum() > 1e-4
+    assert part.history[0]["teaching_slices"] > 0
+
+    # The targets are exactly the cached pseudo-label crops.
+    target, weight = crop_targets(part.pseudo, u_index, (48, 48))
+    np.testing.assert_array_equal(target[0].numpy(), part.pseudo[0].label[1, 8:56, 8:56])
+
+    # Before `start` the part teaches nothing and makes no pseudo-labels (an untrained specialist).
+    late = SemiSAMPlus({"start": 50})
+    late.setup(_ctx(tmp_path, ThresholdStudent(), unlabeled_cases, litemedsam))
+    t = late.losses(ctx, batch, StudentOutput(logits=logits_u[:0], logits_u=logits_u.detach()), iteration=10)
+    assert late.pseudo is None and float(t["pseudo"]) == 0.0
+
+
+def test_weights_sha_tracks_the_weights():
+    a, b = ThresholdStudent(), ThresholdStudent()
+    assert weights_sha(a) == weights_sha(b)
+    with torch.no_grad():
+        b.conv.weight[1, 0] += 1e-3
+    assert weights_sha(a) != weights_sha(b)
