@@ -30,8 +30,8 @@ def litemedsam():
 
 @pytest.fixture(scope="module")
 def case():
-    """A small synthetic MR-like case: a bright ellipsoid over 5 of 8 slices."""
-    vol, label = ellipsoid_case((8, 40, 40), np.random.default_rng(3))
+    """A small synthetic MR-like case: a bright ellipsoid over a few of 6 slices."""
+    vol, label = ellipsoid_case((6, 32, 32), np.random.default_rng(3))
     return vol, label
 
 
@@ -102,6 +102,6 @@ def test_boxes_from_the_truth_reach_the_target_and_are_counted(litemedsam, case)
     assert res.effort.compute_s > 0
     # A perfect proposal needs nothing at all.
     done = SimulatedAnnotator(litemedsam, modality="MR").annotate(
-        vol, truth, target, np.random.default_rng(0), proposal=truth, review_order=list(range(8)), cache=cache
+        vol, truth, target, np.random.default_rng(0), proposal=truth, review_order=list(range(6)), cache=cache
     )
     assert done.effort.prompts == 0 and done.effort.hand_slices == 0 and done.proposal_dice == 1.0
