@@ -97,6 +97,16 @@ class TrainContext:
     def n_classes(self) -> int:
         return int(self.manifest.n_classes)
 
+    def generator(self, iteration: int, salt: int = 0) -> torch.Generator:
+        """A torch generator on ``device`` for ``iteration`` (seeded from seed, rank, iteration, salt).
+
+        Parts draw their noise from it, so a resumed run repeats the uninterrupted run's draws.
+        """
+        seq = np.random.SeedSequence([int(self.config.seed), self.rank, int(iteration), int(salt)])
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+        return g
+
     @property
     def input_kind(self) -> str:
         """``"2.5d"`` (``(B, in_slices, H, W)`` input) or ``"3d"`` (``(B, 1, D, H, W)``)."""

@@ -1,0 +1,140 @@
+"""``semisam train STORE``: retrain the store's specialist (contract: docs/training.md).
+
+Events go to stdout as JSON lines (and to ``--events FILE``); a progress bar goes to stderr when it is
+a terminal. Exit 0 after ``done``, 1 after ``error``, 3 after ``cancelled`` (SIGTERM or Ctrl-C: the run
+checkpoints first; ``--resume`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from semisam.device import DEVICE_CHOICES
+
+log = logging.getLogger(__name__)
+
+METHOD_HELP = (
+    "method parts joined by '+': supervised (always on), mean_teacher, semisam_plus, distill "
+    "(default supervised)"
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="retrain the store's specialist (semi-supervised); JSON events on stdout"
+    )
+    p.add_argument("store", help="the labeled-set store folder")
+    p.add_argument("--method", help=METHOD_HELP)
+    p.add_argument("--iterations", type=int, help="optimiser steps (default 200)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="default auto (CUDA when available)")
+    p.add_argument(
+        "--generalist",
+        action="append",
+        metavar="NAME[:CHECKPOINT]",
+        help="generalist for the semi-supervised parts (repeatable; default litemedsam)",
+    )
+    p.add_argument("--events", metavar="FILE", help="also append the JSON events to FILE")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run from its last checkpoint"
+    )
+    p.add_argument("--no-promote", action="store_true", help="register the new version but never promote it")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--arch", help="architecture of a new model when the store has none (mamba_unet, unet3d)")
+    p.add_argument("--batch-size", type=int, help="labeled samples per step (default 8)")
+    p.add_argument("--config", metavar="FILE.json", help="TrainConfig fields as JSON (options override it)")
+    p.add_argument("--work-dir", metavar="DIR", help="run folder (default STORE/training/run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+_OPTION_FIELDS = {
+    "method": "method",
+    "iterations": "iterations",
+    "device": "device",
+    "generalist": "generalists",
+    "seed": "seed",
+    "arch": "arch",
+    "batch_size": "batch_size",
+}
+
+
+def _config(args: argparse.Namespace):
+    from semisam.training.config import TrainConfig
+
+    overrides = {f: getattr(args, a) for a, f in _OPTION_FIELDS.items() if getattr(args, a) is not None}
+    if args.config:
+        return TrainConfig.from_file(args.config, overrides)
+    return TrainConfig.from_dict(overrides, "command line")
+
+
+class _Progress:
+    """tqdm bar on stderr driven by the events (only when stderr is a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+
+    def __call__(self, ev: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if ev["event"] == "start":
+            self.bar = tqdm(
+                total=ev["iterations"],
+                initial=ev.get("resumed_from") or 0,
+                file=sys.stderr,
+                desc="train",
+                unit="it",
+            )
+        elif ev["event"] == "iteration" and self.bar is not None:
+            self.bar.n = ev["iteration"]
+            self.bar.set_postfix(loss=f"{ev['losses'].get('total', float('nan')):.3f}", refresh=False)
+            self.bar.refresh()
+        elif ev["event"] in ("done", "cancelled", "error") and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from semisam.training.errors import TrainError
+    from semisam.training.events import EventSink
+    from semisam.training.job import EXIT_ERROR, train
+
+    try:
+        config = _config(args)
+    except TrainError as exc:
+        sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
+        sink({"event": "error", "kind": exc.kind, "message": str(exc)})
+        sink.close()
+        return EXIT_ERROR
+    cancel = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        log.warning("received %s: checkpointing and stopping", signal.Signals(signum).name)
+        cancel.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        progress = _Progress(sys.stderr.isatty() and not args.no_progress)
+        result = train(
+            args.store,
+            config,
+            events=progress,
+            events_file=args.events,
+            streams=[sys.stdout],
+            work_dir=args.work_dir,
+            resume=args.resume,
+            promote=not args.no_promote,
+            cancel=cancel,
+        )
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    log.debug("result %s", json.dumps({"status": result.status, "version": result.version}))
+    return result.exit_code

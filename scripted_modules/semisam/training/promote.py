@@ -1,0 +1,78 @@
+"""The promotion rule (docs/training.md): when does a newly trained version become the active one.
+
+* No active version: promote (nothing to beat).
+* The validation split has cases: promote when the new version's Dice beats the active version's on
+  the same cases (:meth:`ModelRegistry.promote` with ``require_better``). The active version is
+  evaluated first when its recorded Dice is missing or was computed on other cases.
+* The split is empty (a store's first four cases all train): promote when the new version's training
+  cases strictly include the active version's (more labels from the same annotator); else not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from semisam.store.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+
+def trained_case_ids(version_path) -> list[str] | None:
+    """Training case ids recorded in a version's manifest (``training.case_ids.train``), or ``None``."""
+    try:
+        man = json.loads((version_path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ids = ((man.get("training") or {}).get("case_ids") or {}).get("train")
+    return list(ids) if isinstance(ids, list) else None
+
+
+def decide_and_promote(
+    store,
+    version: str,
+    validation: dict,
+    train_ids: list[str],
+    evaluate_active: Callable[[object], dict],
+    allow: bool = True,
+) -> tuple[bool, str]:
+    """Apply the rule to the registered ``version``; returns ``(promoted, why)``.
+
+    ``validation``: the new version's ``{"dice", "cases"}``. ``evaluate_active(version_record)``
+    returns the active version's validation dict on the same cases (called only when needed).
+    """
+    reg = store.models
+    active = reg.active()
+    if not allow:
+        return False, "not promoted: --no-promote was given"
+    if active is None:
+        reg.promote(version, require_better=False)
+        return True, "promoted: the store had no active version"
+    cases = list(validation.get("cases") or [])
+    if cases:
+        if sorted(active.evaluated_on) != sorted(cases) or "dice" not in active.metrics:
+            ev = evaluate_active(active)
+            reg.record_metrics(active.version, {"dice": ev["dice"]}, cases)
+        try:
+            reg.promote(version, require_better=True)
+        except RegistryError as exc:
+            return False, f"not promoted: {exc}"
+        old = reg.get(active.version).metrics.get("dice")
+        return True, (
+            f"promoted: validation Dice {validation['dice']:.4f} beats the active {active.version}'s "
+            f"{old:.4f} on the same {len(cases)} case(s)"
+        )
+    before = trained_case_ids(active.path)
+    if before is None:
+        before = []
+    if set(before) < set(train_ids):
+        reg.promote(version, require_better=False)
+        return True, (
+            f"promoted: the validation split is empty and its {len(train_ids)} training case(s) strictly "
+            f"include the active {active.version}'s {len(before)}"
+        )
+    return False, (
+        f"not promoted: the validation split is empty and its training cases do not strictly include "
+        f"the active {active.version}'s ({len(before)} case(s))"
+    )
