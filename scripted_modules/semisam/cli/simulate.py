@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--iterations", type=int, default=200, help="training iterations per retrain (%(default)s)"
     )
+    p.add_argument(
+        "--train-config",
+        default=None,
+        metavar="FILE.json",
+        help="JSON object of further training settings (batch_size, crop_size, model_kwargs, ...)",
+    )
     p.add_argument("--seed", type=int, default=0, help="case order, box jitter and training seed")
     p.add_argument(
         "--target", type=float, default=0.9, help="done at this fraction of the oracle Dice (%(default)s)"
@@ -92,6 +98,14 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
     if args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    train_options = {}
+    if args.train_config:
+        try:
+            train_options = json.loads(Path(args.train_config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--train-config {args.train_config}: cannot read it as JSON: {exc}") from exc
+        if not isinstance(train_options, dict):
+            raise ValueError(f"--train-config {args.train_config}: must hold a JSON object")
     return SimulationConfig(
         dataset=Path(args.dataset),
         work=Path(args.work),
@@ -105,6 +119,7 @@ def config_from_args(args: argparse.Namespace):
         label=args.label,
         target_dice=args.target_dice,
         device=args.device,
+        train_options=train_options,
         annotator=AnnotatorConfig(target_fraction=args.target, budget=args.budget),
         time_model=TimeModel(box_s=args.box_s, point_s=args.point_s, hand_slice_s=args.hand_slice_s),
     )

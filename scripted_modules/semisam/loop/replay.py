@@ -87,6 +87,9 @@ class SimulationConfig:
         target_dice: an absolute target Dice for every case instead of ``annotator.target_fraction`` x
             the oracle (the oracle, a box on every truth slice, is then not computed).
         device: ``auto`` / ``cpu`` / ``cuda`` for the specialist, the generalist and training.
+        train_options: further :class:`semisam.training.TrainConfig` fields for every retrain (batch
+            size, crop size, model kwargs...; ``method``, ``iterations``, ``seed``, ``device`` come from
+            the fields above).
         annotator: :class:`AnnotatorConfig`.
         time_model: :class:`TimeModel`.
     """
@@ -103,6 +106,7 @@ class SimulationConfig:
     label: int | None = None
     target_dice: float | None = None
     device: str = "cpu"
+    train_options: dict[str, Any] = field(default_factory=dict)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     time_model: TimeModel = field(default_factory=TimeModel)
 
@@ -115,6 +119,7 @@ class SimulationConfig:
             "seed": self.seed,
             "generalist": self.generalist,
             "target_dice": self.target_dice,
+            "train_options": dict(self.train_options),
             "annotator": dataclasses.asdict(self.annotator),
             "time_model": self.time_model.to_json(),
         }
@@ -262,26 +267,39 @@ class Simulation:
         proposal = (result.labels == value).astype(np.uint8)
         return proposal, np.asarray(result.review_order), active.version, time.perf_counter() - t0
 
-    def retrain(self, store: LabeledStore, after: int) -> dict:
-        """Run the training job on the store (the unlabeled pool holds the cases not yet seen)."""
-        from semisam.training import TrainConfig, train
+    def train_config(self):
+        """The :class:`semisam.training.TrainConfig` of every retrain."""
+        from semisam.training import TrainConfig
 
         cfg = self.config
+        base = {"method": cfg.method, "iterations": cfg.iterations, "seed": cfg.seed, "device": cfg.device}
+        return TrainConfig.from_dict({**cfg.train_options, **base}, where="train options")
+
+    def retrain(self, store: LabeledStore, after: int) -> dict:
+        """Run the training job on the store (the unlabeled pool holds the cases not yet seen).
+
+        A failed run is recorded (``status`` / ``message``) and the loop goes on with the active version.
+        """
+        from semisam.training import train
+
         t0 = time.perf_counter()
-        result = train(
-            store.root,
-            TrainConfig(method=cfg.method, iterations=cfg.iterations, seed=cfg.seed, device=cfg.device),
-            events=None,
-        )
-        validation = getattr(result, "validation", None) or {}
+        result = train(store.root, self.train_config(), events=None)
+        if result.status != "done":
+            log.error("retrain after %d cases: %s (%s)", after, result.status, result.message)
+        active = store.models.active()
         return {
             "event": "retrain",
             "after_cases": after,
-            "version": getattr(result, "version", None),
-            "promoted": bool(getattr(result, "promoted", False)),
-            "validation_dice": validation.get("dice") if isinstance(validation, dict) else None,
-            "active": store.models.active().version if store.models.active() else None,
+            "status": result.status,
+            "message": result.message or None,
+            "version": result.version,
+            "promoted": bool(result.promoted),
+            "promotion": result.promotion,
+            "validation_dice": (result.validation or {}).get("dice"),
+            "active": active.version if active else None,
+            "train_cases": len(store.train_ids()),
             "unlabeled": len(store.unlabeled()),
+            "iterations": result.iterations,
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
@@ -289,6 +307,8 @@ class Simulation:
     def run(self) -> dict:
         """Replay every case not yet done; returns (and emits) the summary."""
         cfg = self.config
+        if cfg.retrain_every > 0:
+            self.train_config()  # a bad option fails now, not after the first cases
         order = self._plan()
         store = self._open_store(order)  # the pool: every case not yet seen, also past --max-cases
         if cfg.max_cases is not None:

@@ -75,7 +75,18 @@ def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], conf
         "last_over_first": _ratio(stats["last_mean_effort_s"], stats["first_mean_effort_s"]),
         "last_over_baseline": None,
         "retrains": [
-            {k: r.get(k) for k in ("after_cases", "version", "promoted", "validation_dice", "seconds")}
+            {
+                k: r.get(k)
+                for k in (
+                    "after_cases",
+                    "status",
+                    "version",
+                    "promoted",
+                    "validation_dice",
+                    "train_cases",
+                    "seconds",
+                )
+            }
             for r in retrains
         ],
     }
