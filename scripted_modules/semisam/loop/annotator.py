@@ -19,6 +19,8 @@ where the annotator clicks. What it does, per case:
    then propagates with the real engine (:func:`semisam.propagation.propagate`, one session per case, so
    each new prompt recomputes only the range it affects) and writes the result into the mask exactly as
    SemiSAMSegment's *Propagate* does: replaced inside the propagated slice range only.
+   A propagation that lowers the Dice is undone, as a user undoes it (the prompt is deleted and the
+   session restarts without it, its embeddings cached); its seconds still count.
 3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
    Dice: every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
    until the target is reached; each counts as a hand-drawn slice.
@@ -65,6 +67,7 @@ class AnnotatorConfig:
         max_points_per_slice: points on one slice before the annotator moves on.
         patience: prompts in a row that may leave the Dice unimproved before the annotator stops
             prompting (a radiologist stops clicking when clicks stop helping).
+        undo: undo a propagation that lowered the Dice (and delete its prompt).
         axis: slice axis of the prompts.
     """
 
@@ -74,6 +77,7 @@ class AnnotatorConfig:
     budget: int | None = None
     max_points_per_slice: int = 2
     patience: int = 3
+    undo: bool = True
     axis: str = "axial"
 
     def budget_for(self, truth: np.ndarray) -> int:
@@ -87,14 +91,20 @@ class AnnotatorConfig:
 
 @dataclass
 class Action:
-    """One prompt the annotator placed: ``kind`` ``"box"`` / ``"point+"`` / ``"point-"`` / ``"hand"``."""
+    """One prompt the annotator placed: ``kind`` ``"box"`` / ``"point+"`` / ``"point-"`` / ``"hand"``;
+    ``undone`` when its propagation lowered the Dice and was undone (``dice_after`` is then the Dice it
+    gave, before the undo)."""
 
     kind: str
     slice: int
     dice_after: float
+    undone: bool = False
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "slice": self.slice, "dice_after": round(self.dice_after, 4)}
+        out = {"kind": self.kind, "slice": self.slice, "dice_after": round(self.dice_after, 4)}
+        if self.undone:
+            out["undone"] = True
+        return out
 
 
 @dataclass
@@ -306,6 +316,7 @@ class SimulatedAnnotator:
         boxed: set[int] = set()
         points: dict[int, int] = {}
         written: tuple[int, int] | None = None
+        applied: list[tuple[int, dict]] = []  # prompts in the session, in order
         best, unimproved = start, 0
         current = start
         stop = "target"
@@ -322,20 +333,23 @@ class SimulatedAnnotator:
                 stop = "nothing_to_prompt"
                 break
             kind, s = choice
+            group: list[dict] = []  # the prompts of this action (a box per separate part)
             if kind == "box":
                 for box in structure_boxes(truth[s]):
-                    add_prompt(state, s, box=jitter_box(box, truth[s].shape, rng, cfg.jitter_px))
-                    effort.boxes += 1
+                    group.append({"box": jitter_box(box, truth[s].shape, rng, cfg.jitter_px)})
+                effort.boxes += len(group)
                 boxed.add(s)
             else:
                 point, positive = error_point(mask[s], truth[s])  # type: ignore[misc]
-                add_prompt(state, s, point=point, positive=positive)
+                group.append({"point": point, "positive": positive})
                 points[s] = points.get(s, 0) + 1
                 kind = "point+" if positive else "point-"
                 if positive:
                     effort.points_pos += 1
                 else:
                     effort.points_neg += 1
+            for prompt in group:
+                add_prompt(state, s, **prompt)
             t0 = time.perf_counter()
             result = propagate(state)
             # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
@@ -344,11 +358,19 @@ class SimulatedAnnotator:
             if written is not None:
                 touched |= set(written)
             lo, hi = min(touched), max(touched)
-            mask = merge_in_range(mask, result.mask, axis, lo, hi)
-            written = (lo, hi)
+            new_mask = merge_in_range(mask, result.mask, axis, lo, hi)
             effort.compute_s += time.perf_counter() - t0
-            current = dice(mask, truth)
-            actions.append(Action(kind, s, current))
+            new_dice = dice(new_mask, truth)
+            undone = cfg.undo and new_dice < current - 1e-4
+            actions.append(Action(kind, s, new_dice, undone))
+            if undone:
+                # Undo and delete the prompt: the session restarts without it (embeddings stay cached).
+                state = start_session(self.model, volume, axis, state.encoder.cache, self.modality)
+                for s_prev, prompt in applied:
+                    add_prompt(state, s_prev, **prompt)
+            else:
+                mask, written, current = new_mask, (lo, hi), new_dice
+                applied.extend((s, prompt) for prompt in group)
             if current > best + 1e-4:
                 best, unimproved = current, 0
             else:
