@@ -100,6 +100,8 @@ def test_boxes_from_the_truth_reach_the_target_and_are_counted(litemedsam, case)
     assert res.effort.hand_slices == 0 and res.effort.boxes == kinds.count("box") >= 1
     assert res.effort.points == kinds.count("point+") + kinds.count("point-")
     assert res.effort.compute_s > 0
+    kept = [a.dice_after for a in res.actions if not a.undone]  # an undone propagation left no trace
+    assert kept == sorted(kept) and res.prompt_dice == (kept[-1] if kept else 0.0)
     # A perfect proposal needs nothing at all.
     done = SimulatedAnnotator(litemedsam, modality="MR").annotate(
         vol, truth, target, np.random.default_rng(0), proposal=truth, review_order=list(range(6)), cache=cache
