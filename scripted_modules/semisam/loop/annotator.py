@@ -8,7 +8,8 @@ where the annotator clicks. What it does, per case:
 2. **Correct**: while the case's Dice is below the target and the prompt budget lasts, it goes through
    the slices in the product's review order (the specialist's per-slice uncertainty ranking; without a
    specialist it looks where the mask is most wrong first, as a radiologist scrolling the scan would) and
-   on the first *wrong* slice (per-slice Dice below the target) it places
+   on the first *clearly wrong* slice (per-slice Dice below the target and at least ``clearly_wrong`` of
+   the worst slice's wrong pixels) it places
 
    - a **box** from the truth (each corner moved by Gaussian jitter of ``jitter_px`` pixels, a human
      hand) when the slice holds the structure and has no box yet; one box per separate part of the
@@ -65,6 +66,11 @@ class AnnotatorConfig:
         budget: prompts (boxes + points) per case before the rest is drawn by hand; ``None``: half the
             structure's slices, at least 4 (a box on every other slice: what boxing alone can cost).
         max_points_per_slice: points on one slice before the annotator moves on.
+        clearly_wrong: the annotator acts on the first slice in the review order whose wrong pixels are
+            at least this fraction of the worst slice's: scrolling in that order it passes over slices
+            that are only slightly off and stops where the mask is clearly wrong. (Taking the first
+            wrong slice, however slightly, spent the first prompts on the structure's thin end slices,
+            which the uncertainty ranking puts first, while its middle was missed.)
         patience: prompts in a row that may leave the Dice unimproved before the annotator stops
             prompting (a radiologist stops clicking when clicks stop helping).
         undo: undo a propagation that lowered the Dice (and delete its prompt).
@@ -76,6 +82,7 @@ class AnnotatorConfig:
     jitter_px: float = 2.0
     budget: int | None = None
     max_points_per_slice: int = 2
+    clearly_wrong: float = 0.5
     patience: int = 3
     undo: bool = True
     axis: str = "axial"
@@ -412,11 +419,20 @@ class SimulatedAnnotator:
             order = [int(s) for s in np.argsort(-err, kind="stable")]
         else:
             order = [int(s) for s in review_order]
-        for s in order:
+        max_points = self.config.max_points_per_slice
+
+        def action(s: int) -> str | None:
             if err[s] <= 0 or d[s] >= slice_dice:
-                continue
+                return None
             if truth[s].any() and s not in boxed:
-                return "box", s
-            if points.get(s, 0) < self.config.max_points_per_slice:
-                return "point", s
+                return "box"
+            return "point" if points.get(s, 0) < max_points else None
+
+        wrong = [(s, a) for s in order if (a := action(s)) is not None]
+        if not wrong:
+            return None
+        worst = max(err[s] for s, _ in wrong)
+        for s, a in wrong:  # the first clearly wrong slice in the order
+            if err[s] >= self.config.clearly_wrong * worst:
+                return a, s
         return None
