@@ -107,3 +107,20 @@ def test_boxes_from_the_truth_reach_the_target_and_are_counted(litemedsam, case)
         vol, truth, target, np.random.default_rng(0), proposal=truth, review_order=list(range(6)), cache=cache
     )
     assert done.effort.prompts == 0 and done.effort.hand_slices == 0 and done.proposal_dice == 1.0
+
+
+def test_the_annotator_stops_on_the_first_clearly_wrong_slice_of_the_review_order():
+    truth = np.zeros((5, 20, 20), np.uint8)
+    truth[1:4, 4:16, 4:16] = 1
+    mask = truth.copy()
+    mask[1, 4:16, 4:6] = 0  # slice 1 slightly wrong (24 px)
+    mask[3] = 0  # slice 3 clearly wrong (144 px)
+    ann = SimulatedAnnotator(None)  # choosing a slice needs no model
+    pick = ann._next_prompt
+    assert pick(mask, truth, [1, 3, 0, 2, 4], set(), {}, 0.95) == ("box", 3)
+    mask[1, 4:16, 4:11] = 0  # now 84 px wrong: more than half the worst slice's
+    assert pick(mask, truth, [1, 3, 0, 2, 4], set(), {}, 0.95) == ("box", 1)
+    assert pick(mask, truth, [1, 3, 0, 2, 4], {1}, {}, 0.95) == ("point", 1)  # boxed already: a point
+    assert pick(mask, truth, [1, 3, 0, 2, 4], {1}, {1: 2}, 0.95) == ("box", 3)  # points used up
+    assert pick(mask, truth, None, set(), {}, 0.95) == ("box", 3)  # own order: the worst slice first
+    assert pick(truth, truth, None, set(), {}, 0.95) is None
