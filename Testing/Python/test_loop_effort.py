@@ -45,6 +45,7 @@ def _case(index: int, effort: float, proposal: float, cid: str | None = None) ->
         "points": 0,
         "hand_slices": 0,
         "compute_s": 0.5,
+        "model_version": "v0001" if proposal else None,
     }
 
 
@@ -81,7 +82,7 @@ def test_summary_compares_first_and_last_windows_and_the_baseline():
     assert s["loop"]["proposal_dice_blocks"] == [0.0, 0.6, 0.825]
     assert s["proposal_dice_rises"] is True
     assert s["loop"]["proposal_dice_slope"] > 0
-    assert s["retrains"][0]["version"] == "v0001"
+    assert s["retrains"][0]["version"] == "v0001" and s["loop"]["proposing_versions"] == ["v0001"]
     # Proposals that fall after the first specialist do not "rise".
     flat = [_case(i, 10, 0.0 if i <= 4 else (0.8 if i <= 8 else 0.5)) for i in range(1, 13)]
     assert summarize(flat, [], [], cfg)["proposal_dice_rises"] is False

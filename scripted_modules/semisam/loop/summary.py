@@ -48,6 +48,7 @@ def run_stats(records: list[dict], window: int) -> dict[str, Any]:
         "effort_s_total": round(sum(effort), 3),
         "compute_s_total": round(sum(float(r["compute_s"]) for r in recs), 3),
         "proposal_dice_blocks": blocks,
+        "proposing_versions": sorted({r["model_version"] for r in recs if r.get("model_version")}),
         "proposal_dice_slope": _slope(proposal),
     }
 
@@ -91,7 +92,8 @@ def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], conf
         ],
     }
     blocks = [b for b in stats["proposal_dice_blocks"] if b is not None]
-    # Rises: the last block's proposals beat the first block that had a specialist (block 2).
+    # Rises: the last block's proposals beat the first block that had a specialist (block 2); read it with
+    # ``proposing_versions``: one version proposing throughout moves only with the cases.
     out["proposal_dice_rises"] = bool(len(blocks) >= 3 and blocks[-1] > blocks[1])
     if baseline:
         by_id = {r["case_id"]: r for r in baseline}
