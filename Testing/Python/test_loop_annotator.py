@@ -124,3 +124,17 @@ def test_the_annotator_stops_on_the_first_clearly_wrong_slice_of_the_review_orde
     assert pick(mask, truth, [1, 3, 0, 2, 4], {1}, {1: 2}, 0.95) == ("box", 3)  # points used up
     assert pick(mask, truth, None, set(), {}, 0.95) == ("box", 3)  # own order: the worst slice first
     assert pick(truth, truth, None, set(), {}, 0.95) is None
+
+
+def test_a_slice_with_only_a_speck_of_structure_gets_a_point_not_an_empty_box(litemedsam, case):
+    vol, truth = case
+    truth = truth.copy()
+    empty = int(np.flatnonzero(~truth.any(axis=(1, 2)))[0])
+    truth[empty, 5, 5:7] = 1  # 2 pixels: too small for a box
+    proposal = truth.copy()
+    proposal[empty] = 0  # the only wrong slice
+    res = SimulatedAnnotator(litemedsam, AnnotatorConfig(budget=1), modality="MR").annotate(
+        vol, truth, 1.0, np.random.default_rng(0), proposal=proposal, review_order=list(range(6))
+    )
+    assert res.actions[0].kind == "point+" and res.actions[0].slice == empty
+    assert res.effort.boxes == 0 and res.effort.points_pos == 1 and res.final_dice == 1.0

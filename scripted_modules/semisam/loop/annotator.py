@@ -346,7 +346,9 @@ class SimulatedAnnotator:
                     group.append({"box": jitter_box(box, truth[s].shape, rng, cfg.jitter_px)})
                 effort.boxes += len(group)
                 boxed.add(s)
-            else:
+                if not group:  # only specks of structure here (too small to box): click on them
+                    kind = "point"
+            if kind == "point":
                 point, positive = error_point(mask[s], truth[s])  # type: ignore[misc]
                 group.append({"point": point, "positive": positive})
                 points[s] = points.get(s, 0) + 1
