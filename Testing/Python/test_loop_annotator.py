@@ -1,0 +1,140 @@
+"""The simulated annotator: where it clicks, how it counts, and that real LiteMedSAM boxes reach the target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semisam.loop import AnnotatorConfig, SimulatedAnnotator
+from semisam.loop.annotator import (
+    error_point,
+    jitter_box,
+    new_cache,
+    oracle_dice,
+    per_slice_errors,
+    precompute,
+    start_session,
+    structure_boxes,
+    structure_slices,
+)
+from semisam.loop.synthetic import ellipsoid_case
+from semisam.metrics import dice
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    from semisam.generalists import build_generalist
+
+    return build_generalist("litemedsam", device="cpu")  # the bundled real weights
+
+
+@pytest.fixture(scope="module")
+def case():
+    """A small synthetic MR-like case: a bright ellipsoid over a few of 6 slices."""
+    vol, label = ellipsoid_case((6, 32, 32), np.random.default_rng(3))
+    return vol, label
+
+
+def test_error_point_clicks_inside_the_largest_error():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 1
+    mask = truth.copy()
+    mask[5:15, 5:9] = 0  # 40 missed pixels on the left
+    mask[0:2, 18:20] = 1  # 4 extra pixels
+    (col, row), positive = error_point(mask, truth)
+    assert positive and 5 <= col < 9 and 5 <= row < 15 and truth[row, col] and not mask[row, col]
+    mask = truth.copy()
+    mask[16:20, 0:10] = 1  # only extra pixels: a negative point on them
+    (col, row), positive = error_point(mask, truth)
+    assert not positive and mask[row, col] and not truth[row, col]
+    assert error_point(truth, truth) is None
+
+
+def test_structure_boxes_boxes_each_part_and_jitter_stays_inside():
+    s = np.zeros((30, 40), np.uint8)
+    s[5:10, 2:8] = 1  # left part
+    s[12:20, 25:35] = 1  # right part (larger)
+    s[0, 39] = 1  # a speck: no box
+    assert structure_boxes(s) == [(25, 12, 34, 19), (2, 5, 7, 9)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, y0, x1, y1 = jitter_box((0, 0, 39, 29), s.shape, rng, 5.0)
+        assert 0 <= x0 <= x1 <= 39 and 0 <= y0 <= y1 <= 29
+    assert jitter_box((3, 4, 9, 9), s.shape, rng, 0.0) == (3, 4, 9, 9)
+
+
+def test_per_slice_errors_counts_wrong_pixels():
+    t = np.zeros((3, 4, 4), np.uint8)
+    t[1, :2, :2] = 1
+    m = np.zeros_like(t)
+    m[1, :2, :1] = 1
+    m[2, 0, 0] = 1
+    d, err = per_slice_errors(m, t)
+    assert d.tolist() == pytest.approx([1.0, 2 * 2 / 6, 0.0])
+    assert err.tolist() == [0, 2, 1]
+
+
+def test_no_budget_means_every_wrong_slice_is_drawn_by_hand(litemedsam, case):
+    vol, truth = case
+    ann = SimulatedAnnotator(litemedsam, AnnotatorConfig(budget=0), modality="MR")
+    res = ann.annotate(vol, truth, 0.95, np.random.default_rng(0))
+    n_slices = int(truth.any(axis=(1, 2)).sum())
+    assert res.stop == "budget" and res.effort.prompts == 0 and res.proposal_dice == 0.0
+    assert res.final_dice >= 0.95 and 1 <= res.effort.hand_slices <= n_slices
+    assert [a.kind for a in res.actions] == ["hand"] * res.effort.hand_slices
+    assert dice(res.mask, truth) == pytest.approx(res.final_dice)
+
+
+def test_boxes_from_the_truth_reach_the_target_and_are_counted(litemedsam, case):
+    vol, truth = case
+    cache = new_cache(vol)
+    precompute(start_session(litemedsam, vol, "axial", cache, "MR"), structure_slices(truth))
+    oracle = oracle_dice(litemedsam, vol, truth, cache, "MR")
+    assert oracle > 0.8  # real weights on a bright ellipsoid: boxes on every slice are good
+    target = 0.9 * oracle
+    res = SimulatedAnnotator(litemedsam, modality="MR").annotate(
+        vol, truth, target, np.random.default_rng(0), cache=cache
+    )
+    kinds = [a.kind for a in res.actions]
+    assert res.stop == "target" and res.final_dice >= target and res.prompt_dice >= target
+    assert res.effort.hand_slices == 0 and res.effort.boxes == kinds.count("box") >= 1
+    assert res.effort.points == kinds.count("point+") + kinds.count("point-")
+    assert res.effort.compute_s > 0
+    kept = [a.dice_after for a in res.actions if not a.undone]  # an undone propagation left no trace
+    assert kept == sorted(kept) and res.prompt_dice == (kept[-1] if kept else 0.0)
+    # A perfect proposal needs nothing at all.
+    done = SimulatedAnnotator(litemedsam, modality="MR").annotate(
+        vol, truth, target, np.random.default_rng(0), proposal=truth, review_order=list(range(6)), cache=cache
+    )
+    assert done.effort.prompts == 0 and done.effort.hand_slices == 0 and done.proposal_dice == 1.0
+
+
+def test_the_annotator_stops_on_the_first_clearly_wrong_slice_of_the_review_order():
+    truth = np.zeros((5, 20, 20), np.uint8)
+    truth[1:4, 4:16, 4:16] = 1
+    mask = truth.copy()
+    mask[1, 4:16, 4:6] = 0  # slice 1 slightly wrong (24 px)
+    mask[3] = 0  # slice 3 clearly wrong (144 px)
+    ann = SimulatedAnnotator(None)  # choosing a slice needs no model
+    pick = ann._next_prompt
+    assert pick(mask, truth, [1, 3, 0, 2, 4], set(), {}, 0.95) == ("box", 3)
+    mask[1, 4:16, 4:11] = 0  # now 84 px wrong: more than half the worst slice's
+    assert pick(mask, truth, [1, 3, 0, 2, 4], set(), {}, 0.95) == ("box", 1)
+    assert pick(mask, truth, [1, 3, 0, 2, 4], {1}, {}, 0.95) == ("point", 1)  # boxed already: a point
+    assert pick(mask, truth, [1, 3, 0, 2, 4], {1}, {1: 2}, 0.95) == ("box", 3)  # points used up
+    assert pick(mask, truth, None, set(), {}, 0.95) == ("box", 3)  # own order: the worst slice first
+    assert pick(truth, truth, None, set(), {}, 0.95) is None
+
+
+def test_a_slice_with_only_a_speck_of_structure_gets_a_point_not_an_empty_box(litemedsam, case):
+    vol, truth = case
+    truth = truth.copy()
+    empty = int(np.flatnonzero(~truth.any(axis=(1, 2)))[0])
+    truth[empty, 5, 5:7] = 1  # 2 pixels: too small for a box
+    proposal = truth.copy()
+    proposal[empty] = 0  # the only wrong slice
+    res = SimulatedAnnotator(litemedsam, AnnotatorConfig(budget=1), modality="MR").annotate(
+        vol, truth, 1.0, np.random.default_rng(0), proposal=proposal, review_order=list(range(6))
+    )
+    assert res.actions[0].kind == "point+" and res.actions[0].slice == empty
+    assert res.effort.boxes == 0 and res.effort.points_pos == 1 and res.final_dice == 1.0

@@ -1,0 +1,55 @@
+"""``semisam simulate``'s arguments become a SimulationConfig; bad values fail with one clear message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semisam.cli import build_parser
+from semisam.cli.simulate import config_from_args
+
+
+def test_simulate_arguments_make_the_config(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"batch_size": 2}), encoding="utf-8")
+    args = build_parser().parse_args(
+        [
+            "simulate",
+            "DS",
+            "--work",
+            "W",
+            "--retrain-every",
+            "3",
+            "--iterations",
+            "7",
+            "--baseline",
+            "--budget",
+            "5",
+            "--target",
+            "0.8",
+            "--train-config",
+            str(tmp_path / "t.json"),
+            "--box-s",
+            "6",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.retrain_every, cfg.iterations, cfg.baseline) == (3, 7, True)
+    assert (cfg.annotator.budget, cfg.annotator.target_fraction) == (5, 0.8)
+    assert cfg.train_options == {"batch_size": 2} and cfg.time_model.box_s == 6
+    assert cfg.time_model.point_s == 2 and cfg.generalist == "litemedsam" and cfg.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", "1.5"], "--target"),
+        (["--retrain-every", "-1"], "--retrain-every"),
+        (["--target-dice", "0"], "--target-dice"),
+        (["--train-config", "/no/such.json"], "--train-config"),
+    ],
+)
+def test_bad_simulate_arguments_are_named(extra, message):
+    args = build_parser().parse_args(["simulate", "DS", "--work", "W", *extra])
+    with pytest.raises(ValueError, match=message):
+        config_from_args(args)

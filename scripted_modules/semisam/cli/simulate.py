@@ -1,0 +1,136 @@
+"""``semisam simulate DATASET --work DIR``: replay the loop on a labeled dataset and measure the effort.
+
+A simulated annotator corrects each case (in a seeded order) with boxes and points through the real
+propagation engine, accepts it into a real store, and the specialist retrains every ``--retrain-every``
+cases; each case's effort (interactions and seconds) is printed as one JSON line, then a ``summary``
+line. A killed run resumes from DIR. See :mod:`semisam.loop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# Parser-only constants (building every sub-command's parser must not import torch).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="replay the loop on a labeled dataset with a simulated annotator; print the effort per case",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", help="MSD / nnU-Net raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("--work", required=True, help="work folder: the store, JSON lines, plot (resumable)")
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=4,
+        metavar="K",
+        help="retrain after every K accepted cases (0: never)",
+    )
+    p.add_argument("--method", default="supervised", help="training method (default %(default)s)")
+    p.add_argument(
+        "--iterations", type=int, default=200, help="training iterations per retrain (%(default)s)"
+    )
+    p.add_argument(
+        "--train-config",
+        default=None,
+        metavar="FILE.json",
+        help="JSON object of further training settings (batch_size, crop_size, model_kwargs, ...)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="case order, box jitter and training seed")
+    p.add_argument(
+        "--target", type=float, default=0.9, help="done at this fraction of the oracle Dice (%(default)s)"
+    )
+    p.add_argument(
+        "--target-dice",
+        type=float,
+        default=None,
+        help="an absolute target Dice for every case instead of --target x the oracle (no oracle run)",
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="prompts per case before drawing by hand (default: half the structure's slices, at least 4)",
+    )
+    p.add_argument(
+        "--baseline", action="store_true", help="also run the prompts-only baseline on the same cases"
+    )
+    p.add_argument(
+        "--generalist",
+        default="litemedsam",
+        metavar="NAME[:CKPT]",
+        help="generalist for the prompts (%(default)s)",
+    )
+    p.add_argument("--max-cases", type=int, default=None, metavar="N", help="replay only the first N cases")
+    p.add_argument(
+        "--label", type=int, default=None, help="dataset label value to segment (default: the first)"
+    )
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="device for all models (%(default)s)")
+    p.add_argument("--box-s", type=float, default=4.0, help="seconds per box (time model, %(default)s)")
+    p.add_argument("--point-s", type=float, default=2.0, help="seconds per point (time model, %(default)s)")
+    p.add_argument(
+        "--hand-slice-s",
+        type=float,
+        default=30.0,
+        help="seconds per hand-drawn slice (time model, %(default)s)",
+    )
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from pathlib import Path
+
+    from semisam.loop import AnnotatorConfig, SimulationConfig, TimeModel
+
+    if args.retrain_every < 0:
+        raise ValueError(f"--retrain-every must be >= 0, got {args.retrain_every}")
+    if not 0 < args.target <= 1:
+        raise ValueError(f"--target must be in (0, 1], got {args.target}")
+    if args.target_dice is not None and not 0 < args.target_dice <= 1:
+        raise ValueError(f"--target-dice must be in (0, 1], got {args.target_dice}")
+    if args.budget is not None and args.budget < 0:
+        raise ValueError(f"--budget must be >= 0, got {args.budget}")
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    train_options = {}
+    if args.train_config:
+        try:
+            train_options = json.loads(Path(args.train_config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--train-config {args.train_config}: cannot read it as JSON: {exc}") from exc
+        if not isinstance(train_options, dict):
+            raise ValueError(f"--train-config {args.train_config}: must hold a JSON object")
+    return SimulationConfig(
+        dataset=Path(args.dataset),
+        work=Path(args.work),
+        retrain_every=args.retrain_every,
+        method=args.method,
+        iterations=args.iterations,
+        seed=args.seed,
+        baseline=args.baseline,
+        generalist=args.generalist,
+        max_cases=args.max_cases,
+        label=args.label,
+        target_dice=args.target_dice,
+        device=args.device,
+        train_options=train_options,
+        annotator=AnnotatorConfig(target_fraction=args.target, budget=args.budget),
+        time_model=TimeModel(box_s=args.box_s, point_s=args.point_s, hand_slice_s=args.hand_slice_s),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from semisam.loop import Simulation
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+        sys.stdout.flush()
+
+    Simulation(config_from_args(args), emit=emit).run()
+    return 0

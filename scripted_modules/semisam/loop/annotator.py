@@ -1,0 +1,440 @@
+"""A simulated radiologist correcting one case with SemiSAMSegment's tools (boxes, +/- points, propagate).
+
+It sees the truth (it *is* the radiologist) but the product's models never do: the truth only decides
+where the annotator clicks. What it does, per case:
+
+1. **Target**: ``target_fraction`` (0.9) x the *oracle* Dice, what a box on every truth slice reaches
+   with the same generalist through the same propagation engine (:func:`oracle_dice`).
+2. **Correct**: while the case's Dice is below the target and the prompt budget lasts, it goes through
+   the slices in the product's review order (the specialist's per-slice uncertainty ranking; without a
+   specialist it looks where the mask is most wrong first, as a radiologist scrolling the scan would) and
+   on the first *clearly wrong* slice (per-slice Dice below the target and at least ``clearly_wrong`` of
+   the worst slice's wrong pixels) it places
+
+   - a **box** from the truth (each corner moved by Gaussian jitter of ``jitter_px`` pixels, a human
+     hand) when the slice holds the structure and has no box yet; one box per separate part of the
+     structure on that slice (left and right thalamus: two boxes, two interactions);
+   - else a **point** on the largest error: at the pixel deepest inside the largest connected region
+     of missed (positive point) or extra (negative point) pixels, at most ``max_points_per_slice``;
+
+   then propagates with the real engine (:func:`semisam.propagation.propagate`, one session per case, so
+   each new prompt recomputes only the range it affects) and writes the result into the mask exactly as
+   SemiSAMSegment's *Propagate* does: replaced inside the propagated slice range only.
+   A propagation that lowers the Dice is undone, as a user undoes it (the prompt is deleted and the
+   session restarts without it, its embeddings cached); its seconds still count.
+3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
+   Dice: every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
+   until the target is reached; each counts as a hand-drawn slice.
+
+Everything is seeded (the jitter) so a resumed simulation redoes a case identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from semisam.generalists.base import PromptableModel
+from semisam.generalists.cache import EmbeddingCache
+from semisam.loop.effort import Effort
+from semisam.metrics import dice
+from semisam.prompts import box_from_mask, put_slice, take_slice
+from semisam.propagation import PropagationState, add_prompt, init_state, propagate
+from semisam.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Bytes of one LiteMedSAM slice embedding (256 x 64 x 64 float32); sizes the per-case cache.
+EMBEDDING_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """How the simulated annotator works (see the module docstring).
+
+    Attributes:
+        target_fraction: the case is done at this fraction of the oracle Dice.
+        slice_dice: a slice whose Dice against the truth is below this is wrong (and gets a prompt);
+            ``None``: the case's target Dice (a slice is wrong when it is worse than the case must be;
+            a fixed 0.8 made the annotator poke at slices the generalist cannot do better on).
+        jitter_px: standard deviation (pixels) of each box corner's placement error.
+        budget: prompts (boxes + points) per case before the rest is drawn by hand; ``None``: half the
+            structure's slices, at least 4 (a box on every other slice: what boxing alone can cost).
+        max_points_per_slice: points on one slice before the annotator moves on.
+        clearly_wrong: the annotator acts on the first slice in the review order whose wrong pixels are
+            at least this fraction of the worst slice's: scrolling in that order it passes over slices
+            that are only slightly off and stops where the mask is clearly wrong. (Taking the first
+            wrong slice, however slightly, spent the first prompts on the structure's thin end slices,
+            which the uncertainty ranking puts first, while its middle was missed.)
+        patience: prompts in a row that may leave the Dice unimproved before the annotator stops
+            prompting (a radiologist stops clicking when clicks stop helping).
+        undo: undo a propagation that lowered the Dice (and delete its prompt).
+        axis: slice axis of the prompts.
+    """
+
+    target_fraction: float = 0.9
+    slice_dice: float | None = None
+    jitter_px: float = 2.0
+    budget: int | None = None
+    max_points_per_slice: int = 2
+    clearly_wrong: float = 0.5
+    patience: int = 3
+    undo: bool = True
+    axis: str = "axial"
+
+    def budget_for(self, truth: np.ndarray) -> int:
+        """The prompt budget for a case with label ``truth`` ``(Z, Y, X)``."""
+        if self.budget is not None:
+            return int(self.budget)
+        from semisam.propagation.simulate import lesion_slices
+
+        return max(4, math.ceil(len(lesion_slices(truth, self.axis)) / 2))
+
+
+@dataclass
+class Action:
+    """One prompt the annotator placed: ``kind`` ``"box"`` / ``"point+"`` / ``"point-"`` / ``"hand"``;
+    ``undone`` when its propagation lowered the Dice and was undone (``dice_after`` is then the Dice it
+    gave, before the undo)."""
+
+    kind: str
+    slice: int
+    dice_after: float
+    undone: bool = False
+
+    def to_json(self) -> dict:
+        out = {"kind": self.kind, "slice": self.slice, "dice_after": round(self.dice_after, 4)}
+        if self.undone:
+            out["undone"] = True
+        return out
+
+
+@dataclass
+class AnnotationResult:
+    """One corrected case.
+
+    Attributes:
+        mask: the accepted mask ``(Z, Y, X)`` uint8 (0/1) on the scan's grid.
+        effort: interactions and compute seconds spent.
+        proposal_dice: Dice of the starting mask (the specialist's proposal, or empty) vs the truth.
+        prompt_dice: Dice after the last prompt, before anything was drawn by hand.
+        final_dice: Dice of ``mask`` vs the truth.
+        target_dice: the Dice the annotator worked towards.
+        budget: the prompt budget it had.
+        stop: why prompting ended: ``"target"``, ``"budget"``, ``"stalled"`` or ``"nothing_to_prompt"``.
+        actions: every prompt and hand-drawn slice, in order.
+    """
+
+    mask: np.ndarray
+    effort: Effort
+    proposal_dice: float
+    prompt_dice: float
+    final_dice: float
+    target_dice: float
+    budget: int
+    stop: str
+    actions: list[Action] = field(default_factory=list)
+
+
+def per_slice_errors(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(dice per slice, wrong pixels per slice)`` along axis 0 of two ``(Z, Y, X)`` masks.
+
+    A slice where both are empty has Dice 1 and no error.
+    """
+    m = np.asarray(mask, dtype=bool).reshape(mask.shape[0], -1)
+    t = np.asarray(truth, dtype=bool).reshape(truth.shape[0], -1)
+    inter = (m & t).sum(axis=1)
+    total = m.sum(axis=1) + t.sum(axis=1)
+    d = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+    return d, total - 2 * inter
+
+
+def structure_boxes(truth2d: np.ndarray, min_fraction: float = 0.05) -> list[tuple[int, int, int, int]]:
+    """One tight ``(x0, y0, x1, y1)`` box per connected part of the truth on a slice (8-connectivity),
+    largest first; parts smaller than ``min_fraction`` of the largest (or 3 pixels) get none.
+
+    A radiologist boxes the left and the right thalamus separately: one box around both would hand the
+    generalist the ventricle between them too.
+    """
+    comp, n = ndimage.label(np.asarray(truth2d) > 0, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    sizes = np.bincount(comp.ravel())[1:]
+    keep = [
+        k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= max(3, min_fraction * sizes.max())
+    ]
+    return [box_from_mask(comp == k) for k in keep]  # type: ignore[misc]
+
+
+def jitter_box(
+    box: tuple[int, int, int, int], shape: tuple[int, int], rng: np.random.Generator, jitter_px: float
+) -> tuple[int, int, int, int]:
+    """``box`` with each corner moved by ``N(0, jitter_px)`` pixels, clipped to a slice of ``shape``."""
+    rows, cols = shape
+    d = np.rint(rng.normal(0.0, jitter_px, 4)).astype(int) if jitter_px > 0 else np.zeros(4, int)
+    x0, y0 = min(max(box[0] + d[0], 0), cols - 1), min(max(box[1] + d[1], 0), rows - 1)
+    x1, y1 = min(max(box[2] + d[2], 0), cols - 1), min(max(box[3] + d[3], 0), rows - 1)
+    return (int(min(x0, x1)), int(min(y0, y1)), int(max(x0, x1)), int(max(y0, y1)))
+
+
+def error_point(mask2d: np.ndarray, truth2d: np.ndarray) -> tuple[tuple[int, int], bool] | None:
+    """Where a radiologist clicks on a wrong slice: ``((column, row), positive)`` or ``None`` if right.
+
+    The largest connected region (8-connectivity) of missed pixels (a positive point) or of extra
+    pixels (a negative point); the point is the region's pixel farthest from its border.
+    """
+    m, t = np.asarray(mask2d, bool), np.asarray(truth2d, bool)
+    best: tuple[int, np.ndarray, bool] | None = None
+    for region, positive in ((t & ~m, True), (m & ~t, False)):
+        if not region.any():
+            continue
+        comp, n = ndimage.label(region, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(comp.ravel())[1:]
+        k = int(np.argmax(sizes)) + 1
+        if best is None or sizes[k - 1] > best[0]:
+            best = (int(sizes[k - 1]), comp == k, positive)
+    if best is None:
+        return None
+    inside = np.pad(best[1], 1)  # a region touching the slice edge still has a border there
+    depth = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return (int(col), int(row)), best[2]
+
+
+def merge_in_range(current: np.ndarray, new: np.ndarray, axis: str, lo: int, hi: int) -> np.ndarray:
+    """``current`` with slices ``lo..hi`` (inclusive) replaced by ``new``'s: how SemiSAMSegment writes a
+    propagation into a segment (the same rule as its Logic's ``merge_in_range``)."""
+    out = np.array(current, dtype=np.uint8, copy=True)
+    for s in range(lo, hi + 1):
+        put_slice(out, axis, s, take_slice(new, axis, s))
+    return out
+
+
+def new_cache(volume: Volume) -> EmbeddingCache:
+    """An embedding cache that holds every slice of ``volume`` (one per case, shared by its sessions)."""
+    return EmbeddingCache(max(512 * 2**20, (max(volume.shape) + 8) * EMBEDDING_BYTES))
+
+
+def start_session(
+    model: PromptableModel, volume: Volume, axis: str, cache: EmbeddingCache, modality: str | None
+) -> PropagationState:
+    """A propagation session on the case, sharing ``cache`` (so no slice is encoded twice per case)."""
+    return init_state(model, volume, axis, cache=cache, modality=modality, scan_id="simulate")
+
+
+def precompute(state: PropagationState, slices: list[int]) -> float:
+    """Encode ``slices`` into the session's cache now (the product does it while the user looks at the
+    scan); returns the seconds it took."""
+    t0 = time.perf_counter()
+    for s in slices:
+        if 0 <= s < state.n_slices:
+            state.embedding(int(s))
+    return time.perf_counter() - t0
+
+
+def structure_slices(*masks: np.ndarray, margin: int = 2) -> list[int]:
+    """Slices (axis 0) where any mask is non-empty, widened by ``margin`` (propagation looks one past)."""
+    any_ = np.zeros(masks[0].shape[0], bool)
+    for m in masks:
+        any_ |= np.asarray(m).reshape(m.shape[0], -1).any(axis=1)
+    idx = np.flatnonzero(any_)
+    if idx.size == 0:
+        return []
+    return list(range(max(0, int(idx[0]) - margin), min(len(any_), int(idx[-1]) + margin + 1)))
+
+
+def oracle_dice(
+    model: PromptableModel,
+    volume: Volume,
+    truth: np.ndarray,
+    cache: EmbeddingCache,
+    modality: str | None = None,
+    axis: str = "axial",
+) -> float:
+    """Dice that the truth's exact box on every truth slice reaches through the propagation engine."""
+    from semisam.propagation.simulate import lesion_slices
+
+    slices = lesion_slices(truth, axis)
+    if not slices:
+        return 1.0  # nothing to find: an empty mask is perfect
+    state = start_session(model, volume, axis, cache, modality)
+    for s in slices:
+        for box in structure_boxes(take_slice(truth, axis, s)):
+            add_prompt(state, s, box=box)
+    return dice(propagate(state).mask, truth)
+
+
+class SimulatedAnnotator:
+    """Corrects cases as described in the module docstring.
+
+    Args:
+        model: the generalist the prompts go to (e.g. ``build_generalist("litemedsam")``).
+        config: :class:`AnnotatorConfig`.
+        modality: ``"CT"`` / ``"MR"`` for the default intensity window, as SemiSAMSegment passes it.
+    """
+
+    def __init__(
+        self, model: PromptableModel, config: AnnotatorConfig | None = None, modality: str | None = None
+    ):
+        self.model = model
+        self.config = config or AnnotatorConfig()
+        self.modality = modality
+
+    def annotate(
+        self,
+        volume: Volume,
+        truth: np.ndarray,
+        target_dice: float,
+        rng: np.random.Generator,
+        proposal: np.ndarray | None = None,
+        review_order: list[int] | np.ndarray | None = None,
+        cache: EmbeddingCache | None = None,
+        compute_s: float = 0.0,
+    ) -> AnnotationResult:
+        """Correct ``proposal`` (or an empty mask) until ``target_dice`` (see the module docstring).
+
+        Args:
+            volume: the scan.
+            truth: ``(Z, Y, X)`` truth mask (> 0 = structure) on the scan's grid.
+            target_dice: stop prompting at this Dice.
+            rng: the jitter's random generator (seed it per case for reproducible runs).
+            proposal: the specialist's mask ``(Z, Y, X)``; ``None`` = no specialist (empty start).
+            review_order: slices in the product's review order (most uncertain first); ``None``: the
+                annotator's own order (most wrong pixels first).
+            cache: embedding cache shared with the case's other sessions.
+            compute_s: compute seconds already spent on the case (the auto-segment), added to the effort.
+        """
+        cfg = self.config
+        axis = cfg.axis
+        if axis != "axial":
+            raise ValueError("the simulated annotator prompts axial slices only (axis='axial')")
+        truth = (np.asarray(truth) > 0).astype(np.uint8)
+        mask = np.zeros_like(truth) if proposal is None else (np.asarray(proposal) > 0).astype(np.uint8)
+        effort = Effort(compute_s=float(compute_s))
+        budget = cfg.budget_for(truth)
+        start = dice(mask, truth)
+        actions: list[Action] = []
+        state = start_session(self.model, volume, axis, cache or new_cache(volume), self.modality)
+        boxed: set[int] = set()
+        points: dict[int, int] = {}
+        written: tuple[int, int] | None = None
+        applied: list[tuple[int, dict]] = []  # prompts in the session, in order
+        best, unimproved = start, 0
+        current = start
+        stop = "target"
+        slice_dice = target_dice if cfg.slice_dice is None else cfg.slice_dice
+        while current < target_dice:
+            if effort.prompts >= budget:
+                stop = "budget"
+                break
+            if unimproved >= cfg.patience:
+                stop = "stalled"
+                break
+            choice = self._next_prompt(mask, truth, review_order, boxed, points, slice_dice)
+            if choice is None:
+                stop = "nothing_to_prompt"
+                break
+            kind, s = choice
+            group: list[dict] = []  # the prompts of this action (a box per separate part)
+            if kind == "box":
+                for box in structure_boxes(truth[s]):
+                    group.append({"box": jitter_box(box, truth[s].shape, rng, cfg.jitter_px)})
+                effort.boxes += len(group)
+                boxed.add(s)
+                if not group:  # only specks of structure here (too small to box): click on them
+                    kind = "point"
+            if kind == "point":
+                point, positive = error_point(mask[s], truth[s])  # type: ignore[misc]
+                group.append({"point": point, "positive": positive})
+                points[s] = points.get(s, 0) + 1
+                kind = "point+" if positive else "point-"
+                if positive:
+                    effort.points_pos += 1
+                else:
+                    effort.points_neg += 1
+            for prompt in group:
+                add_prompt(state, s, **prompt)
+            t0 = time.perf_counter()
+            result = propagate(state)
+            # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
+            # new mask, the key slices and this session's previous propagation touched.
+            touched = set(result.slices) | set(result.key_slices)
+            if written is not None:
+                touched |= set(written)
+            lo, hi = min(touched), max(touched)
+            new_mask = merge_in_range(mask, result.mask, axis, lo, hi)
+            effort.compute_s += time.perf_counter() - t0
+            new_dice = dice(new_mask, truth)
+            undone = cfg.undo and new_dice < current - 1e-4
+            actions.append(Action(kind, s, new_dice, undone))
+            if undone:
+                # Undo and delete the prompt: the session restarts without it (embeddings stay cached).
+                state = start_session(self.model, volume, axis, state.encoder.cache, self.modality)
+                for s_prev, prompt in applied:
+                    add_prompt(state, s_prev, **prompt)
+            else:
+                mask, written, current = new_mask, (lo, hi), new_dice
+                applied.extend((s, prompt) for prompt in group)
+            if current > best + 1e-4:
+                best, unimproved = current, 0
+            else:
+                unimproved += 1
+        prompt_dice = current
+        while current < target_dice:
+            _, err = per_slice_errors(mask, truth)
+            s = int(np.argmax(err))
+            if err[s] <= 0:
+                break
+            mask[s] = truth[s]
+            effort.hand_slices += 1
+            current = dice(mask, truth)
+            actions.append(Action("hand", s, current))
+        return AnnotationResult(
+            mask=mask,
+            effort=effort,
+            proposal_dice=start,
+            prompt_dice=prompt_dice,
+            final_dice=current,
+            target_dice=target_dice,
+            budget=budget,
+            stop=stop,
+            actions=actions,
+        )
+
+    def _next_prompt(
+        self,
+        mask: np.ndarray,
+        truth: np.ndarray,
+        review_order: list[int] | np.ndarray | None,
+        boxed: set[int],
+        points: dict[int, int],
+        slice_dice: float,
+    ) -> tuple[str, int] | None:
+        """``(kind, slice)`` of the next prompt (``"box"`` or ``"point"``), or ``None``."""
+        d, err = per_slice_errors(mask, truth)
+        if review_order is None:
+            order = [int(s) for s in np.argsort(-err, kind="stable")]
+        else:
+            order = [int(s) for s in review_order]
+        max_points = self.config.max_points_per_slice
+
+        def action(s: int) -> str | None:
+            if err[s] <= 0 or d[s] >= slice_dice:
+                return None
+            if truth[s].any() and s not in boxed:
+                return "box"
+            return "point" if points.get(s, 0) < max_points else None
+
+        wrong = [(s, a) for s in order if (a := action(s)) is not None]
+        if not wrong:
+            return None
+        worst = max(err[s] for s, _ in wrong)
+        for s, a in wrong:  # the first clearly wrong slice in the order
+            if err[s] >= self.config.clearly_wrong * worst:
+                return a, s
+        return None

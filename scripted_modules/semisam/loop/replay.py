@@ -1,0 +1,435 @@
+"""Replay the whole loop on a labeled dataset: propose, correct, accept, retrain; count the effort.
+
+For each case, in a fixed seeded order (:meth:`semisam.loop.dataset.Dataset.order`):
+
+1. **propose**: the store's active specialist auto-segments the scan through the same public calls that
+   SemiSAMSegment's *Auto-segment* drives (:func:`semisam.checkpoints.load_model` on
+   ``store.models.active_path()``, then :func:`semisam.inference.segment`); before the first promotion
+   there is no model and the proposal is empty;
+2. **correct**: :class:`~semisam.loop.annotator.SimulatedAnnotator` works the proposal up to the target
+   in the result's review order;
+3. **accept**: image, final mask and :class:`~semisam.store.Provenance` (prompt counts, the simulated
+   seconds as ``finished - started``, the proposing version) go into a real store at ``WORK/store`` with
+   :meth:`~semisam.store.LabeledStore.add_case`, taking the scan out of the unlabeled pool;
+4. **retrain**: after every ``retrain_every`` accepted cases :func:`semisam.training.train` runs on the
+   store; its unlabeled pool is the cases not yet seen (registered by reference to their image files at
+   the start; labels are never registered).
+
+With ``baseline`` the same annotator also corrects every case from an empty mask, no specialist ("prompts
+only"), sharing the case's slice embeddings.
+
+Work folder (everything needed to resume; a killed run continues where it stopped, accepted cases are
+not redone)::
+
+    simulation.json   the plan: dataset, case order, options (a resume with other options is refused)
+    store/            the labeled-set store the loop grows
+    cases.jsonl       one JSON line per accepted case ("event": "case") and per retrain ("retrain")
+    baseline.jsonl    one line per case of the prompts-only baseline
+    pending.json      the record of the case being accepted (moved into cases.jsonl after the commit)
+    summary.json      the last summary; loop.png: the plot
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semisam.fileio import atomic_write_json
+from semisam.loop.annotator import (
+    AnnotatorConfig,
+    SimulatedAnnotator,
+    new_cache,
+    oracle_dice,
+    precompute,
+    start_session,
+    structure_slices,
+)
+from semisam.loop.dataset import Dataset
+from semisam.loop.effort import Effort, TimeModel
+from semisam.loop.summary import summarize
+from semisam.store import LabeledStore, Provenance
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "simulation.json"
+CASES_FILE = "cases.jsonl"
+BASELINE_FILE = "baseline.jsonl"
+PENDING_FILE = "pending.json"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "loop.png"
+TOOL = "semisam simulate"
+
+
+@dataclass
+class SimulationConfig:
+    """Options of one simulation (the CLI's flags).
+
+    Attributes:
+        dataset: MSD / nnU-Net raw dataset folder (its labels are the truth).
+        work: work folder (created; holds the store and the outputs).
+        retrain_every: retrain after every this many accepted cases (0: never).
+        method, iterations: the training method and its iterations (:class:`semisam.training.TrainConfig`).
+        seed: case order, box jitter and training seed.
+        baseline: also run the prompts-only baseline on the same cases.
+        generalist: ``NAME[:CHECKPOINT]`` of the generalist the prompts go to.
+        max_cases: replay only the first this many cases of the order (``None``: all).
+        label: dataset label value to segment (``None``: the smallest declared one).
+        target_dice: an absolute target Dice for every case instead of ``annotator.target_fraction`` x
+            the oracle (the oracle, a box on every truth slice, is then not computed).
+        device: ``auto`` / ``cpu`` / ``cuda`` for the specialist, the generalist and training.
+        train_options: further :class:`semisam.training.TrainConfig` fields for every retrain (batch
+            size, crop size, model kwargs...; ``method``, ``iterations``, ``seed``, ``device`` come from
+            the fields above).
+        annotator: :class:`AnnotatorConfig`.
+        time_model: :class:`TimeModel`.
+    """
+
+    dataset: Path
+    work: Path
+    retrain_every: int = 4
+    method: str = "supervised"
+    iterations: int = 200
+    seed: int = 0
+    baseline: bool = False
+    generalist: str = "litemedsam"
+    max_cases: int | None = None
+    label: int | None = None
+    target_dice: float | None = None
+    device: str = "cpu"
+    train_options: dict[str, Any] = field(default_factory=dict)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    time_model: TimeModel = field(default_factory=TimeModel)
+
+    def plan_options(self) -> dict[str, Any]:
+        """The options a resumed run must share (``max_cases`` and ``baseline`` may change)."""
+        return {
+            "retrain_every": self.retrain_every,
+            "method": self.method,
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "generalist": self.generalist,
+            "target_dice": self.target_dice,
+            "train_options": dict(self.train_options),
+            "annotator": dataclasses.asdict(self.annotator),
+            "time_model": self.time_model.to_json(),
+        }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; a torn last line (a killed write) is dropped."""
+    if not path.is_file():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:
+                log.warning("%s: dropping a torn last line (the run was killed while writing it)", path)
+                continue
+            raise ValueError(f"{path}: line {n + 1} is not JSON") from None
+    return out
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line and fsync it (the record survives a kill right after)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_json(path, data)
+
+
+class Simulation:
+    """One simulation in its work folder (see the module docstring).
+
+    Args:
+        config: :class:`SimulationConfig`.
+        emit: called with every JSON record as it is produced (the CLI prints them); ``None``: nothing.
+    """
+
+    def __init__(self, config: SimulationConfig, emit: Callable[[dict], None] | None = None):
+        self.config = config
+        self.emit = emit or (lambda record: None)
+        self.work = Path(config.work)
+        self.dataset = Dataset.open(config.dataset)
+        labels = self.dataset.labels
+        self.label = min(labels) if config.label is None else int(config.label)
+        if self.label not in labels:
+            raise ValueError(
+                f"--label {self.label}: the dataset declares labels {labels}; choose one of {sorted(labels)}"
+            )
+        self._generalist = None
+        self._specialist: tuple[str, Any, Any] | None = None
+
+    # ------------------------------------------------------------------ plan and state
+    def _plan(self) -> list[str]:
+        """The case order, from ``simulation.json`` (written on the first run, checked on a resume)."""
+        path = self.work / PLAN_FILE
+        options = self.config.plan_options()
+        dataset = str(Path(self.config.dataset).resolve())
+        if path.is_file():
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            for key, value in (("dataset", dataset), ("label", self.label), ("options", options)):
+                if plan.get(key) != value:
+                    raise ValueError(
+                        f"{path}: this work folder holds a simulation with {key} {plan.get(key)!r}, not "
+                        f"{value!r}; resume it with the same options or choose another --work folder"
+                    )
+            return list(plan["order"])
+        order = self.dataset.order(self.config.seed)
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_json(
+            path,
+            {
+                "kind": "semisam-simulation",
+                "dataset": dataset,
+                "label": self.label,
+                "order": order,
+                "options": options,
+                "created": dt.datetime.now(dt.UTC).isoformat(),
+            },
+        )
+        return order
+
+    def _open_store(self, order: list[str]) -> LabeledStore:
+        store = LabeledStore.open_or_create(
+            self.work / "store", {1: self.dataset.labels[self.label]}, modality=self.dataset.modality
+        )
+        accepted = set(store.case_ids())
+        pooled = {r.scan_id for r in store.unlabeled()}
+        for cid in order:
+            if cid not in accepted and cid not in pooled:
+                # By reference: the image file only (no copy, and never its label file).
+                store.add_unlabeled(self.dataset.case(cid).image, scan_id=cid, copy=False)
+        return store
+
+    def _recover_pending(self, store: LabeledStore) -> None:
+        """A case committed to the store whose line had not been appended yet gets its line now."""
+        path = self.work / PENDING_FILE
+        if not path.is_file():
+            return
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if record and record.get("case_id") in set(store.case_ids()):
+            done = {r.get("case_id") for r in read_jsonl(self.work / CASES_FILE) if r.get("event") == "case"}
+            if record["case_id"] not in done:
+                record["split"] = store.record(record["case_id"]).split
+                append_jsonl(self.work / CASES_FILE, record)
+        path.unlink()
+
+    # ------------------------------------------------------------------ models
+    def generalist(self):
+        if self._generalist is None:
+            from semisam.generalists import build_generalist, parse_model_spec
+
+            name, ckpt = parse_model_spec(self.config.generalist)
+            self._generalist = build_generalist(name, ckpt, device=self.config.device)
+        return self._generalist
+
+    def propose(
+        self, store: LabeledStore, image
+    ) -> tuple[np.ndarray | None, np.ndarray | None, str | None, float]:
+        """``(proposal, review_order, version, seconds)`` from the store's active specialist, or
+        ``(None, None, None, 0)`` when there is none."""
+        active = store.models.active()
+        if active is None:
+            return None, None, None, 0.0
+        from semisam.checkpoints import load_model
+        from semisam.device import resolve_device
+        from semisam.inference import segment
+
+        t0 = time.perf_counter()
+        if self._specialist is None or self._specialist[0] != active.version:
+            model, manifest = load_model(active.path, resolve_device(self.config.device))
+            self._specialist = (active.version, model, manifest)
+        _, model, manifest = self._specialist
+        result = segment(image, model, manifest, device=resolve_device(self.config.device))
+        value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
+        proposal = (result.labels == value).astype(np.uint8)
+        return proposal, np.asarray(result.review_order), active.version, time.perf_counter() - t0
+
+    def train_config(self):
+        """The :class:`semisam.training.TrainConfig` of every retrain."""
+        from semisam.training import TrainConfig
+
+        cfg = self.config
+        base = {"method": cfg.method, "iterations": cfg.iterations, "seed": cfg.seed, "device": cfg.device}
+        return TrainConfig.from_dict({**cfg.train_options, **base}, where="train options")
+
+    def retrain(self, store: LabeledStore, after: int) -> dict:
+        """Run the training job on the store (the unlabeled pool holds the cases not yet seen).
+
+        A failed run is recorded (``status`` / ``message``) and the loop goes on with the active version.
+        """
+        from semisam.training import train
+
+        t0 = time.perf_counter()
+        result = train(store.root, self.train_config(), events=None)
+        if result.status != "done":
+            log.error("retrain after %d cases: %s (%s)", after, result.status, result.message)
+        active = store.models.active()
+        return {
+            "event": "retrain",
+            "after_cases": after,
+            "status": result.status,
+            "message": result.message or None,
+            "version": result.version,
+            "promoted": bool(result.promoted),
+            "promotion": result.promotion,
+            "validation_dice": (result.validation or {}).get("dice"),
+            "active": active.version if active else None,
+            "train_cases": len(store.train_ids()),
+            "unlabeled": len(store.unlabeled()),
+            "iterations": result.iterations,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        """Replay every case not yet done; returns (and emits) the summary."""
+        cfg = self.config
+        if cfg.retrain_every > 0:
+            self.train_config()  # a bad option fails now, not after the first cases
+        order = self._plan()
+        store = self._open_store(order)  # the pool: every case not yet seen, also past --max-cases
+        if cfg.max_cases is not None:
+            order = order[: int(cfg.max_cases)]
+        self._recover_pending(store)
+        lines = read_jsonl(self.work / CASES_FILE)
+        retrained = {r["after_cases"] for r in lines if r.get("event") == "retrain"}
+        baseline = {
+            r["case_id"]: r for r in read_jsonl(self.work / BASELINE_FILE) if r.get("event") == "case"
+        }
+        annotator_cfg = cfg.annotator
+        for index, cid in enumerate(order, 1):
+            accepted = set(store.case_ids())
+            loop_done = cid in accepted
+            base_done = not cfg.baseline or cid in baseline
+            if loop_done and base_done:
+                continue
+            before = index - 1
+            if not loop_done and cfg.retrain_every > 0 and before > 0 and before % cfg.retrain_every == 0:
+                if before not in retrained:
+                    record = self.retrain(store, before)
+                    append_jsonl(self.work / CASES_FILE, record)
+                    retrained.add(before)
+                    self.emit(record)
+            image, truth = self.dataset.read(cid, self.label)
+            annotator = SimulatedAnnotator(self.generalist(), annotator_cfg, modality=self.dataset.modality)
+            cache = new_cache(image)
+            rng_seed = [cfg.seed, index]
+            if not loop_done:
+                proposal, order_k, version, propose_s = self.propose(store, image)
+                masks = [truth] if proposal is None else [truth, proposal]
+                pre_s, oracle, oracle_s, target = self._prepare(image, truth, masks, cache)
+                res = annotator.annotate(
+                    image, truth, target, np.random.default_rng(rng_seed), proposal, order_k, cache, propose_s
+                )
+                record = self._record("loop", index, cid, res, oracle, version, propose_s, pre_s, oracle_s)
+                self._accept(store, cid, res, proposal, version, record)
+                self.emit(record)
+            else:
+                pre_s, oracle, oracle_s, target = self._prepare(image, truth, [truth], cache)
+            if not base_done:
+                res = annotator.annotate(image, truth, target, np.random.default_rng(rng_seed), cache=cache)
+                record = self._record("baseline", index, cid, res, oracle, None, 0.0, pre_s, oracle_s)
+                append_jsonl(self.work / BASELINE_FILE, record)
+                baseline[cid] = record
+                self.emit(record)
+        summary = self.summary(order)
+        write_json(self.work / SUMMARY_FILE, summary)
+        try:
+            from semisam.loop.plot import plot_run
+
+            summary["plot"] = str(plot_run(self.work, self.work / PLOT_FILE))
+        except ImportError as exc:  # matplotlib missing: the numbers still stand
+            log.warning("no plot: %s", exc)
+        self.emit(summary)
+        return summary
+
+    def _prepare(self, image, truth, masks, cache) -> tuple[float, float | None, float, float]:
+        """Precompute the slice embeddings the annotator will see, then the oracle Dice (both timed).
+
+        Returns ``(precompute seconds, oracle Dice or None, oracle seconds, target Dice)``.
+        """
+        cfg = self.config
+        pre_s = 0.0
+        if cfg.annotator.budget != 0:  # with no prompts to place, no slice is ever encoded
+            state = start_session(self.generalist(), image, cfg.annotator.axis, cache, self.dataset.modality)
+            pre_s = precompute(state, structure_slices(*masks))
+        if cfg.target_dice is not None:
+            return pre_s, None, 0.0, float(cfg.target_dice)
+        t0 = time.perf_counter()
+        oracle = oracle_dice(self.generalist(), image, truth, cache, self.dataset.modality)
+        return pre_s, oracle, time.perf_counter() - t0, cfg.annotator.target_fraction * oracle
+
+    def _record(self, run, index, cid, res, oracle, version, propose_s, pre_s, oracle_s) -> dict:
+        return {
+            "event": "case",
+            "run": run,
+            "index": index,
+            "case_id": cid,
+            "accepted_before": index - 1,
+            "model_version": version,
+            "proposal_dice": round(res.proposal_dice, 4),
+            "prompt_dice": round(res.prompt_dice, 4),
+            "final_dice": round(res.final_dice, 4),
+            "oracle_dice": None if oracle is None else round(oracle, 4),
+            "target_dice": round(res.target_dice, 4),
+            **res.effort.to_json(self.config.time_model),
+            "budget": res.budget,
+            "stop": res.stop,
+            "propose_s": round(propose_s, 3),
+            "precompute_s": round(pre_s, 3),
+            "oracle_s": round(oracle_s, 3),
+            "actions": [a.to_json() for a in res.actions],
+        }
+
+    def _accept(self, store: LabeledStore, cid: str, res, proposal, version, record: dict) -> None:
+        """Commit the case (the pending file bridges the store commit and the line append)."""
+        started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        effort: Effort = res.effort
+        provenance = Provenance(
+            annotator="simulated",
+            started=started,
+            finished=started + dt.timedelta(seconds=round(effort.total_s(self.config.time_model), 3)),
+            prompts=effort.prompt_counts(),
+            model_version=version,
+            tool=TOOL,
+            notes=f"simulated annotator; Dice vs truth {res.final_dice:.4f} (target {res.target_dice:.4f})",
+        )
+        write_json(self.work / PENDING_FILE, record)
+        rec = store.add_case(None, res.mask, provenance, case_id=cid, from_unlabeled=cid, proposal=proposal)
+        record["split"] = rec.split
+        append_jsonl(self.work / CASES_FILE, record)
+        (self.work / PENDING_FILE).unlink()
+
+    def summary(self, order: list[str]) -> dict:
+        lines = read_jsonl(self.work / CASES_FILE)
+        loop = [r for r in lines if r.get("event") == "case" and r["case_id"] in order]
+        retrains = [r for r in lines if r.get("event") == "retrain"]
+        base = [
+            r
+            for r in read_jsonl(self.work / BASELINE_FILE)
+            if r.get("event") == "case" and r["case_id"] in order
+        ]
+        return summarize(loop, base, retrains, self.config)

@@ -1,0 +1,107 @@
+"""The summary line of a simulation: effort at the start and the end of the run, against the baseline.
+
+``window`` cases (the retraining period, 4 when the run never retrains) are compared: the first
+``window`` cases (no specialist yet, so they cost what prompts alone cost) and the last ``window``; the
+baseline's numbers are over the same case ids. ``proposal_dice_blocks`` is the mean proposal Dice per
+block of ``window`` cases (the first block has no specialist: 0). All means are plain means over cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def _slope(ys: list[float]) -> float | None:
+    """Least-squares slope of ``ys`` against 0, 1, 2, ... (per case)."""
+    n = len(ys)
+    if n < 2:
+        return None
+    mx, my = (n - 1) / 2, sum(ys) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    return round(sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx, 5)
+
+
+def run_stats(records: list[dict], window: int) -> dict[str, Any]:
+    """Totals and means of one run's case records (sorted by arrival)."""
+    recs = sorted(records, key=lambda r: r["index"])
+    effort = [float(r["effort_s"]) for r in recs]
+    proposal = [float(r["proposal_dice"]) for r in recs]
+    blocks = [_mean(proposal[i : i + window]) for i in range(0, len(proposal), window)]
+    return {
+        "cases": len(recs),
+        "mean_effort_s": _mean(effort),
+        "first_mean_effort_s": _mean(effort[:window]),
+        "last_mean_effort_s": _mean(effort[-window:]) if len(effort) >= window else None,
+        "mean_final_dice": _mean([float(r["final_dice"]) for r in recs]),
+        "boxes": sum(int(r["boxes"]) for r in recs),
+        "points": sum(int(r["points"]) for r in recs),
+        "hand_slices": sum(int(r["hand_slices"]) for r in recs),
+        "effort_s_total": round(sum(effort), 3),
+        "compute_s_total": round(sum(float(r["compute_s"]) for r in recs), 3),
+        "proposal_dice_blocks": blocks,
+        "proposing_versions": sorted({r["model_version"] for r in recs if r.get("model_version")}),
+        "proposal_dice_slope": _slope(proposal),
+    }
+
+
+def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], config) -> dict[str, Any]:
+    """The ``summary`` record (see the module docstring) from the case and retrain records."""
+    window = config.retrain_every if config.retrain_every > 0 else 4
+    loop = sorted(loop, key=lambda r: r["index"])
+    stats = run_stats(loop, window)
+    out: dict[str, Any] = {
+        "event": "summary",
+        "dataset": str(config.dataset),
+        "cases": len(loop),
+        "window": window,
+        "retrain_every": config.retrain_every,
+        "method": config.method,
+        "iterations": config.iterations,
+        "seed": config.seed,
+        "generalist": config.generalist,
+        "target_dice": config.target_dice,
+        "time_model": config.time_model.to_json(),
+        "annotator": dataclasses.asdict(config.annotator),
+        "loop": stats,
+        "baseline": None,
+        "last_over_first": _ratio(stats["last_mean_effort_s"], stats["first_mean_effort_s"]),
+        "last_over_baseline": None,
+        "retrains": [
+            {
+                k: r.get(k)
+                for k in (
+                    "after_cases",
+                    "status",
+                    "version",
+                    "promoted",
+                    "validation_dice",
+                    "train_cases",
+                    "seconds",
+                )
+            }
+            for r in retrains
+        ],
+    }
+    blocks = [b for b in stats["proposal_dice_blocks"] if b is not None]
+    # Rises: the last block's proposals beat the first block that had a specialist (block 2); read it with
+    # ``proposing_versions``: one version proposing throughout moves only with the cases.
+    out["proposal_dice_rises"] = bool(len(blocks) >= 3 and blocks[-1] > blocks[1])
+    if baseline:
+        by_id = {r["case_id"]: r for r in baseline}
+        same = [by_id[r["case_id"]] for r in loop if r["case_id"] in by_id]
+        base_stats = run_stats(same, window)
+        last_ids = [r["case_id"] for r in loop[-window:]]
+        base_last = [float(by_id[c]["effort_s"]) for c in last_ids if c in by_id]
+        base_stats["same_last_mean_effort_s"] = _mean(base_last) if len(base_last) == len(last_ids) else None
+        out["baseline"] = base_stats
+        out["last_over_baseline"] = _ratio(stats["last_mean_effort_s"], base_stats["same_last_mean_effort_s"])
+    return out
