@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from semisam.prompts import Prompt, put_slice, take_slice
+from semisam.prompts import Prompt, merge_in_range, put_slice, take_slice  # noqa: F401 (re-exported)
 from semisam.volume import Volume
 
 from . import mrml_io
@@ -90,14 +90,3 @@ class SegmentSession:
                 out.append(p)
                 remaining[p] -= 1
         return out
-
-
-def merge_in_range(current: np.ndarray, new: np.ndarray, axis: str, lo: int, hi: int) -> np.ndarray:
-    """``current`` with slices ``lo..hi`` (inclusive, across ``axis``) replaced by ``new``'s.
-
-    Both ``(Z, Y, X)`` on the same grid; slices outside the range keep ``current``'s voxels.
-    """
-    out = np.array(current, dtype=np.uint8, copy=True)
-    for s in range(lo, hi + 1):
-        put_slice(out, axis, s, take_slice(new, axis, s))
-    return out

@@ -134,6 +134,18 @@ def put_slice(array: np.ndarray, axis: str | int, index: int, values: np.ndarray
     array[tuple(sl)] = values
 
 
+def merge_in_range(current: np.ndarray, new: np.ndarray, axis: str | int, lo: int, hi: int) -> np.ndarray:
+    """``current`` with slices ``lo..hi`` (inclusive, across ``axis``) replaced by ``new``'s, as uint8.
+
+    How a propagation is written into a segment (SemiSAMSegment's Propagate; the simulated annotator):
+    both ``(Z, Y, X)`` on the same grid; slices outside the range keep ``current``'s voxels.
+    """
+    out = np.array(current, dtype=np.uint8, copy=True)
+    for s in range(lo, hi + 1):
+        put_slice(out, axis, s, take_slice(new, axis, s))
+    return out
+
+
 def stack_slices(slices: list[np.ndarray], axis: str | int) -> np.ndarray:
     """Inverse of taking every slice: ``(N, rows, cols)`` along ``axis`` -> ``(Z, Y, X)``."""
     return np.stack(slices, axis=axis_index(axis))

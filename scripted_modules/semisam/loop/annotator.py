@@ -43,7 +43,7 @@ from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask, put_slice, take_slice
+from semisam.prompts import box_from_mask, merge_in_range, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.volume import Volume
 
@@ -204,15 +204,6 @@ def error_point(mask2d: np.ndarray, truth2d: np.ndarray) -> tuple[tuple[int, int
     depth = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return (int(col), int(row)), best[2]
-
-
-def merge_in_range(current: np.ndarray, new: np.ndarray, axis: str, lo: int, hi: int) -> np.ndarray:
-    """``current`` with slices ``lo..hi`` (inclusive) replaced by ``new``'s: how SemiSAMSegment writes a
-    propagation into a segment (the same rule as its Logic's ``merge_in_range``)."""
-    out = np.array(current, dtype=np.uint8, copy=True)
-    for s in range(lo, hi + 1):
-        put_slice(out, axis, s, take_slice(new, axis, s))
-    return out
 
 
 def new_cache(volume: Volume) -> EmbeddingCache:
