@@ -30,6 +30,18 @@ def browse_folder(parent, title: str, current: str) -> str:
     return qt.QFileDialog.getExistingDirectory(parent, title) or current
 
 
+def browse_checkpoint(parent, title: str, current: str) -> str:
+    """A generalist checkpoint file chosen in a dialog, or ``current`` when the user cancels."""
+    import qt
+
+    return (
+        qt.QFileDialog.getOpenFileName(
+            parent, title, "", "Checkpoints (*.pth *.pt *.safetensors);;All files (*)"
+        )
+        or current
+    )
+
+
 class ModuleWidgetMixin:
     """What the SemiSAM Widgets share, from Slicer's scripted-module template: the panel set-up, the
     scene-close observers, the parameter node's observer and the remembered preferences.

@@ -38,7 +38,7 @@ from SemiSAMLib.defaults import (
     Device,
     Generalist,
 )
-from SemiSAMLib.gui import ModuleWidgetMixin, browse_folder, poll_timer, red_slice_node
+from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer, red_slice_node
 
 try:  # the Slicer application
     import qt
@@ -494,14 +494,10 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self._updateDependencies()
 
     def onBrowseCheckpoint(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent,
-            _("Generalist checkpoint"),
-            "",
-            _("Checkpoints (*.pth *.pt *.safetensors);;All files (*)"),
+        p = self._parameterNode
+        p.generalistCheckpoint = browse_checkpoint(
+            self.parent, _("Generalist checkpoint"), p.generalistCheckpoint
         )
-        if path:
-            self._parameterNode.generalistCheckpoint = path
 
     def onLoadMask(self) -> None:
         path = qt.QFileDialog.getOpenFileName(

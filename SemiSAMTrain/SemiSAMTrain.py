@@ -31,7 +31,7 @@ from SemiSAMLib.defaults import (
     Generalist,
     TrainingMethod,
 )
-from SemiSAMLib.gui import ModuleWidgetMixin, browse_folder, poll_timer
+from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer
 from SemiSAMLib.training_plot import TrainingPlot, TrainingProgress
 
 try:  # the Slicer application
@@ -357,14 +357,10 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         p.storeFolder = browse_folder(self.parent, _("Labeled-set store folder"), p.storeFolder)
 
     def onBrowseCheckpoint(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent,
-            _("Generalist checkpoint"),
-            "",
-            _("Checkpoints (*.pth *.pt *.safetensors);;All files (*)"),
+        p = self._parameterNode
+        p.generalistCheckpoint = browse_checkpoint(
+            self.parent, _("Generalist checkpoint"), p.generalistCheckpoint
         )
-        if path:
-            self._parameterNode.generalistCheckpoint = path
 
 
 #
