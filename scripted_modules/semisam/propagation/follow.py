@@ -32,6 +32,7 @@ from semisam.generalists.base import PromptableModel, SliceEmbedding, SlicePromp
 from semisam.prompts import box_from_mask
 from semisam.propagation.lesion import LesionModel, candidate_region
 from semisam.propagation.params import PropagationParams
+from semisam.propagation.step import _expand
 from semisam.propagation.track import Carried, agreement, carry_mask
 
 #: Largest slice spacing, as a fraction of the structure's equivalent radius, for which the tracked step
@@ -45,17 +46,6 @@ def is_thin(lesion: LesionModel | None, pixel_mm: tuple[float, float], slice_mm:
         return False
     radius_mm = float(np.sqrt(lesion.area_px * pixel_mm[0] * pixel_mm[1] / np.pi))
     return slice_mm <= THIN_FRACTION * radius_mm
-
-
-def _expand(box, mx: float, my: float, shape) -> tuple[int, int, int, int]:
-    h, w = shape
-    x0, y0, x1, y1 = box
-    return (
-        max(0, int(np.floor(x0 - mx))),
-        max(0, int(np.floor(y0 - my))),
-        min(w - 1, int(np.ceil(x1 + mx))),
-        min(h - 1, int(np.ceil(y1 + my))),
-    )
 
 
 def prompt_points(
