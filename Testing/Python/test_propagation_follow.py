@@ -214,3 +214,23 @@ def test_confidence_puts_drifted_slices_first():
     for s in drifted:  # the carried mask stands for the slice: still on the target, not on the neighbour
         m = take_slice(result.mask, "axial", s) > 0
         assert mask_dice(m, target) > 0.8 and not (m & neighbour).any()
+
+
+def test_growth_out_of_the_key_slice_is_judged_against_the_users_box():
+    """The key answer covers a third of the user's box; the next slice's answer fills the box. That is
+    the structure, not a leak: growth is measured against the ellipse inscribed in the box."""
+    from semisam.propagation.follow import _end_reason
+    from semisam.propagation.step import SliceResult
+
+    h = w = 64
+    key_logits = np.full((h, w), -4.0, np.float32)
+    key_logits[28:36, 28:36] = 4.0  # 64 px answer
+    box = (16.0, 16.0, 47.0, 47.0)  # 32 x 32 box: inscribed ellipse ~804 px
+    key = SliceResult(10, key_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "key")
+    nxt_logits = np.full((h, w), -4.0, np.float32)
+    nxt_logits[18:46, 18:46] = 4.0  # 784 px: 12x the key answer, inside the box
+    nxt = SliceResult(11, nxt_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "carried", 1.0)
+    assert _end_reason(nxt, key, PropagationParams(), 1.0) is None
+    # The same growth from a carried slice (no user box) is still a leak.
+    carried = SliceResult(10, key_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "carried", 1.0)
+    assert "area grew" in _end_reason(nxt, carried, PropagationParams(), 1.0)
