@@ -12,8 +12,7 @@ import argparse
 import json
 import sys
 
-# Parser-only constants (building every sub-command's parser must not import torch).
-DEVICES = ("auto", "cpu", "cuda")
+from semisam.device import DEVICE_CHOICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label", type=int, default=None, help="dataset label value to segment (default: the first)"
     )
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="device for all models (%(default)s)")
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="cpu", help="device for all models (%(default)s)"
+    )
     p.add_argument("--box-s", type=float, default=4.0, help="seconds per box (time model, %(default)s)")
     p.add_argument("--point-s", type=float, default=2.0, help="seconds per point (time model, %(default)s)")
     p.add_argument(
