@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from semisam.store import CaseExistsError, EmptyStoreError, LabeledStore, Provenance, StoreError, drill
-from semisam.store.decathlon import export_dataset, import_dataset
+from semisam.store.decathlon import export_dataset, import_dataset, read_dataset
 from semisam.volume import write_mask, write_volume
 
 
@@ -45,6 +45,19 @@ def _assert_same_store(a: LabeledStore, b: LabeledStore) -> None:
     assert [s.scan_id for s in a.unlabeled()] == [s.scan_id for s in b.unlabeled()]
     for s in a.unlabeled():
         assert np.array_equal(a.read_unlabeled(s.scan_id).array, b.read_unlabeled(s.scan_id).array)
+
+
+@pytest.mark.parametrize("layout", ["nnunetv2", "msd"])
+def test_read_dataset_lists_cases_labels_and_channel_of_both_layouts(filled, tmp_path, layout):
+    out = export_dataset(filled, tmp_path / "Dataset002_Read", layout=layout)
+    raw = read_dataset(out)
+    assert raw.layout == layout and raw.channel == "MR"
+    assert {k: v for k, v in raw.labels.items() if k} == {1: "lesion", 2: "edema"}
+    assert sorted(c for c, _, _ in raw.pairs) == sorted(r.case_id for r in filled.cases())
+    assert all(image.is_file() and label.is_file() for _, image, label in raw.pairs)
+    (out / "labelsTr" / f"{raw.pairs[0][0]}.nii.gz").unlink()
+    with pytest.raises(StoreError, match="file is missing"):
+        read_dataset(out)
 
 
 @pytest.mark.parametrize("layout", ["nnunetv2", "msd"])

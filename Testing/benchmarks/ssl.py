@@ -62,11 +62,10 @@ METHODS = ("supervised", "mean_teacher", "semisam_plus", "semisam_plus+distill")
 # ------------------------------------------------------------------------------------------ dataset
 def dataset_cases(src: Path) -> tuple[dict[int, str], str | None, list[tuple[str, Path, Path]]]:
     """(labels, modality, [(case id, image, label)]) of an MSD / nnU-Net raw folder."""
-    from semisam.store.decathlon import _labels_and_layout, _read_dataset_json, _training_pairs
+    from semisam.store.decathlon import read_dataset
 
-    meta = _read_dataset_json(src)
-    layout, labels, modality = _labels_and_layout(meta, src / "dataset.json")
-    pairs = sorted(_training_pairs(src, meta, layout))
+    raw = read_dataset(src)
+    labels, modality, pairs = raw.labels, raw.channel, sorted(raw.pairs)
     labels = {k: v for k, v in labels.items() if k != 0}
     mod = (modality or "MR").upper()
     mod = "CT" if mod == "CT" else "MR"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-# The store's importer is the one place that knows both layouts (MSD and nnU-Net v2); reuse its readers.
-from semisam.store.decathlon import _labels_and_layout, _read_dataset_json, _training_pairs
+# The store's importer is the one place that knows both layouts (MSD and nnU-Net v2); reuse its reader.
+from semisam.store.decathlon import read_dataset
 from semisam.volume import Volume, read_mask, read_volume
 
 
@@ -47,10 +47,8 @@ class Dataset:
     @classmethod
     def open(cls, root: str | os.PathLike) -> Dataset:
         """Read ``dataset.json`` and list the cases (every image and label file must exist)."""
-        src = Path(root)
-        meta = _read_dataset_json(src)
-        layout, labels, channel = _labels_and_layout(meta, src / "dataset.json")
-        pairs = _training_pairs(src, meta, layout)
+        raw = read_dataset(root)
+        src, meta, labels, channel, pairs = raw.root, raw.meta, raw.labels, raw.channel, raw.pairs
         if not pairs:
             raise ValueError(f"{src}: the dataset lists no labeled cases (imagesTr / labelsTr are empty)")
         modality = "CT" if str(channel or "").upper().startswith("CT") else "MR"

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,42 @@ def _dataset_json(store, records, scans, layout: str, description: str | None) -
 
 
 # ------------------------------------------------------------------------ import
+@dataclass(frozen=True)
+class RawDataset:
+    """What an MSD / nnU-Net raw folder's ``dataset.json`` says, checked against the schema.
+
+    Attributes:
+        root: the folder.
+        meta: the parsed ``dataset.json``.
+        layout: ``"nnunetv2"`` or ``"msd"``.
+        labels: label value -> name, background (0) included when the file declares it.
+        channel: the one input channel's name (``"CT"``, ``"MRI"``, ``"T2"``, ...), ``None`` if not given.
+        pairs: ``(case id, image file, label file)`` of every training case, in file order; every file
+            exists.
+    """
+
+    root: Path
+    meta: dict[str, Any]
+    layout: str
+    labels: dict[int, str]
+    channel: str | None
+    pairs: list[tuple[str, Path, Path]]
+
+
+def read_dataset(src: str | os.PathLike) -> RawDataset:
+    """Read and check an MSD / nnU-Net raw dataset folder (nothing is copied).
+
+    Raises:
+        StoreNotFoundError: ``src`` has no dataset.json.
+        StoreError / LabelError: the file does not describe a one-channel dataset of integer labels, or a
+            listed image / label file is missing.
+    """
+    root = Path(src)
+    meta = _read_dataset_json(root)
+    layout, labels, channel = _labels_and_layout(meta, root / "dataset.json")
+    return RawDataset(root, meta, layout, labels, channel, _training_pairs(root, meta, layout))
+
+
 def _read_dataset_json(src: Path) -> dict[str, Any]:
     path = src / "dataset.json"
     if not path.is_file():
@@ -254,11 +291,9 @@ def import_dataset(src: str | os.PathLike, store_root: str | os.PathLike) -> Lab
         LabelError: a dataset label value has another name in the existing store.
         CaseExistsError: case ids already in the store (nothing is imported then).
     """
-    src = Path(src)
-    meta = _read_dataset_json(src)
-    layout, labels, modality = _labels_and_layout(meta, src / "dataset.json")
-    pairs = _training_pairs(src, meta, layout)
-    tests = _test_images(src, layout)
+    raw = read_dataset(src)
+    src, meta, labels, modality, pairs = raw.root, raw.meta, raw.labels, raw.channel, list(raw.pairs)
+    tests = _test_images(src, raw.layout)
     order = {sid: n for n, sid in enumerate((meta.get("semisam") or {}).get("unlabeled") or [])}
     tests.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
     semisam = meta.get("semisam") or {}
