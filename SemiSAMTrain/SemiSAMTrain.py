@@ -13,7 +13,6 @@ No ``from __future__ import annotations`` here: ``@parameterNodeWrapper`` reads 
 
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +21,9 @@ import slicer
 
 if importlib.util.find_spec("SemiSAMLib") is None:  # development checkout: SemiSAMLib/ is at the root
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-from SemiSAMLib import training_job
+from SemiSAMTrainLib.job_logic import JobLogic
+from SemiSAMTrainLib.store_logic import MODEL_COLUMNS, StoreLogic
+
 from SemiSAMLib.defaults import (
     DEFAULTS,
     NEEDS_CHECKPOINT,
@@ -32,7 +33,7 @@ from SemiSAMLib.defaults import (
     TrainingMethod,
 )
 from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer
-from SemiSAMLib.training_plot import TrainingPlot, TrainingProgress
+from SemiSAMLib.training_plot import TrainingProgress
 
 try:  # the Slicer application
     import qt
@@ -61,8 +62,6 @@ except ImportError:  # the slicer-core wheel: MRML only; the Logic below still r
 
 log = logging.getLogger(__name__)
 
-#: Columns of the model-versions table (keys of :meth:`SemiSAMTrainLogic.modelRows`).
-MODEL_COLUMNS = ("version", "active", "arch", "dice", "metrics", "evaluated on", "added", "parent")
 #: How often the Widget reads the job's events (ms), and how long Cancel waits for a clean stop (s).
 POLL_MS = 500
 CANCEL_GRACE_S = 30.0
@@ -366,243 +365,19 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 #
 # SemiSAMTrainLogic
 #
-class SemiSAMTrainLogic(ScriptedLoadableModuleLogic):
-    """The store's cases and model versions, promote / rollback (``semisam.store``), and the training job:
-    a child process (``SemiSAMLib.training_job``) whose events :meth:`poll` folds into :attr:`progress` and
-    :attr:`plot`. No qt, no ``slicer.app``: runs against slicer-core in pytest.
-
-    Attributes:
-        job: the ``TrainingJob`` being watched (``None`` when none).
-        progress: its ``TrainingProgress`` (phase, iterations, times, losses, Dice, outcome).
-        plot: the ``TrainingPlot`` (table, series and chart nodes) in the scene given at start / attach.
-        events: every event read from the job, in order (a new scene's plot is rebuilt from them).
+class SemiSAMTrainLogic(ScriptedLoadableModuleLogic, JobLogic, StoreLogic):
+    """The store's cases and model versions, promote / rollback (:class:`SemiSAMTrainLib.store_logic.StoreLogic`),
+    and the training job: a child process whose events :meth:`poll` folds into :attr:`progress` and
+    :attr:`plot` (:class:`SemiSAMTrainLib.job_logic.JobLogic`). No qt, no ``slicer.app``: runs against
+    slicer-core in pytest.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.job = None
-        self.progress = TrainingProgress()
-        self.plot = None
-        self.events = []
-        self._ended = False
+        JobLogic.__init__(self)
 
     def getParameterNode(self):
         return SemiSAMTrainParameterNode(super().getParameterNode())
-
-    # ------------------------------------------------------------------ the training job
-    @staticmethod
-    def settingsFrom(p) -> "training_job.TrainSettings":
-        """The run's settings from the parameter node (or anything with its fields)."""
-        return training_job.TrainSettings(
-            method=getattr(p.trainingMethod, "value", p.trainingMethod),
-            iterations=int(p.iterations),
-            device=getattr(p.device, "value", p.device),
-            generalist=getattr(p.generalist, "value", p.generalist),
-            generalist_checkpoint=p.generalistCheckpoint,
-            promote_if_better=bool(p.promoteIfBetter),
-        )
-
-    def startTraining(self, folder: str, settings, scene=None):
-        """Start ``semisam train`` on the store in ``folder`` as a child process; returns the job.
-
-        ``scene`` receives the live plot (a fresh one per run). Raises ``StoreNotFoundError`` when the
-        folder holds no store and ``TrainingJobError`` when a run still runs on it.
-        """
-        store = self.openStore(folder)  # a clear error now rather than a failing child
-        if self.trainingRunning():
-            raise training_job.TrainingJobError(_("A training run is still running; cancel it first."))
-        self.job = training_job.TrainingJob.start(store.root, settings)
-        self._watchNew(scene)
-        return self.job
-
-    def attachTraining(self, folder: str, scene=None):
-        """Watch the run recorded in the store's job-state file, if one is still running (or ended since
-        without being watched); its events so far are read again. Returns the job or ``None``."""
-        if not folder:
-            return None
-        root = str(Path(folder).expanduser().resolve())
-        if self.job is not None and self.job.state.store == root and not self._ended:
-            return self.job  # already watching it
-        job = training_job.attach(folder)
-        if job is None:
-            return None
-        self.job = job
-        self.job._offset, self.job._partial = 0, b""  # replay: the plot shows the whole run
-        self._watchNew(scene)
-        self.poll()
-        return self.job
-
-    def _watchNew(self, scene) -> None:
-        self.progress, self.events, self._ended = TrainingProgress(), [], False
-        self.plot = TrainingPlot(scene) if scene is not None else None
-        if self.plot is not None:
-            self.plot.reset()
-
-    def showIn(self, scene) -> None:
-        """Draw the watched run into ``scene`` (e.g. a new scene after the previous one closed)."""
-        self.plot = TrainingPlot(scene)
-        self.plot.reset()
-        for event in self.events:
-            self.plot.add(event)
-
-    def poll(self) -> list:
-        """Read the job's new events, fold them into :attr:`progress` and :attr:`plot`; returns them.
-
-        Once the process has ended, a run without a final event is reported as ``crashed`` with the last
-        lines of its log, and the job-state file is removed.
-        """
-        if self.job is None:
-            return []
-        events = self.job.poll()
-        for event in events:
-            self.events.append(event)
-            self.progress.apply(event)
-            if self.plot is not None and self.plot.scene is not None:
-                self.plot.add(event)
-        if not self._ended and not self.job.running():
-            events += self._collectEnd()
-        return events
-
-    def _collectEnd(self) -> list:
-        late = self.job.poll()  # written between the read above and the exit
-        for event in late:
-            self.events.append(event)
-            self.progress.apply(event)
-            if self.plot is not None:
-                self.plot.add(event)
-        if not self.progress.outcome:
-            self.progress.outcome = "crashed"
-            self.progress.message = self.job.crash_message() or _("the training process ended")
-        self.job.forget()
-        self._ended = True
-        return late
-
-    def trainingRunning(self) -> bool:
-        return self.job is not None and self.job.running()
-
-    def trainingFinished(self) -> bool:
-        """The watched run has ended, :meth:`poll` has read all it wrote and its outcome is known
-        (``progress.outcome``)."""
-        return self.job is not None and self._ended
-
-    def cancelTraining(self) -> None:
-        """Ask the run to stop cleanly (it checkpoints, writes ``cancelled`` and exits 3); non-blocking."""
-        if self.job is not None:
-            self.job.terminate()
-
-    def killTraining(self) -> None:
-        """End the run's whole process tree now."""
-        if self.job is not None:
-            self.job.kill()
-
-    def stopTraining(self, grace_s: float = 30.0) -> bool:
-        """Cancel and wait up to ``grace_s`` seconds, then kill; reads the last events. True when the run
-        stopped cleanly (or had already ended)."""
-        if self.job is None:
-            return True
-        clean = self.job.stop(grace_s)
-        self.poll()
-        return clean
-
-    def lastLogLines(self, n: int = 20) -> str:
-        """The last ``n`` lines of the run's log (stderr: warnings, tracebacks), for an error message; when
-        the log is empty (a killed process writes none), the last lines of its events file."""
-        if self.job is None:
-            return ""
-        lines = self.job.log_tail(n)
-        if not lines:
-            lines = [_("(the job's log is empty; its last events:)")] + self.job.events_tail(n)
-        return training_job.last_lines(lines, n + 1)
-
-    @staticmethod
-    def storeProblem(folder: str):
-        """Why ``folder`` cannot hold the store (a message naming it), or ``None`` when it can.
-
-        A folder that does not exist yet is fine when its nearest existing parent is writable.
-        """
-        if not folder:
-            return _("Choose a store folder.")
-        path = Path(folder).expanduser()
-        if path.exists() and not path.is_dir():
-            return _("Store folder {path}: exists and is not a folder.").format(path=path)
-        existing = path
-        while not existing.exists():
-            existing = existing.parent
-        if not os.access(existing, os.W_OK):
-            return _("Store folder {path}: {existing} is not writable.").format(path=path, existing=existing)
-        return None
-
-    @staticmethod
-    def openStore(folder: str):
-        """The :class:`semisam.store.LabeledStore` in ``folder``.
-
-        Raises:
-            semisam.store.StoreNotFoundError: ``folder`` holds no store (the message names it and says
-                how one is made: Accept in SemiSAM Segment, or ``semisam store init``).
-        """
-        from semisam.store import LabeledStore
-
-        if not folder:
-            raise ValueError(_("Choose a store folder."))
-        return LabeledStore(Path(folder).expanduser())
-
-    def storeSummary(self, folder: str) -> dict:
-        """Counts of the store in ``folder``: ``{"name", "labels", "labeled", "train", "validation",
-        "unlabeled", "versions", "active"}`` (``active``: the active version or ``None``)."""
-        store = self.openStore(folder)
-        cases = store.cases()
-        active = store.models.active()
-        return {
-            "name": store.name,
-            "labels": {k: v for k, v in store.labels.items() if k > 0},
-            "labeled": len(cases),
-            "train": sum(c.split == "train" for c in cases),
-            "validation": sum(c.split == "validation" for c in cases),
-            "unlabeled": len(store.unlabeled()),
-            "versions": len(store.models.versions()),
-            "active": active.version if active else None,
-        }
-
-    @staticmethod
-    def describeSummary(summary: dict) -> str:
-        """One line for the status label."""
-        return _(
-            "{labeled} labeled case(s) ({train} train, {validation} validation), {unlabeled} unlabeled; "
-            "{versions} model version(s), active: {active}."
-        ).format(**{**summary, "active": summary["active"] or _("none")})
-
-    def modelRows(self, folder: str) -> list:
-        """One dict per model version, oldest first, keyed by :data:`MODEL_COLUMNS` (strings for a table;
-        ``dice`` is ``""`` when the version was not evaluated)."""
-        store = self.openStore(folder)
-        active = store.models.active()
-        rows = []
-        for v in store.models.versions():
-            rows.append(
-                {
-                    "version": v.version,
-                    "active": "yes" if active is not None and v.version == active.version else "",
-                    "arch": v.arch or "",
-                    "dice": f"{v.metrics['dice']:.4f}" if "dice" in v.metrics else "",
-                    "metrics": ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items())),
-                    "evaluated on": _("{n} case(s)").format(n=len(v.evaluated_on)) if v.metrics else "",
-                    "added": v.added,
-                    "parent": v.parent or "",
-                }
-            )
-        return rows
-
-    def promote(self, folder: str, version: str, requireBetter: bool = True):
-        """Make ``version`` the active model (SemiSAM Segment's auto-segment picks it up).
-
-        With ``requireBetter`` it must have a higher validation Dice than the active version, measured on
-        the same validation cases; otherwise ``semisam.store.RegistryError`` says why and nothing changes.
-        """
-        return self.openStore(folder).models.promote(version, require_better=requireBetter)
-
-    def rollback(self, folder: str):
-        """Make the previously active version active again; returns it (``RegistryError`` when none)."""
-        return self.openStore(folder).models.rollback()
 
 
 #

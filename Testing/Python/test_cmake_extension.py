@@ -95,7 +95,8 @@ def test_the_shared_helpers_are_installed_beside_the_modules(configured):
 @needs_compilers
 def test_train_module_and_extension_metadata(configured):
     listed = manifest(configured, "SemiSAMTrain")
-    assert listed["SCRIPTS"] == {"SemiSAMTrain.py"}
+    lib = {f"SemiSAMTrainLib/{p.name}" for p in (REPO / "SemiSAMTrain" / "SemiSAMTrainLib").glob("*.py")}
+    assert listed["SCRIPTS"] == {"SemiSAMTrain.py"} | lib and "SemiSAMTrainLib/__init__.py" in lib
     assert listed["RESOURCES"] == {"Resources/Icons/SemiSAMTrain.png", "Resources/UI/SemiSAMTrain.ui"}
     extension = (configured / "SemiSAMStubManifest" / "extension.txt").read_text()
     assert "NAME SemiSAM\n" in extension and "CATEGORY Segmentation\n" in extension
