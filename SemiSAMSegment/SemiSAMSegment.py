@@ -39,32 +39,18 @@ from SemiSAMLib.defaults import (
     Generalist,
 )
 from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer, red_slice_node
-
-try:  # the Slicer application
-    import qt
-    from slicer.i18n import tr as _
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    from slicer.util import VTKObservationMixin
-except ImportError:  # the slicer-core wheel: MRML only; the Logic below still runs
-    from SemiSAMLib.headless import (
-        Choice,
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-        VTKObservationMixin,
-        WithinRange,
-        parameterNodeWrapper,
-    )
-    from SemiSAMLib.headless import tr as _
-
-    qt = None
+from SemiSAMLib.slicer_api import (
+    Choice,
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    WithinRange,
+    parameterNodeWrapper,
+    qt,
+)
+from SemiSAMLib.slicer_api import tr as _
 
 log = logging.getLogger(__name__)
 

@@ -33,32 +33,18 @@ from SemiSAMLib.defaults import (
     TrainingMethod,
 )
 from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer
+from SemiSAMLib.slicer_api import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    WithinRange,
+    parameterNodeWrapper,
+    qt,
+)
+from SemiSAMLib.slicer_api import tr as _
 from SemiSAMLib.training_plot import TrainingProgress
-
-try:  # the Slicer application
-    import qt
-    from slicer.i18n import tr as _
-    from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    from slicer.util import VTKObservationMixin
-except ImportError:  # the slicer-core wheel: MRML only; the Logic below still runs
-    from SemiSAMLib.headless import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-        VTKObservationMixin,
-        WithinRange,
-        parameterNodeWrapper,
-    )
-    from SemiSAMLib.headless import tr as _
-
-    qt = None
 
 log = logging.getLogger(__name__)
 

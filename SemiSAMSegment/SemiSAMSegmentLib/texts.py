@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-try:  # the Slicer application
-    from slicer.i18n import tr as _
-except ImportError:  # the slicer-core wheel
-    from SemiSAMLib.headless import tr as _
+from SemiSAMLib.slicer_api import tr as _
 
 #: Tooltips of the engine buttons while they are enabled.
 ENABLED_TIPS = {

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from SemiSAMLib import training_job
+from SemiSAMLib.slicer_api import tr as _
 from SemiSAMLib.training_plot import TrainingPlot, TrainingProgress
-
-from .texts import _
 
 
 class JobLogic:

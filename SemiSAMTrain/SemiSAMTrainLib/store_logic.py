@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .texts import _
+from SemiSAMLib.slicer_api import tr as _
 
 #: Columns of the model-versions table (keys of :meth:`StoreLogic.modelRows`).
 MODEL_COLUMNS = ("version", "active", "arch", "dice", "metrics", "evaluated on", "added", "parent")
