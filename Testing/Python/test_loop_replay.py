@@ -152,6 +152,14 @@ def test_the_active_specialist_proposes(dataset, tiny_generalist, tmp_path):
     loop = [r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]
     assert [r["model_version"] for r in loop] == [None, "v0001"]
     assert loop[1]["propose_s"] > 0 and loop[1]["compute_s"] >= loop[1]["propose_s"]
+    # The 5th case joins the validation split: it is drawn without the proposal (blind), so that it
+    # does not favour the version that would have proposed it when versions are compared.
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=5)).run()
+    loop = [r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]
+    assert [r["model_version"] for r in loop] == [None, "v0001", "v0001", "v0001", None]
+    assert [r["blind"] for r in loop[1:]] == [False, False, False, True]
+    assert loop[4]["proposal_dice"] == 0.0 and loop[4]["propose_s"] == 0.0
+    assert LabeledStore(work / "store").record(loop[4]["case_id"]).split == "validation"
 
 
 def test_resume_refuses_other_options(dataset, tiny_generalist, tmp_path):

@@ -163,6 +163,16 @@ def test_split_of_existing_cases_unchanged_after_adding_20_more(store):
     assert {r.case_id: r.split for r in LabeledStore(store.root).cases()} == after
 
 
+def test_next_split_announces_the_split_the_next_case_gets(store):
+    image, mask = _case("n")
+    for _ in range(11):
+        announced = store.next_split()
+        assert store.add_case(image, mask).split == announced
+    assert [r.split for r in store.cases()].count("validation") == 2
+    store.add_case(image, mask, split="validation")  # an explicit one counts: the 15th is then train
+    assert [store.next_split() for _ in range(1)] == ["train"]
+
+
 def test_explicit_splits_count_towards_the_fifth(store):
     image, mask = _case("e")
     for _ in range(3):

@@ -277,3 +277,21 @@ def test_bad_part_option_and_missing_part_module_are_bad_config(tmp_path, monkey
     res = train(store.root, TrainConfig(method="mean_teacher", iterations=1, device="cpu", **FAST))
     assert res.error_kind == "bad_config" and "not installed" in res.message
     assert store.models.versions() == []
+
+
+def test_versions_are_compared_on_blind_validation_cases_when_there_are_any(tmp_path):
+    """A mask corrected from a version's proposal favours that version: such cases leave the comparison."""
+    from semisam.store import Provenance
+    from semisam.training.promote import comparison_case_ids
+
+    store = make_store(tmp_path / "store", n_train=2, n_val=0)
+    proposed = [
+        store.add_case(*synthetic_case(60 + i), Provenance(model_version="v0001"), split="validation").case_id
+        for i in range(2)
+    ]
+    assert comparison_case_ids(store) == proposed  # none blind: all of them (and a warning)
+    blind = store.add_case(*synthetic_case(70), Provenance(), split="validation").case_id
+    assert comparison_case_ids(store) == [blind]
+    result = train(store.root, TrainConfig(iterations=2, device="cpu", **FAST))
+    assert result.validation["cases"] == [blind] and list(result.validation["per_case"]) == [blind]
+    assert store.models.get(result.version).evaluated_on == [blind]

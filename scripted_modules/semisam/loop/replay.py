@@ -5,7 +5,10 @@ For each case, in a fixed seeded order (:meth:`semisam.loop.dataset.Dataset.orde
 1. **propose**: the store's active specialist auto-segments the scan through the same public calls that
    SemiSAMSegment's *Auto-segment* drives (:func:`semisam.checkpoints.load_model` on
    ``store.models.active_path()``, then :func:`semisam.inference.segment`); before the first promotion
-   there is no model and the proposal is empty;
+   there is no model and the proposal is empty. A case the store will put into its validation split
+   (:meth:`~semisam.store.LabeledStore.next_split`) is drawn without the proposal, as SemiSAMSegment
+   advises: masks corrected from a version's proposal favour that version when versions are compared
+   (:func:`semisam.training.promote.comparison_case_ids`); its line says ``"blind": true``;
 2. **correct**: :class:`~semisam.loop.annotator.SimulatedAnnotator` works the proposal up to the target
    in the result's review order;
 3. **accept**: image, final mask and :class:`~semisam.store.Provenance` (prompt counts, the simulated
@@ -338,13 +341,18 @@ class Simulation:
             cache = new_cache(image)
             rng_seed = [cfg.seed, index]
             if not loop_done:
-                proposal, order_k, version, propose_s = self.propose(store, image)
+                blind = store.next_split() == "validation"
+                if blind:
+                    proposal, order_k, version, propose_s = None, None, None, 0.0
+                else:
+                    proposal, order_k, version, propose_s = self.propose(store, image)
                 masks = [truth] if proposal is None else [truth, proposal]
                 pre_s, oracle, oracle_s, target = self._prepare(image, truth, masks, cache)
                 res = annotator.annotate(
                     image, truth, target, np.random.default_rng(rng_seed), proposal, order_k, cache, propose_s
                 )
                 record = self._record("loop", index, cid, res, oracle, version, propose_s, pre_s, oracle_s)
+                record["blind"] = blind
                 self._accept(store, cid, res, proposal, version, record)
                 self.emit(record)
             else:

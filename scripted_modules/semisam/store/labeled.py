@@ -316,6 +316,17 @@ class LabeledStore(UnlabeledPool):
     def train_ids(self) -> list[str]:
         return self.case_ids("train")
 
+    def next_split(self) -> str:
+        """The split the next case added by the store's rule will get (``"train"`` or ``"validation"``).
+
+        Known before the case is annotated, so a validation case can be drawn without the specialist's
+        proposal: a mask corrected from a model's proposal keeps that model's answer wherever it was
+        accepted, and would then favour it when versions are compared (see
+        :func:`semisam.training.promote.comparison_case_ids`).
+        """
+        existing = self.cases()
+        return decide_split(len(existing), sum(r.split == "validation" for r in existing))
+
     def add_case(
         self,
         image: ImageLike | None,

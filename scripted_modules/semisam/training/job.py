@@ -245,7 +245,9 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
             f"{store.root}: the store has no training case yet (validation cases never train); "
             "accept a case first (`semisam store add`)",
         )
-    val_ids = store.validation_ids()
+    from semisam.training.promote import comparison_case_ids
+
+    val_ids = comparison_case_ids(store)  # blind validation cases when there are any (promote.py)
     # ----- student: same initial weights on every rank (seeded), then the checkpoint's or parent's
     torch.manual_seed(config.seed)
     student = build_specialist(manifest.arch, **manifest.kwargs)

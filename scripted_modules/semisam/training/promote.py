@@ -6,6 +6,16 @@
   evaluated first when its recorded Dice is missing or was computed on other cases.
 * The split is empty (a store's first four cases all train): promote when the new version's training
   cases strictly include the active version's (more labels from the same annotator); else not.
+
+Which validation cases compare versions (:func:`comparison_case_ids`): those whose masks were drawn
+without a specialist's proposal (``provenance.model_version`` empty), when there are any. A mask corrected
+from a version's proposal keeps that version's answer wherever the annotator accepted it, so it scores
+that version (and its warm-started descendants) too high. Measured in a simulated loop (thalamus
+development task, 12 accepted cases, annotator masks from v0001's proposals): against the accepted masks
+v0001 scored 0.701 and its successors 0.634 / 0.665, so neither was promoted; against the true labels of
+the same validation cases the successors were better (0.556 vs 0.575 / 0.591). The store announces a
+validation case before it is annotated (:meth:`~semisam.store.LabeledStore.next_split`) so that it can be
+drawn blind. When every validation case came from a proposal, all of them are used (and the log says why).
 """
 
 from __future__ import annotations
@@ -27,6 +37,30 @@ def trained_case_ids(version_path) -> list[str] | None:
         return None
     ids = ((man.get("training") or {}).get("case_ids") or {}).get("train")
     return list(ids) if isinstance(ids, list) else None
+
+
+def comparison_case_ids(store) -> list[str]:
+    """Validation case ids that compare model versions: the blind ones (drawn without a proposal), else all.
+
+    See the module docstring for why masks corrected from a proposal are left out when blind ones exist.
+    """
+    records = [store.record(cid) for cid in store.validation_ids()]
+    blind = [r.case_id for r in records if not r.provenance.model_version]
+    if blind:
+        if len(blind) < len(records):
+            log.info(
+                "versions are compared on the %d of %d validation case(s) drawn without a proposal",
+                len(blind),
+                len(records),
+            )
+        return blind
+    if records:
+        log.warning(
+            "every validation case (%d) was corrected from a specialist's proposal: comparing on them "
+            "favours the version that proposed; draw the next validation case without the proposal",
+            len(records),
+        )
+    return [r.case_id for r in records]
 
 
 def decide_and_promote(
