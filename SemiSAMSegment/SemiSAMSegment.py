@@ -425,7 +425,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                     "Retraining started in the background (every {n} accepted cases); SemiSAM Train shows "
                     "its progress."
                 ).format(n=p.retrainEvery)
-        self.ui.statusLabel.text = text
+        notice = self.logic.validationNotice(p.storeFolder)
+        self.ui.statusLabel.text = f"{text}\n{notice}" if notice else text
 
     @staticmethod
     def _trainSettings():

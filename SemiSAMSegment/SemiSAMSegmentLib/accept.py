@@ -24,6 +24,7 @@ from semisam.store.labeled import STORE_FILE
 
 from . import mrml_io
 from .session import SegmentSession, now_utc
+from .texts import _
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,22 @@ def accept_case(
     record = store.add_case(volume, mask, prov, proposal=proposal)
     log.info("accepted case %s into %s (%s)", record.case_id, store.root, record.split)
     return record
+
+
+def validation_notice(store_dir: str | Path) -> str | None:
+    """A message when the store's next accepted case will join its validation split, else ``None``.
+
+    Validation cases judge new model versions; one corrected from the specialist's proposal keeps that
+    model's answer wherever it was accepted and favours it, so such cases are left out of the comparison
+    when blind ones exist (``semisam.training.promote``). ``None`` also when the folder holds no store yet
+    (its first cases all train).
+    """
+    root = Path(store_dir).expanduser() if store_dir else None
+    if root is None or not (root / STORE_FILE).is_file():
+        return None
+    if LabeledStore(root).next_split() != "validation":
+        return None
+    return _(
+        "The next accepted case joins the validation set, which judges new model versions: draw it "
+        "without Auto-segment (a corrected proposal favours the model that made it)."
+    )

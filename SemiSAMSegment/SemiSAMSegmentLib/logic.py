@@ -452,6 +452,12 @@ class CaseLogic:
             return None  # the running one will be followed by the next multiple of ``every``
         return training_job.TrainingJob.start(storeFolder, settings or training_job.TrainSettings())
 
+    @staticmethod
+    def validationNotice(storeDir):
+        """Why the next case should be drawn without Auto-segment (it joins the validation set), or
+        ``None``; see :func:`SemiSAMSegmentLib.accept.validation_notice`."""
+        return accept_lib.validation_notice(storeDir)
+
     def accept(self, volumeNode, segmentationNode, storeDir, provenance=None, segmentIds=None) -> str:
         """Add the volume and its segments to the labeled-set store; returns the new case id.
 

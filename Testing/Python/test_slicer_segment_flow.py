@@ -180,6 +180,25 @@ def test_accept_names_an_unknown_segment_id(mrml_scene, tmp_path):
     assert not (tmp_path / "store").exists()  # nothing written
 
 
+def test_the_case_before_a_validation_one_is_announced(mrml_scene, tmp_path):
+    """After four accepted cases the fifth joins validation: the Logic says to draw it without a proposal."""
+    scan = Volume(np.zeros((4, 8, 8), np.int16), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    node = mrml_io.node_from_volume(scan, mrml_scene)
+    mask = np.zeros(scan.shape, np.uint8)
+    mask[1, 2:4, 2:4] = 1
+    logic = segment_module.SemiSAMSegmentLogic()
+    store = str(tmp_path / "store")
+    assert logic.validationNotice(store) is None  # no store yet
+    notices = []
+    for n in range(5):
+        seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"s{n}")
+        mrml_io.import_mask(mask, node, seg, names={1: "lesion"})
+        logic.accept(node, seg, store, None)
+        notices.append(logic.validationNotice(store))
+    assert [n is not None for n in notices] == [False, False, False, True, False]
+    assert "validation" in notices[3] and "without Auto-segment" in notices[3]
+
+
 # --------------------------------------------------------------------------- auto-segment on a grid
 def test_auto_segment_lands_on_the_volume_grid(mrml_scene, breast1, tmp_path):
     """An untrained specialist on breast1 (oblique-free but anisotropic, non-zero origin): the segments
