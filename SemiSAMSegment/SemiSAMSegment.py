@@ -126,6 +126,7 @@ class SemiSAMSegmentParameterNode:
     storeFolder - labeled-set store: source of the active model, destination of accepted cases.
     annotator - who accepts cases (provenance).
     retrainEvery - start a retraining run (SemiSAM Train's settings) every N accepted cases; 0: never.
+    keepAgreeingSlices - Propagate keeps the segment's slices the new answer agrees with (off: replace the range).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -142,6 +143,7 @@ class SemiSAMSegmentParameterNode:
     storeFolder: str = DEFAULTS["storeFolder"]
     annotator: str = DEFAULTS["annotator"]
     retrainEvery: Annotated[int, WithinRange(*RANGES["retrainEvery"])] = DEFAULTS["retrainEvery"]
+    keepAgreeingSlices: bool = DEFAULTS["keepAgreeingSlices"]
 
 
 #
@@ -418,6 +420,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.generalistCheckpoint,
                 p.intensityPreset,
                 p.device,
+                keepAgreeingSlices=p.keepAgreeingSlices,
             ),
             finish,
         )
