@@ -96,8 +96,8 @@ class SemiSAMSegment(ScriptedLoadableModule):
             "command can be loaded into the output segmentation on the input volume's grid.<br>"
             "Prompts: an ROI box around the structure on the slice you see it best (its thinnest axis in "
             "voxels is the slice axis) and/or points; a point is positive unless its description is "
-            "<code>-</code> (the '+/- last point' button flips it). Propagate replaces the segment only in "
-            "the propagated slice range."
+            "<code>-</code> (the '+/- last point' button flips it). Propagate changes the segment only in "
+            "the propagated slice range and, by default, keeps the slices its new answer agrees with."
         )
         self.parent.acknowledgementText = _(
             "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "

@@ -140,6 +140,7 @@ def test_a_slice_with_only_a_speck_of_structure_gets_a_point_not_an_empty_box(li
     assert res.effort.boxes == 0 and res.effort.points_pos == 1 and res.final_dice == 1.0
 
 
+@pytest.mark.slow  # ~50 s on 2 loaded cores (two annotations of a 12-slice case); `-m slow` runs it
 def test_a_box_on_the_one_bad_slice_keeps_the_good_ones(litemedsam):
     """The proposal is the truth with its middle slice missing. A box there is written by the product's
     keep-agreeing rule: the good slices stay, so the Dice rises; replacing the whole propagated range
