@@ -85,8 +85,10 @@ class SimulationConfig:
         method, iterations: the training method and its iterations (:class:`semisam.training.TrainConfig`).
             1500 by default, sized by time: the retrain runs in the background while the user works
             on the next ``retrain_every`` cases, and should be done within about one case's time (1-2
-            min by the time model) on one CPU thread. ``mamba_unet`` with batch 4 of 96 x 96 crops ran
-            600 iterations in 51 s on one thread (~12 it/s), so 1500 take ~2 min. (The trainer's own
+            min by the time model) on one CPU thread. ``mamba_unet`` with the development runs' batch 4
+            of 96 x 96 crops (``Testing/benchmarks/loop.py``) ran 600 iterations in 51 s on one thread
+            (~12 it/s), so 1500 take ~2 min; the trainer's default batch 8 of 128 x 128 is ~3.6x the
+            pixels per step (pass ``train_options`` to size it). (The trainer's own
             default, 200, is sized for a quick check: it left a 4-case specialist proposing Dice
             0.45-0.67 where the cases needed 0.62-0.75.)
         seed: case order, box jitter and training seed.
