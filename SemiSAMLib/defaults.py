@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
     "iterations": 200,  # optimiser steps of one retraining run (semisam train --iterations)
     "promoteIfBetter": True,  # False: the run registers its version but never promotes it (--no-promote)
     "retrainEvery": 0,  # SemiSAMSegment starts a retraining run every N accepted cases; 0: never
+    # Propagate replaces the segment from each prompted slice only up to the first slice the new answer
+    # agrees with (semisam.merge, rule keep_agreeing); False: the whole propagated range (rule replace).
+    "keepAgreeingSlices": True,
 }
 
 #: Bounds of the integer settings (the parameter nodes' ``WithinRange`` and the spin boxes use them).

@@ -82,8 +82,8 @@ class SemiSAMSegment(ScriptedLoadableModule):
             "command can be loaded into the output segmentation on the input volume's grid.<br>"
             "Prompts: an ROI box around the structure on the slice you see it best (its thinnest axis in "
             "voxels is the slice axis) and/or points; a point is positive unless its description is "
-            "<code>-</code> (the '+/- last point' button flips it). Propagate replaces the segment only in "
-            "the propagated slice range."
+            "<code>-</code> (the '+/- last point' button flips it). Propagate changes the segment only in "
+            "the propagated slice range and, by default, keeps the slices its new answer agrees with."
         )
         self.parent.acknowledgementText = _(
             "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "
@@ -112,6 +112,7 @@ class SemiSAMSegmentParameterNode:
     storeFolder - labeled-set store: source of the active model, destination of accepted cases.
     annotator - who accepts cases (provenance).
     retrainEvery - start a retraining run (SemiSAM Train's settings) every N accepted cases; 0: never.
+    keepAgreeingSlices - Propagate keeps the segment's slices the new answer agrees with (off: replace the range).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -128,6 +129,7 @@ class SemiSAMSegmentParameterNode:
     storeFolder: str = DEFAULTS["storeFolder"]
     annotator: str = DEFAULTS["annotator"]
     retrainEvery: Annotated[int, WithinRange(*RANGES["retrainEvery"])] = DEFAULTS["retrainEvery"]
+    keepAgreeingSlices: bool = DEFAULTS["keepAgreeingSlices"]
 
 
 #
@@ -404,6 +406,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.generalistCheckpoint,
                 p.intensityPreset,
                 p.device,
+                keepAgreeingSlices=p.keepAgreeingSlices,
             ),
             finish,
         )

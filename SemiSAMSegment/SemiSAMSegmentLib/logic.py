@@ -352,8 +352,9 @@ class CaseLogic:
         device="auto",
         axis=None,
         progress=None,
+        keepAgreeingSlices=True,
     ):
-        """Prompt with markups, propagate with the generalist, replace ``segmentName`` in that range only.
+        """Prompt with markups, propagate with the generalist, write ``segmentName`` in that range only.
 
         The synchronous form of :meth:`preparePropagate` -> ``propagate_lib.compute`` ->
         :meth:`applyPropagate` (:meth:`startPropagate` runs the middle step on a worker thread).
@@ -369,6 +370,9 @@ class CaseLogic:
             device: ``auto``, ``cpu`` or ``cuda``.
             axis: slice axis; ``None``: the ROI's thinnest axis, else axial.
             progress: ``progress(fraction, stage)``.
+            keepAgreeingSlices: the merge rule inside the range: ``True`` replaces only from each prompted
+                slice up to the first slice the new answer agrees with (``semisam.merge``); ``False``
+                replaces the whole range.
 
         Returns:
             :class:`SemiSAMSegmentLib.propagate.PropagateOutcome`.
@@ -378,7 +382,7 @@ class CaseLogic:
         """
         request = self.preparePropagate(
             volumeNode, segmentationNode, segmentName, pointsNode, roiNode, generalist, checkpoint,
-            intensityPreset, device, axis,
+            intensityPreset, device, axis, keepAgreeingSlices,
         )  # fmt: skip
         return self.applyPropagate(propagate_lib.compute(request, progress))
 
@@ -394,6 +398,7 @@ class CaseLogic:
         intensityPreset="auto",
         device="auto",
         axis=None,
+        keepAgreeingSlices=True,
     ):
         """Main thread: read the scan and the markups, get the generalist; returns a ``PropagateRequest``.
         Errors in the prompts (``MarkupPromptError``) and the generalist's settings are raised here, before
@@ -414,6 +419,7 @@ class CaseLogic:
             volumeNode,
             segmentationNode,
             segmentName,
+            keep_agreeing=bool(keepAgreeingSlices),
         )
 
     @staticmethod

@@ -6,10 +6,14 @@ only that prompt (the core then recomputes only the range it affects, and no sli
 prompt that was moved or deleted, or another generalist / window / axis, starts a new state (slice
 embeddings stay in the Logic's shared cache, so that costs decoder calls, not encoder runs).
 
-The result replaces the chosen segment **only inside the propagated range** along the slice axis: from
-the first to the last slice that the new mask, a key slice, or this session's previous propagation into
-that segment touched. Every other slice keeps what it had (the specialist's proposal, Segment Editor
-edits). No qt, no ``slicer.app``.
+The result is written into the chosen segment **only inside the propagated range** along the slice axis:
+from the first to the last slice that the new mask, a key slice, or this session's previous propagation
+into that segment touched. Every other slice keeps what it had (the specialist's proposal, Segment Editor
+edits). Inside the range the core's :func:`semisam.merge.write_propagation` decides, by the module's
+*keep agreeing slices* option: on (default), the new answer replaces the segment from each prompted slice
+outward up to the first slice where it agrees with what is already there, and the rest is kept (a box on
+one bad slice of a good proposal fixes that slice, not the whole structure); off, every slice of the range
+is replaced. A segment empty in the range gets the whole propagation either way. No qt, no ``slicer.app``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from . import mrml_io
 from .markup_prompts import MarkupPrompts
-from .session import SegmentSession, merge_in_range
+from .session import SegmentSession
 from .texts import _
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,8 @@ class PropagateOutcome:
     Attributes:
         segment_id: the segment that was written.
         axis: slice axis of the prompts.
-        slice_range: inclusive ``(first, last)`` slice along ``axis`` that was replaced.
+        slice_range: inclusive ``(first, last)`` slice range along ``axis`` the propagation covered.
+        replaced: slices of that range whose voxels were replaced (the rest kept the segment's).
         key_slices: prompted slices.
         slices: slices where the new mask is non-empty.
         confidence: ``(n_slices,)`` per-slice confidence along ``axis`` (``NaN``: nothing segmented).
@@ -53,6 +58,7 @@ class PropagateOutcome:
     segment_id: str
     axis: str
     slice_range: tuple[int, int]
+    replaced: list[int]
     key_slices: list[int]
     slices: list[int]
     confidence: np.ndarray
@@ -65,12 +71,13 @@ class PropagateOutcome:
     def describe(self, segment_name: str) -> str:
         """One line for the module's status label."""
         return _(
-            "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in slices "
+            "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in {r} of slices "
             "{lo}..{hi} ({n} with a mask); {enc} slice(s) encoded so far; {seconds:.1f} s."
         ).format(
             axis=self.axis,
             keys=", ".join(str(k) for k in self.key_slices),
             name=segment_name,
+            r=len(self.replaced),
             lo=self.slice_range[0],
             hi=self.slice_range[1],
             n=len(self.slices),
@@ -153,9 +160,19 @@ def propagate_session(
 
 
 def write_segment(
-    session: SegmentSession, result, axis: str, volume_node, segmentation_node, segment_name: str
-) -> tuple[str, tuple[int, int]]:
-    """Replace ``segment_name`` by ``result.mask`` inside the propagated range; returns ``(id, range)``."""
+    session: SegmentSession,
+    result,
+    axis: str,
+    volume_node,
+    segmentation_node,
+    segment_name: str,
+    keep_agreeing: bool = True,
+) -> tuple[str, tuple[int, int], list[int]]:
+    """Write ``result.mask`` into ``segment_name`` inside the propagated range by the merge rule
+    (``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`, else ``REPLACE``); returns
+    ``(segment id, range, replaced slices)``."""
+    from semisam.merge import MergeRule, write_propagation
+
     seg = segmentation_node.GetSegmentation()
     existing = seg.GetSegmentIdBySegmentName(segment_name)
     if existing:
@@ -167,10 +184,11 @@ def write_segment(
     if previous is not None:
         touched |= {previous[0], previous[1]}
     lo, hi = min(touched), max(touched)
-    merged = merge_in_range(current, result.mask, axis, lo, hi)
-    (segment_id,) = mrml_io.import_mask(merged, volume_node, segmentation_node, {1: segment_name})
+    rule = MergeRule.KEEP_AGREEING if keep_agreeing else MergeRule.REPLACE
+    merged = write_propagation(current, result.mask, axis, lo, hi, result.key_slices, rule)
+    (segment_id,) = mrml_io.import_mask(merged.mask, volume_node, segmentation_node, {1: segment_name})
     session.written[(segment_name, axis)] = (lo, hi)
-    return segment_id, (lo, hi)
+    return segment_id, (lo, hi), merged.replaced
 
 
 @dataclass
@@ -184,6 +202,7 @@ class PropagateRequest:
         markups: the prompts read from the markups.
         model, state_key, window, cache: the generalist, its state key, intensity window and embedding cache.
         volume_node, segmentation_node, segment_name: where :func:`apply` writes.
+        keep_agreeing: the merge rule (:func:`write_segment`).
         result: the core's ``PropagationResult`` once :func:`compute` finished (``None`` before).
         added, rebuilt: prompts added to the kept state and whether it was started afresh.
         seconds: wall-clock seconds of :func:`compute`.
@@ -198,6 +217,7 @@ class PropagateRequest:
     volume_node: object
     segmentation_node: object
     segment_name: str
+    keep_agreeing: bool = True
     result: object = None
     added: int = 0
     rebuilt: bool = False
@@ -229,17 +249,18 @@ def apply(request: PropagateRequest) -> PropagateOutcome:
     if r.result is None:
         raise ValueError("the propagation has not been computed (call compute first)")
     result, axis = r.result, r.markups.prompts.axis
-    segment_id, rng = write_segment(
-        r.session, result, axis, r.volume_node, r.segmentation_node, r.segment_name
+    segment_id, rng, replaced = write_segment(
+        r.session, result, axis, r.volume_node, r.segmentation_node, r.segment_name, r.keep_agreeing
     )
     seconds = r.seconds + (time.perf_counter() - t0)
     log.info(
-        "propagated %d prompt(s) (%d new) on %s slices %s -> %d voxels in slices %d..%d (%.1f s)",
+        "propagated %d prompt(s) (%d new) on %s slices %s -> %d voxels, %d slice(s) of %d..%d replaced (%.1f s)",
         len(r.markups.prompts.prompts),
         r.added,
         axis,
         result.key_slices,
         int(result.mask.sum()),
+        len(replaced),
         *rng,
         seconds,
     )
@@ -247,6 +268,7 @@ def apply(request: PropagateRequest) -> PropagateOutcome:
         segment_id=segment_id,
         axis=axis,
         slice_range=rng,
+        replaced=replaced,
         key_slices=list(result.key_slices),
         slices=result.slices,
         confidence=result.confidence,

@@ -138,3 +138,31 @@ def test_a_slice_with_only_a_speck_of_structure_gets_a_point_not_an_empty_box(li
     )
     assert res.actions[0].kind == "point+" and res.actions[0].slice == empty
     assert res.effort.boxes == 0 and res.effort.points_pos == 1 and res.final_dice == 1.0
+
+
+@pytest.mark.slow  # ~50 s on 2 loaded cores (two annotations of a 12-slice case); `-m slow` runs it
+def test_a_box_on_the_one_bad_slice_keeps_the_good_ones(litemedsam):
+    """The proposal is the truth with its middle slice missing. A box there is written by the product's
+    keep-agreeing rule: the good slices stay, so the Dice rises; replacing the whole propagated range
+    (rule ``replace``) overwrites them with the generalist's less exact answer."""
+    vol, truth = ellipsoid_case((12, 48, 48), np.random.default_rng(5))
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    proposal = truth.copy()
+    proposal[key] = 0
+    start = dice(proposal, truth)
+    after, cache = {}, new_cache(vol)  # one cache: each slice is encoded once for both rules
+    for rule in ("keep_agreeing", "replace"):
+        cfg = AnnotatorConfig(budget=1, undo=False, merge_rule=rule)
+        res = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
+            vol,
+            truth,
+            1.0,
+            np.random.default_rng(0),
+            proposal=proposal,
+            review_order=[key],
+            cache=cache,
+        )
+        assert [a.kind for a in res.actions[:1]] == ["box"] and res.actions[0].slice == key
+        after[rule] = res.actions[0].dice_after
+    assert after["keep_agreeing"] > start and after["keep_agreeing"] > after["replace"] + 0.01, after
+    assert AnnotatorConfig().merge_rule == "keep_agreeing"  # the simulation measures the product default

@@ -11,7 +11,7 @@ the same options resumes, and a finished run only prints its summary again.
 
 Usage::
 
-    python Testing/benchmarks/loop.py [--task thalamus] [--cases 16] [--retrain-every 4] [--iterations 200]
+    python Testing/benchmarks/loop.py [--task thalamus] [--cases 16] [--retrain-every 4] [--iterations 1500]
         [--train-config FILE.json] [--work DIR] [--no-dev] [--no-samples]
 """
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the development dataset")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (order, jitter, training)")
     p.add_argument("--retrain-every", type=int, default=4)
-    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--method", default="supervised")
     p.add_argument("--train-config", default=None, help="JSON file of further TrainConfig fields")
     p.add_argument("--work", type=Path, default=REPO / "out" / "loop")

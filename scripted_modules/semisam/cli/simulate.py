@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", default="supervised", help="training method (default %(default)s)")
     p.add_argument(
-        "--iterations", type=int, default=200, help="training iterations per retrain (%(default)s)"
+        "--iterations", type=int, default=1500, help="training iterations per retrain (%(default)s)"
     )
     p.add_argument(
         "--train-config",
@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="prompts per case before drawing by hand (default: half the structure's slices, at least 4)",
+    )
+    p.add_argument(
+        "--merge",
+        choices=("keep_agreeing", "replace"),
+        default="keep_agreeing",
+        help="how a propagation is written into the mask, as SemiSAMSegment's Propagate option: from each "
+        "prompted slice to the first agreeing slice (keep_agreeing), or the whole range (replace)",
     )
     p.add_argument(
         "--baseline", action="store_true", help="also run the prompts-only baseline on the same cases"
@@ -121,7 +128,7 @@ def config_from_args(args: argparse.Namespace):
         target_dice=args.target_dice,
         device=args.device,
         train_options=train_options,
-        annotator=AnnotatorConfig(target_fraction=args.target, budget=args.budget),
+        annotator=AnnotatorConfig(target_fraction=args.target, budget=args.budget, merge_rule=args.merge),
         time_model=TimeModel(box_s=args.box_s, point_s=args.point_s, hand_slice_s=args.hand_slice_s),
     )
 

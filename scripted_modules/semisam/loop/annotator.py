@@ -19,7 +19,9 @@ where the annotator clicks. What it does, per case:
 
    then propagates with the real engine (:func:`semisam.propagation.propagate`, one session per case, so
    each new prompt recomputes only the range it affects) and writes the result into the mask exactly as
-   SemiSAMSegment's *Propagate* does: replaced inside the propagated slice range only.
+   SemiSAMSegment's *Propagate* does (:func:`semisam.merge.write_propagation`): inside the propagated
+   slice range only and, by default (rule ``keep_agreeing``), only from each prompted slice outward up
+   to the first slice where the new answer agrees with the mask already there.
    A propagation that lowers the Dice is undone, as a user undoes it (the prompt is deleted and the
    session restarts without it, its embeddings cached); its seconds still count.
 3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
@@ -42,8 +44,9 @@ from scipy import ndimage
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
+from semisam.merge import MergeRule, write_propagation
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask, merge_in_range, take_slice
+from semisam.prompts import box_from_mask, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.volume import Volume
 
@@ -75,6 +78,8 @@ class AnnotatorConfig:
             prompting (a radiologist stops clicking when clicks stop helping).
         undo: undo a propagation that lowered the Dice (and delete its prompt).
         axis: slice axis of the prompts.
+        merge_rule: how a propagation is written into the mask (:class:`semisam.merge.MergeRule`
+            value): ``"keep_agreeing"`` (SemiSAMSegment's default) or ``"replace"`` (the whole range).
     """
 
     target_fraction: float = 0.9
@@ -86,6 +91,7 @@ class AnnotatorConfig:
     patience: int = 3
     undo: bool = True
     axis: str = "axial"
+    merge_rule: str = MergeRule.KEEP_AGREEING.value
 
     def budget_for(self, truth: np.ndarray) -> int:
         """The prompt budget for a case with label ``truth`` ``(Z, Y, X)``."""
@@ -353,12 +359,15 @@ class SimulatedAnnotator:
             t0 = time.perf_counter()
             result = propagate(state)
             # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
-            # new mask, the key slices and this session's previous propagation touched.
+            # new mask, the key slices and this session's previous propagation touched, and there by the
+            # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys).
             touched = set(result.slices) | set(result.key_slices)
             if written is not None:
                 touched |= set(written)
             lo, hi = min(touched), max(touched)
-            new_mask = merge_in_range(mask, result.mask, axis, lo, hi)
+            new_mask = write_propagation(
+                mask, result.mask, axis, lo, hi, result.key_slices, cfg.merge_rule
+            ).mask
             effort.compute_s += time.perf_counter() - t0
             new_dice = dice(new_mask, truth)
             undone = cfg.undo and new_dice < current - 1e-4

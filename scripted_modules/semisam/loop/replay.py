@@ -73,6 +73,10 @@ PLOT_FILE = "loop.png"
 TOOL = "semisam simulate"
 
 
+#: Share of a retrain's iterations spent warming the learning rate up (see :meth:`Simulation.train_config`).
+WARMUP_FRACTION = 0.1
+
+
 @dataclass
 class SimulationConfig:
     """Options of one simulation (the CLI's flags).
@@ -82,6 +86,14 @@ class SimulationConfig:
         work: work folder (created; holds the store and the outputs).
         retrain_every: retrain after every this many accepted cases (0: never).
         method, iterations: the training method and its iterations (:class:`semisam.training.TrainConfig`).
+            1500 by default, sized by time: the retrain runs in the background while the user works
+            on the next ``retrain_every`` cases, and should be done within about one case's time (1-2
+            min by the time model) on one CPU thread. ``mamba_unet`` with the development runs' batch 4
+            of 96 x 96 crops (``Testing/benchmarks/loop.py``) ran 600 iterations in 51 s on one thread
+            (~12 it/s), so 1500 take ~2 min; the trainer's default batch 8 of 128 x 128 is ~3.6x the
+            pixels per step (pass ``train_options`` to size it). (The trainer's own
+            default, 200, is sized for a quick check: it left a 4-case specialist proposing Dice
+            0.45-0.67 where the cases needed 0.62-0.75.)
         seed: case order, box jitter and training seed.
         baseline: also run the prompts-only baseline on the same cases.
         generalist: ``NAME[:CHECKPOINT]`` of the generalist the prompts go to.
@@ -92,7 +104,8 @@ class SimulationConfig:
         device: ``auto`` / ``cpu`` / ``cuda`` for the specialist, the generalist and training.
         train_options: further :class:`semisam.training.TrainConfig` fields for every retrain (batch
             size, crop size, model kwargs...; ``method``, ``iterations``, ``seed``, ``device`` come from
-            the fields above).
+            the fields above). Without a ``warmup`` here, the warm-up is :data:`WARMUP_FRACTION` of the
+            iterations (see :meth:`Simulation.train_config`).
         annotator: :class:`AnnotatorConfig`.
         time_model: :class:`TimeModel`.
     """
@@ -101,7 +114,7 @@ class SimulationConfig:
     work: Path
     retrain_every: int = 4
     method: str = "supervised"
-    iterations: int = 200
+    iterations: int = 1500
     seed: int = 0
     baseline: bool = False
     generalist: str = "litemedsam"
@@ -276,7 +289,12 @@ class Simulation:
 
         cfg = self.config
         base = {"method": cfg.method, "iterations": cfg.iterations, "seed": cfg.seed, "device": cfg.device}
-        return TrainConfig.from_dict({**cfg.train_options, **base}, where="train options")
+        # Every retrain after the first warm-starts from the active version with a fresh AdamW: its first
+        # steps (second-moment estimates from one or two batches) are the largest, and at the full rate
+        # they undo what the parent learned. A warm-up of a tenth of the run lets the estimates settle
+        # first (the trainer's fixed 10 iterations are 0.7 % of 1500).
+        warm = {"warmup": max(10, int(WARMUP_FRACTION * cfg.iterations))}
+        return TrainConfig.from_dict({**warm, **cfg.train_options, **base}, where="train options")
 
     def retrain(self, store: LabeledStore, after: int) -> dict:
         """Run the training job on the store (the unlabeled pool holds the cases not yet seen).
