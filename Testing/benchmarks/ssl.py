@@ -160,13 +160,18 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
 
     from semisam import checkpoints
     from semisam.generalists import build_generalist
+    from semisam.generalists.base import SlicePrompt
     from semisam.store import LabeledStore
     from semisam.training.data import load_labeled
     from semisam.training.embedding_store import EmbeddingStore
-    from semisam.training.prompting import PromptConfig
-    from semisam.training.pseudo_labels import PseudoLabeler, predict_volume, weights_sha
+    from semisam.training.prompting import PromptConfig, components
+    from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler, predict_volume, weights_sha
 
     opts = cfg.parts.get("semisam_plus", {})
+    # The training part's own prompt and confidence settings (its defaults where not given).
+    from semisam.training.methods.semisam_plus import SemiSAMPlus
+
+    part = SemiSAMPlus(opts)
     model, manifest = checkpoints.load_model(model_dir)
     store = LabeledStore(store_root)
     cases = load_labeled(store, store.validation_ids()[:n_cases], manifest)
@@ -175,25 +180,43 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
         [g],
         EmbeddingStore(store_root / "cache" / "embeddings"),
         None,
-        PromptConfig(
-            rounds=int(opts.get("rounds", 3)),
-            n_pos=int(opts.get("n_pos", 2)),
-            n_neg=int(opts.get("n_neg", 1)),
-        ),
+        part.prompt,
+        ConfidenceConfig(**part.confidence.to_json()),
     )
     sha = weights_sha(model)
-    gen, spec = {}, {}
+    gen, spec, oracle, gated, coh = {}, {}, {}, {}, {}
+
+    def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+        s = int(pred.sum()) + int(truth.sum())
+        return round(1.0 if s == 0 else 2.0 * float((pred & truth).sum()) / s, 4)
+
     for c in cases:
+        image = c.image.numpy()
         prob = predict_volume(model, c.image, torch.device("cpu"))
-        pl = labeler.label_case(c.case_id, c.sha256, c.image.numpy(), prob, sha)
+        pl = labeler.label_case(c.case_id, c.sha256, image, prob, sha)
         truth = c.mask.numpy() > 0
-        for d, pred in ((gen, pl.label > 0), (spec, prob.argmax(0) > 0)):
-            s = int(pred.sum()) + int(truth.sum())
-            d[c.case_id] = round(1.0 if s == 0 else 2.0 * float((pred & truth).sum()) / s, 4)
+        gen[c.case_id] = dice(pl.label > 0, truth)
+        spec[c.case_id] = dice(prob.argmax(0) > 0, truth)
+        gated[c.case_id] = bool(pl.stats.get("gated")) or not bool((pl.weight > 0).any())
+        coh[c.case_id] = pl.stats.get("coherence")
+        # The ceiling of pseudo-labels: the same generalist prompted with the TRUE box of every
+        # component on every slice (a box alone, as round 0 of training prompts).
+        box_pred = np.zeros_like(truth)
+        for z in np.nonzero(truth.reshape(len(truth), -1).any(1))[0]:
+            emb = labeler.embeddings.get_or_encode(g, image[z])
+            for comp in components(truth[z].astype(np.float32), PromptConfig(min_area=1)):
+                ys, xs = np.nonzero(comp)
+                box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+                box_pred[z] |= np.asarray(g.predict(emb, SlicePrompt(box=box)).logits) > 0
+        oracle[c.case_id] = dice(box_pred, truth)
     return {
         "generalist_prompted_dice": round(float(np.mean(list(gen.values()))), 4),
         "specialist_model_grid_dice": round(float(np.mean(list(spec.values()))), 4),
+        "generalist_true_box_dice": round(float(np.mean(list(oracle.values()))), 4),
         "generalist_per_case": gen,
+        "true_box_per_case": oracle,
+        "gated_test_cases": sum(gated.values()),
+        "coherence_per_case": coh,
     }
 
 

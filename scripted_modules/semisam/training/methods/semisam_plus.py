@@ -17,9 +17,13 @@ renewed every ``refresh_every`` (default ``config.refresh_every``, else 100) as 
 the loss weight ramps up from ``start`` over ``rampup`` iterations (sigmoid ramp-up) to ``weight``.
 
 Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or fraction of the run,
-0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.2),
-``rounds`` (3), ``n_pos`` (2), ``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls
-more than this share foreground is not prompted), ``embedding_cache_bytes`` (2 GiB).
+0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.5),
+``min_coherence`` (0.6) and ``min_case_agreement`` (0.5) (the case-level gates of
+:mod:`semisam.training.pseudo_labels`: a case teaches only once the specialist localises the structure in
+it and the generalist's answer agrees with where it was pointed), ``min_rel_volume_3d`` (0.25) and
+``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
+``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share
+foreground is not prompted), ``embedding_cache_bytes`` (2 GiB).
 """
 
 from __future__ import annotations
@@ -107,9 +111,14 @@ class SemiSAMPlus(PartBase):
             n_pos=int(o.get("n_pos", 2)),
             n_neg=int(o.get("n_neg", 1)),
             max_fg_fraction=float(o.get("max_fg_fraction", 0.3)),
+            min_rel_volume_3d=float(o.get("min_rel_volume_3d", 0.25)),
+            min_slices_3d=int(o.get("min_slices_3d", 2)),
         )
         self.confidence = ConfidenceConfig(
-            min_score=float(o.get("min_score", 0.5)), min_agreement=float(o.get("min_agreement", 0.2))
+            min_score=float(o.get("min_score", 0.5)),
+            min_agreement=float(o.get("min_agreement", 0.5)),
+            min_coherence=float(o.get("min_coherence", 0.6)),
+            min_case_agreement=float(o.get("min_case_agreement", 0.5)),
         )
         self.labeler: PseudoLabeler | None = None
         self.pseudo: list[PseudoLabel] | None = None
@@ -172,6 +181,9 @@ class SemiSAMPlus(PartBase):
             "iteration": iteration,
             "cached": sum(p.from_cache for p in self.pseudo),
             "teaching_slices": int(sum(teach)),
+            "gated_cases": int(sum(bool(p.stats.get("gated")) for p in self.pseudo)),
+            "coherence": [p.stats.get("coherence") for p in self.pseudo],
+            "case_agreement": [p.stats.get("case_agreement") for p in self.pseudo],
             "encoded": self.labeler.embeddings.encoded - enc0,
             "embedding_hits": self.labeler.embeddings.hits - hit0,
         }
