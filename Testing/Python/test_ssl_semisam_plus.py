@@ -254,3 +254,29 @@ def test_a_generalist_answer_that_disagrees_with_the_prompt_does_not_teach(tmp_p
     )
     assert off.stats["gated"] and off.weight.max() == 0
     assert off.stats["case_agreement"][0] < 0.5
+
+
+def test_rampup_starts_when_the_first_pseudo_label_teaches(tmp_path, unlabeled_cases, litemedsam):
+    from semisam.training.losses import sigmoid_rampup
+
+    student = ThresholdStudent()
+    with torch.no_grad():
+        student.conv.bias[1] = -30.0  # predicts nothing yet: no prompt, no pseudo-label teaches
+    ctx = _ctx(tmp_path, student, unlabeled_cases, litemedsam)
+    part = SemiSAMPlus({"start": 0, "rampup": 100, "rounds": 2, "refresh_every": 10})
+    part.setup(ctx)
+    u_index = [(0, (1, 8, 8))]
+    xu = unlabeled_cases[0].image[1, 8:56, 8:56][None, None]
+    logits_u = torch.stack([torch.zeros(48, 48), torch.full((48, 48), -1.0)])[None]  # a fixed answer
+    batch = Batch(x=xu[:0], y=torch.zeros(0, 48, 48, dtype=torch.long), xu=xu, u_index=u_index)
+    out = StudentOutput(logits=logits_u[:0], logits_u=logits_u)
+    assert float(part.losses(ctx, batch, out, iteration=0)["pseudo"]) == 0.0
+    assert part.teach_start is None and part.history[-1]["teaching_slices"] == 0
+    with torch.no_grad():
+        student.conv.bias[1] = -10.0  # now it localises the object
+    first = float(part.losses(ctx, batch, out, iteration=30)["pseudo"])
+    assert part.teach_start == 30
+    full = float(part.losses(ctx, batch, out, iteration=500)["pseudo"])
+    # The ramp runs from the first teaching refresh (30), not from `start` (0).
+    assert first / full == pytest.approx(sigmoid_rampup(0, 100), rel=1e-3)
+    assert part.state_dict()["teach_start"] == 30

@@ -14,7 +14,10 @@ Schedule (iterations): the first pseudo-labels are made at ``start`` (default 20
 up to a multiple of ``refresh_every``: a specialist trained from scratch predicts noise before that, and
 noise would prompt nonsense), then
 renewed every ``refresh_every`` (default ``config.refresh_every``, else 100) as the specialist improves;
-the loss weight ramps up from ``start`` over ``rampup`` iterations (sigmoid ramp-up) to ``weight``.
+the loss weight ramps up over ``rampup`` iterations (sigmoid ramp-up) to ``weight``, from the first
+refresh at which some pseudo-label teaches (``teach_start``; not from ``start``: while the case-level
+gates of :mod:`semisam.training.pseudo_labels` still hold every case back, a ramp that had already run
+out would let the first, least reliable pseudo-labels in at full weight).
 
 Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or fraction of the run,
 0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.5),
@@ -123,6 +126,7 @@ class SemiSAMPlus(PartBase):
         self.labeler: PseudoLabeler | None = None
         self.pseudo: list[PseudoLabel] | None = None
         self.refreshed_at = -1
+        self.teach_start: int | None = None
         self.start = 0
         self.rampup = 0
         self.refresh_every = 100
@@ -177,6 +181,8 @@ class SemiSAMPlus(PartBase):
             np.argwhere((p.label > 0) & (p.weight > 0)).astype(np.int32) for p in self.pseudo
         ]
         teach = [p.stats.get("teaching_slices", 0) for p in self.pseudo]
+        if self.teach_start is None and sum(teach) > 0:
+            self.teach_start = iteration
         entry = {
             "iteration": iteration,
             "cached": sum(p.from_cache for p in self.pseudo),
@@ -210,18 +216,25 @@ class SemiSAMPlus(PartBase):
             return {"pseudo": out.logits_u.sum() * 0.0}
         target, weight = crop_targets(self.pseudo, batch.u_index, tuple(out.logits_u.shape[2:]))
         target, weight = target.to(out.logits_u.device), weight.to(out.logits_u.device)
-        lam = self.weight * sigmoid_rampup(iteration - self.start, self.rampup)
+        if self.teach_start is None:
+            return {"pseudo": out.logits_u.sum() * 0.0}
+        lam = self.weight * sigmoid_rampup(iteration - self.teach_start, self.rampup)
         if float(weight.sum()) <= 0.0:
             return {"pseudo": out.logits_u.sum() * 0.0}
         return {"pseudo": lam * confidence_weighted_loss(out.logits_u, target, weight)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"refreshed_at": int(self.refreshed_at)}
+        return {
+            "refreshed_at": int(self.refreshed_at),
+            "teach_start": -1 if self.teach_start is None else int(self.teach_start),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Pseudo-labels are remade from the resumed weights at the next iteration (a cache file read
         # when the weights match the ones that made them).
         self.refreshed_at = int(state.get("refreshed_at", -1))
+        ts = int(state.get("teach_start", -1))
+        self.teach_start = None if ts < 0 else ts
         self.pseudo = None
 
 
