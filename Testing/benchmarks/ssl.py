@@ -220,6 +220,49 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     }
 
 
+def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dict:
+    """How good the last pseudo-labels of a run were: Dice of each unlabeled scan's most recent cached
+    pseudo-label against its true label (read here, after training, from the dataset; the store never
+    held it), on the model grid; and the share of teaching slices (weight > 0) without any structure
+    (a box-prompted generalist always answers, so a prompt on a wrong slice teaches a wrong mask)."""
+    import torch
+
+    from semisam import checkpoints
+    from semisam.inference.preprocess import to_model_grid
+    from semisam.training.data import label_lut, mask_to_model_grid
+    from semisam.volume import read_volume
+
+    files = sorted((store_root / "cache" / "pseudo_labels").glob("*/*.npz"), key=lambda f: f.stat().st_mtime)
+    if not files or not model_dir:
+        return {}
+    _, manifest = checkpoints.load_model(Path(model_dir))
+    lut = label_lut(manifest.class_values())
+    latest = {}
+    for f in files:  # the last refresh's file per scan
+        latest[f.name.split("-")[0]] = f
+    dice, teach, empty = {}, 0, 0
+    for cid, image_path, label_path in unlabeled:
+        if cid not in latest:
+            continue
+        _, grid = to_model_grid(read_volume(image_path), manifest.preprocessing, torch.device("cpu"))
+        truth = mask_to_model_grid(read_volume(label_path).array, grid, lut).numpy() > 0
+        with np.load(latest[cid], allow_pickle=False) as z:
+            lab, w = z["label"] > 0, z["weight"].astype(np.float32)
+        if lab.shape != truth.shape:
+            continue
+        s = int(lab.sum()) + int(truth.sum())
+        dice[cid] = round(1.0 if s == 0 else 2.0 * float((lab & truth).sum()) / s, 4)
+        teaching = w.reshape(len(w), -1).max(1) > 0
+        teach += int(teaching.sum())
+        empty += int((teaching & ~truth.reshape(len(truth), -1).any(1)).sum())
+    return {
+        "pseudo_label_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+        "pseudo_label_dice_per_case": dice,
+        "teaching_slices": teach,
+        "teaching_slices_without_structure": empty,
+    }
+
+
 def run_child(store: Path, cfg: dict, generalist: int | None, nice: int) -> dict:
     """One training run in a child process; ``generalist``: also measure the prompted generalist's
     Dice on that many test cases (``None``: not)."""
@@ -327,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("budget %d: %s ...", k, m)
             gen = (args.generalist_test or args.test) if m == "semisam_plus" else None
             res = run_child(root, {**base, "method": m}, generalist=gen, nice=args.nice)
+            if "semisam_plus" in m.split("+") and res.get("status") == "done":
+                res.update(pseudo_label_dice(root, res.get("model_dir"), unlabeled))
             entry["methods"][m] = res
             log.info("budget %d: %s -> dice %s in %s s", k, m, res.get("dice"), res.get("seconds"))
             print(json.dumps({"budget": k, "method": m, **res}), file=sys.stderr, flush=True)
