@@ -167,3 +167,116 @@ def test_weights_sha_tracks_the_weights():
     with torch.no_grad():
         b.conv.weight[1, 0] += 1e-3
     assert weights_sha(a) != weights_sha(b)
+
+
+def test_prompts_come_from_coherent_3d_components_only():
+    from semisam.training.prompting import coherence, main_components_mask
+
+    cfg = PromptConfig()
+    prob = np.zeros((12, 40, 60), dtype=np.float32)
+    prob[3:9, 10:20, 5:15] = 0.95  # left structure: 600 voxels over 6 slices
+    prob[3:9, 10:20, 40:49] = 0.95  # its mirror image: 540 voxels
+    prob[5, 30:37, 25:32] = 0.95  # a 49-voxel blob on one slice only
+    prob[1:4, 32:36, 52:56] = 0.95  # a 48-voxel blob over 3 slices (< 25 % of the largest)
+    keep = main_components_mask(prob, cfg)
+    assert keep[4, 12, 8] and keep[4, 12, 45]  # both parts of a bilateral structure
+    assert not keep[5, 33, 28] and not keep[2, 34, 54]  # one-slice speck and small blob dropped
+    assert coherence(prob, cfg) == pytest.approx(1140 / (1140 + 49 + 48))
+    specks = np.zeros_like(prob)
+    specks[::2, ::6, ::6] = 0.95  # what an untrained specialist predicts: scattered single voxels
+    assert coherence(specks, cfg) == 0.0
+    assert coherence(np.zeros_like(prob), cfg) == 1.0
+
+
+class _Generalist:
+    """A real stand-in for a promptable model whose answer is a fixed disc, whatever the prompt (so the
+    case-agreement gate is tested without depending on what LiteMedSAM answers)."""
+
+    name = "disc"
+
+    def __init__(self, centre: tuple[int, int], radius: float, shape=(64, 64)) -> None:
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        self.disc = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2
+        self.identity = f"disc|{centre}|{radius}"
+        self.encodes = 0
+
+    def predict(self, emb, prompt):
+        return types.SimpleNamespace(logits=np.where(self.disc, 8.0, -8.0).astype(np.float32), score=0.9)
+
+
+class _Encoder:
+    """The labeler's embedding source for :class:`_Generalist` (nothing to cache: it has no encoder)."""
+
+    encoded = hits = 0
+
+    def get_or_encode(self, g, image):
+        g.encodes += 1
+        return None
+
+    def predict(self, emb, prompt):
+        return types.SimpleNamespace(logits=np.where(self.disc, 8.0, -8.0).astype(np.float32), score=0.9)
+
+
+def _labeler(tmp_path, g, **conf):
+    from semisam.training.pseudo_labels import ConfidenceConfig
+
+    return PseudoLabeler([g], _Encoder(), None, PromptConfig(rounds=2), ConfidenceConfig(**conf))
+
+
+def test_a_specialist_that_has_not_localised_prompts_nothing(tmp_path):
+    g = _Generalist((30, 34), 10)
+    image = _volume(0, depth=4)
+    prob = np.zeros((2, 4, 64, 64), dtype=np.float32)
+    for i in range(10):  # ten similar blobs scattered over the slab: only 4 are main components
+        y, x = 4 + 6 * (i % 5) + 20 * (i // 5), 4 + 12 * (i % 5)
+        prob[1, 1:3, y : y + 4, x : x + 4] = 0.95
+    prob[0] = 1 - prob[1]
+    pl = _labeler(tmp_path, g).label_case("u0", "sha", image, prob, "spec")
+    assert not pl.prompted.any() and pl.weight.max() == 0 and g.encodes == 0
+    assert pl.stats["coherence"] == [pytest.approx(0.4)]
+    # The same specks plus a solid structure: localised (coherence >= 0.6), prompted.
+    prob[1, :, 22:38, 26:42] = 0.95
+    prob[0] = 1 - prob[1]
+    pl = _labeler(tmp_path, g).label_case("u0", "sha", image, prob, "spec2")
+    assert pl.prompted.any() and pl.weight.max() > 0 and pl.stats["coherence"][0] >= 0.6
+
+
+def test_a_generalist_answer_that_disagrees_with_the_prompt_does_not_teach(tmp_path):
+    image = _volume(0, depth=4)
+    prob = np.zeros((2, 4, 64, 64), dtype=np.float32)
+    prob[1, :, 22:38, 26:42] = 0.95  # the specialist's structure: a 16 x 16 square at (30, 34)
+    prob[0] = 1 - prob[1]
+    agree = _labeler(tmp_path, _Generalist((30, 34), 9)).label_case("u0", "sha", image, prob, "s")
+    assert agree.weight.max() > 0 and not agree.stats["gated"]
+    # An answer elsewhere (what a prompt made from noise gets): the whole case gets weight 0.
+    off = _labeler(tmp_path, _Generalist((30, 50), 9), min_agreement=0.0).label_case(
+        "u0", "sha", image, prob, "s"
+    )
+    assert off.stats["gated"] and off.weight.max() == 0
+    assert off.stats["case_agreement"][0] < 0.5
+
+
+def test_rampup_starts_when_the_first_pseudo_label_teaches(tmp_path, unlabeled_cases, litemedsam):
+    from semisam.training.losses import sigmoid_rampup
+
+    student = ThresholdStudent()
+    with torch.no_grad():
+        student.conv.bias[1] = -30.0  # predicts nothing yet: no prompt, no pseudo-label teaches
+    ctx = _ctx(tmp_path, student, unlabeled_cases, litemedsam)
+    part = SemiSAMPlus({"start": 0, "rampup": 100, "rounds": 2, "refresh_every": 10})
+    part.setup(ctx)
+    u_index = [(0, (1, 8, 8))]
+    xu = unlabeled_cases[0].image[1, 8:56, 8:56][None, None]
+    logits_u = torch.stack([torch.zeros(48, 48), torch.full((48, 48), -1.0)])[None]  # a fixed answer
+    batch = Batch(x=xu[:0], y=torch.zeros(0, 48, 48, dtype=torch.long), xu=xu, u_index=u_index)
+    out = StudentOutput(logits=logits_u[:0], logits_u=logits_u)
+    assert float(part.losses(ctx, batch, out, iteration=0)["pseudo"]) == 0.0
+    assert part.teach_start is None and part.history[-1]["teaching_slices"] == 0
+    with torch.no_grad():
+        student.conv.bias[1] = -10.0  # now it localises the object
+    first = float(part.losses(ctx, batch, out, iteration=30)["pseudo"])
+    assert part.teach_start == 30
+    full = float(part.losses(ctx, batch, out, iteration=500)["pseudo"])
+    # The ramp runs from the first teaching refresh (30), not from `start` (0).
+    assert first / full == pytest.approx(sigmoid_rampup(0, 100), rel=1e-3)
+    assert part.state_dict()["teach_start"] == 30

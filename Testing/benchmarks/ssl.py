@@ -159,13 +159,18 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
 
     from semisam import checkpoints
     from semisam.generalists import build_generalist
+    from semisam.generalists.base import SlicePrompt
     from semisam.store import LabeledStore
     from semisam.training.data import load_labeled
     from semisam.training.embedding_store import EmbeddingStore
-    from semisam.training.prompting import PromptConfig
-    from semisam.training.pseudo_labels import PseudoLabeler, predict_volume, weights_sha
+    from semisam.training.prompting import PromptConfig, components
+    from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler, predict_volume, weights_sha
 
     opts = cfg.parts.get("semisam_plus", {})
+    # The training part's own prompt and confidence settings (its defaults where not given).
+    from semisam.training.methods.semisam_plus import SemiSAMPlus
+
+    part = SemiSAMPlus(opts)
     model, manifest = checkpoints.load_model(model_dir)
     store = LabeledStore(store_root)
     cases = load_labeled(store, store.validation_ids()[:n_cases], manifest)
@@ -174,25 +179,86 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
         [g],
         EmbeddingStore(store_root / "cache" / "embeddings"),
         None,
-        PromptConfig(
-            rounds=int(opts.get("rounds", 3)),
-            n_pos=int(opts.get("n_pos", 2)),
-            n_neg=int(opts.get("n_neg", 1)),
-        ),
+        part.prompt,
+        ConfidenceConfig(**part.confidence.to_json()),
     )
     sha = weights_sha(model)
-    gen, spec = {}, {}
+    gen, spec, oracle, gated, coh = {}, {}, {}, {}, {}
+
+    def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+        s = int(pred.sum()) + int(truth.sum())
+        return round(1.0 if s == 0 else 2.0 * float((pred & truth).sum()) / s, 4)
+
     for c in cases:
+        image = c.image.numpy()
         prob = predict_volume(model, c.image, torch.device("cpu"))
-        pl = labeler.label_case(c.case_id, c.sha256, c.image.numpy(), prob, sha)
+        pl = labeler.label_case(c.case_id, c.sha256, image, prob, sha)
         truth = c.mask.numpy() > 0
-        for d, pred in ((gen, pl.label > 0), (spec, prob.argmax(0) > 0)):
-            s = int(pred.sum()) + int(truth.sum())
-            d[c.case_id] = round(1.0 if s == 0 else 2.0 * float((pred & truth).sum()) / s, 4)
+        gen[c.case_id] = dice(pl.label > 0, truth)
+        spec[c.case_id] = dice(prob.argmax(0) > 0, truth)
+        gated[c.case_id] = bool(pl.stats.get("gated")) or not bool((pl.weight > 0).any())
+        coh[c.case_id] = pl.stats.get("coherence")
+        # The ceiling of pseudo-labels: the same generalist prompted with the TRUE box of every
+        # component on every slice (a box alone, as round 0 of training prompts).
+        box_pred = np.zeros_like(truth)
+        for z in np.nonzero(truth.reshape(len(truth), -1).any(1))[0]:
+            emb = labeler.embeddings.get_or_encode(g, image[z])
+            for comp in components(truth[z].astype(np.float32), PromptConfig(min_area=1)):
+                ys, xs = np.nonzero(comp)
+                box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+                box_pred[z] |= np.asarray(g.predict(emb, SlicePrompt(box=box)).logits) > 0
+        oracle[c.case_id] = dice(box_pred, truth)
     return {
         "generalist_prompted_dice": round(float(np.mean(list(gen.values()))), 4),
         "specialist_model_grid_dice": round(float(np.mean(list(spec.values()))), 4),
+        "generalist_true_box_dice": round(float(np.mean(list(oracle.values()))), 4),
         "generalist_per_case": gen,
+        "true_box_per_case": oracle,
+        "gated_test_cases": sum(gated.values()),
+        "coherence_per_case": coh,
+    }
+
+
+def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dict:
+    """How good the last pseudo-labels of a run were: Dice of each unlabeled scan's most recent cached
+    pseudo-label against its true label (read here, after training, from the dataset; the store never
+    held it), on the model grid; and the share of teaching slices (weight > 0) without any structure
+    (a box-prompted generalist always answers, so a prompt on a wrong slice teaches a wrong mask)."""
+    import torch
+
+    from semisam import checkpoints
+    from semisam.inference.preprocess import to_model_grid
+    from semisam.training.data import label_lut, mask_to_model_grid
+    from semisam.volume import read_volume
+
+    files = sorted((store_root / "cache" / "pseudo_labels").glob("*/*.npz"), key=lambda f: f.stat().st_mtime)
+    if not files or not model_dir:
+        return {}
+    _, manifest = checkpoints.load_model(Path(model_dir))
+    lut = label_lut(manifest.class_values())
+    latest = {}
+    for f in files:  # the last refresh's file per scan
+        latest[f.name.split("-")[0]] = f
+    dice, teach, empty = {}, 0, 0
+    for cid, image_path, label_path in unlabeled:
+        if cid not in latest:
+            continue
+        _, grid = to_model_grid(read_volume(image_path), manifest.preprocessing, torch.device("cpu"))
+        truth = mask_to_model_grid(read_volume(label_path).array, grid, lut).numpy() > 0
+        with np.load(latest[cid], allow_pickle=False) as z:
+            lab, w = z["label"] > 0, z["weight"].astype(np.float32)
+        if lab.shape != truth.shape:
+            continue
+        s = int(lab.sum()) + int(truth.sum())
+        dice[cid] = round(1.0 if s == 0 else 2.0 * float((lab & truth).sum()) / s, 4)
+        teaching = w.reshape(len(w), -1).max(1) > 0
+        teach += int(teaching.sum())
+        empty += int((teaching & ~truth.reshape(len(truth), -1).any(1)).sum())
+    return {
+        "pseudo_label_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+        "pseudo_label_dice_per_case": dice,
+        "teaching_slices": teach,
+        "teaching_slices_without_structure": empty,
     }
 
 
@@ -303,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("budget %d: %s ...", k, m)
             gen = (args.generalist_test or args.test) if m == "semisam_plus" else None
             res = run_child(root, {**base, "method": m}, generalist=gen, nice=args.nice)
+            if "semisam_plus" in m.split("+") and res.get("status") == "done":
+                res.update(pseudo_label_dice(root, res.get("model_dir"), unlabeled))
             entry["methods"][m] = res
             log.info("budget %d: %s -> dice %s in %s s", k, m, res.get("dice"), res.get("seconds"))
             print(json.dumps({"budget": k, "method": m, **res}), file=sys.stderr, flush=True)

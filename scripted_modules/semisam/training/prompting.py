@@ -46,6 +46,11 @@ class PromptConfig:
             connected components of the prediction with at least ``min_voxels_3d`` voxels are kept
             (:func:`keep_main_components`): speckle far from the structure prompts nothing and costs no
             encoder run.
+        min_rel_volume_3d: a kept 3D component also has at least this share of the largest one's volume
+            (a structure and its mirror image, e.g. left/right pallidum, are of similar size; a weak
+            specialist's stray blobs are a few per cent of its main answer).
+        min_slices_3d: a kept 3D component spans at least this many slices (at most the volume's
+            depth): a structure is coherent across slices, a blob on one slice of a weak specialist is not.
     """
 
     threshold: float = 0.5
@@ -62,19 +67,54 @@ class PromptConfig:
     max_fg_fraction: float = 0.3
     min_voxels_3d: int = 30
     max_components_3d: int = 4
+    min_rel_volume_3d: float = 0.25
+    min_slices_3d: int = 2
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
 
 
-def keep_main_components(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
-    """``prob`` ``(Z, Y, X)`` with everything outside the main 3D components of ``prob >= threshold`` set to 0."""
+def main_components_mask(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
+    """``(Z, Y, X)`` bool: the main 3D components of ``prob >= threshold`` (see :class:`PromptConfig`).
+
+    Kept: at most ``max_components_3d`` largest components with ``>= min_voxels_3d`` voxels,
+    ``>= min_rel_volume_3d`` x the largest one's volume and spanning ``>= min(min_slices_3d, Z)`` slices.
+    """
     lab, n = ndi.label(prob >= cfg.threshold)
     if n == 0:
-        return np.zeros_like(prob)
-    sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-    order = [int(i) + 1 for i in np.argsort(-sizes) if sizes[i] >= cfg.min_voxels_3d][: cfg.max_components_3d]
-    return np.where(np.isin(lab, order), prob, 0.0).astype(prob.dtype)
+        return np.zeros(prob.shape, dtype=bool)
+    idx = np.arange(1, n + 1)
+    sizes = ndi.sum_labels(np.ones_like(lab), lab, index=idx)
+    zz = np.broadcast_to(np.arange(prob.shape[0]).reshape(-1, *([1] * (prob.ndim - 1))), prob.shape)
+    spans = ndi.maximum(zz, lab, index=idx) - ndi.minimum(zz, lab, index=idx) + 1
+    need_slices = min(int(cfg.min_slices_3d), prob.shape[0])
+    big = float(sizes.max())
+    order = [
+        int(i) + 1
+        for i in np.argsort(-sizes, kind="stable")
+        if sizes[i] >= cfg.min_voxels_3d
+        and sizes[i] >= cfg.min_rel_volume_3d * big
+        and spans[i] >= need_slices
+    ][: cfg.max_components_3d]
+    return np.isin(lab, order)
+
+
+def keep_main_components(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
+    """``prob`` ``(Z, Y, X)`` with everything outside :func:`main_components_mask` set to 0."""
+    return np.where(main_components_mask(prob, cfg), prob, 0.0).astype(prob.dtype)
+
+
+def coherence(prob: np.ndarray, cfg: PromptConfig) -> float:
+    """Share of the predicted foreground voxels (``prob >= threshold``) inside the main 3D components.
+
+    1.0 for a specialist that localises (one or a few solid structures); low for one that still
+    predicts scattered specks. 1.0 when nothing is predicted (there is then nothing to prompt anyway).
+    """
+    fg = prob >= cfg.threshold
+    total = int(fg.sum())
+    if total == 0:
+        return 1.0
+    return float(main_components_mask(prob, cfg).sum()) / total
 
 
 def _draw(rng: np.random.Generator, mask: np.ndarray, n: int, weight: np.ndarray | None = None) -> np.ndarray:

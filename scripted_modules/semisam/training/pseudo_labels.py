@@ -18,6 +18,19 @@ predicts a class (its main 3D components, then each slice's connected components
 4. the pseudo-label is ``argmax`` of ``(1 - max_c p_c, p_1, ...)``; slices without any prompt get
    weight 0 (the generalist said nothing there).
 
+Two case-level gates keep a weak specialist's noise from teaching (a prompt made from noise gets an
+answer about noise, and the per-slice gate alone cannot tell: a box drawn around a speck always gets a
+speck-sized answer):
+
+* **localisation** (before any prompt): the specialist's *coherence* for a class, the share of its
+  predicted foreground voxels inside the main 3D components (:func:`~semisam.training.prompting.
+  coherence`), must be ``>= min_coherence``; otherwise that class is not prompted in this case (and
+  costs no encoder run). A specialist that still predicts scattered specks scores low; one that has
+  localised the structure (one solid component per part) scores near 1.
+* **case agreement** (after): the Dice, over the prompted slices, between the generalist's pseudo-label
+  and the specialist's main components must be ``>= min_case_agreement`` for every prompted class;
+  otherwise the whole case gets weight 0 until the next refresh.
+
 Results are cached on disk under ``cache_dir/<generalists+settings digest>/<case>-<case sha>-<specialist
 sha>.npz`` (label uint8, weight fp16, per-slice score/agreement), so a second run with the same
 specialist weights costs a file read; a better specialist (new weights sha) gets new pseudo-labels.
@@ -40,7 +53,7 @@ import torch
 from semisam.generalists.base import PromptableModel, model_identity
 
 from .embedding_store import EmbeddingStore
-from .prompting import PromptConfig, keep_main_components, prompts_from_prediction
+from .prompting import PromptConfig, coherence, keep_main_components, prompts_from_prediction
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,9 @@ class ConfidenceConfig:
     """When a generalist answer teaches (see the module docstring, step 3)."""
 
     min_score: float = 0.5
-    min_agreement: float = 0.2
+    min_agreement: float = 0.5
+    min_coherence: float = 0.6
+    min_case_agreement: float = 0.5
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -163,7 +178,7 @@ class PseudoLabeler:
             "prompt": self.prompt.to_json(),
             "confidence": self.confidence.to_json(),
             "seed": self.seed,
-            "format": 1,
+            "format": 2,
         }
         self.settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         self.cache_dir = Path(cache_dir) / self.settings_sha[:16] if cache_dir is not None else None
@@ -239,7 +254,14 @@ class PseudoLabeler:
         case_key = int.from_bytes(
             hashlib.sha256(f"{case_sha}|{specialist_sha}".encode()).digest()[:4], "little"
         )
-        prob = np.stack([prob[0]] + [keep_main_components(prob[c], self.prompt) for c in range(1, n_classes)])
+        main = [prob[0]]
+        coh = []
+        for c in range(1, n_classes):
+            coh.append(coherence(prob[c], self.prompt))
+            # Not localised yet: this class prompts nothing in this case (module docstring, gates).
+            localised = coh[-1] >= self.confidence.min_coherence
+            main.append(keep_main_components(prob[c], self.prompt) if localised else np.zeros_like(prob[c]))
+        prob = np.stack(main)
         for z in range(depth):
             gen_p, confs, scores, agrees = [], [], [], []
             for c in range(1, n_classes):
@@ -281,7 +303,18 @@ class PseudoLabeler:
             weight[z] = np.min(np.stack(confs), axis=0)
             score[z] = float(np.mean(scores))
             agreement[z] = float(np.mean(agrees))
+        case_agree = []
+        for c in range(1, n_classes):
+            spec = prob[c][prompted] >= self.prompt.threshold
+            if spec.any():
+                case_agree.append(_dice(label[prompted] == c, spec))
+        gated = bool(case_agree) and min(case_agree) < self.confidence.min_case_agreement
+        if gated:
+            weight[:] = 0.0
         stats = {
+            "coherence": [round(float(v), 4) for v in coh],
+            "case_agreement": [round(float(v), 4) for v in case_agree],
+            "gated": gated,
             "prompted_slices": int(prompted.sum()),
             "teaching_slices": int((weight.reshape(depth, -1).max(1) > 0).sum()),
             "mean_score": float(score[prompted].mean()) if prompted.any() else None,

@@ -14,12 +14,19 @@ Schedule (iterations): the first pseudo-labels are made at ``start`` (default 20
 up to a multiple of ``refresh_every``: a specialist trained from scratch predicts noise before that, and
 noise would prompt nonsense), then
 renewed every ``refresh_every`` (default ``config.refresh_every``, else 100) as the specialist improves;
-the loss weight ramps up from ``start`` over ``rampup`` iterations (sigmoid ramp-up) to ``weight``.
+the loss weight ramps up over ``rampup`` iterations (sigmoid ramp-up) to ``weight``, from the first
+refresh at which some pseudo-label teaches (``teach_start``; not from ``start``: while the case-level
+gates of :mod:`semisam.training.pseudo_labels` still hold every case back, a ramp that had already run
+out would let the first, least reliable pseudo-labels in at full weight).
 
 Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or fraction of the run,
-0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.2),
-``rounds`` (3), ``n_pos`` (2), ``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls
-more than this share foreground is not prompted), ``embedding_cache_bytes`` (2 GiB).
+0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.5),
+``min_coherence`` (0.6) and ``min_case_agreement`` (0.5) (the case-level gates of
+:mod:`semisam.training.pseudo_labels`: a case teaches only once the specialist localises the structure in
+it and the generalist's answer agrees with where it was pointed), ``min_rel_volume_3d`` (0.25) and
+``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
+``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share
+foreground is not prompted), ``embedding_cache_bytes`` (2 GiB).
 """
 
 from __future__ import annotations
@@ -107,13 +114,19 @@ class SemiSAMPlus(PartBase):
             n_pos=int(o.get("n_pos", 2)),
             n_neg=int(o.get("n_neg", 1)),
             max_fg_fraction=float(o.get("max_fg_fraction", 0.3)),
+            min_rel_volume_3d=float(o.get("min_rel_volume_3d", 0.25)),
+            min_slices_3d=int(o.get("min_slices_3d", 2)),
         )
         self.confidence = ConfidenceConfig(
-            min_score=float(o.get("min_score", 0.5)), min_agreement=float(o.get("min_agreement", 0.2))
+            min_score=float(o.get("min_score", 0.5)),
+            min_agreement=float(o.get("min_agreement", 0.5)),
+            min_coherence=float(o.get("min_coherence", 0.6)),
+            min_case_agreement=float(o.get("min_case_agreement", 0.5)),
         )
         self.labeler: PseudoLabeler | None = None
         self.pseudo: list[PseudoLabel] | None = None
         self.refreshed_at = -1
+        self.teach_start: int | None = None
         self.start = 0
         self.rampup = 0
         self.refresh_every = 100
@@ -168,10 +181,15 @@ class SemiSAMPlus(PartBase):
             np.argwhere((p.label > 0) & (p.weight > 0)).astype(np.int32) for p in self.pseudo
         ]
         teach = [p.stats.get("teaching_slices", 0) for p in self.pseudo]
+        if self.teach_start is None and sum(teach) > 0:
+            self.teach_start = iteration
         entry = {
             "iteration": iteration,
             "cached": sum(p.from_cache for p in self.pseudo),
             "teaching_slices": int(sum(teach)),
+            "gated_cases": int(sum(bool(p.stats.get("gated")) for p in self.pseudo)),
+            "coherence": [p.stats.get("coherence") for p in self.pseudo],
+            "case_agreement": [p.stats.get("case_agreement") for p in self.pseudo],
             "encoded": self.labeler.embeddings.encoded - enc0,
             "embedding_hits": self.labeler.embeddings.hits - hit0,
         }
@@ -198,18 +216,25 @@ class SemiSAMPlus(PartBase):
             return {"pseudo": out.logits_u.sum() * 0.0}
         target, weight = crop_targets(self.pseudo, batch.u_index, tuple(out.logits_u.shape[2:]))
         target, weight = target.to(out.logits_u.device), weight.to(out.logits_u.device)
-        lam = self.weight * sigmoid_rampup(iteration - self.start, self.rampup)
+        if self.teach_start is None:
+            return {"pseudo": out.logits_u.sum() * 0.0}
+        lam = self.weight * sigmoid_rampup(iteration - self.teach_start, self.rampup)
         if float(weight.sum()) <= 0.0:
             return {"pseudo": out.logits_u.sum() * 0.0}
         return {"pseudo": lam * confidence_weighted_loss(out.logits_u, target, weight)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"refreshed_at": int(self.refreshed_at)}
+        return {
+            "refreshed_at": int(self.refreshed_at),
+            "teach_start": -1 if self.teach_start is None else int(self.teach_start),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Pseudo-labels are remade from the resumed weights at the next iteration (a cache file read
         # when the weights match the ones that made them).
         self.refreshed_at = int(state.get("refreshed_at", -1))
+        ts = int(state.get("teach_start", -1))
+        self.teach_start = None if ts < 0 else ts
         self.pseudo = None
 
 
