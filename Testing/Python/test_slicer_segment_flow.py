@@ -463,10 +463,11 @@ def test_the_worker_path_of_propagate_gives_the_synchronous_mask(lung_flow):
     assert polls > 0
 
 
-def test_cancel_stops_a_worker_within_about_a_second_and_writes_nothing(lung_flow):
+def test_cancel_stops_a_worker_at_its_next_progress_report_and_writes_nothing(lung_flow):
     """Cancel while slices are being encoded (a new case: nothing cached): the worker ends at its next
-    progress report, the segmentation is untouched, and the time from Cancel to the end is about one
-    encoder call."""
+    progress report, before the computation completes, and the segmentation is untouched. (How long that
+    takes is a speed, measured against one encoder call by ``Testing/benchmarks/cancel_latency.py``, not
+    asserted here: one LiteMedSAM encode is ~1 s on a free core and several times that on a loaded one.)"""
     import time
 
     logic, scene, crop, roi = (lung_flow[k] for k in ("logic", "scene", "crop", "roi"))
@@ -475,13 +476,13 @@ def test_cancel_stops_a_worker_within_about_a_second_and_writes_nothing(lung_flo
     worker = logic.startPropagate(node, seg, "lesion", None, roi, device="cpu")
     while worker.poll().stage == "starting" and not worker.poll().finished:
         time.sleep(0.01)
-    t0 = time.perf_counter()
+    at_cancel = worker.poll()
     worker.cancel()
-    status = worker.wait(timeout=30)
-    waited = time.perf_counter() - t0
+    status = worker.wait(timeout=120)
+    assert not at_cancel.finished, "the worker finished before Cancel: nothing was tested"
     assert status.state is WorkerState.cancelled and worker.result is None
+    assert status.fraction < 1.0, "the computation ran to the end instead of stopping"
     assert mrml_io.segment_ids(seg) == []
-    assert waited < 5.0, f"Cancel took {waited:.2f} s"  # one LiteMedSAM encode: ~1 s on a free core
 
 
 def test_background_slices_are_the_nearest_first(lung_flow):

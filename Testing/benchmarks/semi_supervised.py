@@ -17,7 +17,7 @@ iterations/s of ``mamba_unet`` vs ``unet3d`` (``supervised``, same batch size) i
 
 Usage::
 
-    python Testing/benchmarks/ssl.py DATASET_DIR [--budgets 1 2] [--iterations 300] [--test 8]
+    python Testing/benchmarks/semi_supervised.py DATASET_DIR [--budgets 1 2] [--iterations 300] [--test 8]
         [--methods supervised mean_teacher semisam_plus semisam_plus+distill] [--seed 0] [--work DIR]
 
 ``DATASET_DIR`` is any MSD-layout folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``), e.g.
@@ -26,34 +26,23 @@ Task04_Hippocampus or one built by ``Testing/benchmarks/dev_datasets.py``.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# This file is named ssl.py: run as a script, its folder comes first on sys.path and would shadow the
-# standard library's ssl module (imported by asyncio, hence by torch). Drop the folder before importing.
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
-sys.modules.pop("ssl", None)
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
 REPO = Path(HERE).parents[1]
 sys.path.insert(0, str(REPO / "scripted_modules"))
-_spec = importlib.util.spec_from_file_location("bench_common", Path(HERE) / "bench_common.py")
-assert _spec is not None and _spec.loader is not None
-bench_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_common)
-machine_info = bench_common.machine_info
+from bench_common import machine_info  # noqa: E402
 
 log = logging.getLogger("ssl_bench")
 METHODS = ("supervised", "mean_teacher", "semisam_plus", "semisam_plus+distill")
