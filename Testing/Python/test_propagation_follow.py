@@ -234,3 +234,46 @@ def test_growth_out_of_the_key_slice_is_judged_against_the_users_box():
     # The same growth from a carried slice (no user box) is still a leak.
     carried = SliceResult(10, key_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "carried", 1.0)
     assert "area grew" in _end_reason(nxt, carried, PropagationParams(), 1.0)
+
+
+def test_key_answer_covering_little_of_the_box_is_asked_again_with_nudged_boxes():
+    """The drawn box gets a sliver (a tenth of the box) with a low predicted IoU; a box 2 px larger gets
+    the whole disc, and the model is surer of it: the key slice keeps the surer answer. An answer that
+    fills the box is taken as it is, with no extra decoder call."""
+    disc = _disc((64, 64), 32, 32, 10)
+    sliver = disc & (np.mgrid[0:64, 0:64][0] < 25)
+    drawn = (22.0, 22.0, 42.0, 42.0)
+    calls = []
+
+    def answer(image, prompt):
+        calls.append(prompt.box)
+        return (sliver, 0.55) if prompt.box == drawn else (disc, 0.9)
+
+    model = ScriptedModel(answer)
+    state = SimpleNamespace(predict=model.predict)
+    img = np.where(disc, 0.6, 0.3).astype(np.float32)
+    pred = _answer_prompt(state, model.encode(img), img, SlicePrompt(box=drawn))
+    assert mask_dice(pred.mask, disc) == 1.0 and len(calls) > 1
+    calls.clear()
+    model.answer = lambda image, prompt: calls.append(prompt.box) or disc
+    pred = _answer_prompt(state, model.encode(img), img, SlicePrompt(box=drawn))
+    assert mask_dice(pred.mask, disc) == 1.0 and len(calls) == 1
+
+
+def test_a_single_slice_unlike_the_key_structure_does_not_end_an_outward_track():
+    """Beyond the outermost key slice, a slice that looks unlike the key slice's structure is kept as
+    doubtful (lower confidence); only ``max_carried`` of them in a row end the track."""
+    from semisam.propagation.follow import _doubt
+
+    params = PropagationParams()
+    m = _disc((32, 32), 16, 16, 6)
+    prev = _result(10, m, 5)
+    res = _result(11, m, 5, score=0.9)
+    out = _doubt(res, prev, 0.48, params, slice_mm=1.0)
+    assert out.stop is None and out.result.unlike_run == 1 and out.result.score < 0.9 * 0.5
+    for _ in range(params.max_carried(1.0) - 1):
+        prev, res = out.result, _result(prev.slice + 1, m, 5)
+        out = _doubt(res, prev, 0.48, params, slice_mm=1.0)
+        assert out.stop is None
+    out = _doubt(_result(prev.slice + 2, m, 5), out.result, 0.48, params, slice_mm=1.0)
+    assert out.stop is not None and "unlike the key slice" in out.stop
