@@ -134,11 +134,7 @@ def _answer_prompt(state: PropagationState, emb, image: np.ndarray, prompt: Slic
     """The model's answer to a key slice's box, asked again with points when it sits on a brighter rim
     (:mod:`semisam.propagation.rim`). Prompts with the user's own points are answered as given."""
     pred = state.predict(emb, prompt)
-    if prompt.box is None or prompt.points is not None:
-        return pred
-    if box_fill(pred.mask, prompt.box) < MIN_BOX_FILL:
-        pred = _steadiest(state, emb, prompt, pred)
-    if not rim_like(image, pred.mask, prompt.box):
+    if prompt.box is None or prompt.points is not None or not rim_like(image, pred.mask, prompt.box):
         return pred
     points, labels = rim_points(pred.mask, prompt.box)
     retry = state.predict(emb, SlicePrompt(box=prompt.box, points=points, point_labels=labels))
@@ -147,47 +143,6 @@ def _answer_prompt(state: PropagationState, emb, image: np.ndarray, prompt: Slic
         log.debug("key slice answer sat on a brighter rim; re-asked with the box centre")
         return retry
     return pred
-
-
-#: A key slice's answer covering less than this share of the user's box is re-asked with nudged boxes.
-#: A box drawn around a structure is mostly structure: an ellipse fills pi/4 = 0.79 of its box, the
-#: development structures' labels 0.45-0.8 of theirs; a quarter means the model answered a part.
-MIN_BOX_FILL = 0.25
-
-#: How far (px) :func:`_steadiest` moves each side of the box: the +-2 px a hand-drawn box varies by.
-BOX_NUDGE_PX = 2
-
-
-def box_fill(mask: np.ndarray, box) -> float:
-    """Share of ``box`` ``(x0, y0, x1, y1)`` (inclusive pixels) covered by ``mask`` ``(H, W)``."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    area = max(1, (x1 - x0 + 1) * (y1 - y0 + 1))
-    return float(mask[max(0, y0) : y1 + 1, max(0, x0) : x1 + 1].sum()) / area
-
-
-def _steadiest(state: PropagationState, emb, prompt: SlicePrompt, pred):
-    """The most confident (predicted IoU) answer among ``prompt``'s box and the box grown / shrunk by
-    ``BOX_NUDGE_PX`` along x and / or y (nine boxes, decoder calls only).
-
-    A key slice's answer to a hand-drawn box is unstable: moving the box by 2 px changed a 1 mm thalamus
-    answer from Dice 0.77 to 0.38, and everything propagated from the key slice inherits it. Among the
-    nudged boxes the model's own confidence picks the answer (on 15 development key slices: mean Dice
-    0.568 for the drawn box, 0.596 for the most confident of nine)."""
-    h, w = pred.mask.shape  # the answer is on the slice's pixels, as the box is
-    x0, y0, x1, y1 = prompt.box  # type: ignore[misc]
-    best = pred
-    for dx in (-BOX_NUDGE_PX, 0, BOX_NUDGE_PX):
-        for dy in (-BOX_NUDGE_PX, 0, BOX_NUDGE_PX):
-            if dx == dy == 0:
-                continue
-            bx0, by0 = max(0.0, x0 - dx), max(0.0, y0 - dy)
-            bx1, by1 = min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)
-            if bx1 <= bx0 or by1 <= by0:
-                continue
-            p = state.predict(emb, SlicePrompt(box=(bx0, by0, bx1, by1)))
-            if p.score > best.score and p.mask.any():
-                best = p
-    return best
 
 
 def _limit(state: PropagationState, key: int, direction: int) -> int:
@@ -259,9 +214,6 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
             progress(s, outcome)
         if outcome.stop is not None:
             track.stop = f"slice {s}: {outcome.stop}"
-            # Doubtful slices just before the end were the structure ending, not a hiccup: drop them.
-            while track.results and track.results[-1].unlike_run > 0:
-                track.results.pop()
             log.debug("track %d%+d stops at %s", track.key, track.direction, track.stop)
             return
         assert outcome.result is not None

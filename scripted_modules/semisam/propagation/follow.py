@@ -166,11 +166,10 @@ def follow_one(
         # answer (score x agreement < min_agreement), so the review order shows it early.
         if carried_like < min_like:
             return StepOutcome(best, f"structure ends: carried region likeness {carried_like:.2f}")
-        unlike = None
         if outward and lesion is not None:
             key_like = key_lesion.likeness(image, carried.mask)
             if key_like < min(params.min_likeness, key_lesion.boundary):
-                unlike = key_like
+                return StepOutcome(best, f"structure ends: unlike the key slice's structure ({key_like:.2f})")
         if carried.ncc < params.min_ncc:
             return StepOutcome(best, f"structure ends: images no longer match (NCC {carried.ncc:.2f})")
         if carried_run >= params.max_carried(slice_mm):
@@ -187,35 +186,12 @@ def follow_one(
             best.agreement,
         )
         res.carried_run = carried_run + 1
-        return _doubt(res, prev, unlike, params, slice_mm) if unlike is not None else StepOutcome(res, None)
-    stop = _end_reason(best, prev, params, carried_like)
-    if stop is None and outward and lesion is not None:
+        return StepOutcome(res, None)
+    if outward and lesion is not None:
         key_like = key_lesion.likeness(image, best.mask)
         if key_like < min(params.min_likeness, key_lesion.boundary):
-            return _doubt(best, prev, key_like, params, slice_mm)
-    return StepOutcome(best, stop)
-
-
-def _doubt(res, prev, key_like: float, params: PropagationParams, slice_mm: float):
-    """An outward slice whose mask looks less like the key slice's structure than like its surroundings.
-
-    One such slice is weak evidence that the structure ended: on 1 mm T1 the key-slice likeness of
-    correct masks hovers at 0.48-0.50 for single slices (six of the ten single-box tracks on three
-    development structures stopped there with the structure going on for 4-26 more slices). So the
-    slice is kept as *doubtful* (``unlike_run`` counts them in a row; its confidence is scaled by the
-    likeness) and the track ends only after ``max_carried`` doubtful slices in a row, the same span a
-    registration may bridge without the model; the engine then drops the doubtful run
-    (:attr:`~semisam.propagation.step.SliceResult.unlike_run`), so a structure that really ended loses
-    nothing.
-    """
-    from semisam.propagation.step import StepOutcome
-
-    run = getattr(prev, "unlike_run", 0) + 1
-    if run > params.max_carried(slice_mm):
-        return StepOutcome(res, f"structure ends: unlike the key slice's structure ({key_like:.2f})")
-    res.unlike_run = run
-    res.score = float(res.score * key_like)
-    return StepOutcome(res, None)
+            return StepOutcome(best, f"structure ends: unlike the key slice's structure ({key_like:.2f})")
+    return StepOutcome(best, _end_reason(best, prev, params, carried_like))
 
 
 def _end_reason(res, prev, params: PropagationParams, carried_like: float) -> str | None:

@@ -47,9 +47,6 @@ class SliceResult:
         agreement: Dice of the mask with the previous mask carried onto this slice by registration
             (:mod:`semisam.propagation.follow`; 1.0 where no mask was carried).
         carried_run: how many slices in a row up to this one are ``"carried-only"``.
-        unlike_run: how many slices in a row up to this one a track beyond the outermost key slice kept
-            although they look unlike the key slice's structure (:func:`semisam.propagation.follow._doubt`);
-            a track that ends drops its trailing doubtful slices.
     """
 
     slice: int
@@ -61,7 +58,6 @@ class SliceResult:
     candidate: str
     agreement: float = 1.0
     carried_run: int = 0
-    unlike_run: int = 0
 
     @property
     def mask(self) -> np.ndarray:
