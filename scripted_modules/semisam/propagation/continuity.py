@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: A rise of the running-median area to this many times its lowest value since the track's largest
+#: Default of ``PropagationParams.rebound_ratio``. A rise of the running-median area to this many times its lowest value since the track's largest
 #: one ends the track: the equivalent radius grew by 22 % (sqrt 1.5) after shrinking, far above the
 #: 5-10 % slice-to-slice noise of the model's masks on the development structures.
 REBOUND_RATIO = 1.5

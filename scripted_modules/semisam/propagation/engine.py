@@ -220,9 +220,9 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
         outcome.result.key = track.key
         track.results.append(outcome.result)
         prev = outcome.result
-        if thin and outward:
+        if thin and outward and state.params.rebound_ratio > 0:
             areas.append(int(prev.mask.sum()))
-            cut = rebound_cut(areas)
+            cut = rebound_cut(areas, state.params.rebound_ratio)
             if cut is not None:
                 low = track.results[cut - 1].slice if cut > 0 else track.key
                 track.results = track.results[:cut]
