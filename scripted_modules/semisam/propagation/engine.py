@@ -31,6 +31,7 @@ import numpy as np
 from semisam.generalists.base import SlicePrompt
 from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation.cleanup import keep_supported
+from semisam.propagation.continuity import rebound_cut
 from semisam.propagation.follow import follow_one, is_thin
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.rim import rim_like, rim_points
@@ -176,6 +177,9 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
     s = prev.slice + track.direction
     thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
     reach = _outward_reach(state, track)
+    # Beyond the outermost key slice, thin tracks also end where the area rebounds (continuity.py).
+    areas = [int(r.mask.sum()) for r in [key.result, *track.results]] if thin else []
+    outward = track.limit in (-1, state.n_slices)
     while s != track.limit:
         if reach is not None and abs(s - track.key) > reach:
             track.stop = f"slice {s}: more than {reach} slices beyond the outermost key slice"
@@ -216,6 +220,15 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
         outcome.result.key = track.key
         track.results.append(outcome.result)
         prev = outcome.result
+        if thin and outward and state.params.rebound_ratio > 0:
+            areas.append(int(prev.mask.sum()))
+            cut = rebound_cut(areas, state.params.rebound_ratio)
+            if cut is not None:
+                low = track.results[cut - 1].slice if cut > 0 else track.key
+                track.results = track.results[:cut]
+                track.stop = f"slice {s}: the area grew again after falling to slice {low}: another structure"
+                log.debug("track %d%+d stops at %s", track.key, track.direction, track.stop)
+                return
         s += track.direction
     track.stop = None
 

@@ -46,6 +46,11 @@ class PropagationParams:
         max_carried_mm: how far (mm) a track may go on carried masks alone, with every answer refused: a
             few slices bridge a model hiccup; beyond 3 mm the structure has changed too much for a
             registration of neighbouring slices to vouch for it.
+        rebound_ratio: beyond the outermost key slice a thin track whose (three-slice median) area,
+            after falling, rises to this many times its lowest value ends at its narrowest slice
+            (:mod:`semisam.propagation.continuity`; a convex structure's area does not rebound); 0 turns
+            the rule off. It stops single-box tracks that run into a look-alike neighbour (1 mm thalamus,
+            amygdala, caudate: +0.23 to +0.39 Dice) and cuts non-convex ones short (insula: -0.10 to -0.35).
     """
 
     min_score: float = 0.5
@@ -59,6 +64,7 @@ class PropagationParams:
     min_agreement: float = 0.5
     min_ncc: float = 0.5
     max_carried_mm: float = 3.0
+    rebound_ratio: float = 1.5
 
     def max_carried(self, slice_mm: float) -> int:
         """``max_carried_mm`` in slices ``slice_mm`` apart (at least 1)."""
