@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisam.propagation.continuity import rebound_cut
+from semisam.propagation.continuity import REBOUND_RATIO, rebound_cut
+from semisam.propagation.params import PropagationParams
 
 
 def test_a_track_that_shrinks_then_grows_again_is_cut_at_its_narrowest_slice():
@@ -56,9 +57,17 @@ def test_single_box_track_stops_where_the_structure_narrows_into_another():
         vol[z] = 0.2 + 0.05 * rng.random(shape)
         if z in radius:
             vol[z][(yy - 32) ** 2 + (xx - 32) ** 2 <= radius[z] ** 2] = 0.7 + 0.05 * rng.random()
-    state = init_state(WholeBlob(), Volume(vol, (1.0, 1.0, 1.0)), "axial", modality="MR")
-    add_prompt(state, 16, box=(22, 22, 42, 42))
-    result = propagate(state)
+
+    def run(rebound_ratio):
+        params = PropagationParams(rebound_ratio=rebound_ratio)
+        state = init_state(WholeBlob(), Volume(vol, (1.0, 1.0, 1.0)), "axial", params=params, modality="MR")
+        add_prompt(state, 16, box=(22, 22, 42, 42))
+        return propagate(state)
+
+    result = run(REBOUND_RATIO)
     assert set(range(10, 21)) <= set(result.slices)
     assert not set(range(0, 9)) & set(result.slices), result.stops
     assert "grew again" in result.stops["16:-1"]
+    # Off (the default): the track runs on into the other structure.
+    assert PropagationParams().rebound_ratio == 0
+    assert set(range(0, 9)) & set(run(0.0).slices)

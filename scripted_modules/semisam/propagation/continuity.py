@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Default of ``PropagationParams.rebound_ratio``. A rise of the running-median area to this many times its lowest value since the track's largest
-#: one ends the track: the equivalent radius grew by 22 % (sqrt 1.5) after shrinking, far above the
+#: The rebound factor to use when the rule is switched on (``PropagationParams(rebound_ratio=REBOUND_RATIO)``;
+#: off by default, see ``PropagationParams``). A rise of the running-median area to this many times its
+#: lowest value since the track's largest one ends the track: the equivalent radius grew by 22 % (sqrt 1.5) after shrinking, far above the
 #: 5-10 % slice-to-slice noise of the model's masks on the development structures.
 REBOUND_RATIO = 1.5
 
