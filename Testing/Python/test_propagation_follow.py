@@ -13,6 +13,7 @@ import torch
 from scipy import ndimage as ndi
 
 from semisam.generalists.base import SliceEmbedding, SlicePrediction, SlicePrompt
+from semisam.metrics import dice as mask_dice
 from semisam.prompts import take_slice
 from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
 from semisam.propagation.engine import _answer_prompt, _reconcile
@@ -21,7 +22,7 @@ from semisam.propagation.lesion import LesionModel
 from semisam.propagation.rim import rim_like
 from semisam.propagation.state import KeySlice
 from semisam.propagation.step import SliceResult
-from semisam.propagation.track import agreement, best_shift, carry_mask, mask_dice
+from semisam.propagation.track import agreement, best_shift, carry_mask
 from semisam.volume import Volume
 
 

@@ -58,7 +58,9 @@ def test_propagate_keeps_agreeing_slices_unless_told_to_replace(mrml_scene, lung
         assert np.array_equal(after[key], answer[key])  # the key slice is always replaced
         if keep:
             assert out.replaced == [key], out.replaced  # every other slice agrees: kept as it was
-            assert np.array_equal(after, np.where(np.arange(len(after))[:, None, None] == key, answer, edited))
+            assert np.array_equal(
+                after, np.where(np.arange(len(after))[:, None, None] == key, answer, edited)
+            )
             assert f"replaced in 1 of slices {lo}..{hi}" in out.describe("lesion")
         else:
             assert out.replaced == list(range(lo, hi + 1))

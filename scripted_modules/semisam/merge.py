@@ -32,6 +32,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from semisam.metrics import dice
 from semisam.prompts import axis_index, merge_in_range, put_slice, take_slice
 
 #: 2D Dice at or above which a propagated slice agrees with the existing one (see the module docstring).
@@ -65,11 +66,7 @@ class MergeOutcome:
 
 def slice_agrees(a: np.ndarray, b: np.ndarray, agree_dice: float = AGREE_DICE) -> bool:
     """``True`` when two 2D masks are both empty or their Dice is at least ``agree_dice``."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return True
-    return 2.0 * int((a & b).sum()) / total >= agree_dice
+    return dice(a, b) >= agree_dice
 
 
 def merge_keep_agreeing(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from semisam.generalists.base import SlicePrompt
+from semisam.metrics import dice
 from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.continuity import rebound_cut
@@ -37,7 +38,6 @@ from semisam.propagation.lesion import LesionModel
 from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, PropagationState, Track
 from semisam.propagation.step import SliceResult, propagate_one
-from semisam.propagation.track import mask_dice
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def _reconcile(
                 flag = f"only the track from key slice {r.key} reached it (key slice {other}'s ended)"
         return r.logits, r.confidence, r.key, flag
     a, b = results[0], results[1]
-    agreement = mask_dice(a.mask, b.mask)
+    agreement = dice(a.mask, b.mask)
     if agreement >= state.params.min_agreement:
         w = np.array([1.0 / abs(s - r.key) for r in results])
         w /= w.sum()

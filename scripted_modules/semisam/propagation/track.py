@@ -157,14 +157,6 @@ def carry_mask(
     return Carried(moved, (int(dy), int(dx)), ncc)
 
 
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks (1.0 when both are empty)."""
-    sa, sb = int(a.sum()), int(b.sum())
-    if sa + sb == 0:
-        return 1.0
-    return 2.0 * float((a & b).sum()) / (sa + sb)
-
-
 def agreement(answer: np.ndarray, carried: np.ndarray, reach_px: int) -> float:
     """How well a model answer agrees with the carried mask, in [0, 1]: ``min(coverage, nearness)``.
 

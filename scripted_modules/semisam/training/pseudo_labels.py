@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from semisam.generalists.base import PromptableModel, model_identity
+from semisam.metrics import dice
 
 from .embedding_store import EmbeddingStore
 from .prompting import PromptConfig, coherence, keep_main_components, prompts_from_prediction
@@ -133,11 +134,6 @@ def predict_volume(
         return prob[:, : x.shape[0], : x.shape[1], : x.shape[2]].cpu().numpy()
     finally:
         student.train(was_training)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -287,7 +283,7 @@ class PseudoLabeler:
                 p_mean = stack.mean(0)
                 spread = stack.std(0)
                 s = float(np.mean(ious))
-                a = _dice(p_mean > 0.5, prob[c, z] >= self.prompt.threshold)
+                a = dice(p_mean > 0.5, prob[c, z] >= self.prompt.threshold)
                 ok = s >= self.confidence.min_score and a >= self.confidence.min_agreement
                 conf = (s if ok else 0.0) * np.clip(1.0 - 2.0 * spread, 0.0, 1.0) * np.abs(2.0 * p_mean - 1.0)
                 gen_p.append(p_mean)
@@ -307,7 +303,7 @@ class PseudoLabeler:
         for c in range(1, n_classes):
             spec = prob[c][prompted] >= self.prompt.threshold
             if spec.any():
-                case_agree.append(_dice(label[prompted] == c, spec))
+                case_agree.append(dice(label[prompted] == c, spec))
         gated = bool(case_agree) and min(case_agree) < self.confidence.min_case_agreement
         if gated:
             weight[:] = 0.0
