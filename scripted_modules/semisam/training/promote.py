@@ -44,7 +44,7 @@ def comparison_case_ids(store) -> list[str]:
 
     See the module docstring for why masks corrected from a proposal are left out when blind ones exist.
     """
-    records = [store.record(cid) for cid in store.validation_ids()]
+    records = store.cases("validation")  # one read of the records, in add order
     blind = [r.case_id for r in records if not r.provenance.model_version]
     if blind:
         if len(blind) < len(records):
