@@ -104,17 +104,21 @@ def keep_main_components(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
     return np.where(main_components_mask(prob, cfg), prob, 0.0).astype(prob.dtype)
 
 
-def coherence(prob: np.ndarray, cfg: PromptConfig) -> float:
+def coherence(prob: np.ndarray, cfg: PromptConfig, main: np.ndarray | None = None) -> float:
     """Share of the predicted foreground voxels (``prob >= threshold``) inside the main 3D components.
 
     1.0 for a specialist that localises (one or a few solid structures); low for one that still
     predicts scattered specks. 1.0 when nothing is predicted (there is then nothing to prompt anyway).
+    ``main``: :func:`main_components_mask` of ``prob`` when the caller has it (the 3D labelling is the
+    costly part).
     """
     fg = prob >= cfg.threshold
     total = int(fg.sum())
     if total == 0:
         return 1.0
-    return float(main_components_mask(prob, cfg).sum()) / total
+    if main is None:
+        main = main_components_mask(prob, cfg)
+    return float(main.sum()) / total
 
 
 def _draw(rng: np.random.Generator, mask: np.ndarray, n: int, weight: np.ndarray | None = None) -> np.ndarray:

@@ -54,7 +54,7 @@ from semisam.generalists.base import PromptableModel, model_identity
 from semisam.metrics import dice
 
 from .embedding_store import EmbeddingStore
-from .prompting import PromptConfig, coherence, keep_main_components, prompts_from_prediction
+from .prompting import PromptConfig, coherence, main_components_mask, prompts_from_prediction
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,13 @@ class PseudoLabeler:
         main = [prob[0]]
         coh = []
         for c in range(1, n_classes):
-            coh.append(coherence(prob[c], self.prompt))
+            keep = main_components_mask(prob[c], self.prompt)  # labelled once for both uses
+            coh.append(coherence(prob[c], self.prompt, keep))
             # Not localised yet: this class prompts nothing in this case (module docstring, gates).
             localised = coh[-1] >= self.confidence.min_coherence
-            main.append(keep_main_components(prob[c], self.prompt) if localised else np.zeros_like(prob[c]))
+            main.append(
+                np.where(keep, prob[c], 0.0).astype(prob.dtype) if localised else np.zeros_like(prob[c])
+            )
         prob = np.stack(main)
         for z in range(depth):
             gen_p, confs, scores, agrees = [], [], [], []
