@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from semisam.prompts import Prompt, merge_in_range, put_slice, take_slice  # noqa: F401 (re-exported)
+from semisam.prompts import Prompt
 from semisam.volume import Volume
 
 from . import mrml_io
