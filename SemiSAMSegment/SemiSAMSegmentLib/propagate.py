@@ -171,7 +171,7 @@ def write_segment(
     """Write ``result.mask`` into ``segment_name`` inside the propagated range by the merge rule
     (``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`, else ``REPLACE``); returns
     ``(segment id, range, replaced slices)``."""
-    from semisam.merge import MergeRule, write_propagation
+    from semisam.merge import MergeRule, propagated_range, write_propagation
 
     seg = segmentation_node.GetSegmentation()
     existing = seg.GetSegmentIdBySegmentName(segment_name)
@@ -179,11 +179,7 @@ def write_segment(
         current = mrml_io.export_mask(segmentation_node, volume_node, [existing])
     else:
         current = np.zeros(session.volume.shape, np.uint8)
-    touched = set(result.slices) | set(result.key_slices)
-    previous = session.written.get((segment_name, axis))
-    if previous is not None:
-        touched |= {previous[0], previous[1]}
-    lo, hi = min(touched), max(touched)
+    lo, hi = propagated_range(result.slices, result.key_slices, session.written.get((segment_name, axis)))
     rule = MergeRule.KEEP_AGREEING if keep_agreeing else MergeRule.REPLACE
     merged = write_propagation(current, result.mask, axis, lo, hi, result.key_slices, rule)
     (segment_id,) = mrml_io.import_mask(merged.mask, volume_node, segmentation_node, {1: segment_name})

@@ -121,3 +121,13 @@ def test_replace_rule_is_merge_in_range_and_bad_input_is_refused():
     # No key slice inside the range: nowhere to walk from, the range is replaced.
     out = merge_keep_agreeing(current, truth, "axial", 2, 8, [0])
     assert out.replaced == list(range(2, 9))
+
+
+def test_propagated_range_spans_mask_keys_and_the_previous_write():
+    from semisam.merge import propagated_range
+
+    assert propagated_range([5, 6, 7], [6]) == (5, 7)
+    assert propagated_range([5, 6], [9]) == (5, 9)  # a key slice where the new answer is empty
+    assert propagated_range([5, 6], [6], previous=(2, 12)) == (2, 12)  # the earlier write is redone
+    with pytest.raises(ValueError, match="no range"):
+        propagated_range([], [])

@@ -119,6 +119,21 @@ def merge_keep_agreeing(
     return MergeOutcome(out, replaced, [s for s in everything if s not in replace])
 
 
+def propagated_range(
+    slices: Iterable[int], key_slices: Iterable[int], previous: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """Inclusive ``(lo, hi)`` slice range a propagation is written into: from the first to the last slice
+    that the new mask (``slices``: where it is non-empty), a key slice, or this session's previous
+    propagation into the same segment (``previous``: its range) touched. Raises ``ValueError`` when
+    all are empty."""
+    touched = {int(s) for s in slices} | {int(k) for k in key_slices}
+    if previous is not None:
+        touched |= {int(previous[0]), int(previous[1])}
+    if not touched:
+        raise ValueError("a propagation with no key slice and no mask has no range to write")
+    return min(touched), max(touched)
+
+
 def write_propagation(
     current: np.ndarray,
     new: np.ndarray,

@@ -44,7 +44,7 @@ from scipy import ndimage
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
-from semisam.merge import MergeRule, write_propagation
+from semisam.merge import MergeRule, propagated_range, write_propagation
 from semisam.metrics import dice
 from semisam.prompts import box_from_mask, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
@@ -361,10 +361,7 @@ class SimulatedAnnotator:
             # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
             # new mask, the key slices and this session's previous propagation touched, and there by the
             # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys).
-            touched = set(result.slices) | set(result.key_slices)
-            if written is not None:
-                touched |= set(written)
-            lo, hi = min(touched), max(touched)
+            lo, hi = propagated_range(result.slices, result.key_slices, written)
             new_mask = write_propagation(
                 mask, result.mask, axis, lo, hi, result.key_slices, cfg.merge_rule
             ).mask
