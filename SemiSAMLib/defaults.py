@@ -95,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
     # Propagate replaces the segment from each prompted slice only up to the first slice the new answer
     # agrees with (semisam.merge, rule keep_agreeing); False: the whole propagated range (rule replace).
     "keepAgreeingSlices": True,
+    # Propagate carries the prompts across slices; False: it answers and writes the prompted slices only
+    # (fixing a good proposal slice by slice, where a propagated box would rewrite its good neighbours).
+    "propagateAcrossSlices": True,
 }
 
 #: Bounds of the integer settings (the parameter nodes' ``WithinRange`` and the spin boxes use them).

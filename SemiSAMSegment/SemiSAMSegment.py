@@ -113,6 +113,7 @@ class SemiSAMSegmentParameterNode:
     annotator - who accepts cases (provenance).
     retrainEvery - start a retraining run (SemiSAM Train's settings) every N accepted cases; 0: never.
     keepAgreeingSlices - Propagate keeps the segment's slices the new answer agrees with (off: replace the range).
+    propagateAcrossSlices - Propagate carries the prompts across slices (off: the prompted slices only).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -130,6 +131,7 @@ class SemiSAMSegmentParameterNode:
     annotator: str = DEFAULTS["annotator"]
     retrainEvery: Annotated[int, WithinRange(*RANGES["retrainEvery"])] = DEFAULTS["retrainEvery"]
     keepAgreeingSlices: bool = DEFAULTS["keepAgreeingSlices"]
+    propagateAcrossSlices: bool = DEFAULTS["propagateAcrossSlices"]
 
 
 #
@@ -407,6 +409,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.intensityPreset,
                 p.device,
                 keepAgreeingSlices=p.keepAgreeingSlices,
+                propagateAcrossSlices=p.propagateAcrossSlices,
             ),
             finish,
         )

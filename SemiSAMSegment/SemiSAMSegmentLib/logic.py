@@ -353,6 +353,7 @@ class CaseLogic:
         axis=None,
         progress=None,
         keepAgreeingSlices=True,
+        propagateAcrossSlices=True,
     ):
         """Prompt with markups, propagate with the generalist, write ``segmentName`` in that range only.
 
@@ -373,6 +374,8 @@ class CaseLogic:
             keepAgreeingSlices: the merge rule inside the range: ``True`` replaces only from each prompted
                 slice up to the first slice the new answer agrees with (``semisam.merge``); ``False``
                 replaces the whole range.
+            propagateAcrossSlices: ``False`` answers and writes the prompted slices only (no tracks);
+                every other slice keeps the segment's voxels.
 
         Returns:
             :class:`SemiSAMSegmentLib.propagate.PropagateOutcome`.
@@ -382,7 +385,7 @@ class CaseLogic:
         """
         request = self.preparePropagate(
             volumeNode, segmentationNode, segmentName, pointsNode, roiNode, generalist, checkpoint,
-            intensityPreset, device, axis, keepAgreeingSlices,
+            intensityPreset, device, axis, keepAgreeingSlices, propagateAcrossSlices,
         )  # fmt: skip
         return self.applyPropagate(propagate_lib.compute(request, progress))
 
@@ -399,6 +402,7 @@ class CaseLogic:
         device="auto",
         axis=None,
         keepAgreeingSlices=True,
+        propagateAcrossSlices=True,
     ):
         """Main thread: read the scan and the markups, get the generalist; returns a ``PropagateRequest``.
         Errors in the prompts (``MarkupPromptError``) and the generalist's settings are raised here, before
@@ -420,6 +424,7 @@ class CaseLogic:
             segmentationNode,
             segmentName,
             keep_agreeing=bool(keepAgreeingSlices),
+            across_slices=bool(propagateAcrossSlices),
         )
 
     @staticmethod

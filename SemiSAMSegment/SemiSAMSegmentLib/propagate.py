@@ -13,7 +13,9 @@ edits). Inside the range the core's :func:`semisam.merge.write_propagation` deci
 *keep agreeing slices* option: on (default), the new answer replaces the segment from each prompted slice
 outward up to the first slice where it agrees with what is already there, and the rest is kept (a box on
 one bad slice of a good proposal fixes that slice, not the whole structure); off, every slice of the range
-is replaced. A segment empty in the range gets the whole propagation either way. No qt, no ``slicer.app``.
+is replaced. A segment empty in the range gets the whole propagation either way. With *Propagate across
+slices* off, only the prompted slices are answered (no tracks) and only they are written (rule
+``key_slices``): the way to fix a good proposal slice by slice. No qt, no ``slicer.app``.
 """
 
 from __future__ import annotations
@@ -129,8 +131,10 @@ def propagate_session(
     window: str | None,
     cache,
     progress: Callable[[float, str], None] | None = None,
+    across_slices: bool = True,
 ):
-    """Bring the session's propagation state up to ``markups`` and propagate; returns the core's result.
+    """Bring the session's propagation state up to ``markups`` and propagate; returns the core's result
+    (``across_slices=False``: the prompted slices only, :func:`semisam.propagation.propagate`).
 
     Returns:
         ``(PropagationResult, number of prompts added, rebuilt)``.
@@ -154,7 +158,7 @@ def propagate_session(
         if progress is not None:
             progress(min(0.99, done[0] / n), f"propagating: slice {slice_index}")
 
-    result = propagate(session.state, progress=step)
+    result = propagate(session.state, progress=step, across_slices=across_slices)
     session.count_prompts(wanted)  # provenance counts the prompts of propagations that finished
     return result, len(new or []), rebuilt
 
@@ -167,10 +171,11 @@ def write_segment(
     segmentation_node,
     segment_name: str,
     keep_agreeing: bool = True,
+    across_slices: bool = True,
 ) -> tuple[str, tuple[int, int], list[int]]:
     """Write ``result.mask`` into ``segment_name`` inside the propagated range by the merge rule
-    (``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`, else ``REPLACE``); returns
-    ``(segment id, range, replaced slices)``."""
+    (``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`, else ``REPLACE``; a propagation
+    not ``across_slices``: ``KEY_SLICES``); returns ``(segment id, range, replaced slices)``."""
     from semisam.merge import MergeRule, propagated_range, write_propagation
 
     seg = segmentation_node.GetSegmentation()
@@ -181,6 +186,8 @@ def write_segment(
         current = np.zeros(session.volume.shape, np.uint8)
     lo, hi = propagated_range(result.slices, result.key_slices, session.written.get((segment_name, axis)))
     rule = MergeRule.KEEP_AGREEING if keep_agreeing else MergeRule.REPLACE
+    if not across_slices:
+        rule = MergeRule.KEY_SLICES
     merged = write_propagation(current, result.mask, axis, lo, hi, result.key_slices, rule)
     (segment_id,) = mrml_io.import_mask(merged.mask, volume_node, segmentation_node, {1: segment_name})
     session.written[(segment_name, axis)] = (lo, hi)
@@ -199,6 +206,7 @@ class PropagateRequest:
         model, state_key, window, cache: the generalist, its state key, intensity window and embedding cache.
         volume_node, segmentation_node, segment_name: where :func:`apply` writes.
         keep_agreeing: the merge rule (:func:`write_segment`).
+        across_slices: ``False``: answer and write the prompted slices only.
         result: the core's ``PropagationResult`` once :func:`compute` finished (``None`` before).
         added, rebuilt: prompts added to the kept state and whether it was started afresh.
         seconds: wall-clock seconds of :func:`compute`.
@@ -214,6 +222,7 @@ class PropagateRequest:
     segmentation_node: object
     segment_name: str
     keep_agreeing: bool = True
+    across_slices: bool = True
     result: object = None
     added: int = 0
     rebuilt: bool = False
@@ -231,7 +240,7 @@ def compute(
     t0 = time.perf_counter()
     r = request
     r.result, r.added, r.rebuilt = propagate_session(
-        r.session, r.markups, r.model, r.state_key, r.window, r.cache, progress
+        r.session, r.markups, r.model, r.state_key, r.window, r.cache, progress, r.across_slices
     )
     r.seconds = time.perf_counter() - t0
     if progress is not None:  # the last report (a Cancel is honoured here at the latest): nothing after
@@ -246,7 +255,14 @@ def apply(request: PropagateRequest) -> PropagateOutcome:
         raise ValueError("the propagation has not been computed (call compute first)")
     result, axis = r.result, r.markups.prompts.axis
     segment_id, rng, replaced = write_segment(
-        r.session, result, axis, r.volume_node, r.segmentation_node, r.segment_name, r.keep_agreeing
+        r.session,
+        result,
+        axis,
+        r.volume_node,
+        r.segmentation_node,
+        r.segment_name,
+        r.keep_agreeing,
+        r.across_slices,
     )
     seconds = r.seconds + (time.perf_counter() - t0)
     log.info(

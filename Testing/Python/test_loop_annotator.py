@@ -166,3 +166,32 @@ def test_a_box_on_the_one_bad_slice_keeps_the_good_ones(litemedsam):
         after[rule] = res.actions[0].dice_after
     assert after["keep_agreeing"] > start and after["keep_agreeing"] > after["replace"] + 0.01, after
     assert AnnotatorConfig().merge_rule == "keep_agreeing"  # the simulation measures the product default
+
+
+def test_after_an_undone_propagation_the_box_goes_on_its_slice_only(litemedsam, case):
+    """The proposal is the truth with its largest slice eroded (slice Dice 0.66). A box there, written
+    over the whole propagated range (rule ``replace``), overwrites the exact neighbours with the
+    generalist's answers and lowers the Dice: it is undone and the same box is placed again with
+    *Propagate across slices* off, which fixes that slice and keeps every other one."""
+    from scipy import ndimage
+
+    vol, truth = case
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    proposal = truth.copy()
+    proposal[key] = ndimage.binary_erosion(truth[key], iterations=2)
+    start, cache = dice(proposal, truth), new_cache(vol)
+    runs = {}
+    for again in (True, False):
+        cfg = AnnotatorConfig(budget=2, merge_rule="replace", slice_after_undo=again)
+        runs[again] = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
+            vol, truth, 0.999, np.random.default_rng(0), proposal=proposal, review_order=[key], cache=cache
+        )
+    first, second = runs[True].actions[:2]
+    assert first.kind == "box" and first.undone and not first.slice_only and first.dice_after < start
+    assert second.kind == "box" and second.slice == key and second.slice_only and not second.undone
+    assert second.dice_after > start + 0.03, (start, second.dice_after)
+    assert second.to_json()["slice_only"] is True and runs[True].effort.boxes == 2
+    others = np.arange(len(truth)) != key
+    assert np.array_equal(runs[True].mask[others], proposal[others])  # the good slices were kept
+    assert not any(a.slice_only for a in runs[False].actions)  # off: the next prompt propagates again
+    assert AnnotatorConfig().slice_after_undo  # the simulation measures it by default

@@ -131,3 +131,19 @@ def test_propagated_range_spans_mask_keys_and_the_previous_write():
     assert propagated_range([5, 6], [6], previous=(2, 12)) == (2, 12)  # the earlier write is redone
     with pytest.raises(ValueError, match="no range"):
         propagated_range([], [])
+
+
+def test_key_slices_rule_writes_the_prompted_slices_only():
+    truth = structure()
+    current = np.roll(truth, 3, axis=2)  # every slice wrong
+    out = write_propagation(current, truth, "axial", 2, 8, [3, 6, 10], MergeRule.KEY_SLICES)
+    assert out.replaced == [3, 6] and out.kept == [2, 4, 5, 7, 8]  # key 10 lies outside the range
+    for s in range(truth.shape[0]):
+        want = truth[s] if s in (3, 6) else current[s]
+        assert np.array_equal(out.mask[s], want), s
+    # Coronal slices, and an empty answer on a key slice empties it.
+    vol = np.ones((4, 8, 8), np.uint8)
+    out = write_propagation(vol, np.zeros_like(vol), "coronal", 0, 7, [5], "key_slices")
+    assert out.replaced == [5] and not out.mask[:, 5].any() and out.mask.sum() == vol.sum() - 4 * 8
+    with pytest.raises(ValueError, match="slice range"):
+        write_propagation(vol, vol, "axial", 2, 9, [3], "key_slices")

@@ -88,6 +88,30 @@ def test_new_prompt_repropagates_only_its_range(model, cache, lung_crop):
     assert new_calls < fresh.n_predict
 
 
+def test_prompted_slices_only_answers_the_key_slices_and_keeps_the_tracks(model, cache, lung_crop):
+    vol, lab = lung_crop
+    key = middle_slice(lab)
+    state = _state(model, cache, vol)
+    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    across = propagate(state)
+    tracks = {k: list(t.results) for k, t in state.tracks.items()}
+    calls = state.n_predict
+    only = propagate(state, across_slices=False)
+    assert state.n_predict == calls  # the key slice's answer is reused: no model call
+    assert only.slices == [key] and only.key_slices == [key] and only.stops == {}
+    assert np.array_equal(only.mask[key], across.mask[key]) and not np.delete(only.mask, key, 0).any()
+    assert np.isnan(np.delete(only.confidence, key)).all() and only.confidence[key] == across.confidence[key]
+    # A second key slice answered on its own: its tracks are not run, the first key's are kept.
+    up = key + 1
+    add_prompt(state, up, box=box_from_mask(lab[up] > 0))
+    only = propagate(state, across_slices=False)
+    assert only.slices == [key, up] and (up, 1) not in state.tracks
+    assert {k: t.results for k, t in state.tracks.items() if k[0] == key} == {
+        k: v for k, v in tracks.items() if k[0] == key
+    }
+    assert dice(only.mask[up], lab[up]) > 0.5
+
+
 class _Cancel(Exception):
     pass
 

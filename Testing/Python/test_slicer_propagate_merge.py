@@ -66,9 +66,21 @@ def test_propagate_keeps_agreeing_slices_unless_told_to_replace(mrml_scene, lung
             assert out.replaced == list(range(lo, hi + 1))
             assert np.array_equal(after, answer)  # the edit is overwritten
 
+    # Propagate across slices off: the prompted slice alone is answered and written, whatever the
+    # merge option; the rest of the segment (the edit included) stays as it was.
+    mrml_io.import_mask(edited, node, seg, {1: "lesion"})
+    out = logic.propagate(
+        node, seg, "lesion", roiNode=roi, device="cpu", keepAgreeingSlices=False, propagateAcrossSlices=False
+    )
+    after = mrml_io.export_mask(seg, node, [out.segment_id])
+    assert out.replaced == [key] and out.slices == [key] and out.stops == {}
+    assert np.array_equal(after, np.where(np.arange(len(after))[:, None, None] == key, answer, edited))
+
 
 def test_the_option_is_a_typed_parameter_that_defaults_to_on():
     from SemiSAMLib import defaults
 
     assert defaults.DEFAULTS["keepAgreeingSlices"] is True
     assert segment_module.SemiSAMSegmentParameterNode.keepAgreeingSlices is True
+    assert defaults.DEFAULTS["propagateAcrossSlices"] is True
+    assert segment_module.SemiSAMSegmentParameterNode.propagateAcrossSlices is True

@@ -46,6 +46,9 @@ class MergeRule(StrEnum):
     KEEP_AGREEING = "keep_agreeing"
     #: Replace every slice of the propagated range (:func:`semisam.prompts.merge_in_range`).
     REPLACE = "replace"
+    #: Replace the prompted (key) slices only; every other slice keeps the segment's voxels (what a
+    #: propagation with ``across_slices=False`` is written by: it answers nothing else).
+    KEY_SLICES = "key_slices"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,27 @@ def merge_keep_agreeing(
     return MergeOutcome(out, replaced, [s for s in everything if s not in replace])
 
 
+def merge_key_slices(
+    current: np.ndarray, new: np.ndarray, axis: str | int, lo: int, hi: int, key_slices: Iterable[int]
+) -> MergeOutcome:
+    """Write ``new`` into ``current`` on the key slices inside ``lo..hi`` only (rule ``key_slices``).
+
+    Raises:
+        ValueError: the two masks differ in shape, or ``lo..hi`` is not a range of slices.
+    """
+    current, new = np.asarray(current), np.asarray(new)
+    if current.shape != new.shape:
+        raise ValueError(f"the segment {current.shape} and the propagation {new.shape} differ in shape")
+    n = current.shape[axis_index(axis)]
+    if not 0 <= lo <= hi < n:
+        raise ValueError(f"slice range {lo}..{hi} is not inside 0..{n - 1}")
+    keys = sorted({int(k) for k in key_slices if lo <= int(k) <= hi})
+    out = np.array(current > 0, dtype=np.uint8)
+    for s in keys:
+        put_slice(out, axis, s, (take_slice(new, axis, s) > 0).astype(np.uint8))
+    return MergeOutcome(out, keys, [s for s in range(lo, hi + 1) if s not in set(keys)])
+
+
 def propagated_range(
     slices: Iterable[int], key_slices: Iterable[int], previous: tuple[int, int] | None = None
 ) -> tuple[int, int]:
@@ -151,4 +175,6 @@ def write_propagation(
     rule = MergeRule(rule)
     if rule is MergeRule.REPLACE:
         return MergeOutcome(merge_in_range(current, new, axis, lo, hi), list(range(lo, hi + 1)), [])
+    if rule is MergeRule.KEY_SLICES:
+        return merge_key_slices(current, new, axis, lo, hi, key_slices)
     return merge_keep_agreeing(current, new, axis, lo, hi, key_slices, agree_dice)

@@ -65,6 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prompted slice to the first agreeing slice (keep_agreeing), or the whole range (replace)",
     )
     p.add_argument(
+        "--slice-after-undo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after a propagation that made the mask worse is undone, place the prompt again with "
+        "'Propagate across slices' off and correct the rest of the case slice by slice (default: on)",
+    )
+    p.add_argument(
         "--baseline", action="store_true", help="also run the prompts-only baseline on the same cases"
     )
     p.add_argument(
@@ -128,7 +135,12 @@ def config_from_args(args: argparse.Namespace):
         target_dice=args.target_dice,
         device=args.device,
         train_options=train_options,
-        annotator=AnnotatorConfig(target_fraction=args.target, budget=args.budget, merge_rule=args.merge),
+        annotator=AnnotatorConfig(
+            target_fraction=args.target,
+            budget=args.budget,
+            merge_rule=args.merge,
+            slice_after_undo=args.slice_after_undo,
+        ),
         time_model=TimeModel(box_s=args.box_s, point_s=args.point_s, hand_slice_s=args.hand_slice_s),
     )
 

@@ -24,6 +24,12 @@ where the annotator clicks. What it does, per case:
    to the first slice where the new answer agrees with the mask already there.
    A propagation that lowers the Dice is undone, as a user undoes it (the prompt is deleted and the
    session restarts without it, its embeddings cached); its seconds still count.
+   **Slice by slice after an undo** (``slice_after_undo``): the same prompt is then placed again (and
+   counted again) with SemiSAMSegment's *Propagate across slices* turned off, which answers and writes
+   the prompted slice only, and the rest of the case is corrected that way. A radiologist whose box on
+   a good proposal made the neighbouring slices worse does not box again and hope: they fix the slices
+   that are wrong one at a time, keeping the proposal's good ones. (Without it, every prompt after such
+   an undo tended to be undone as well, and the case ended with slices drawn by hand at 30 s each.)
 3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
    Dice: every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
    until the target is reached; each counts as a hand-drawn slice.
@@ -80,6 +86,8 @@ class AnnotatorConfig:
         axis: slice axis of the prompts.
         merge_rule: how a propagation is written into the mask (:class:`semisam.merge.MergeRule`
             value): ``"keep_agreeing"`` (SemiSAMSegment's default) or ``"replace"`` (the whole range).
+        slice_after_undo: after an undone propagation, place the same prompt again on its slice only
+            and correct the rest of the case slice by slice (module docstring); needs ``undo``.
     """
 
     target_fraction: float = 0.9
@@ -92,6 +100,7 @@ class AnnotatorConfig:
     undo: bool = True
     axis: str = "axial"
     merge_rule: str = MergeRule.KEEP_AGREEING.value
+    slice_after_undo: bool = True
 
     def budget_for(self, truth: np.ndarray) -> int:
         """The prompt budget for a case with label ``truth`` ``(Z, Y, X)``."""
@@ -106,17 +115,21 @@ class AnnotatorConfig:
 class Action:
     """One prompt the annotator placed: ``kind`` ``"box"`` / ``"point+"`` / ``"point-"`` / ``"hand"``;
     ``undone`` when its propagation lowered the Dice and was undone (``dice_after`` is then the Dice it
-    gave, before the undo)."""
+    gave, before the undo); ``slice_only`` when it was answered and written on its own slice only
+    (*Propagate across slices* off)."""
 
     kind: str
     slice: int
     dice_after: float
     undone: bool = False
+    slice_only: bool = False
 
     def to_json(self) -> dict:
         out = {"kind": self.kind, "slice": self.slice, "dice_after": round(self.dice_after, 4)}
         if self.undone:
             out["undone"] = True
+        if self.slice_only:
+            out["slice_only"] = True
         return out
 
 
@@ -325,6 +338,8 @@ class SimulatedAnnotator:
         current = start
         stop = "target"
         slice_dice = target_dice if cfg.slice_dice is None else cfg.slice_dice
+        across = True  # Propagate across slices (off after an undone propagation: slice_after_undo)
+        again: tuple[str, int, list[dict]] | None = None  # the undone prompt, to place on its slice only
         while current < target_dice:
             if effort.prompts >= budget:
                 stop = "budget"
@@ -332,54 +347,47 @@ class SimulatedAnnotator:
             if unimproved >= cfg.patience:
                 stop = "stalled"
                 break
-            choice = self._next_prompt(mask, truth, review_order, boxed, points, slice_dice)
-            if choice is None:
-                stop = "nothing_to_prompt"
-                break
-            kind, s = choice
-            group: list[dict] = []  # the prompts of this action (a box per separate part)
-            if kind == "box":
-                for box in structure_boxes(truth[s]):
-                    group.append({"box": jitter_box(box, truth[s].shape, rng, cfg.jitter_px)})
-                effort.boxes += len(group)
-                boxed.add(s)
-                if not group:  # only specks of structure here (too small to box): click on them
-                    kind = "point"
-            if kind == "point":
-                point, positive = error_point(mask[s], truth[s])  # type: ignore[misc]
-                group.append({"point": point, "positive": positive})
-                points[s] = points.get(s, 0) + 1
-                kind = "point+" if positive else "point-"
-                if positive:
-                    effort.points_pos += 1
-                else:
-                    effort.points_neg += 1
+            if again is not None:
+                kind, s, group = again
+                again = None
+                self._count(effort, kind, group)
+            else:
+                choice = self._next_prompt(mask, truth, review_order, boxed, points, slice_dice)
+                if choice is None:
+                    stop = "nothing_to_prompt"
+                    break
+                kind, s = choice
+                group = self._place(kind, s, mask, truth, rng, boxed, points)
+                kind = self._kind(group)
+                self._count(effort, kind, group)
             for prompt in group:
                 add_prompt(state, s, **prompt)
             t0 = time.perf_counter()
-            result = propagate(state)
+            result = propagate(state, across_slices=across)
             # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
             # new mask, the key slices and this session's previous propagation touched, and there by the
-            # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys).
+            # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys;
+            # with Propagate across slices off, on the prompted slices only).
             lo, hi = propagated_range(result.slices, result.key_slices, written)
-            new_mask = write_propagation(
-                mask, result.mask, axis, lo, hi, result.key_slices, cfg.merge_rule
-            ).mask
+            rule = cfg.merge_rule if across else MergeRule.KEY_SLICES
+            new_mask = write_propagation(mask, result.mask, axis, lo, hi, result.key_slices, rule).mask
             effort.compute_s += time.perf_counter() - t0
             new_dice = dice(new_mask, truth)
             undone = cfg.undo and new_dice < current - 1e-4
-            actions.append(Action(kind, s, new_dice, undone))
+            actions.append(Action(kind, s, new_dice, undone, slice_only=not across))
             if undone:
                 # Undo and delete the prompt: the session restarts without it (embeddings stay cached).
                 state = start_session(self.model, volume, axis, state.encoder.cache, self.modality)
                 for s_prev, prompt in applied:
                     add_prompt(state, s_prev, **prompt)
+                if across and cfg.slice_after_undo:
+                    across, again = False, (kind, s, group)
             else:
                 mask, written, current = new_mask, (lo, hi), new_dice
                 applied.extend((s, prompt) for prompt in group)
             if current > best + 1e-4:
                 best, unimproved = current, 0
-            else:
+            elif again is None:  # the undone prompt placed again on its slice is the same attempt
                 unimproved += 1
         prompt_dice = current
         while current < target_dice:
@@ -402,6 +410,48 @@ class SimulatedAnnotator:
             stop=stop,
             actions=actions,
         )
+
+    def _place(
+        self,
+        kind: str,
+        s: int,
+        mask: np.ndarray,
+        truth: np.ndarray,
+        rng: np.random.Generator,
+        boxed: set[int],
+        points: dict[int, int],
+    ) -> list[dict]:
+        """The prompts of one action on slice ``s``: a jittered box per separate part of the truth, or,
+        for ``kind == "point"`` (or a slice with only specks to box), one point on the largest error."""
+        group: list[dict] = []
+        if kind == "box":
+            group = [
+                {"box": jitter_box(box, truth[s].shape, rng, self.config.jitter_px)}
+                for box in structure_boxes(truth[s])
+            ]
+            boxed.add(s)
+        if not group:  # a point, or only specks of structure here (too small to box): click on them
+            point, positive = error_point(mask[s], truth[s])  # type: ignore[misc]
+            group = [{"point": point, "positive": positive}]
+            points[s] = points.get(s, 0) + 1
+        return group
+
+    @staticmethod
+    def _kind(group: list[dict]) -> str:
+        """``"box"``, ``"point+"`` or ``"point-"``: what an action's prompts are."""
+        if "box" in group[0]:
+            return "box"
+        return "point+" if group[0]["positive"] else "point-"
+
+    @staticmethod
+    def _count(effort: Effort, kind: str, group: list[dict]) -> None:
+        """Count one action's prompts in ``effort`` (a box per part; one point)."""
+        if kind == "box":
+            effort.boxes += len(group)
+        elif kind == "point+":
+            effort.points_pos += 1
+        else:
+            effort.points_neg += 1
 
     def _next_prompt(
         self,

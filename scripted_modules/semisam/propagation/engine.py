@@ -266,7 +266,10 @@ def _extend_track(state: PropagationState, k: int, d: int, progress: Callable | 
 
 
 def propagate(
-    state: PropagationState, progress: Callable[[int, object], None] | None = None
+    state: PropagationState,
+    progress: Callable[[int, object], None] | None = None,
+    *,
+    across_slices: bool = True,
 ) -> PropagationResult:
     """Bring every key slice and track up to date (reusing what is still valid) and assemble the mask.
 
@@ -275,6 +278,10 @@ def propagate(
         progress: called as ``progress(slice_index, outcome)`` after each propagated slice. It may raise
             to stop the work (a Cancel button): the exception propagates, finished tracks are kept and the
             interrupted one is dropped, so calling :func:`propagate` again completes the same result.
+        across_slices: ``False`` answers the prompted (key) slices only, each from its own prompts, and
+            runs no track: the mask is empty off the key slices. (A user fixing a proposal slice by slice
+            wants exactly the prompted slices answered.) The tracks already computed are kept for the
+            next propagation across slices.
 
     Returns:
         :class:`PropagationResult`.
@@ -284,17 +291,32 @@ def propagate(
     if hasattr(state.model, "propagate_volume"):
         from semisam.propagation.memory import propagate_with_memory
 
-        return propagate_with_memory(state)
+        result = propagate_with_memory(state)
+        return result if across_slices else only_key_slices(result, state.axis)
     for k in sorted(state.keys):
         key = state.keys[k]
         if not key.fresh:
             _answer_key(state, k, key, _current_result(state, k))
             for d in (1, -1):
                 state.tracks.pop((k, d), None)
+    if not across_slices:
+        return _assemble(state, with_tracks=False)
     for k in sorted(state.keys):
         for d in (1, -1):
             _update_track(state, k, d, progress)
     return _assemble(state)
+
+
+def only_key_slices(result: PropagationResult, axis: str) -> PropagationResult:
+    """``result`` with everything off its key slices removed (mask, confidence, source, flags)."""
+    keys = set(result.key_slices)
+    mask = np.zeros_like(result.mask)
+    confidence = np.full_like(result.confidence, np.nan)
+    source = np.full_like(result.source, -1)
+    for k in keys:
+        put_slice(mask, axis, k, take_slice(result.mask, axis, k))
+        confidence[k], source[k] = result.confidence[k], result.source[k]
+    return PropagationResult(mask, confidence, source, {}, sorted(keys), {})
 
 
 def _current_result(state: PropagationState, index: int) -> SliceResult | None:
@@ -345,13 +367,13 @@ def _reconcile(
     return best.logits, best.confidence * agreement, best.key, flag
 
 
-def _assemble(state: PropagationState) -> PropagationResult:
+def _assemble(state: PropagationState, with_tracks: bool = True) -> PropagationResult:
     n = state.n_slices
     per_slice: dict[int, list[SliceResult]] = {}
     for k, key in state.keys.items():
         if key.result is not None:
             per_slice[k] = [key.result]
-    for t in state.tracks.values():
+    for t in state.tracks.values() if with_tracks else ():
         for r in t.results:
             if r.slice not in state.keys:
                 per_slice.setdefault(r.slice, []).append(r)
@@ -380,7 +402,7 @@ def _assemble(state: PropagationState) -> PropagationResult:
         if not np.isnan(confidence[s]) and not _slice_any(mask, state.axis, s):
             confidence[s], source[s] = np.nan, -1
             flagged.pop(s, None)
-    stops = {f"{t.key}:{t.direction:+d}": t.stop for t in state.tracks.values() if t.stop}
+    stops = {f"{t.key}:{t.direction:+d}": t.stop for t in state.tracks.values() if t.stop and with_tracks}
     return PropagationResult(mask, confidence, source, stops, sorted(state.keys), flagged)
 
 
