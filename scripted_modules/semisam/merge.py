@@ -22,6 +22,9 @@ from the existing slice by no more than two experts differ from each other confi
 gives no reason to overwrite it. Where they differ by more, the propagation is carrying a real change
 (the user's correction spreading to neighbouring slices) and keeps going. The value was fixed from this
 reasoning, not fitted on a dataset.
+
+Rule ``"key_slices"`` (:func:`merge_key_slices`) writes the prompted slices only: what a propagation with
+*Propagate across slices* off (``propagate(state, across_slices=False)``) answers.
 """
 
 from __future__ import annotations
