@@ -34,3 +34,15 @@ def test_sam2_family_uses_volume_propagation(disc_volume):
     kept = [s for s in range(6) if res.mask[s].any()]
     assert all(0.0 <= res.confidence[s] <= 1.0 for s in kept)
     assert all(np.isnan(res.confidence[s]) for s in range(6) if s not in kept)
+
+
+def test_sam2_family_prompted_slices_only(disc_volume):
+    """Propagate across slices off: the memory-bank answer is kept on the key slices alone."""
+    model = tiny_sam2(seed=0)
+    state = init_state(model, disc_volume, "axial", modality="MR")
+    add_prompt(state, 2, box=(22, 16, 38, 32))
+    full = propagate(state)
+    only = propagate(state, across_slices=False)
+    assert only.key_slices == [2] and only.stops == {} and only.flagged == {}
+    assert np.array_equal(only.mask[2], full.mask[2]) and not np.delete(only.mask, 2, 0).any()
+    assert np.isnan(np.delete(only.confidence, 2)).all() and (np.delete(only.source, 2) == -1).all()
