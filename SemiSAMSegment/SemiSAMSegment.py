@@ -241,6 +241,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         self.ui.pointsPlaceWidget.enabled = p.promptPoints is not None
         self.ui.toggleSignButton.enabled = p.promptPoints is not None
         self.ui.roiPlaceWidget.enabled = p.promptROI is not None
+        # Only a propagation across slices has neighbouring slices to keep or replace.
+        self.ui.keepAgreeingSlicesCheckBox.enabled = p.propagateAcrossSlices
         why = disabled_reasons(
             p, dependencies.torch_available(), bool(self.logic.reviewOrder(p.outputSegmentation))
         )

@@ -374,8 +374,8 @@ class CaseLogic:
             keepAgreeingSlices: the merge rule inside the range: ``True`` replaces only from each prompted
                 slice up to the first slice the new answer agrees with (``semisam.merge``); ``False``
                 replaces the whole range.
-            propagateAcrossSlices: ``False`` answers and writes the prompted slices only (no tracks);
-                every other slice keeps the segment's voxels.
+            propagateAcrossSlices: ``False`` answers and writes the prompted slices only (every slice
+                holding a prompt, no tracks); every other slice keeps the segment's voxels.
 
         Returns:
             :class:`SemiSAMSegmentLib.propagate.PropagateOutcome`.
@@ -413,6 +413,9 @@ class CaseLogic:
             generalist, checkpoint, intensityPreset, device, markups.prompts.axis
         )
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
+        current = None
+        if not propagateAcrossSlices:  # point-only slices are anchored on the segment's own slice
+            current = propagate_lib.segment_mask(case, volumeNode, segmentationNode, segmentName)
         return propagate_lib.PropagateRequest(
             case,
             markups,
@@ -425,6 +428,7 @@ class CaseLogic:
             segmentName,
             keep_agreeing=bool(keepAgreeingSlices),
             across_slices=bool(propagateAcrossSlices),
+            current=current,
         )
 
     @staticmethod

@@ -132,9 +132,11 @@ def propagate_session(
     cache,
     progress: Callable[[float, str], None] | None = None,
     across_slices: bool = True,
+    current: np.ndarray | None = None,
 ):
     """Bring the session's propagation state up to ``markups`` and propagate; returns the core's result
-    (``across_slices=False``: the prompted slices only, :func:`semisam.propagation.propagate`).
+    (``across_slices=False``: the prompted slices only, point-only slices anchored on ``current``, the
+    segment's mask; :func:`semisam.propagation.propagate`).
 
     Returns:
         ``(PropagationResult, number of prompts added, rebuilt)``.
@@ -158,7 +160,7 @@ def propagate_session(
         if progress is not None:
             progress(min(0.99, done[0] / n), f"propagating: slice {slice_index}")
 
-    result = propagate(session.state, progress=step, across_slices=across_slices)
+    result = propagate(session.state, progress=step, across_slices=across_slices, current=current)
     session.count_prompts(wanted)  # provenance counts the prompts of propagations that finished
     return result, len(new or []), rebuilt
 
@@ -178,20 +180,25 @@ def write_segment(
     not ``across_slices``: ``KEY_SLICES``); returns ``(segment id, range, replaced slices)``."""
     from semisam.merge import MergeRule, propagated_range, write_propagation
 
-    seg = segmentation_node.GetSegmentation()
-    existing = seg.GetSegmentIdBySegmentName(segment_name)
-    if existing:
-        current = mrml_io.export_mask(segmentation_node, volume_node, [existing])
-    else:
-        current = np.zeros(session.volume.shape, np.uint8)
+    current = segment_mask(session, volume_node, segmentation_node, segment_name)
     lo, hi = propagated_range(result.slices, result.key_slices, session.written.get((segment_name, axis)))
     rule = MergeRule.KEEP_AGREEING if keep_agreeing else MergeRule.REPLACE
     if not across_slices:
         rule = MergeRule.KEY_SLICES
     merged = write_propagation(current, result.mask, axis, lo, hi, result.key_slices, rule)
     (segment_id,) = mrml_io.import_mask(merged.mask, volume_node, segmentation_node, {1: segment_name})
-    session.written[(segment_name, axis)] = (lo, hi)
+    if across_slices:  # the prompted slices alone are no propagated range (later writes must not widen)
+        session.written[(segment_name, axis)] = (lo, hi)
     return segment_id, (lo, hi), merged.replaced
+
+
+def segment_mask(session: SegmentSession, volume_node, segmentation_node, segment_name: str) -> np.ndarray:
+    """The segment ``segment_name`` as a ``(Z, Y, X)`` uint8 mask on the scan's grid (zeros when the
+    segmentation has no such segment). Main thread (MRML)."""
+    existing = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
+    if existing:
+        return mrml_io.export_mask(segmentation_node, volume_node, [existing])
+    return np.zeros(session.volume.shape, np.uint8)
 
 
 @dataclass
@@ -207,6 +214,8 @@ class PropagateRequest:
         volume_node, segmentation_node, segment_name: where :func:`apply` writes.
         keep_agreeing: the merge rule (:func:`write_segment`).
         across_slices: ``False``: answer and write the prompted slices only.
+        current: with ``across_slices`` off, the segment's mask when the request was made (anchors
+            slices prompted with points only); ``None`` otherwise.
         result: the core's ``PropagationResult`` once :func:`compute` finished (``None`` before).
         added, rebuilt: prompts added to the kept state and whether it was started afresh.
         seconds: wall-clock seconds of :func:`compute`.
@@ -223,6 +232,7 @@ class PropagateRequest:
     segment_name: str
     keep_agreeing: bool = True
     across_slices: bool = True
+    current: np.ndarray | None = None
     result: object = None
     added: int = 0
     rebuilt: bool = False
@@ -240,7 +250,7 @@ def compute(
     t0 = time.perf_counter()
     r = request
     r.result, r.added, r.rebuilt = propagate_session(
-        r.session, r.markups, r.model, r.state_key, r.window, r.cache, progress, r.across_slices
+        r.session, r.markups, r.model, r.state_key, r.window, r.cache, progress, r.across_slices, r.current
     )
     r.seconds = time.perf_counter() - t0
     if progress is not None:  # the last report (a Cancel is honoured here at the latest): nothing after

@@ -26,12 +26,13 @@ where the annotator clicks. What it does, per case:
    session restarts without it, its embeddings cached); its seconds still count.
    **Slice by slice after an undo** (``slice_after_undo``): the same prompt is then placed again (and
    counted again) with SemiSAMSegment's *Propagate across slices* turned off, which answers and writes
-   the prompted slice only, and the rest of the case is corrected that way. A radiologist whose box on
+   the prompted slices only (the new one and those prompted before, each from its own prompts), and the
+   rest of the case is corrected that way. A radiologist whose box on
    a good proposal made the neighbouring slices worse does not box again and hope: they fix the slices
    that are wrong one at a time, keeping the proposal's good ones. (Without it, every prompt after such
    an undo tended to be undone as well, and the case ended with slices drawn by hand at 30 s each.)
 3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
-   Dice: every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
+   Dice (an undone prompt and its placing again on its slice only count as one): every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
    until the target is reached; each counts as a hand-drawn slice.
 
 Everything is seeded (the jitter) so a resumed simulation redoes a case identically.
@@ -363,7 +364,8 @@ class SimulatedAnnotator:
             for prompt in group:
                 add_prompt(state, s, **prompt)
             t0 = time.perf_counter()
-            result = propagate(state, across_slices=across)
+            # Slice by slice, a slice with points only is anchored on the mask's own slice (no track).
+            result = propagate(state, across_slices=across, current=None if across else mask)
             # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
             # new mask, the key slices and this session's previous propagation touched, and there by the
             # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys;
@@ -383,7 +385,9 @@ class SimulatedAnnotator:
                 if across and cfg.slice_after_undo:
                     across, again = False, (kind, s, group)
             else:
-                mask, written, current = new_mask, (lo, hi), new_dice
+                mask, current = new_mask, new_dice
+                if across:  # a slice-only write is not a propagated range (it widens nothing later)
+                    written = (lo, hi)
                 applied.extend((s, prompt) for prompt in group)
             if current > best + 1e-4:
                 best, unimproved = current, 0

@@ -141,6 +141,11 @@ class SimulationConfig:
         }
 
 
+#: Annotator options added after simulations were first saved, and how a saved plan without one ran (so
+#: an older work folder resumes with the behaviour it started with, e.g. ``--no-slice-after-undo``).
+LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The JSON objects of a JSON-lines file; a torn last line (a killed write) is dropped."""
     if not path.is_file():
@@ -202,6 +207,9 @@ class Simulation:
         dataset = str(Path(self.config.dataset).resolve())
         if path.is_file():
             plan = json.loads(path.read_text(encoding="utf-8"))
+            saved = plan.get("options")
+            if isinstance(saved, dict) and isinstance(saved.get("annotator"), dict):
+                plan["options"] = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
             for key, value in (("dataset", dataset), ("label", self.label), ("options", options)):
                 if plan.get(key) != value:
                     raise ValueError(

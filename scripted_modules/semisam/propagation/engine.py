@@ -93,15 +93,15 @@ class PropagationResult:
         }
 
 
-def _key_prompts(key: KeySlice, previous: SliceResult | None) -> list[SlicePrompt]:
+def _key_prompts(key: KeySlice, previous: np.ndarray | None) -> list[SlicePrompt]:
     """The prompts to ask the model on a key slice: one per box (sharing the points); with points only,
-    the previous propagated mask's box (if any) anchors them."""
+    the box of the slice's previous mask ``previous`` (2D; if any) anchors them."""
     pts = [p for p in key.prompts if p.point is not None]
     points = np.array([p.point for p in pts], dtype=np.float32).reshape(-1, 2) if pts else None
     labels = np.array([1 if p.positive else 0 for p in pts], dtype=np.int64) if pts else None
     boxes = [p.box for p in key.prompts if p.box is not None]
     if not boxes and previous is not None:
-        pbox = box_from_mask(previous.mask)
+        pbox = box_from_mask(previous)
         if pbox is not None:
             boxes = [pbox]
     if boxes:
@@ -114,7 +114,7 @@ def _key_prompts(key: KeySlice, previous: SliceResult | None) -> list[SlicePromp
     return []  # negative points only, nothing here yet: the structure is absent on this slice
 
 
-def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: SliceResult | None) -> None:
+def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: np.ndarray | None) -> None:
     prompts = _key_prompts(key, previous)
     key.result, key.lesion, key.fresh = None, None, True
     if not prompts:
@@ -270,6 +270,7 @@ def propagate(
     progress: Callable[[int, object], None] | None = None,
     *,
     across_slices: bool = True,
+    current: np.ndarray | None = None,
 ) -> PropagationResult:
     """Bring every key slice and track up to date (reusing what is still valid) and assemble the mask.
 
@@ -281,13 +282,21 @@ def propagate(
         across_slices: ``False`` answers the prompted (key) slices only, each from its own prompts, and
             runs no track: the mask is empty off the key slices. (A user fixing a proposal slice by slice
             wants exactly the prompted slices answered.) The tracks already computed are kept for the
-            next propagation across slices.
+            next propagation across slices. SAM 2-family models still run their whole video (their
+            memory needs it) and the answer is cut to the key slices.
+        current: the segment's mask ``(Z, Y, X)`` on the volume's grid, or ``None``. A key slice with
+            points and no box is anchored on the box of the mask a track gives it, else on this mask's
+            slice (a positive point that corrects a proposal keeps to the proposal's extent).
 
     Returns:
         :class:`PropagationResult`.
     """
     if not state.keys:
         raise ValueError("no prompts: add a box or a point on at least one slice first")
+    if current is not None and np.shape(current) != tuple(state.volume.shape):
+        raise ValueError(
+            f"the segment's mask {np.shape(current)} is not on the scan's grid {state.volume.shape}"
+        )
     if hasattr(state.model, "propagate_volume"):
         from semisam.propagation.memory import propagate_with_memory
 
@@ -296,7 +305,7 @@ def propagate(
     for k in sorted(state.keys):
         key = state.keys[k]
         if not key.fresh:
-            _answer_key(state, k, key, _current_result(state, k))
+            _answer_key(state, k, key, _anchor(state, k, current))
             for d in (1, -1):
                 state.tracks.pop((k, d), None)
     if not across_slices:
@@ -317,6 +326,19 @@ def only_key_slices(result: PropagationResult, axis: str) -> PropagationResult:
         put_slice(mask, axis, k, take_slice(result.mask, axis, k))
         confidence[k], source[k] = result.confidence[k], result.source[k]
     return PropagationResult(mask, confidence, source, {}, sorted(keys), {})
+
+
+def _anchor(state: PropagationState, index: int, current: np.ndarray | None) -> np.ndarray | None:
+    """The 2D mask that anchors point-only prompts on key slice ``index``: a track's (the most
+    confident), else ``current``'s slice when it holds anything, else ``None``."""
+    res = _current_result(state, index)
+    if res is not None:
+        return res.mask
+    if current is not None:
+        m = np.asarray(take_slice(current, state.axis, index)) > 0
+        if m.any():
+            return m
+    return None
 
 
 def _current_result(state: PropagationState, index: int) -> SliceResult | None:
