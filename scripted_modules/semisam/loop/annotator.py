@@ -27,13 +27,17 @@ where the annotator clicks. What it does, per case:
    **Slice by slice after an undo** (``slice_after_undo``): the same prompt is then placed again (and
    counted again) with SemiSAMSegment's *Propagate across slices* turned off, which answers and writes
    the prompted slices only (the new one and those prompted before, each from its own prompts), and the
-   rest of the case is corrected that way. A radiologist whose box on
-   a good proposal made the neighbouring slices worse does not box again and hope: they fix the slices
-   that are wrong one at a time, keeping the proposal's good ones. (Without it, every prompt after such
-   an undo tended to be undone as well, and the case ended with slices drawn by hand at 30 s each.)
-3. **Give up on prompts** when the budget is spent or ``patience`` prompts in a row did not raise the
-   Dice (an undone prompt and its placing again on its slice only count as one): every slice still wrong is then drawn by hand (the truth's slice copied), largest error first,
-   until the target is reached; each counts as a hand-drawn slice.
+   rest of the case is corrected that way. A radiologist whose box on a good proposal made the
+   neighbouring slices worse does not box again and hope: they fix the slices that are wrong one at a
+   time, keeping the proposal's good ones. (Without it, every prompt after such an undo tended to be
+   undone as well, and the case ended with slices drawn by hand at 30 s each.)
+3. **Give up on prompts** when the budget is spent or, while propagating across slices, ``patience``
+   prompts in a row did not raise the Dice (an undone prompt and its placing again on its slice only count
+   as one). Slice by slice there is no such stop: each slice gets at most its box and
+   ``max_points_per_slice`` points, and prompts that fail on one slice say nothing about the next one
+   (stopping there drew every remaining slice by hand, 30 s each, where a box would have done). Then
+   every slice still wrong is drawn by hand (the truth's slice copied), largest error first, until the
+   target is reached; each counts as a hand-drawn slice.
 
 Everything is seeded (the jitter) so a resumed simulation redoes a case identically.
 """
@@ -82,7 +86,8 @@ class AnnotatorConfig:
             wrong slice, however slightly, spent the first prompts on the structure's thin end slices,
             which the uncertainty ranking puts first, while its middle was missed.)
         patience: prompts in a row that may leave the Dice unimproved before the annotator stops
-            prompting (a radiologist stops clicking when clicks stop helping).
+            prompting (a radiologist stops clicking when clicks stop helping); propagations across
+            slices only (slice by slice, each slice's own prompts are bounded instead).
         undo: undo a propagation that lowered the Dice (and delete its prompt).
         axis: slice axis of the prompts.
         merge_rule: how a propagation is written into the mask (:class:`semisam.merge.MergeRule`
@@ -345,7 +350,7 @@ class SimulatedAnnotator:
             if effort.prompts >= budget:
                 stop = "budget"
                 break
-            if unimproved >= cfg.patience:
+            if across and unimproved >= cfg.patience:
                 stop = "stalled"
                 break
             if again is not None:
