@@ -195,3 +195,30 @@ def test_after_an_undone_propagation_the_box_goes_on_its_slice_only(litemedsam, 
     assert np.array_equal(runs[True].mask[others], proposal[others])  # the good slices were kept
     assert not any(a.slice_only for a in runs[False].actions)  # off: the next prompt propagates again
     assert AnnotatorConfig().slice_after_undo  # the simulation measures it by default
+
+
+def test_slice_by_slice_a_failed_slice_does_not_stop_the_case(litemedsam, case):
+    """Patience 1 stops prompts across slices after one that did not help; slice by slice, prompts that
+    fail on one slice move the annotator to the next wrong slice until the budget is spent."""
+    from scipy import ndimage
+
+    vol, truth = case
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    proposal = truth.copy()
+    for s in np.flatnonzero(truth.any(axis=(1, 2))):  # every slice slightly off, the largest more
+        proposal[s] = ndimage.binary_erosion(truth[s], iterations=2 if s == key else 1)
+    cfg = AnnotatorConfig(budget=8, merge_rule="replace", patience=1)
+    order = [key] + [s for s in range(len(truth)) if s != key]
+    res = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
+        vol,
+        truth,
+        0.999,
+        np.random.default_rng(0),
+        proposal=proposal,
+        review_order=order,
+        cache=new_cache(vol),
+    )
+    prompts = [a for a in res.actions if a.kind != "hand"]
+    assert res.stop == "budget" and res.effort.prompts == 8, [a.to_json() for a in res.actions]
+    failed = [i for i, a in enumerate(prompts) if a.slice_only and a.undone]
+    assert failed and any(a.slice_only and a.slice != prompts[failed[0]].slice for a in prompts[failed[0] :])
