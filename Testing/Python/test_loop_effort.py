@@ -88,6 +88,23 @@ def test_summary_compares_first_and_last_windows_and_the_baseline():
     assert summarize(flat, [], [], cfg)["proposal_dice_rises"] is False
 
 
+def test_blind_validation_cases_are_left_out_of_the_proposal_blocks():
+    """A validation case drawn blind has an empty proposal and no proposing version: counting it as a
+    proposal of Dice 0 would make a block with one blind case look like a model that got worse."""
+    cfg = SimulationConfig(dataset=Path("d"), work=Path("w"), retrain_every=4)
+    dice = [0, 0, 0, 0, 0, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7]  # case 5 blind, none in the last block
+    loop = [_case(i, 10, p) for i, p in enumerate(dice, 1)]
+    s = summarize(loop, [], [], cfg)
+    assert s["loop"]["proposal_dice_blocks"] == [0.0, 0.45, 0.7]
+    assert s["loop"]["proposal_dice_blocks_proposed"] == [None, 0.6, 0.7]
+    assert s["proposal_dice_rises"] is True
+    dice[-4:] = [0.55] * 4  # below the proposed cases of block 2, above the block's plain mean
+    assert (
+        summarize([_case(i, 10, p) for i, p in enumerate(dice, 1)], [], [], cfg)["proposal_dice_rises"]
+        is False
+    )
+
+
 def test_run_stats_with_fewer_cases_than_a_window():
     s = run_stats([_case(1, 10.0, 0.0), _case(2, 20.0, 0.0)], 4)
     assert s["first_mean_effort_s"] == 15.0 and s["last_mean_effort_s"] is None

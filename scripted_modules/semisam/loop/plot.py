@@ -3,7 +3,8 @@
 Top: effort (simulated seconds, the time model's) of each case, the loop beside the prompts-only
 baseline on the same cases; dashed lines where a retrain happened (and whether it was promoted).
 Bottom: the proposal's Dice against the truth (the specialist's first mask), the accepted mask's Dice and
-the target. Drawn with matplotlib's Agg backend (no display needed).
+the target. Validation cases drawn blind (no proposal shown) are crosses on top and left out of the
+proposal line, where their empty proposal would read as a model that forgot everything. Drawn with matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def plot_run(work: str | os.PathLike, out: str | os.PathLike) -> Path:
             color="tab:gray",
             label="baseline (prompts only)",
         )
+    blind = [r for r in loop if r.get("blind")]
+    if blind:  # validation cases drawn without a proposal (promotion compares versions on them)
+        ax1.plot(
+            [r["accepted_before"] for r in blind],
+            [r["effort_s"] for r in blind],
+            "x",
+            color="black",
+            markersize=9,
+            label="validation case, drawn blind",
+        )
     for r in retrains:
         style = "-" if r.get("promoted") else ":"
         for ax in (ax1, ax2):
@@ -49,7 +60,14 @@ def plot_run(work: str | os.PathLike, out: str | os.PathLike) -> Path:
     ax1.set_ylim(bottom=0)
     ax1.legend(loc="upper right")
     ax1.set_title("SemiSAM loop: effort per case (green: retrain; solid = promoted)")
-    ax2.plot(x, [r["proposal_dice"] for r in loop], "o-", color="tab:orange", label="proposal Dice")
+    proposed = [r for r in loop if not r.get("blind")]
+    ax2.plot(
+        [r["accepted_before"] for r in proposed],
+        [r["proposal_dice"] for r in proposed],
+        "o-",
+        color="tab:orange",
+        label="proposal Dice (blind validation cases left out)" if blind else "proposal Dice",
+    )
     ax2.plot(x, [r["final_dice"] for r in loop], ".", color="tab:blue", label="accepted Dice")
     ax2.plot(x, [r["target_dice"] for r in loop], "_", color="black", markersize=12, label="target")
     ax2.set_ylim(0, 1)

@@ -3,7 +3,9 @@
 ``window`` cases (the retraining period, 4 when the run never retrains) are compared: the first
 ``window`` cases (no specialist yet, so they cost what prompts alone cost) and the last ``window``; the
 baseline's numbers are over the same case ids. ``proposal_dice_blocks`` is the mean proposal Dice per
-block of ``window`` cases (the first block has no specialist: 0). All means are plain means over cases.
+block of ``window`` cases (the first block has no specialist: 0); ``proposal_dice_blocks_proposed`` the
+same over the cases a specialist proposed for (``None`` where none did), leaving out the validation cases
+drawn blind, whose empty proposal says nothing about the model. All means are plain means over cases.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def run_stats(records: list[dict], window: int) -> dict[str, Any]:
     effort = [float(r["effort_s"]) for r in recs]
     proposal = [float(r["proposal_dice"]) for r in recs]
     blocks = [_mean(proposal[i : i + window]) for i in range(0, len(proposal), window)]
+    proposed = [
+        [float(r["proposal_dice"]) for r in recs[i : i + window] if r.get("model_version")]
+        for i in range(0, len(recs), window)
+    ]
     return {
         "cases": len(recs),
         "mean_effort_s": _mean(effort),
@@ -48,6 +54,7 @@ def run_stats(records: list[dict], window: int) -> dict[str, Any]:
         "effort_s_total": round(sum(effort), 3),
         "compute_s_total": round(sum(float(r["compute_s"]) for r in recs), 3),
         "proposal_dice_blocks": blocks,
+        "proposal_dice_blocks_proposed": [_mean(b) for b in proposed],
         "proposing_versions": sorted({r["model_version"] for r in recs if r.get("model_version")}),
         "proposal_dice_slope": _slope(proposal),
     }
@@ -91,10 +98,10 @@ def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], conf
             for r in retrains
         ],
     }
-    blocks = [b for b in stats["proposal_dice_blocks"] if b is not None]
-    # Rises: the last block's proposals beat the first block that had a specialist (block 2); read it with
+    blocks = [b for b in stats["proposal_dice_blocks_proposed"] if b is not None]
+    # Rises: the last block's proposals beat those of the first block that had a specialist; read it with
     # ``proposing_versions``: one version proposing throughout moves only with the cases.
-    out["proposal_dice_rises"] = bool(len(blocks) >= 3 and blocks[-1] > blocks[1])
+    out["proposal_dice_rises"] = bool(len(blocks) >= 2 and blocks[-1] > blocks[0])
     if baseline:
         by_id = {r["case_id"]: r for r in baseline}
         same = [by_id[r["case_id"]] for r in loop if r["case_id"] in by_id]
