@@ -85,7 +85,7 @@ def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
 
 def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     """test_propagate_from_an_roi_segments_the_nodule, test_slices_outside_the_propagated_range_keep_what_
-    they_had, test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_
+    they_had (and, with Propagate across slices off, every slice but the prompted one), test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_
     provenance, on a lung1 crop with the bundled LiteMedSAM."""
     from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
@@ -109,6 +109,17 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     test.assertTrue(
         np.array_equal(after[:lo], before[:lo]) and np.array_equal(after[hi + 1 :], before[hi + 1 :])
     )
+    # Propagate across slices off: the prompted slice alone is answered; an edit elsewhere stays.
+    edited = after.copy()
+    edited[key] = 0
+    edited[0, 10:12, 10:12] = 1
+    mrml_io.import_mask(edited, node, seg, {1: "lesion"})
+    only = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu", propagateAcrossSlices=False)
+    test.assertEqual(only.replaced, [key])
+    again = mrml_io.export_mask(seg, node, [only.segment_id])
+    test.assertTrue(np.array_equal(again[key], after[key]))
+    test.assertTrue(np.array_equal(np.delete(again, key, 0), np.delete(edited, key, 0)))
+    mrml_io.import_mask(after, node, seg, {1: "lesion"})
 
     far = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "far")
     far.AddControlPoint(*crop.voxel_to_ras([1, 1, crop.shape[0] + 5]))
