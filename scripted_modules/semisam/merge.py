@@ -75,6 +75,26 @@ def slice_agrees(a: np.ndarray, b: np.ndarray, agree_dice: float = AGREE_DICE) -
     return dice(a, b) >= agree_dice
 
 
+def _checked(current, new, axis: str | int, lo: int, hi: int, key_slices: Iterable[int]):
+    """``(current, new, sorted key slices inside lo..hi)`` after checking the two masks share a shape and
+    ``lo..hi`` is a range of their slices along ``axis`` (``ValueError`` otherwise)."""
+    current, new = np.asarray(current), np.asarray(new)
+    if current.shape != new.shape:
+        raise ValueError(f"the segment {current.shape} and the propagation {new.shape} differ in shape")
+    n = current.shape[axis_index(axis)]
+    if not 0 <= lo <= hi < n:
+        raise ValueError(f"slice range {lo}..{hi} is not inside 0..{n - 1}")
+    return current, new, sorted({int(k) for k in key_slices if lo <= int(k) <= hi})
+
+
+def _write_slices(current: np.ndarray, new: np.ndarray, axis: str | int, slices: Iterable[int]) -> np.ndarray:
+    """A uint8 (0/1) copy of ``current`` with ``slices`` along ``axis`` taken from ``new``."""
+    out = np.array(current > 0, dtype=np.uint8)
+    for s in slices:
+        put_slice(out, axis, s, (take_slice(new, axis, s) > 0).astype(np.uint8))
+    return out
+
+
 def merge_keep_agreeing(
     current: np.ndarray,
     new: np.ndarray,
@@ -98,13 +118,7 @@ def merge_keep_agreeing(
     Raises:
         ValueError: the two masks differ in shape, or ``lo..hi`` is not a range of slices.
     """
-    current, new = np.asarray(current), np.asarray(new)
-    if current.shape != new.shape:
-        raise ValueError(f"the segment {current.shape} and the propagation {new.shape} differ in shape")
-    n = current.shape[axis_index(axis)]
-    if not 0 <= lo <= hi < n:
-        raise ValueError(f"slice range {lo}..{hi} is not inside 0..{n - 1}")
-    keys = sorted({int(k) for k in key_slices if lo <= int(k) <= hi})
+    current, new, keys = _checked(current, new, axis, lo, hi, key_slices)
     everything = list(range(lo, hi + 1))
     if not keys or not any(take_slice(current, axis, s).any() for s in everything):
         return MergeOutcome(merge_in_range(current, new, axis, lo, hi), everything, [])
@@ -118,11 +132,10 @@ def merge_keep_agreeing(
                     break
                 replace.add(s)
                 s += step
-    out = np.array(current > 0, dtype=np.uint8)
-    for s in replace:
-        put_slice(out, axis, s, (take_slice(new, axis, s) > 0).astype(np.uint8))
     replaced = sorted(replace)
-    return MergeOutcome(out, replaced, [s for s in everything if s not in replace])
+    return MergeOutcome(
+        _write_slices(current, new, axis, replaced), replaced, [s for s in everything if s not in replace]
+    )
 
 
 def merge_key_slices(
@@ -133,17 +146,10 @@ def merge_key_slices(
     Raises:
         ValueError: the two masks differ in shape, or ``lo..hi`` is not a range of slices.
     """
-    current, new = np.asarray(current), np.asarray(new)
-    if current.shape != new.shape:
-        raise ValueError(f"the segment {current.shape} and the propagation {new.shape} differ in shape")
-    n = current.shape[axis_index(axis)]
-    if not 0 <= lo <= hi < n:
-        raise ValueError(f"slice range {lo}..{hi} is not inside 0..{n - 1}")
-    keys = sorted({int(k) for k in key_slices if lo <= int(k) <= hi})
-    out = np.array(current > 0, dtype=np.uint8)
-    for s in keys:
-        put_slice(out, axis, s, (take_slice(new, axis, s) > 0).astype(np.uint8))
-    return MergeOutcome(out, keys, [s for s in range(lo, hi + 1) if s not in set(keys)])
+    current, new, keys = _checked(current, new, axis, lo, hi, key_slices)
+    return MergeOutcome(
+        _write_slices(current, new, axis, keys), keys, [s for s in range(lo, hi + 1) if s not in set(keys)]
+    )
 
 
 def propagated_range(
