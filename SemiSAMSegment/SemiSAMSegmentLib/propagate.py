@@ -55,6 +55,7 @@ class PropagateOutcome:
         rebuilt: ``True`` when the session's propagation state was started afresh.
         slices_encoded: slices encoded by this session so far (cache misses).
         seconds: wall-clock seconds of this call's propagation.
+        across_slices: ``False`` when only the prompted slices were answered and written.
     """
 
     segment_id: str
@@ -69,9 +70,22 @@ class PropagateOutcome:
     rebuilt: bool
     slices_encoded: int
     seconds: float
+    across_slices: bool = True
 
     def describe(self, segment_name: str) -> str:
         """One line for the module's status label."""
+        if not self.across_slices:
+            return _(
+                "Answered the prompted {axis} slice(s) {keys} only: segment '{name}' replaced on {r} "
+                "slice(s); {enc} slice(s) encoded so far; {seconds:.1f} s."
+            ).format(
+                axis=self.axis,
+                keys=", ".join(str(k) for k in self.key_slices),
+                name=segment_name,
+                r=len(self.replaced),
+                enc=self.slices_encoded,
+                seconds=self.seconds,
+            )
         return _(
             "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in {r} of slices "
             "{lo}..{hi} ({n} with a mask); {enc} slice(s) encoded so far; {seconds:.1f} s."
@@ -299,4 +313,5 @@ def apply(request: PropagateRequest) -> PropagateOutcome:
         rebuilt=r.rebuilt,
         slices_encoded=int(r.session.state.n_encode),
         seconds=round(seconds, 3),
+        across_slices=r.across_slices,
     )

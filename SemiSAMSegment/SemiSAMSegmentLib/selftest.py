@@ -85,8 +85,9 @@ def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
 
 def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     """test_propagate_from_an_roi_segments_the_nodule, test_slices_outside_the_propagated_range_keep_what_
-    they_had (and, with Propagate across slices off, every slice but the prompted one), test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_
-    provenance, on a lung1 crop with the bundled LiteMedSAM."""
+    they_had (and, with Propagate across slices off, every slice but the prompted one),
+    test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_provenance,
+    on a lung1 crop with the bundled LiteMedSAM."""
     from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
     from semisam.store import LabeledStore

@@ -165,7 +165,7 @@ def test_the_active_specialist_proposes(dataset, tiny_generalist, tmp_path):
 def test_resume_refuses_other_options(dataset, tiny_generalist, tmp_path):
     work = tmp_path / "work"
     Simulation(_config(dataset, work, tiny_generalist, max_cases=1)).run()
-    with pytest.raises(ValueError, match="simulation.json.*seed"):
+    with pytest.raises(ValueError, match="simulation.json.*seed: saved 0, given 5"):
         Simulation(_config(dataset, work, tiny_generalist, max_cases=1, seed=5)).run()
 
 
@@ -183,7 +183,9 @@ def test_a_work_folder_saved_before_an_annotator_option_resumes_as_it_ran(datase
     plan_file.write_text(json.dumps(plan))
     Simulation(_config(dataset, work, tiny_generalist, max_cases=2, annotator=off)).run()
     assert len((work / "cases.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(ValueError, match="simulation.json.*annotator"):
+    with pytest.raises(
+        ValueError, match="simulation.json.*annotator.slice_after_undo: saved False, given True"
+    ):
         Simulation(_config(dataset, work, tiny_generalist, max_cases=2)).run()
 
 

@@ -74,6 +74,7 @@ def test_propagate_keeps_agreeing_slices_unless_told_to_replace(mrml_scene, lung
     )
     after = mrml_io.export_mask(seg, node, [out.segment_id])
     assert out.replaced == [key] and out.slices == [key] and out.stops == {}
+    assert f"Answered the prompted axial slice(s) {key} only" in out.describe("lesion")
     assert np.array_equal(after, np.where(np.arange(len(after))[:, None, None] == key, answer, edited))
 
 

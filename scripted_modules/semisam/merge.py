@@ -147,9 +147,9 @@ def merge_key_slices(
         ValueError: the two masks differ in shape, or ``lo..hi`` is not a range of slices.
     """
     current, new, keys = _checked(current, new, axis, lo, hi, key_slices)
-    return MergeOutcome(
-        _write_slices(current, new, axis, keys), keys, [s for s in range(lo, hi + 1) if s not in set(keys)]
-    )
+    key_set = set(keys)
+    kept = [s for s in range(lo, hi + 1) if s not in key_set]
+    return MergeOutcome(_write_slices(current, new, axis, keys), keys, kept)
 
 
 def propagated_range(

@@ -32,10 +32,10 @@ where the annotator clicks. What it does, per case:
    time, keeping the proposal's good ones. (Without it, every prompt after such an undo tended to be
    undone as well, and the case ended with slices drawn by hand at 30 s each.)
 3. **Give up on prompts** when the budget is spent or, while propagating across slices, ``patience``
-   prompts in a row did not raise the Dice (an undone prompt and its placing again on its slice only count
-   as one). Slice by slice there is no such stop: each slice gets at most its box and
-   ``max_points_per_slice`` points, and prompts that fail on one slice say nothing about the next one
-   (stopping there drew every remaining slice by hand, 30 s each, where a box would have done). Then
+   prompts in a row did not raise the Dice. Slice by slice (after the first undo) there is no such
+   stop: each slice gets at most its box and ``max_points_per_slice`` points, and prompts that fail on
+   one slice say nothing about the next one (stopping there drew every remaining slice by hand, 30 s
+   each, where a box would have done). Then
    every slice still wrong is drawn by hand (the truth's slice copied), largest error first, until the
    target is reached; each counts as a hand-drawn slice.
 
@@ -396,7 +396,7 @@ class SimulatedAnnotator:
                 applied.extend((s, prompt) for prompt in group)
             if current > best + 1e-4:
                 best, unimproved = current, 0
-            elif again is None:  # the undone prompt placed again on its slice is the same attempt
+            else:
                 unimproved += 1
         prompt_dice = current
         while current < target_dice:

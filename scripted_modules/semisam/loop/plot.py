@@ -4,7 +4,8 @@ Top: effort (simulated seconds, the time model's) of each case, the loop beside 
 baseline on the same cases; dashed lines where a retrain happened (and whether it was promoted).
 Bottom: the proposal's Dice against the truth (the specialist's first mask), the accepted mask's Dice and
 the target. Validation cases drawn blind (no proposal shown) are crosses on top and left out of the
-proposal line, where their empty proposal would read as a model that forgot everything. Drawn with matplotlib's Agg backend (no display needed).
+proposal line, where their empty proposal would read as a model that forgot everything. Drawn with
+matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations

@@ -146,6 +146,21 @@ class SimulationConfig:
 LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False}
 
 
+def option_differences(saved: Any, given: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"name: saved X, given Y"`` for every option (nested dicts by dotted name, e.g.
+    ``annotator.slice_after_undo``) whose saved value differs from the given one."""
+    if not isinstance(saved, dict):
+        return [f"{prefix or 'options'}: saved {saved!r}, given {given!r}"]
+    out = []
+    for key in sorted(set(saved) | set(given)):
+        a, b = saved.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += option_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: saved {a!r}, given {b!r}")
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The JSON objects of a JSON-lines file; a torn last line (a killed write) is dropped."""
     if not path.is_file():
@@ -210,12 +225,18 @@ class Simulation:
             saved = plan.get("options")
             if isinstance(saved, dict) and isinstance(saved.get("annotator"), dict):
                 plan["options"] = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
-            for key, value in (("dataset", dataset), ("label", self.label), ("options", options)):
+            for key, value in (("dataset", dataset), ("label", self.label)):
                 if plan.get(key) != value:
                     raise ValueError(
                         f"{path}: this work folder holds a simulation with {key} {plan.get(key)!r}, not "
                         f"{value!r}; resume it with the same options or choose another --work folder"
                     )
+            differ = option_differences(plan.get("options"), options)
+            if differ:
+                raise ValueError(
+                    f"{path}: this work folder holds a simulation with other options: {'; '.join(differ)}; "
+                    "resume it with the same options or choose another --work folder"
+                )
             return list(plan["order"])
         order = self.dataset.order(self.config.seed)
         self.work.mkdir(parents=True, exist_ok=True)

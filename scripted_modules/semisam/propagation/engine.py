@@ -285,8 +285,9 @@ def propagate(
             next propagation across slices. SAM 2-family models still run their whole video (their
             memory needs it) and the answer is cut to the key slices.
         current: the segment's mask ``(Z, Y, X)`` on the volume's grid, or ``None``. A key slice with
-            points and no box is anchored on the box of the mask a track gives it, else on this mask's
-            slice (a positive point that corrects a proposal keeps to the proposal's extent).
+            points and no box is anchored on the box of a mask: with ``across_slices`` off, this mask's
+            slice (what the user sees now, edits included), else the mask a track gives it; either falls
+            back to the other (a positive point that corrects a proposal keeps to the proposal's extent).
 
     Returns:
         :class:`PropagationResult`.
@@ -305,7 +306,7 @@ def propagate(
     for k in sorted(state.keys):
         key = state.keys[k]
         if not key.fresh:
-            _answer_key(state, k, key, _anchor(state, k, current))
+            _answer_key(state, k, key, _anchor(state, k, current, prefer_current=not across_slices))
             for d in (1, -1):
                 state.tracks.pop((k, d), None)
     if not across_slices:
@@ -328,17 +329,20 @@ def only_key_slices(result: PropagationResult, axis: str) -> PropagationResult:
     return PropagationResult(mask, confidence, source, {}, sorted(keys), {})
 
 
-def _anchor(state: PropagationState, index: int, current: np.ndarray | None) -> np.ndarray | None:
+def _anchor(
+    state: PropagationState, index: int, current: np.ndarray | None, prefer_current: bool = False
+) -> np.ndarray | None:
     """The 2D mask that anchors point-only prompts on key slice ``index``: a track's (the most
-    confident), else ``current``'s slice when it holds anything, else ``None``."""
+    confident) or ``current``'s slice when it holds anything, ``current`` first if ``prefer_current``;
+    ``None`` when neither has one."""
     res = _current_result(state, index)
-    if res is not None:
-        return res.mask
+    tracked = res.mask if res is not None else None
+    own = None
     if current is not None:
         m = np.asarray(take_slice(current, state.axis, index)) > 0
-        if m.any():
-            return m
-    return None
+        own = m if m.any() else None
+    first, second = (own, tracked) if prefer_current else (tracked, own)
+    return first if first is not None else second
 
 
 def _current_result(state: PropagationState, index: int) -> SliceResult | None:
