@@ -559,43 +559,31 @@ class SemiSAMSegmentTest(ScriptedLoadableModuleTest):
         self.assertIsNone(logic.generalistProblem(Generalist.litemedsam, ""))
         self.assertIn("needs a checkpoint", logic.generalistProblem(Generalist.sam, ""))
 
-    def test_MaskRoundTrip(self) -> None:
+    def _runFlow(self, name: str, message: str, *extra) -> None:
+        """Run the flow ``name`` of ``SemiSAMSegmentLib.selftest`` on the scene, in a temporary folder."""
         import tempfile
 
-        from SemiSAMSegmentLib.selftest import mask_round_trip_flow
+        from SemiSAMSegmentLib import selftest
 
+        self.delayDisplay(message)
         with tempfile.TemporaryDirectory() as folder:
-            mask_round_trip_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
-        self.delayDisplay("Mask round trip passed")
+            getattr(selftest, name)(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder), *extra)
+        self.delayDisplay(_("{name} passed").format(name=name))
+
+    def test_MaskRoundTrip(self) -> None:
+        self._runFlow("mask_round_trip_flow", "Mask round trip: load and save a label map")
 
     def test_AutoSegment(self) -> None:
-        import tempfile
-
-        from SemiSAMSegmentLib.selftest import auto_segment_flow
-
-        self.delayDisplay("Auto-segment (untrained specialist) on breast1")
-        with tempfile.TemporaryDirectory() as folder:
-            auto_segment_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
-        self.delayDisplay("Auto-segment passed")
+        self._runFlow("auto_segment_flow", "Auto-segment (untrained specialist) on breast1")
 
     def test_PropagateAndAccept(self) -> None:
-        import tempfile
-
-        from SemiSAMSegmentLib.selftest import propagate_and_accept_flow
-
-        self.delayDisplay("Propagate one ROI box with LiteMedSAM on a lung1 crop, then accept")
-        with tempfile.TemporaryDirectory() as folder:
-            propagate_and_accept_flow(self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder))
-        self.delayDisplay("Test passed")
+        self._runFlow(
+            "propagate_and_accept_flow", "Propagate one ROI box with LiteMedSAM on a lung1 crop, then accept"
+        )
 
     def test_PropagateOffTheGuiThread(self) -> None:
-        import tempfile
-
-        from SemiSAMSegmentLib.selftest import worker_propagate_flow
-
-        self.delayDisplay("Propagate on a worker thread while the GUI keeps redrawing")
-        with tempfile.TemporaryDirectory() as folder:
-            worker_propagate_flow(
-                self, slicer.mrmlScene, SemiSAMSegmentLogic(), Path(folder), slicer.app.processEvents
-            )
-        self.delayDisplay("Worker propagation passed")
+        self._runFlow(
+            "worker_propagate_flow",
+            "Propagate on a worker thread while the GUI keeps redrawing",
+            slicer.app.processEvents,
+        )
