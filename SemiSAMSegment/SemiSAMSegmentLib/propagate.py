@@ -74,22 +74,17 @@ class PropagateOutcome:
 
     def describe(self, segment_name: str) -> str:
         """One line for the module's status label."""
-        if not self.across_slices:
-            return _(
+        if self.across_slices:
+            text = _(
+                "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in {r} of slices "
+                "{lo}..{hi} ({n} with a mask); {enc} slice(s) encoded so far; {seconds:.1f} s."
+            )
+        else:
+            text = _(
                 "Answered the prompted {axis} slice(s) {keys} only: segment '{name}' replaced on {r} "
                 "slice(s); {enc} slice(s) encoded so far; {seconds:.1f} s."
-            ).format(
-                axis=self.axis,
-                keys=", ".join(str(k) for k in self.key_slices),
-                name=segment_name,
-                r=len(self.replaced),
-                enc=self.slices_encoded,
-                seconds=self.seconds,
             )
-        return _(
-            "Propagated from {axis} key slice(s) {keys}: segment '{name}' replaced in {r} of slices "
-            "{lo}..{hi} ({n} with a mask); {enc} slice(s) encoded so far; {seconds:.1f} s."
-        ).format(
+        return text.format(
             axis=self.axis,
             keys=", ".join(str(k) for k in self.key_slices),
             name=segment_name,
