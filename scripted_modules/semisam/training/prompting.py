@@ -83,10 +83,9 @@ def main_components_mask(prob: np.ndarray, cfg: PromptConfig) -> np.ndarray:
     lab, n = ndi.label(prob >= cfg.threshold)
     if n == 0:
         return np.zeros(prob.shape, dtype=bool)
-    idx = np.arange(1, n + 1)
-    sizes = ndi.sum_labels(np.ones_like(lab), lab, index=idx)
-    zz = np.broadcast_to(np.arange(prob.shape[0]).reshape(-1, *([1] * (prob.ndim - 1))), prob.shape)
-    spans = ndi.maximum(zz, lab, index=idx) - ndi.minimum(zz, lab, index=idx) + 1
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(float)
+    # Slices each component spans: its bounding box along axis 0 (one pass over the labels).
+    spans = np.array([box[0].stop - box[0].start for box in ndi.find_objects(lab)])
     need_slices = min(int(cfg.min_slices_3d), prob.shape[0])
     big = float(sizes.max())
     order = [
