@@ -76,6 +76,11 @@ class LabeledCase:
         return self.record.case_id
 
 
+def _split_after(existing: list[CaseRecord]) -> str:
+    """The store rule's split for a case added after the ``existing`` ones."""
+    return decide_split(len(existing), sum(r.split == "validation" for r in existing))
+
+
 class LabeledStore(UnlabeledPool):
     """A labeled-set store at ``root`` (see the module docstring for the layout).
 
@@ -324,8 +329,7 @@ class LabeledStore(UnlabeledPool):
         accepted, and would then favour it when versions are compared (see
         :func:`semisam.training.promote.comparison_case_ids`).
         """
-        existing = self.cases()
-        return decide_split(len(existing), sum(r.split == "validation" for r in existing))
+        return _split_after(self.cases())
 
     def add_case(
         self,
@@ -383,11 +387,10 @@ class LabeledStore(UnlabeledPool):
             cid = case_id or auto_id("case", seq, taken)
             if cid.lower() in taken:
                 raise CaseExistsError(f"case {cid!r} already exists in the store", self.root)
-            n_val = sum(r.split == "validation" for r in existing)
             rec = CaseRecord(
                 case_id=cid,
                 seq=seq,
-                split=split or decide_split(len(existing), n_val),
+                split=split or _split_after(existing),
                 split_rule="explicit" if split else RULE,
                 added=_fs.utc_now(),
                 image=IMAGE_FILE,
