@@ -177,9 +177,10 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
     s = prev.slice + track.direction
     thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
     reach = _outward_reach(state, track)
-    # Beyond the outermost key slice, thin tracks also end where the area rebounds (continuity.py).
-    areas = [int(r.mask.sum()) for r in [key.result, *track.results]] if thin else []
     outward = track.limit in (-1, state.n_slices)
+    # Beyond the outermost key slice, thin tracks also end where the area rebounds (continuity.py).
+    rebound = thin and outward and state.params.rebound_ratio > 0
+    areas = [int(r.mask.sum()) for r in [key.result, *track.results]] if rebound else []
     while s != track.limit:
         if reach is not None and abs(s - track.key) > reach:
             track.stop = f"slice {s}: more than {reach} slices beyond the outermost key slice"
@@ -196,7 +197,7 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
                 state.pixel_mm,
                 state.slice_mm,
                 s,
-                outward=track.limit in (-1, state.n_slices),
+                outward=outward,
             )
         else:
             outcome = propagate_one(
@@ -220,7 +221,7 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
         outcome.result.key = track.key
         track.results.append(outcome.result)
         prev = outcome.result
-        if thin and outward and state.params.rebound_ratio > 0:
+        if rebound:
             areas.append(int(prev.mask.sum()))
             cut = rebound_cut(areas, state.params.rebound_ratio)
             if cut is not None:
