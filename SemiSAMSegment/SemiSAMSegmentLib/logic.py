@@ -414,7 +414,9 @@ class CaseLogic:
         )
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
         current = None
-        if not propagateAcrossSlices:  # point-only slices are anchored on the segment's own slice
+        boxed = {p.slice for p in markups.prompts.prompts if p.box is not None}
+        points_only = any(p.slice not in boxed for p in markups.prompts.prompts)
+        if not propagateAcrossSlices and points_only:  # anchored on the segment's own slice
             current = propagate_lib.segment_mask(case, volumeNode, segmentationNode, segmentName)
         return propagate_lib.PropagateRequest(
             case,
