@@ -54,6 +54,7 @@ from semisam.generalists.base import PromptableModel, model_identity
 from semisam.metrics import dice
 
 from .embedding_store import EmbeddingStore
+from .presence import PresenceProbe
 from .prompting import PromptConfig, coherence, main_components_mask, prompts_from_prediction
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class ConfidenceConfig:
     min_agreement: float = 0.5
     min_coherence: float = 0.6
     min_case_agreement: float = 0.5
+    #: weight of the background taught on a slice where the specialist predicted the class but the
+    #: presence probe (:mod:`semisam.training.presence`) says it is absent; 0 = such a slice teaches nothing
+    absent_weight: float = 0.0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -169,6 +173,8 @@ class PseudoLabeler:
         self.confidence = confidence or ConfidenceConfig()
         self.seed = int(seed)
         self.decoder_calls = 0
+        #: set by the caller (:meth:`set_presence`): refuses prompts on slices without the structure
+        self.presence: PresenceProbe | None = None
         settings = {
             "generalists": [model_identity(g) for g in self.generalists],
             "prompt": self.prompt.to_json(),
@@ -179,11 +185,16 @@ class PseudoLabeler:
         self.settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         self.cache_dir = Path(cache_dir) / self.settings_sha[:16] if cache_dir is not None else None
 
+    def set_presence(self, probe: PresenceProbe | None) -> None:
+        """Use a fitted presence probe from now on (``None``: none); it is part of the cache key."""
+        self.presence = probe
+
     # ------------------------------------------------------------------ cache
     def cache_path(self, case_id: str, case_sha: str, specialist_sha: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"{case_id}-{(case_sha or 'nosha')[:16]}-{specialist_sha[:16]}.npz"
+        probe = f"-{self.presence.digest[:8]}" if self.presence is not None else ""
+        return self.cache_dir / f"{case_id}-{(case_sha or 'nosha')[:16]}-{specialist_sha[:16]}{probe}.npz"
 
     def _load(self, path: Path | None) -> PseudoLabel | None:
         if path is None or not path.is_file():
@@ -247,6 +258,7 @@ class PseudoLabeler:
         score = np.zeros(depth, dtype=np.float32)
         agreement = np.full(depth, np.nan, dtype=np.float32)
         prompted = np.zeros(depth, dtype=bool)
+        refused = np.zeros(depth, dtype=bool)  # predicted there, but the presence probe says absent
         case_key = int.from_bytes(
             hashlib.sha256(f"{case_sha}|{specialist_sha}".encode()).digest()[:4], "little"
         )
@@ -263,9 +275,18 @@ class PseudoLabeler:
         prob = np.stack(main)
         for z in range(depth):
             gen_p, confs, scores, agrees = [], [], [], []
+            absent = None
             for c in range(1, n_classes):
                 rng = np.random.default_rng([self.seed, case_key, z, c])
                 rounds = prompts_from_prediction(prob[c, z], self.prompt, rng)
+                if rounds and self.presence is not None:
+                    if absent is None:
+                        absent = self.presence.absent(
+                            self.embeddings.get_or_encode(self.generalists[0], image[z])
+                        )
+                    if absent[c - 1]:
+                        refused[z] = True
+                        rounds = []
                 if not rounds:
                     gen_p.append(np.zeros(image.shape[1:], dtype=np.float32))
                     continue
@@ -294,6 +315,8 @@ class PseudoLabeler:
                 scores.append(s)
                 agrees.append(a)
             if not confs:
+                if refused[z] and self.confidence.absent_weight > 0:
+                    weight[z] = self.confidence.absent_weight  # label stays 0: background here
                 continue
             prompted[z] = True
             pc = np.stack(gen_p)  # (C-1, Y, X)
@@ -310,11 +333,13 @@ class PseudoLabeler:
         gated = bool(case_agree) and min(case_agree) < self.confidence.min_case_agreement
         if gated:
             weight[:] = 0.0
+        refused &= ~prompted
         stats = {
             "coherence": [round(float(v), 4) for v in coh],
             "case_agreement": [round(float(v), 4) for v in case_agree],
             "gated": gated,
             "prompted_slices": int(prompted.sum()),
+            "refused_slices": int(refused.sum()),
             "teaching_slices": int((weight.reshape(depth, -1).max(1) > 0).sum()),
             "mean_score": float(score[prompted].mean()) if prompted.any() else None,
             "mean_agreement": float(np.nanmean(agreement)) if prompted.any() else None,

@@ -1,0 +1,148 @@
+"""The presence probe: a linear probe on real LiteMedSAM embeddings, fitted on a labeled case, tells the
+slices of an unlabeled scan that hold the structure from those that hold only neighbouring tissue; the
+pseudo-labeler then refuses to prompt the latter even where the specialist predicts the structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.training.embedding_store import EmbeddingStore
+from semisam.training.methods.base import CaseData
+from semisam.training.presence import PresenceProbe
+from semisam.training.prompting import PromptConfig
+from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler
+
+SIZE = 64
+
+
+def _scan(seed: int, first: int, last: int, depth: int = 10, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(Z, Y, X)`` image in [0, 1] and mask: a bright ellipse on slices ``first..last``; every other
+    slice holds a neighbour of similar brightness and size but another shape (a thin bar) elsewhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    image = np.empty((depth, SIZE, SIZE), dtype=np.float32)
+    mask = np.zeros((depth, SIZE, SIZE), dtype=np.uint8)
+    for z in range(depth):
+        on = first <= z <= last
+        ellipse = ((yy - 30 - shift) / 11.0) ** 2 + ((xx - 32 - shift) / 8.0) ** 2 <= 1.0
+        bar = (np.abs(yy - 44 - shift) <= 2) & (np.abs(xx - 32) <= 20)
+        image[z] = np.where(ellipse if on else bar, 0.8, 0.3) + rng.normal(0, 0.03, (SIZE, SIZE))
+        mask[z] = ellipse if on else 0
+    return np.clip(image, 0, 1), mask
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    from semisam.generalists import build_generalist
+
+    return build_generalist("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, litemedsam):
+    store = EmbeddingStore(tmp_path_factory.mktemp("emb"))
+    image, mask = _scan(0, 3, 6)
+    probe = PresenceProbe(litemedsam, store)
+    probe.fit([CaseData("l0", torch.from_numpy(image), torch.from_numpy(mask))], n_classes=2)
+    return probe, store
+
+
+def test_probe_tells_slices_with_the_structure_from_slices_without(fitted):
+    probe, store = fitted
+    assert np.isfinite(probe.threshold).all() and len(probe.digest) == 64
+    image, mask = _scan(1, 1, 4, shift=3)  # another scan: the structure on other slices, moved in-plane
+    present = mask.reshape(len(mask), -1).any(1)
+    absent = np.array([probe.absent(store.get_or_encode(probe.generalist, s))[0] for s in image])
+    assert (absent == ~present).all(), (absent, present)
+
+
+def test_a_class_never_absent_in_the_labeled_cases_is_never_refused(tmp_path, litemedsam):
+    image, mask = _scan(0, 0, 9)  # on every slice: no confuser slice to calibrate against
+    probe = PresenceProbe(litemedsam, EmbeddingStore(tmp_path / "emb"))
+    probe.fit([CaseData("l0", torch.from_numpy(image), torch.from_numpy(mask))], n_classes=2)
+    assert probe.threshold[0] == -np.inf
+    other, _ = _scan(1, 1, 4)
+    assert not probe.absent(probe.embeddings.get_or_encode(litemedsam, other[8]))[0]
+
+
+def test_pseudo_labeler_refuses_slices_the_probe_calls_empty(tmp_path, fitted):
+    probe, store = fitted
+    image, mask = _scan(2, 2, 5)
+    # A specialist that predicts the structure on every slice (z-mislocalised above and below it).
+    prob = np.zeros((2, *image.shape), dtype=np.float32)
+    prob[1, :, 20:41, 25:40] = 0.95
+    prob[0] = 1 - prob[1]
+    labeler = PseudoLabeler(
+        [probe.generalist], store, tmp_path, PromptConfig(rounds=1), ConfidenceConfig(absent_weight=0.5)
+    )
+    without = labeler.label_case("u0", "sha", image, prob, "spec")
+    before = labeler.cache_path("u0", "sha", "spec")
+    labeler.set_presence(probe)
+    assert labeler.cache_path("u0", "sha", "spec") != before  # the probe is part of the cache key
+    with_probe = labeler.label_case("u0", "sha", image, prob, "spec")
+    present = mask.reshape(len(mask), -1).any(1)
+    assert without.prompted.all() and without.stats["refused_slices"] == 0
+    assert (with_probe.prompted == present).all()
+    assert with_probe.stats["refused_slices"] == int((~present).sum())
+    # Refused slices teach background at absent_weight; prompted ones keep the generalist's answer.
+    assert (with_probe.label[~present] == 0).all() and np.allclose(with_probe.weight[~present], 0.5)
+    assert (with_probe.label[present] == without.label[present]).all()
+    assert not with_probe.from_cache
+
+
+class _BrightStudent(torch.nn.Module):
+    """A real (tiny) 2.5D specialist: a 1x1 convolution calling every bright pixel foreground, so it
+    predicts the neighbour (the bar) on the slices without the structure as well."""
+
+    input_kind = "2.5d"
+    in_slices = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 20.0
+            self.conv.bias[1] = -10.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, litemedsam):
+    import types
+
+    from semisam.checkpoints import new_manifest
+    from semisam.training.methods.base import TrainContext
+    from semisam.training.methods.semisam_plus import SemiSAMPlus
+
+    image, mask = _scan(0, 3, 6)
+    uimage, umask = _scan(3, 2, 5)
+    labeled = [CaseData("l0", torch.from_numpy(image), torch.from_numpy(mask), sha256="sha-l0")]
+    unlabeled = [CaseData("u0", torch.from_numpy(uimage), None, sha256="sha-u0")]
+    refused = {}
+    for presence in (False, True):
+        ctx = TrainContext(
+            config=types.SimpleNamespace(iterations=100, seed=0, refresh_every=50, parts={}),  # type: ignore[arg-type]
+            device=torch.device("cpu"),
+            student=_BrightStudent(),
+            manifest=new_manifest("mamba_unet", ["object"], "MR"),
+            store=None,
+            cache=tmp_path / "cache",
+            labeled=labeled,
+            unlabeled=unlabeled,
+            generalists=[("litemedsam", None)],
+        )
+        ctx._generalist_objects["litemedsam:"] = litemedsam
+        part = SemiSAMPlus({"start": 0, "rounds": 1, "presence": presence})
+        part.setup(ctx)
+        part.refresh(ctx, 0)
+        assert (part.labeler.presence is not None) == presence
+        refused[presence] = part.history[-1]["refused_slices"]
+        teaching = part.pseudo[0].weight.reshape(len(uimage), -1).max(1) > 0
+        if presence:  # the bar slices no longer teach the bar as the structure
+            assert not (teaching & ~umask.reshape(len(umask), -1).any(1)).any()
+    assert refused[False] == 0 and refused[True] > 0
