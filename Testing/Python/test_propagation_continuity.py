@@ -68,6 +68,6 @@ def test_single_box_track_stops_where_the_structure_narrows_into_another():
     assert set(range(10, 21)) <= set(result.slices)
     assert not set(range(0, 9)) & set(result.slices), result.stops
     assert "grew again" in result.stops["16:-1"]
-    # Off (the default): the track runs on into the other structure.
-    assert PropagationParams().rebound_ratio == 0
+    # On by default; off, the track runs on into the other structure.
+    assert PropagationParams().rebound_ratio == REBOUND_RATIO
     assert set(range(0, 9)) & set(run(0.0).slices)

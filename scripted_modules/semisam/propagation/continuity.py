@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: The rebound factor to use when the rule is switched on (``PropagationParams(rebound_ratio=REBOUND_RATIO)``;
-#: off by default, see ``PropagationParams``). A rise of the running-median area to this many times its
-#: lowest value since the track's largest one ends the track: the equivalent radius grew by 22 % (sqrt 1.5) after shrinking, far above the
-#: 5-10 % slice-to-slice noise of the model's masks on the development structures.
+#: The rebound factor (``PropagationParams.rebound_ratio``, on by default; 0 turns the rule off). A rise of
+#: the running-median area to this many times its lowest value since the track's largest one ends the
+#: track: the equivalent radius grew by 22 % (sqrt 1.5) after shrinking, far above the 5-10 %
+#: slice-to-slice noise of the model's masks on the development structures.
 REBOUND_RATIO = 1.5
 
 
