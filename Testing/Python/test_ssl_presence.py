@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from training_synth import ThresholdStudent
 
 from semisam.training.embedding_store import EmbeddingStore
 from semisam.training.methods.base import CaseData
@@ -92,26 +93,6 @@ def test_pseudo_labeler_refuses_slices_the_probe_calls_empty(tmp_path, fitted):
     assert not with_probe.from_cache
 
 
-class _BrightStudent(torch.nn.Module):
-    """A real (tiny) 2.5D specialist: a 1x1 convolution calling every bright pixel foreground, so it
-    predicts the neighbour (the bar) on the slices without the structure as well."""
-
-    input_kind = "2.5d"
-    in_slices = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 20.0
-            self.conv.bias[1] = -10.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, litemedsam):
     import types
 
@@ -128,7 +109,7 @@ def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, l
         ctx = TrainContext(
             config=types.SimpleNamespace(iterations=100, seed=0, refresh_every=50, parts={}),  # type: ignore[arg-type]
             device=torch.device("cpu"),
-            student=_BrightStudent(),
+            student=ThresholdStudent(),  # calls the bar bright too: predicted on every slice
             manifest=new_manifest("mamba_unet", ["object"], "MR"),
             store=None,
             cache=tmp_path / "cache",

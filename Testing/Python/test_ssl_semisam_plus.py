@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from training_synth import ThresholdStudent
 
 from semisam.checkpoints import new_manifest
 from semisam.training.embedding_store import EmbeddingStore
@@ -15,25 +16,6 @@ from semisam.training.methods.base import Batch, CaseData, StudentOutput, TrainC
 from semisam.training.methods.semisam_plus import SemiSAMPlus, crop_targets
 from semisam.training.prompting import PromptConfig, prompts_from_prediction
 from semisam.training.pseudo_labels import PseudoLabeler, label_cases, weights_sha
-
-
-class ThresholdStudent(torch.nn.Module):
-    """A real (tiny) 2.5D specialist: one 1x1 convolution, initialised to call bright pixels foreground."""
-
-    input_kind = "2.5d"
-    in_slices = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-            self.conv.weight[1, 0] = 20.0
-            self.conv.bias[1] = -10.0  # foreground where intensity > 0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
 
 
 def _volume(seed: int = 0, depth: int = 2, size: int = 64) -> np.ndarray:

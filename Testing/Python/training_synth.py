@@ -67,3 +67,23 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+class ThresholdStudent(torch.nn.Module):
+    """A real (tiny) 2.5D specialist: one 1x1 convolution, initialised to call pixels brighter than 0.5
+    foreground."""
+
+    input_kind = "2.5d"
+    in_slices = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[1, 0] = 20.0
+            self.conv.bias[1] = -10.0  # foreground where intensity > 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
