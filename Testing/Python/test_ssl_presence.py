@@ -11,7 +11,7 @@ from training_synth import ThresholdStudent
 
 from semisam.training.embedding_store import EmbeddingStore
 from semisam.training.methods.base import CaseData
-from semisam.training.presence import PresenceProbe
+from semisam.training.presence import PresenceConfig, PresenceProbe
 from semisam.training.prompting import PromptConfig
 from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler
 
@@ -59,13 +59,35 @@ def test_probe_tells_slices_with_the_structure_from_slices_without(fitted):
     assert (absent == ~present).all(), (absent, present)
 
 
-def test_a_class_never_absent_in_the_labeled_cases_is_never_refused(tmp_path, litemedsam):
+def test_a_class_never_absent_in_the_labeled_cases_gets_no_threshold(tmp_path, litemedsam):
     image, mask = _scan(0, 0, 9)  # on every slice: no confuser slice to calibrate against
     probe = PresenceProbe(litemedsam, EmbeddingStore(tmp_path / "emb"))
     probe.fit([CaseData("l0", torch.from_numpy(image), torch.from_numpy(mask))], n_classes=2)
     assert probe.threshold[0] == -np.inf
-    other, _ = _scan(1, 1, 4)
-    assert not probe.absent(probe.embeddings.get_or_encode(litemedsam, other[8]))[0]
+    one = [CaseData("l1", torch.from_numpy(image[4:5]), torch.from_numpy(mask[4:5]))]
+    probe.fit(one, n_classes=2)  # one slice: nothing to cross-fit
+    assert probe.threshold[0] == -np.inf
+    with pytest.raises(ValueError, match="none was given"):
+        probe.fit([], n_classes=2)
+
+
+def test_a_backwards_threshold_is_dropped():
+    # Slices that hold the class and slices near it that do not have the same cells: held-out presence is
+    # equal, so a threshold would refuse the structure as often as its neighbours; there is none.
+    probe = PresenceProbe.__new__(PresenceProbe)
+    probe.config = PresenceConfig(steps=50)
+    cell = torch.nn.functional.normalize(torch.arange(1.0, 9.0), dim=0)
+    feats = cell.expand(16, 8).clone()
+    cover = torch.zeros(16, 1)
+    cover[:4] = 1.0
+    slices = [(feats, cover if z in (2, 3, 4, 5) else torch.zeros(16, 1)) for z in range(8)]
+    present = np.array([[z in (2, 3, 4, 5)] for z in range(8)])
+    assert probe._calibrate(slices, present, np.ones_like(present))[0] == -np.inf
+
+
+def test_only_sam_style_generalists_are_probed(tmp_path):
+    with pytest.raises(ValueError, match="SAM-style"):
+        PresenceProbe(object(), EmbeddingStore(tmp_path / "emb"))  # type: ignore[arg-type]
 
 
 def test_pseudo_labeler_refuses_slices_the_probe_calls_empty(tmp_path, fitted):
@@ -87,8 +109,12 @@ def test_pseudo_labeler_refuses_slices_the_probe_calls_empty(tmp_path, fitted):
     assert without.prompted.all() and without.stats["refused_slices"] == 0
     assert (with_probe.prompted == present).all()
     assert with_probe.stats["refused_slices"] == int((~present).sum())
-    # Refused slices teach background at absent_weight; prompted ones keep the generalist's answer.
-    assert (with_probe.label[~present] == 0).all() and np.allclose(with_probe.weight[~present], 0.5)
+    # Refused slices teach background at absent_weight where the specialist put the class, nothing
+    # elsewhere; prompted ones keep the generalist's answer.
+    assert (with_probe.label[~present] == 0).all()
+    predicted = prob[1] >= 0.5
+    assert np.allclose(with_probe.weight[~present][predicted[~present]], 0.5)
+    assert (with_probe.weight[~present][~predicted[~present]] == 0).all()
     assert (with_probe.label[present] == without.label[present]).all()
     assert not with_probe.from_cache
 
@@ -104,7 +130,6 @@ def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, l
     uimage, umask = _scan(3, 2, 5)
     labeled = [CaseData("l0", torch.from_numpy(image), torch.from_numpy(mask), sha256="sha-l0")]
     unlabeled = [CaseData("u0", torch.from_numpy(uimage), None, sha256="sha-u0")]
-    refused = {}
     for presence in (False, True):
         ctx = TrainContext(
             config=types.SimpleNamespace(iterations=100, seed=0, refresh_every=50, parts={}),  # type: ignore[arg-type]
@@ -122,8 +147,8 @@ def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, l
         part.setup(ctx)
         part.refresh(ctx, 0)
         assert (part.labeler.presence is not None) == presence
-        refused[presence] = part.history[-1]["refused_slices"]
         teaching = part.pseudo[0].weight.reshape(len(uimage), -1).max(1) > 0
-        if presence:  # the bar slices no longer teach the bar as the structure
-            assert not (teaching & ~umask.reshape(len(umask), -1).any(1)).any()
-    assert refused[False] == 0 and refused[True] > 0
+        bar_slices = ~umask.reshape(len(umask), -1).any(1)
+        # Without the probe the bar teaches as the structure; with it, it does not.
+        assert (teaching & bar_slices).any() != presence
+        assert (part.history[-1]["refused_slices"] == int(bar_slices.sum())) == presence

@@ -1,4 +1,5 @@
-"""Tiny synthetic stores for the training tests: CT-like 24 x 48 x 48 volumes with one ellipsoid lesion.
+"""Tiny synthetic stores for the training tests: CT-like 24 x 48 x 48 volumes with one ellipsoid lesion;
+and :class:`ThresholdStudent`, a real one-convolution specialist whose prediction a test can set.
 
 Spacing is the models' default target spacing (0.8, 0.8, 1.5) mm, so the model grid equals the
 volume grid and a test's crops are the volume's own pixels.

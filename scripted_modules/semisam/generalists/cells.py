@@ -4,8 +4,8 @@ SAM-family encoders (SAM, MedSAM, LiteMedSAM) return ``(1, D, h, w)`` features (
 over the square model frame into whose top-left corner the slice was resized
 (:class:`~semisam.generalists.geometry.ResizeLongestSide`); one cell spans ``frame / h`` model pixels
 (1.5 slice pixels for a 96-pixel-wide slice in LiteMedSAM's 256 frame). Linear probes on these cells
-(:mod:`semisam.training.presence`) tell the structure from its
-surroundings as the generalist sees them.
+(:mod:`semisam.training.presence`) tell the structure from its surroundings as the generalist sees
+them.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def fit_linear_probe(
     cells do not count. In and out cells weigh half each (a 1 % structure is not drowned by its
     surroundings), so logit 0 is the Bayes boundary with equal priors. Full-batch Adam for ``steps``
     steps (the loss is flat after ~200 on 1-4 labeled cases); weight decay keeps 256 weights from
-    memorising ~1000 positive cells. Works inside ``torch.inference_mode()`` too (propagation runs there).
+    memorising ~1000 positive cells. Works inside ``torch.inference_mode()`` too.
     """
     gen = torch.Generator().manual_seed(int(seed))
     k, d = cover.shape[1], feats.shape[1]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from semisam.propagation.continuity import REBOUND_RATIO
+
 
 @dataclass(frozen=True)
 class PropagationParams:
@@ -69,7 +71,7 @@ class PropagationParams:
     min_agreement: float = 0.5
     min_ncc: float = 0.5
     max_carried_mm: float = 3.0
-    rebound_ratio: float = 1.5  # continuity.REBOUND_RATIO
+    rebound_ratio: float = REBOUND_RATIO
 
     def max_carried(self, slice_mm: float) -> int:
         """``max_carried_mm`` in slices ``slice_mm`` apart (at least 1)."""

@@ -10,15 +10,19 @@ SAM-family encoders) learns what the structure looks like *to the generalist*, f
 
 A slice's **presence** for class ``c`` is the largest probe logit over the slice's cells. It is compared
 with a threshold calibrated on the labeled cases themselves, cross-fitted so the probe never scores a
-slice it was fitted on: fitted on the even slices it scores the odd ones and vice versa; the threshold
-is the midpoint (logit) between the median presence of slices that hold the class and the median of
+slice it was fitted on: fitted on every other labeled slice (alternating through the labeled cases in
+order) it scores the rest and vice versa. Neighbouring slices look alike, so this holds out less than a
+new scan would: the threshold is, if anything, optimistic. It is the midpoint (logit) between the median presence of slices that hold the class and the median of
 slices that do not but lie within one structure length of it (the confusers: the neighbouring tissue a
 z-shifted box lands on; slices far away are easy and would pull the threshold down). Measured on the
-pallidum development task (one labeled case, six unlabeled ones, model grid): the probe keeps 99 % of
-the slices holding pallidum and refuses 74 % of those that do not (the generalist's predicted IoU
-separates them with ROC AUC 0.61, the probe's presence with 0.92).
+pallidum development task (one labeled case; every slice of six unlabeled scans, model grid): the probe
+keeps 99 % of the slices holding pallidum and refuses 74 % of those that do not (for answers to boxes
+moved up to 6 slices off the structure, LiteMedSAM's predicted IoU separates empty from holding slices
+with ROC AUC 0.61, the probe's presence with 0.92).
 
-A class without slices of both kinds in the labeled cases gets no threshold: it is never refused.
+A class gets no threshold, so it is never refused, unless both halves of the cross-fit saw it and
+slices near it without it, and its held-out presence is higher on the slices that hold it than on those
+that do not (a backwards threshold would refuse the structure itself).
 
 Used by ``semisam_plus`` when its option ``presence`` is true (off by default: on the pallidum task,
 removing the empty teaching slices lowered the one-label test Dice, ``docs/training.md``).
@@ -36,8 +40,10 @@ import torch
 
 from semisam.generalists.base import PromptableModel, SliceEmbedding
 from semisam.generalists.cells import embedding_cells, fit_linear_probe
+from semisam.generalists.sam_family import SamLikeModel
 
 from .embedding_store import EmbeddingStore
+from .methods.base import CaseData
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ class PresenceConfig:
     Attributes:
         steps: full-batch Adam steps of the logistic fit (the loss is flat after ~200 on 1-4 cases).
         lr: Adam learning rate.
-        weight_decay: L2 on the probe weights (keeps 256 weights from memorising ~1000 positive cells).
+        weight_decay: Adam's weight decay on the probe's weights and bias (keeps 256 weights from
+            memorising ~1000 positive cells).
         seed: the probe's initial weights.
     """
 
@@ -66,11 +73,21 @@ class PresenceProbe:
         generalist: the frozen generalist whose embeddings are probed (the first of several).
         embeddings: the shared slice-embedding store (labeled slices are encoded once, then cached).
         config: fitting settings.
+
+    Raises:
+        ValueError: ``generalist`` is not a SAM-style model (SAM, MedSAM, LiteMedSAM): SAM 2 stretches a
+            slice over its whole input square instead of padding it, so its cells are other pixels.
     """
 
     def __init__(
         self, generalist: PromptableModel, embeddings: EmbeddingStore, config: PresenceConfig | None = None
     ) -> None:
+        if not isinstance(generalist, SamLikeModel):
+            raise ValueError(
+                f"the presence probe reads SAM-style slice embeddings (sam, medsam, litemedsam); "
+                f"{getattr(generalist, 'name', type(generalist).__name__)!r} is not one: list one of "
+                "those first with --generalist, or turn the semisam_plus option 'presence' off"
+            )
         self.generalist = generalist
         self.embeddings = embeddings
         self.config = config or PresenceConfig()
@@ -104,6 +121,12 @@ class PresenceProbe:
             present: ``(S, K)`` the class is on the slice.
             near: ``(S, K)`` the slice lies within one structure length of the class in its own case.
         """
+        thr = np.full(present.shape[1], -np.inf, dtype=np.float32)
+        if len(slices) < 2:
+            log.info(
+                "presence probe: %d labeled slice(s), nothing to cross-fit: no slice is refused", len(slices)
+            )
+            return thr
         held = np.zeros(present.shape, dtype=np.float32)
         parity = np.arange(len(slices)) % 2
         for p in (0, 1):
@@ -111,11 +134,22 @@ class PresenceProbe:
             w, b = self._fit(torch.cat([f for f, _ in fit]), torch.cat([c for _, c in fit]))
             for i in np.nonzero(parity != p)[0]:
                 held[i] = self._presence(w, b, slices[i][0])
-        thr = np.full(present.shape[1], -np.inf, dtype=np.float32)
         for c in range(present.shape[1]):
-            confusers = ~present[:, c] & near[:, c]
-            if present[:, c].any() and confusers.any():
-                thr[c] = 0.5 * (np.median(held[present[:, c], c]) + np.median(held[confusers, c]))
+            pos, confusers = present[:, c], ~present[:, c] & near[:, c]
+            # Both halves must have seen the class (else one half-probe scores it arbitrarily).
+            if not (pos[parity == 0].any() and pos[parity == 1].any() and confusers.any()):
+                continue
+            hi, lo = float(np.median(held[pos, c])), float(np.median(held[confusers, c]))
+            if hi > lo:
+                thr[c] = 0.5 * (hi + lo)
+            else:
+                log.warning(
+                    "presence probe: class %d looks no more present where it is (%.2f) than near it "
+                    "(%.2f): it is never refused",
+                    c + 1,
+                    hi,
+                    lo,
+                )
         return thr
 
     @staticmethod
@@ -128,8 +162,14 @@ class PresenceProbe:
             near[max(0, zs.min() - ext) : zs.max() + ext + 1] = True
         return near
 
-    def fit(self, cases: Sequence, n_classes: int) -> None:
-        """Fit on labeled :class:`~semisam.training.methods.base.CaseData` (``mask`` set, model grid)."""
+    def fit(self, cases: Sequence[CaseData], n_classes: int) -> None:
+        """Fit on labeled cases (``mask`` set, model grid).
+
+        Raises:
+            ValueError: no case.
+        """
+        if not cases:
+            raise ValueError("the presence probe is fitted on labeled cases; none was given")
         slices: list[tuple[torch.Tensor, torch.Tensor]] = []
         present_rows, near_rows = [], []
         for case in cases:

@@ -18,6 +18,10 @@ predicts a class (its main 3D components, then each slice's connected components
 4. the pseudo-label is ``argmax`` of ``(1 - max_c p_c, p_1, ...)``; slices without any prompt get
    weight 0 (the generalist said nothing there).
 
+With a presence probe (:meth:`PseudoLabeler.set_presence`, :mod:`semisam.training.presence`), a class the
+specialist predicts on a slice where the probe says it is absent is not prompted there (*refused*); the
+pixels the specialist gave it then teach background at ``absent_weight`` (0 by default: nothing).
+
 Two case-level gates keep a weak specialist's noise from teaching (a prompt made from noise gets an
 answer about noise, and the per-slice gate alone cannot tell: a box drawn around a speck always gets a
 speck-sized answer):
@@ -32,7 +36,7 @@ speck-sized answer):
   otherwise the whole case gets weight 0 until the next refresh.
 
 Results are cached on disk under ``cache_dir/<generalists+settings digest>/<case>-<case sha>-<specialist
-sha>.npz`` (label uint8, weight fp16, per-slice score/agreement), so a second run with the same
+sha>[-<probe digest>].npz`` (label uint8, weight fp16, per-slice score/agreement), so a second run with the same
 specialist weights costs a file read; a better specialist (new weights sha) gets new pseudo-labels.
 """
 
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConfidenceConfig:
-    """When a generalist answer teaches (see the module docstring, step 3)."""
+    """When a generalist answer teaches (see the module docstring: step 3, the gates, the presence probe)."""
 
     min_score: float = 0.5
     min_agreement: float = 0.5
@@ -73,7 +77,10 @@ class ConfidenceConfig:
     absent_weight: float = 0.0
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if not out["absent_weight"]:  # the default: leave pseudo-labels cached before it was added valid
+            del out["absent_weight"]
+        return out
 
 
 @dataclass
@@ -259,6 +266,7 @@ class PseudoLabeler:
         agreement = np.full(depth, np.nan, dtype=np.float32)
         prompted = np.zeros(depth, dtype=bool)
         refused = np.zeros(depth, dtype=bool)  # predicted there, but the presence probe says absent
+        refused_px = np.zeros(image.shape, dtype=bool)  # the pixels predicted for refused classes
         case_key = int.from_bytes(
             hashlib.sha256(f"{case_sha}|{specialist_sha}".encode()).digest()[:4], "little"
         )
@@ -282,10 +290,11 @@ class PseudoLabeler:
                 if rounds and self.presence is not None:
                     if absent is None:
                         absent = self.presence.absent(
-                            self.embeddings.get_or_encode(self.generalists[0], image[z])
+                            self.embeddings.get_or_encode(self.presence.generalist, image[z])
                         )
                     if absent[c - 1]:
                         refused[z] = True
+                        refused_px[z] |= prob[c, z] >= self.prompt.threshold
                         rounds = []
                 if not rounds:
                     gen_p.append(np.zeros(image.shape[1:], dtype=np.float32))
@@ -315,8 +324,8 @@ class PseudoLabeler:
                 scores.append(s)
                 agrees.append(a)
             if not confs:
-                if refused[z] and self.confidence.absent_weight > 0:
-                    weight[z] = self.confidence.absent_weight  # label stays 0: background here
+                # Label stays 0 there: background where the specialist put a class that is not on the slice.
+                weight[z][refused_px[z]] = self.confidence.absent_weight
                 continue
             prompted[z] = True
             pc = np.stack(gen_p)  # (C-1, Y, X)

@@ -173,6 +173,8 @@ class SemiSAMPlus(PartBase):
         assert self.labeler is not None, "setup() was not called"
         ctx.emit({"event": "phase", "phase": "pseudo_labels", "done": 0, "total": len(ctx.unlabeled)})
         enc0, hit0 = self.labeler.embeddings.encoded, self.labeler.embeddings.hits
+        if self.use_presence and self.labeler.presence is None and not ctx.labeled:
+            log.warning("semisam_plus: option presence is on but there is no labeled case to fit it on")
         if self.use_presence and self.labeler.presence is None and ctx.labeled:
             # The labeled set is fixed for the run: one fit, at the first refresh (labeled slices are
             # encoded once and cached with the unlabeled ones).
