@@ -262,3 +262,19 @@ def test_rampup_starts_when_the_first_pseudo_label_teaches(tmp_path, unlabeled_c
     # The ramp runs from the first teaching refresh (30), not from `start` (0).
     assert first / full == pytest.approx(sigmoid_rampup(0, 100), rel=1e-3)
     assert part.state_dict()["teach_start"] == 30
+
+
+def test_consensus_teaches_only_where_generalist_and_specialist_agree(tmp_path):
+    image = _volume(0, depth=4)
+    prob = np.zeros((2, 4, 64, 64), dtype=np.float32)
+    prob[1, :, 22:38, 26:42] = 0.95  # the specialist's square
+    prob[0] = 1 - prob[1]
+    g = _Generalist((30, 34), 9)  # the generalist's disc: inside the square but not filling it
+    plain = _labeler(tmp_path, g).label_case("u0", "sha", image, prob, "s")
+    both = _labeler(tmp_path, g, consensus=True).label_case("u0", "sha", image, prob, "s")
+    square = prob[1] >= 0.5
+    disagree = (plain.label > 0) != square
+    assert disagree[plain.prompted].any() and (plain.weight[disagree] > 0).any()
+    assert (both.weight[disagree] == 0).all()
+    agree = ~disagree & plain.prompted[:, None, None]
+    assert np.array_equal(both.weight[agree], plain.weight[agree])

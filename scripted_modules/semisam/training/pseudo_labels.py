@@ -75,11 +75,15 @@ class ConfidenceConfig:
     #: weight of the background taught on a slice where the specialist predicted the class but the
     #: presence probe (:mod:`semisam.training.presence`) says it is absent; 0 = such a slice teaches nothing
     absent_weight: float = 0.0
+    #: teach only the pixels where the generalist's label equals the specialist's own (argmax of its main
+    #: components): a pixel the two models disagree on teaches nothing
+    consensus: bool = False
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)
-        if not out["absent_weight"]:  # the default: leave pseudo-labels cached before it was added valid
-            del out["absent_weight"]
+        for k in ("absent_weight", "consensus"):  # at their defaults: caches made before them stay valid
+            if not out[k]:
+                del out[k]
         return out
 
 
@@ -332,6 +336,9 @@ class PseudoLabeler:
             best = pc.argmax(0)
             label[z] = np.where(pc.max(0) > 0.5, best + 1, 0).astype(np.uint8)
             weight[z] = np.min(np.stack(confs), axis=0)
+            if self.confidence.consensus:
+                spec = np.where(prob[1:, z].max(0) >= self.prompt.threshold, prob[1:, z].argmax(0) + 1, 0)
+                weight[z][label[z] != spec] = 0.0
             score[z] = float(np.mean(scores))
             agreement[z] = float(np.mean(agrees))
         case_agree = []
