@@ -35,6 +35,13 @@ def case():
     return vol, label
 
 
+def _correct(model, cfg, vol, truth, proposal, order, cache=None, target=0.999):
+    """The simulated annotator's run over ``proposal`` (seed 0), reviewing ``order``."""
+    return SimulatedAnnotator(model, cfg, modality="MR").annotate(
+        vol, truth, target, np.random.default_rng(0), proposal=proposal, review_order=order, cache=cache
+    )
+
+
 def test_error_point_clicks_inside_the_largest_error():
     truth = np.zeros((20, 20), np.uint8)
     truth[5:15, 5:15] = 1
@@ -153,15 +160,7 @@ def test_a_box_on_the_one_bad_slice_keeps_the_good_ones(litemedsam):
     after, cache = {}, new_cache(vol)  # one cache: each slice is encoded once for both rules
     for rule in ("keep_agreeing", "replace"):
         cfg = AnnotatorConfig(budget=1, undo=False, merge_rule=rule)
-        res = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
-            vol,
-            truth,
-            1.0,
-            np.random.default_rng(0),
-            proposal=proposal,
-            review_order=[key],
-            cache=cache,
-        )
+        res = _correct(litemedsam, cfg, vol, truth, proposal, [key], cache, target=1.0)
         assert [a.kind for a in res.actions[:1]] == ["box"] and res.actions[0].slice == key
         after[rule] = res.actions[0].dice_after
     assert after["keep_agreeing"] > start and after["keep_agreeing"] > after["replace"] + 0.01, after
@@ -183,9 +182,7 @@ def test_after_an_undone_propagation_the_box_goes_on_its_slice_only(litemedsam, 
     runs = {}
     for again in (True, False):
         cfg = AnnotatorConfig(budget=2, merge_rule="replace", slice_after_undo=again)
-        runs[again] = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
-            vol, truth, 0.999, np.random.default_rng(0), proposal=proposal, review_order=[key], cache=cache
-        )
+        runs[again] = _correct(litemedsam, cfg, vol, truth, proposal, [key], cache)
     first, second = runs[True].actions[:2]
     assert first.kind == "box" and first.undone and not first.slice_only and first.dice_after < start
     assert second.kind == "box" and second.slice == key and second.slice_only and not second.undone
@@ -209,15 +206,7 @@ def test_slice_by_slice_a_failed_slice_does_not_stop_the_case(litemedsam, case):
         proposal[s] = ndimage.binary_erosion(truth[s], iterations=2 if s == key else 1)
     cfg = AnnotatorConfig(budget=8, merge_rule="replace", patience=1)
     order = [key] + [s for s in range(len(truth)) if s != key]
-    res = SimulatedAnnotator(litemedsam, cfg, modality="MR").annotate(
-        vol,
-        truth,
-        0.999,
-        np.random.default_rng(0),
-        proposal=proposal,
-        review_order=order,
-        cache=new_cache(vol),
-    )
+    res = _correct(litemedsam, cfg, vol, truth, proposal, order, new_cache(vol))
     prompts = [a for a in res.actions if a.kind != "hand"]
     assert res.stop == "budget" and res.effort.prompts == 8, [a.to_json() for a in res.actions]
     failed = [i for i, a in enumerate(prompts) if a.slice_only and a.undone]

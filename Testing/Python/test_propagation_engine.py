@@ -39,11 +39,17 @@ def _state(model, cache, vol, axis="axial", params=None):
     return init_state(model, vol, axis, modality="CT", cache=cache, params=params, scan_id=f"crop-{id(vol)}")
 
 
-def test_one_box_propagates_and_stops(model, cache, lung_crop):
+def _boxed(model, cache, lung_crop, params=None):
+    """``(state, vol, lab, key)``: a new state with the nodule's box on its middle slice ``key``."""
     vol, lab = lung_crop
     key = middle_slice(lab)
-    state = _state(model, cache, vol)
+    state = _state(model, cache, vol, params=params)
     add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    return state, vol, lab, key
+
+
+def test_one_box_propagates_and_stops(model, cache, lung_crop):
+    state, vol, lab, key = _boxed(model, cache, lung_crop)
     res = propagate(state)
     assert res.mask.shape == vol.shape and res.mask.dtype == np.uint8
     d = dice(res.mask, lab)
@@ -59,10 +65,7 @@ def test_one_box_propagates_and_stops(model, cache, lung_crop):
 
 
 def test_new_prompt_repropagates_only_its_range(model, cache, lung_crop):
-    vol, lab = lung_crop
-    key = middle_slice(lab)
-    state = _state(model, cache, vol)
-    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    state, vol, lab, key = _boxed(model, cache, lung_crop)
     first = propagate(state)
     down = list(state.tracks[(key, -1)].results)
     calls = state.n_predict
@@ -89,10 +92,7 @@ def test_new_prompt_repropagates_only_its_range(model, cache, lung_crop):
 
 
 def test_prompted_slices_only_answers_the_key_slices_and_keeps_the_tracks(model, cache, lung_crop):
-    vol, lab = lung_crop
-    key = middle_slice(lab)
-    state = _state(model, cache, vol)
-    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    state, vol, lab, key = _boxed(model, cache, lung_crop)
     across = propagate(state)
     tracks = {k: list(t.results) for k, t in state.tracks.items()}
     calls = state.n_predict
@@ -143,14 +143,8 @@ class _Cancel(Exception):
 
 
 def test_cancelled_propagation_leaves_a_state_that_completes_the_same_result(model, cache, lung_crop):
-    vol, lab = lung_crop
-    key = middle_slice(lab)
-    ref_state = _state(model, cache, vol)
-    add_prompt(ref_state, key, box=box_from_mask(lab[key] > 0))
-    ref = propagate(ref_state)
-
-    state = _state(model, cache, vol)
-    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    ref = propagate(_boxed(model, cache, lung_crop)[0])
+    state, vol, lab, key = _boxed(model, cache, lung_crop)
     seen = []
 
     def cancel_going_down(s, outcome):  # what the progress dialog's Cancel button does
@@ -168,11 +162,8 @@ def test_cancelled_propagation_leaves_a_state_that_completes_the_same_result(mod
 
 
 def test_negative_point_slice_bounds_the_track(model, cache, lung_crop):
-    vol, lab = lung_crop
-    key = middle_slice(lab)
     relaxed = PropagationParams(min_score=0.0, min_likeness=0.0, min_overlap=0.0, max_area_ratio=1e9)
-    state = _state(model, cache, vol, params=relaxed)
-    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    state, vol, lab, key = _boxed(model, cache, lung_crop, params=relaxed)
     add_prompt(state, key + 2, point=(0, 0), positive=False)
     res = propagate(state)
     assert not res.mask[key + 2 :].any()  # nothing at or beyond the negative-only slice
@@ -219,10 +210,7 @@ def test_coronal_axis_mask_lands_in_the_right_voxels(model, cache, lung_crop):
 
 def test_point_correction_on_a_propagated_slice_reuses_its_mask(model, cache, lung_crop):
     """A point on a slice that propagation already filled refines that mask (its box + the point)."""
-    vol, lab = lung_crop
-    key = middle_slice(lab)
-    state = _state(model, cache, vol)
-    add_prompt(state, key, box=box_from_mask(lab[key] > 0))
+    state, vol, lab, key = _boxed(model, cache, lung_crop)
     before = propagate(state)
     below = key - 1
     assert before.mask[below].any()
