@@ -288,14 +288,19 @@ class PseudoLabeler:
         for z in range(depth):
             gen_p, confs, scores, agrees = [], [], [], []
             absent = None
+            embs: dict[int, Any] = {}  # per generalist, read once per slice for every class and the probe
+
+            def embedding(g, z=z, embs=embs):
+                if id(g) not in embs:
+                    embs[id(g)] = self.embeddings.get_or_encode(g, image[z])
+                return embs[id(g)]
+
             for c in range(1, n_classes):
                 rng = np.random.default_rng([self.seed, case_key, z, c])
                 rounds = prompts_from_prediction(prob[c, z], self.prompt, rng)
                 if rounds and self.presence is not None:
                     if absent is None:
-                        absent = self.presence.absent(
-                            self.embeddings.get_or_encode(self.presence.generalist, image[z])
-                        )
+                        absent = self.presence.absent(embedding(self.presence.generalist))
                     if absent[c - 1]:
                         refused[z] = True
                         refused_px[z] |= prob[c, z] >= self.prompt.threshold
@@ -305,7 +310,7 @@ class PseudoLabeler:
                     continue
                 answers, ious = [], []
                 for g in self.generalists:
-                    emb = self.embeddings.get_or_encode(g, image[z])
+                    emb = embedding(g)
                     for prompts in rounds:
                         p = np.zeros(image.shape[1:], dtype=np.float32)
                         sc = []
