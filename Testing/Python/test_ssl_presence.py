@@ -152,3 +152,16 @@ def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, l
         # Without the probe the bar teaches as the structure; with it, it does not.
         assert (teaching & bar_slices).any() != presence
         assert (part.history[-1]["refused_slices"] == int(bar_slices.sum())) == presence
+
+
+def test_linear_probe_fits_the_same_inside_inference_mode():
+    from semisam.generalists.cells import fit_linear_probe
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(200, 8, generator=gen), dim=1)
+    cover = (feats[:, :1] > 0).float()  # separable along the first feature
+    w, b = fit_linear_probe(feats, cover, steps=100)
+    with torch.inference_mode():
+        wi, bi = fit_linear_probe(feats.clone(), cover.clone(), steps=100)
+    assert torch.equal(w, wi) and torch.equal(b, bi)
+    assert float((((feats @ w.T + b) > 0).float() == cover).float().mean()) > 0.75

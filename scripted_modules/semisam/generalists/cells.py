@@ -62,7 +62,10 @@ def fit_linear_probe(
     gen = torch.Generator().manual_seed(int(seed))
     k, d = cover.shape[1], feats.shape[1]
     with torch.inference_mode(False), torch.enable_grad():
-        feats, cover = feats.clone(), cover.clone()  # inference tensors cannot be saved for backward
+        # Inference tensors cannot be saved for backward; copy only those (the cells of many labeled
+        # slices are the fit's largest allocation).
+        feats = feats.clone() if feats.is_inference() else feats
+        cover = cover.clone() if cover.is_inference() else cover
         w = (torch.randn(k, d, generator=gen) * 0.01).requires_grad_()
         b = torch.zeros(k, requires_grad=True)
         pos, neg = cover > 0.5, cover < 0.01
