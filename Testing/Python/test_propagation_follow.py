@@ -235,3 +235,22 @@ def test_growth_out_of_the_key_slice_is_judged_against_the_users_box():
     # The same growth from a carried slice (no user box) is still a leak.
     carried = SliceResult(10, key_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "carried", 1.0)
     assert "area grew" in _end_reason(nxt, carried, PropagationParams(), 1.0)
+
+
+def test_shrinking_out_of_the_key_slice_is_judged_against_the_key_answer():
+    """A model that answers the user's box with a small part of the structure answers the next slice
+    alike: 48 px after a 64 px key answer in a 32 x 32 box (ellipse ~804 px) goes on; 8 px ends."""
+    from semisam.propagation.follow import _end_reason
+    from semisam.propagation.step import SliceResult
+
+    h = w = 64
+    box = (16.0, 16.0, 47.0, 47.0)
+    key_logits = np.full((h, w), -4.0, np.float32)
+    key_logits[28:36, 28:36] = 4.0  # 64 px answer
+    key = SliceResult(10, key_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "key")
+    for rows, expect_stop in ((slice(28, 34), False), (slice(28, 29), True)):  # 48 px, 8 px
+        nxt_logits = np.full((h, w), -4.0, np.float32)
+        nxt_logits[rows, 28:36] = 4.0
+        nxt = SliceResult(11, nxt_logits, 0.9, 1.0, 10, SlicePrompt(box=box), "carried", 1.0)
+        reason = _end_reason(nxt, key, PropagationParams(), 1.0)
+        assert (reason is not None and "area shrank" in reason) if expect_stop else reason is None
