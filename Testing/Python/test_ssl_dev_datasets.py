@@ -56,3 +56,28 @@ def test_unknown_task_and_existing_folder_are_clear_errors(tmp_path, data_dir):
     with pytest.raises(FileExistsError, match="not empty"):
         dev_datasets.build("thalamus", tmp_path, 2, data=data_dir)
     assert (tmp_path / "thalamus" / "x").read_text() == "keep me"
+
+
+def test_lung_lesion_task_puts_a_lesion_brighter_than_parenchyma_into_real_ct(tmp_path):
+    if not (SHARED_DATA / "lung1_image.nrrd").is_file():
+        pytest.skip(f"lung1_image.nrrd not in {SHARED_DATA} (development data)")
+    a = dev_datasets.build("lung_subsolid", tmp_path / "a", n_cases=2, seed=5, data=SHARED_DATA)
+    b = dev_datasets.build("lung_subsolid", tmp_path / "b", n_cases=1, seed=5, data=SHARED_DATA)
+    meta = json.loads((a / "dataset.json").read_text())
+    assert meta["modality"] == {"0": "CT"} and meta["dev_dataset"]["hard"] is True
+    lo, hi = meta["dev_dataset"]["lesion_hu"]
+    for i in range(2):
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(a / "imagesTr" / f"lung_subsolid_00{i}.nii.gz")))
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(a / "labelsTr" / f"lung_subsolid_00{i}.nii.gz")))
+        assert lab.any() and set(np.unique(lab)) == {0, 1}
+        inside = float(np.median(img[lab > 0]))
+        ring = dev_datasets.ndi.binary_dilation(lab > 0, iterations=3) & (lab == 0) & (img < -500)
+        # the lesion's level (plus noise and the vessels that show through it) above the parenchyma
+        assert lo - 120 < inside < hi + 200 and inside > float(np.median(img[ring])) + 100
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(a / "imagesTr" / "lung_subsolid_000.nii.gz")))
+    again = sitk.GetArrayFromImage(sitk.ReadImage(str(b / "imagesTr" / "lung_subsolid_000.nii.gz")))
+    np.testing.assert_array_equal(first, again)
+    # the scan's own nodule is filled with parenchyma: no unlabeled lesion is left in the background
+    ct, _, _, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
+    nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "lung1_label.nrrd"))) > 0
+    assert float(np.median(ct[nodule])) < -700

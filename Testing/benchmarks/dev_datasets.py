@@ -27,9 +27,12 @@ amygdala 41, 42 (Amygdala_L/R)      96 x 64 x 48     84 +- 13 vs 83 +- 18 (HARD:
 (Z extent before thickness; with ``t`` = 2 mm a 48 mm box has 24 slices.) Hippocampus and putamen are not
 in ``aal_dev`` (kept aside for evaluation) and are not built here.
 
+Lesion tasks ``lung_solid`` and ``lung_subsolid`` (HARD: ground-glass, low contrast) put synthetic lesions
+into the real lung1 chest CT; how is in ``dev_lesions.py``.
+
 Usage::
 
-    python Testing/benchmarks/dev_datasets.py pallidum OUT_DIR [--cases 24] [--seed 0] [--data DIR]
+    python Testing/benchmarks/dev_datasets.py pallidum|lung_subsolid|... OUT_DIR [--cases 24] [--seed 0] [--data DIR]
     semisam store import OUT_DIR/pallidum STORE
 
 or from Python: ``build("pallidum", out_dir, n_cases=24, seed=0) -> out_dir/pallidum``.
@@ -51,6 +54,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev_lesions beside this file
+import dev_lesions  # noqa: E402
 
 log = logging.getLogger("dev_datasets")
 
@@ -87,6 +93,10 @@ TASKS: dict[str, Task] = {
         "amygdala", (41, 42), (96, 64, 48), hard=True, note="low contrast to hippocampus/cortex"
     ),
 }
+
+
+#: Every task this script builds: the brain ones above and the lung-lesion ones of ``dev_lesions``.
+ALL_TASKS: tuple[str, ...] = (*TASKS, *dev_lesions.LESION_TASKS)
 
 
 def _rng(seed: int, task: str, index: int) -> np.random.Generator:
@@ -199,25 +209,41 @@ def build(
         FileExistsError: the task folder exists and is not empty.
         FileNotFoundError: the atlas files are not in ``data``.
     """
-    if task not in TASKS:
-        raise KeyError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task not in ALL_TASKS:
+        raise KeyError(f"unknown task {task!r}; choose one of {', '.join(ALL_TASKS)}")
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
-    spec = TASKS[task]
     dest = Path(out_dir) / task
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest}: exists and is not empty; choose another folder")
     t0 = time.perf_counter()
-    t1, aal, ref = _load((Path(data) if data else DEFAULT_DATA).resolve())
-    mask = np.isin(aal, spec.values)
-    if not mask.any():
-        raise ValueError(f"task {task}: AAL values {spec.values} are not in the atlas")
+    folder = (Path(data) if data else DEFAULT_DATA).resolve()
+    if task in dev_lesions.LESION_TASKS:
+        spec = dev_lesions.LESION_TASKS[task]
+        ct, lung, dist, spacing = dev_lesions.load_lung(folder)
+        ref = sitk.ReadImage(str(folder / "lung1_image.nrrd"))
+
+        def draw(rng: np.random.Generator):
+            return dev_lesions.make_lesion_case(ct, lung, dist, spacing, spec, rng)
+
+        modality, extra = "CT", {"lesion_hu": list(spec.hu)}
+    else:
+        spec = TASKS[task]
+        t1, aal, ref = _load(folder)
+        mask = np.isin(aal, spec.values)
+        if not mask.any():
+            raise ValueError(f"task {task}: AAL values {spec.values} are not in the atlas")
+
+        def draw(rng: np.random.Generator):
+            return make_case(t1, mask, spec, rng)
+
+        modality, extra = "MR", {"atlas_values": list(spec.values), "box_mm_xyz": list(spec.box_mm)}
     (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
     (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
     training, cases = [], {}
     for i in range(n_cases):
         case_id = f"{task}_{i:03d}"
-        image, label, thick, start = make_case(t1, mask, spec, _rng(seed, task, i))
+        image, label, thick, start = draw(_rng(seed, task, i))
         sitk.WriteImage(
             _to_image(image, ref, start, thick), str(dest / "imagesTr" / f"{case_id}.nii.gz"), True
         )
@@ -232,9 +258,9 @@ def build(
         }
     meta = {
         "name": f"dev_{task}",
-        "description": f"{task} on Colin27 T1, {n_cases} synthetic subjects (seed {seed}); {spec.note}",
+        "description": f"{task}, {n_cases} synthetic subjects (seed {seed}); {spec.note}",
         "tensorImageSize": "3D",
-        "modality": {"0": "MR"},
+        "modality": {"0": modality},
         "labels": {"0": "background", "1": task},
         "numTraining": n_cases,
         "numTest": 0,
@@ -243,9 +269,8 @@ def build(
         "dev_dataset": {
             "task": task,
             "seed": seed,
-            "atlas_values": list(spec.values),
             "hard": spec.hard,
-            "box_mm_xyz": list(spec.box_mm),
+            **extra,
             "cases": cases,
         },
     }
@@ -256,7 +281,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("task", choices=[*TASKS, "all"])
+    p.add_argument("task", choices=[*ALL_TASKS, "all"])
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
@@ -268,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    tasks = list(TASKS) if args.task == "all" else [args.task]
+    tasks = list(ALL_TASKS) if args.task == "all" else [args.task]
     out = {}
     for t in tasks:
         t0 = time.perf_counter()

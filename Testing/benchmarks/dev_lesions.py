@@ -1,0 +1,173 @@
+"""Synthetic lung lesions in the real lung1 chest CT: multi-subject lesion tasks for development.
+
+The background is real anatomy (``lung1_image.nrrd``, 512 x 512 x 48, 0.57 x 0.57 x 5 mm, in HU) with
+its own nodule filled with lung parenchyma, so no unlabeled lesion is left in the scans. Each case is
+drawn independently from its own seed:
+
+1. a lesion centre inside the lungs, at least ``0.3 r`` from the lung's edge (so some lesions touch the
+   pleura, a vessel or the mediastinum, as real ones do) and away from the real nodule's site;
+2. a box of :data:`BOX_MM` around it (the lesion lies up to ``OFFSET_MM`` from the box centre), sampled
+   trilinearly at 1 mm with a random in-plane rotation (up to ``ROT_DEG``), scale (1 +- ``SCALE``) and a
+   smooth displacement field (``ELASTIC_MM``), so backgrounds differ between subjects;
+3. the lesion: a sphere of radius ``r`` (``RADIUS_MM``) whose surface is lobulated by a smooth random
+   field (``LOBULATION`` x r), soft-edged over ``EDGE_MM`` (partial volume), with its own HU level and a
+   smooth texture; it is blended as ``max(background, lesion)`` so vessels brighter than the lesion stay
+   visible through it (as in a ground-glass nodule);
+4. slice thickness ``t`` from ``THICKNESS_MM`` (slice profile, then one slice every ``t`` mm; the label is
+   averaged the same way and thresholded at 0.5), Gaussian noise of ``NOISE_HU``; int16 HU.
+
+Tasks (one foreground label each):
+
+============= ============================ ============================================================
+task          lesion level (HU)            what makes it hard
+============= ============================ ============================================================
+lung_solid    -80 .. +60 (solid nodule)    size 6-24 mm, anywhere in the lung, next to vessels
+lung_subsolid -700 .. -450 (ground glass)  HARD: 150-400 HU above parenchyma (-850), vessels show
+                                           through it, soft edges; low contrast in a -1000..1000 window
+============= ============================ ============================================================
+
+The background's Z resolution is lung1's 5 mm (interpolated): the lesion is sharper along Z than the
+anatomy around it. Used through :func:`dev_datasets.build` (same command line, same MSD layout).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+BOX_MM = (80, 80, 48)  # (X, Y, Z)
+OFFSET_MM = (16.0, 16.0, 6.0)  # (X, Y, Z): the lesion's largest distance from the box centre
+ROT_DEG = 15.0
+SCALE = 0.08
+ELASTIC_MM = 1.5
+RADIUS_MM = (3.0, 12.0)
+LOBULATION = 0.25
+EDGE_MM = 0.7
+THICKNESS_MM = (1.5, 2.0, 2.5, 3.0)
+NOISE_HU = (10.0, 40.0)
+LUNG_HU = -850.0
+
+
+@dataclass(frozen=True)
+class LesionTask:
+    """A lung-lesion task: the lesion's HU range; ``hard`` marks a low-contrast one."""
+
+    name: str
+    hu: tuple[float, float]
+    hard: bool = False
+    note: str = ""
+
+
+LESION_TASKS: dict[str, LesionTask] = {
+    "lung_solid": LesionTask("lung_solid", (-80.0, 60.0), note="solid nodules in real chest CT"),
+    "lung_subsolid": LesionTask(
+        "lung_subsolid",
+        (-700.0, -450.0),
+        hard=True,
+        note="ground-glass nodules in real chest CT: 150-400 HU above the parenchyma",
+    ),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(ct float32 (Z, Y, X) HU with the real nodule filled, lung mask, distance to the lung's edge in mm,
+    spacing (z, y, x) mm)``, read once per folder (callers do not modify the arrays)."""
+    img_path, lab_path = data / "lung1_image.nrrd", data / "lung1_label.nrrd"
+    for p in (img_path, lab_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing (the lung1 chest CT; see shared/data/README.md)")
+    img = sitk.ReadImage(str(img_path))
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(lab_path))) > 0
+    sx, sy, sz = img.GetSpacing()
+    spacing = (float(sz), float(sy), float(sx))
+    # fill the real nodule (dilated 3 mm in-plane) with parenchyma so it is not an unlabeled lesion
+    grown = ndi.binary_dilation(nodule, structure=np.ones((1, 11, 11), bool))
+    rng = np.random.default_rng(0)
+    ct[grown] = LUNG_HU + rng.normal(0.0, 25.0, int(grown.sum())).astype(np.float32)
+    # lungs: air inside the body (air components that do not touch the in-plane border)
+    air = ct < -400.0
+    comp, n = ndi.label(air)
+    border = np.unique(np.concatenate([comp[:, 0], comp[:, -1], comp[:, :, 0], comp[:, :, -1]], axis=None))
+    sizes = ndi.sum(air, comp, index=np.arange(1, n + 1))
+    keep = [i + 1 for i, s in enumerate(sizes) if (i + 1) not in set(border.tolist()) and s > 20_000]
+    lung = np.isin(comp, keep)
+    # vessels inside the lungs count as lung for placement (a lesion may sit on them)
+    lung = ndi.binary_closing(lung, structure=np.ones((1, 7, 7), bool)) & (ct < 200.0)
+    dist = ndi.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
+    dist[ndi.binary_dilation(nodule, iterations=6)] = 0.0  # keep away from the real nodule's site
+    return ct, lung, dist, spacing
+
+
+def _field(rng: np.random.Generator, shape: tuple[int, ...], ctrl_mm: float, std: float) -> np.ndarray:
+    from dev_datasets import _smooth_field
+
+    return _smooth_field(rng, shape, ctrl_mm, std).astype(np.float32)
+
+
+def make_lesion_case(
+    ct: np.ndarray,
+    lung: np.ndarray,
+    dist: np.ndarray,
+    spacing: tuple[float, float, float],
+    task: LesionTask,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """One subject: ``(image int16 HU (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
+
+    ``box start``: the (Z, Y, X) continuous index in ``ct`` of the output's first voxel (before the
+    deformation), for the output's origin.
+    """
+    r = float(rng.uniform(*RADIUS_MM))
+    ok = np.argwhere(dist >= 0.3 * r + 1.0)
+    if len(ok) == 0:
+        raise ValueError("no lung voxel is deep enough for a lesion")
+    c_src = ok[rng.integers(len(ok))].astype(np.float32)  # lesion centre, source voxel index (z, y, x)
+    bx, by, bz = BOX_MM
+    shape = (bz, by, bx)
+    off = np.array([rng.uniform(-OFFSET_MM[2], OFFSET_MM[2]), *rng.uniform(-OFFSET_MM[0], OFFSET_MM[0], 2)])
+    centre_out = (np.array(shape, np.float32) - 1) / 2.0 + off.astype(np.float32)  # lesion, output voxel
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
+    rel = grid - centre_out[:, None, None, None]  # mm from the lesion centre (1 mm output voxels)
+    a = np.deg2rad(rng.uniform(-ROT_DEG, ROT_DEG))
+    s = 1.0 + rng.uniform(-SCALE, SCALE, size=2)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.diag(s)
+    mm = np.empty_like(rel)
+    mm[0] = rel[0]
+    mm[1:] = np.einsum("ij,j...->i...", rot.astype(np.float32), rel[1:])
+    for ax in range(3):
+        mm[ax] += _field(rng, shape, 16.0, ELASTIC_MM)
+    src = mm / np.array(spacing, np.float32)[:, None, None, None] + c_src[:, None, None, None]
+    bg = ndi.map_coordinates(ct, src, order=1, mode="constant", cval=-1000.0)
+
+    # lesion: lobulated soft sphere with its own level and texture, blended as max(background, lesion)
+    radius = np.sqrt((rel**2).sum(0))
+    d = radius - r * (1.0 + LOBULATION * _field(rng, shape, max(3.0, r), 1.0))
+    occ = 1.0 / (1.0 + np.exp(np.clip(d / EDGE_MM, -30.0, 30.0)))
+    level = float(rng.uniform(*task.hu))
+    texture = level + _field(rng, shape, 3.0, 0.15 * abs(task.hu[1] - task.hu[0]))
+    img = np.maximum(bg, bg * (1.0 - occ) + texture * occ)
+    lab = occ
+
+    t = float(rng.choice(THICKNESS_MM))
+    k = max(1, int(round(t)))
+    img = ndi.uniform_filter1d(img, size=k, axis=0, mode="nearest")
+    lab = ndi.uniform_filter1d(lab, size=k, axis=0, mode="nearest")
+    n = int(np.floor((shape[0] - 1) / t)) + 1
+    zs = np.arange(n, dtype=np.float32) * t
+    sub = np.stack(np.meshgrid(zs, np.arange(shape[1]), np.arange(shape[2]), indexing="ij")).astype(
+        np.float32
+    )
+    img = ndi.map_coordinates(img, sub, order=1, mode="nearest")
+    lab = ndi.map_coordinates(lab, sub, order=1, mode="nearest")
+    label = (lab >= 0.5).astype(np.uint8)
+    img = img + rng.normal(0.0, rng.uniform(*NOISE_HU), img.shape)
+    image = np.clip(np.round(img), -1024, 3071).astype(np.int16)
+    start = c_src - centre_out / np.array(spacing, np.float32)
+    return image, label, t, start
