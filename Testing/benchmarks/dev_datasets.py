@@ -138,6 +138,22 @@ def _load(data: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
     return t1, aal, ref
 
 
+def thick_slices(img: np.ndarray, lab: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image and soft label ``(Z, Y, X)`` at 1 mm made into slices ``t`` mm thick: a box profile of ``t`` mm
+    along Z, then one slice every ``t`` mm (the label averaged alike: partial volume). ``t <= 1``: as given."""
+    if t <= 1.0:
+        return img, lab
+    img = ndi.uniform_filter1d(img, size=max(1, int(round(t))), axis=0, mode="nearest")
+    lab = ndi.uniform_filter1d(lab, size=max(1, int(round(t))), axis=0, mode="nearest")
+    n = int(np.floor((img.shape[0] - 1) / t)) + 1
+    zs = np.arange(n, dtype=np.float32) * t
+    grid = np.meshgrid(zs, np.arange(img.shape[1]), np.arange(img.shape[2]), indexing="ij")
+    sub = np.stack(grid).astype(np.float32)
+    return ndi.map_coordinates(img, sub, order=1, mode="nearest"), ndi.map_coordinates(
+        lab, sub, order=1, mode="nearest"
+    )
+
+
 def make_case(
     t1: np.ndarray, mask: np.ndarray, task: Task, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
@@ -164,18 +180,8 @@ def make_case(
     img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
     lab = ndi.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
 
-    # slice thickness: box profile of t mm along Z, then one slice every t mm
     t = float(rng.choice(THICKNESS_MM))
-    if t > 1.0:
-        img = ndi.uniform_filter1d(img, size=max(1, int(round(t))), axis=0, mode="nearest")
-        lab = ndi.uniform_filter1d(lab, size=max(1, int(round(t))), axis=0, mode="nearest")
-        n = int(np.floor((shape[0] - 1) / t)) + 1
-        zs = np.arange(n, dtype=np.float32) * t
-        sub = np.stack(np.meshgrid(zs, np.arange(shape[1]), np.arange(shape[2]), indexing="ij")).astype(
-            np.float32
-        )
-        img = ndi.map_coordinates(img, sub, order=1, mode="nearest")
-        lab = ndi.map_coordinates(lab, sub, order=1, mode="nearest")
+    img, lab = thick_slices(img, lab, t)
     label = (lab >= 0.5).astype(np.uint8)
 
     # intensity: gamma, smooth bias, Rician noise

@@ -124,6 +124,8 @@ def make_lesion_case(
     ``box start``: the (Z, Y, X) continuous index in ``ct`` of the output's first voxel (before the
     deformation), for the output's origin.
     """
+    from dev_datasets import thick_slices  # imported late: dev_datasets imports this module
+
     r = float(rng.uniform(*RADIUS_MM))
     ok = np.argwhere(dist >= 0.3 * r + 1.0)
     if len(ok) == 0:
@@ -156,16 +158,7 @@ def make_lesion_case(
     lab = occ
 
     t = float(rng.choice(THICKNESS_MM))
-    k = max(1, int(round(t)))
-    img = ndi.uniform_filter1d(img, size=k, axis=0, mode="nearest")
-    lab = ndi.uniform_filter1d(lab, size=k, axis=0, mode="nearest")
-    n = int(np.floor((shape[0] - 1) / t)) + 1
-    zs = np.arange(n, dtype=np.float32) * t
-    sub = np.stack(np.meshgrid(zs, np.arange(shape[1]), np.arange(shape[2]), indexing="ij")).astype(
-        np.float32
-    )
-    img = ndi.map_coordinates(img, sub, order=1, mode="nearest")
-    lab = ndi.map_coordinates(lab, sub, order=1, mode="nearest")
+    img, lab = thick_slices(img, lab, t)
     label = (lab >= 0.5).astype(np.uint8)
     img = img + rng.normal(0.0, rng.uniform(*NOISE_HU), img.shape)
     image = np.clip(np.round(img), -1024, 3071).astype(np.int16)
