@@ -78,6 +78,6 @@ def test_lung_lesion_task_puts_a_lesion_brighter_than_parenchyma_into_real_ct(tm
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(b / "imagesTr" / "lung_subsolid_000.nii.gz")))
     np.testing.assert_array_equal(first, again)
     # the scan's own nodule is filled with parenchyma: no unlabeled lesion is left in the background
-    ct, _, _, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
+    ct, _, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
     nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "lung1_label.nrrd"))) > 0
     assert float(np.median(ct[nodule])) < -700

@@ -213,7 +213,7 @@ def build(
     Raises:
         KeyError: unknown task (the known ones are :data:`TASKS`).
         FileExistsError: the task folder exists and is not empty.
-        FileNotFoundError: the atlas files are not in ``data``.
+        FileNotFoundError: the task's source scans (atlas, or lung1 CT) are not in ``data``.
     """
     if task not in ALL_TASKS:
         raise KeyError(f"unknown task {task!r}; choose one of {', '.join(ALL_TASKS)}")
@@ -226,11 +226,11 @@ def build(
     folder = (Path(data) if data else DEFAULT_DATA).resolve()
     if task in dev_lesions.LESION_TASKS:
         spec = dev_lesions.LESION_TASKS[task]
-        ct, lung, dist, spacing = dev_lesions.load_lung(folder)
+        ct, dist, spacing = dev_lesions.load_lung(folder)
         ref = sitk.ReadImage(str(folder / "lung1_image.nrrd"))
 
         def draw(rng: np.random.Generator):
-            return dev_lesions.make_lesion_case(ct, lung, dist, spacing, spec, rng)
+            return dev_lesions.make_lesion_case(ct, dist, spacing, spec, rng)
 
         modality, extra = "CT", {"lesion_hu": list(spec.hu)}
     else:

@@ -75,9 +75,10 @@ LESION_TASKS: dict[str, LesionTask] = {
 
 
 @functools.lru_cache(maxsize=1)
-def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """``(ct float32 (Z, Y, X) HU with the real nodule filled, lung mask, distance to the lung's edge in mm,
-    spacing (z, y, x) mm)``, read once per folder (callers do not modify the arrays)."""
+def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(ct float32 (Z, Y, X) HU with the real nodule filled, distance to the lung's edge in mm (0 outside
+    the lungs and near the real nodule), spacing (z, y, x) mm)``, read once per folder (callers do not
+    modify the arrays)."""
     img_path, lab_path = data / "lung1_image.nrrd", data / "lung1_label.nrrd"
     for p in (img_path, lab_path):
         if not p.is_file():
@@ -96,13 +97,14 @@ def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[flo
     comp, n = ndi.label(air)
     border = np.unique(np.concatenate([comp[:, 0], comp[:, -1], comp[:, :, 0], comp[:, :, -1]], axis=None))
     sizes = ndi.sum(air, comp, index=np.arange(1, n + 1))
-    keep = [i + 1 for i, s in enumerate(sizes) if (i + 1) not in set(border.tolist()) and s > 20_000]
+    touching = set(border.tolist())
+    keep = [i + 1 for i, s in enumerate(sizes) if (i + 1) not in touching and s > 20_000]
     lung = np.isin(comp, keep)
     # vessels inside the lungs count as lung for placement (a lesion may sit on them)
     lung = ndi.binary_closing(lung, structure=np.ones((1, 7, 7), bool)) & (ct < 200.0)
     dist = ndi.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
     dist[ndi.binary_dilation(nodule, iterations=6)] = 0.0  # keep away from the real nodule's site
-    return ct, lung, dist, spacing
+    return ct, dist, spacing
 
 
 def _field(rng: np.random.Generator, shape: tuple[int, ...], ctrl_mm: float, std: float) -> np.ndarray:
@@ -113,7 +115,6 @@ def _field(rng: np.random.Generator, shape: tuple[int, ...], ctrl_mm: float, std
 
 def make_lesion_case(
     ct: np.ndarray,
-    lung: np.ndarray,
     dist: np.ndarray,
     spacing: tuple[float, float, float],
     task: LesionTask,
@@ -121,7 +122,7 @@ def make_lesion_case(
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """One subject: ``(image int16 HU (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
 
-    ``box start``: the (Z, Y, X) continuous index in ``ct`` of the output's first voxel (before the
+    ``ct``, ``dist``, ``spacing``: from :func:`load_lung`. ``box start``: the (Z, Y, X) continuous index in ``ct`` of the output's first voxel (before the
     deformation), for the output's origin.
     """
     from dev_datasets import thick_slices  # imported late: dev_datasets imports this module
