@@ -98,6 +98,7 @@ def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
     border = np.unique(np.concatenate([comp[:, 0], comp[:, -1], comp[:, :, 0], comp[:, :, -1]], axis=None))
     sizes = ndi.sum(air, comp, index=np.arange(1, n + 1))
     touching = set(border.tolist())
+    # large ones only (lungs are millions of voxels here): small air pockets are not placed in
     keep = [i + 1 for i, s in enumerate(sizes) if (i + 1) not in touching and s > 20_000]
     lung = np.isin(comp, keep)
     # vessels inside the lungs count as lung for placement (a lesion may sit on them)
