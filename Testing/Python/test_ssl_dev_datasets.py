@@ -77,7 +77,37 @@ def test_lung_lesion_task_puts_a_lesion_brighter_than_parenchyma_into_real_ct(tm
     first = sitk.GetArrayFromImage(sitk.ReadImage(str(a / "imagesTr" / "lung_subsolid_000.nii.gz")))
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(b / "imagesTr" / "lung_subsolid_000.nii.gz")))
     np.testing.assert_array_equal(first, again)
-    # the scan's own nodule is filled with parenchyma: no unlabeled lesion is left in the background
-    ct, _, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
+    # the scan's own nodule is filled with parenchyma and no lesion is placed on its site
+    ct, dist, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
     nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "lung1_label.nrrd"))) > 0
-    assert float(np.median(ct[nodule])) < -700
+    assert float(ct[nodule].max()) < -600 and not dist[nodule].any()
+
+
+def test_lung_lesion_case_lies_where_its_geometry_says_in_the_source_ct(tmp_path, monkeypatch):
+    """With the deformation and noise off, the case's voxels away from the lesion are the source CT
+    resampled onto the case's own origin, spacing and direction (so a mask drawn on it lands right)."""
+    if not (SHARED_DATA / "lung1_image.nrrd").is_file():
+        pytest.skip(f"lung1_image.nrrd not in {SHARED_DATA} (development data)")
+    lesions = dev_datasets.dev_lesions
+    for name, value in (("ROT_DEG", 0.0), ("SCALE", 0.0), ("ELASTIC_MM", 0.0), ("NOISE_HU", (0.0, 0.0))):
+        monkeypatch.setattr(lesions, name, value)
+    monkeypatch.setattr(lesions, "THICKNESS_MM", (1.5,))  # Z: a 2-slice running mean, 0.5 mm off centre
+    case = dev_datasets.build("lung_solid", tmp_path, n_cases=1, seed=2, data=SHARED_DATA)
+    img = sitk.ReadImage(str(case / "imagesTr" / "lung_solid_000.nii.gz"))
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "labelsTr" / "lung_solid_000.nii.gz")))
+    ct, _, _ = lesions.load_lung(SHARED_DATA.resolve())
+    src = sitk.GetImageFromArray(ct)
+    src.CopyInformation(sitk.ReadImage(str(SHARED_DATA / "lung1_image.nrrd")))
+    away = ~dev_datasets.ndi.binary_dilation(lab > 0, iterations=4)
+    out = sitk.GetArrayFromImage(img).astype(np.float32)
+
+    def error(shift_mm: float) -> float:
+        ref = sitk.Image(img)
+        ref.SetOrigin(tuple(np.array(img.GetOrigin()) + np.array([shift_mm, 0.0, 0.0])))
+        resampled = sitk.GetArrayFromImage(
+            sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, -1000.0)
+        )
+        return float(np.median(np.abs(out - resampled)[away]))
+
+    assert error(0.0) < 15.0, error(0.0)  # HU: int16 rounding and the 0.5 mm Z offset of the slice mean
+    assert error(4.0) > 3 * max(error(0.0), 5.0)  # 4 mm off is clearly worse: the check can fail

@@ -55,7 +55,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # dev_lesions beside this file
+if str(Path(__file__).resolve().parent) not in sys.path:  # dev_lesions beside this file
+    sys.path.append(str(Path(__file__).resolve().parent))
 import dev_lesions  # noqa: E402
 
 log = logging.getLogger("dev_datasets")
@@ -139,8 +140,9 @@ def _load(data: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
 
 
 def thick_slices(img: np.ndarray, lab: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """Image and soft label ``(Z, Y, X)`` at 1 mm made into slices ``t`` mm thick: a box profile of ``t`` mm
-    along Z, then one slice every ``t`` mm (the label averaged alike: partial volume). ``t <= 1``: as given."""
+    """Image and soft label ``(Z, Y, X)`` at 1 mm made into slices about ``t`` mm thick: a running mean over
+    ``round(t)`` slices along Z (2 for 1.5 and 2.5 mm: Python rounds half to even), then one slice every
+    ``t`` mm (the label averaged alike: partial volume). ``t <= 1``: as given."""
     if t <= 1.0:
         return img, lab
     img = ndi.uniform_filter1d(img, size=max(1, int(round(t))), axis=0, mode="nearest")
@@ -211,7 +213,7 @@ def build(
     """Write ``out_dir/<task>/`` (imagesTr/, labelsTr/, dataset.json, MSD layout) and return that folder.
 
     Raises:
-        KeyError: unknown task (the known ones are :data:`TASKS`).
+        KeyError: unknown task (the known ones are :data:`ALL_TASKS`).
         FileExistsError: the task folder exists and is not empty.
         FileNotFoundError: the task's source scans (atlas, or lung1 CT) are not in ``data``.
     """

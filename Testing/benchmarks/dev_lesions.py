@@ -123,20 +123,30 @@ def make_lesion_case(
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """One subject: ``(image int16 HU (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
 
-    ``ct``, ``dist``, ``spacing``: from :func:`load_lung`. ``box start``: the (Z, Y, X) continuous index in ``ct`` of the output's first voxel (before the
-    deformation), for the output's origin.
+    ``ct``, ``dist``, ``spacing``: from :func:`load_lung`. ``box start``: the (Z, Y, X) continuous index
+    in ``ct`` of the output's first voxel (before the deformation), for the output's origin. A draw whose
+    box would run past the scan's first or last slice is drawn again (lung1's lungs reach both).
     """
     from dev_datasets import thick_slices  # imported late: dev_datasets imports this module
 
-    r = float(rng.uniform(*RADIUS_MM))
-    ok = np.argwhere(dist >= 0.3 * r + 1.0)
-    if len(ok) == 0:
-        raise ValueError("no lung voxel is deep enough for a lesion")
-    c_src = ok[rng.integers(len(ok))].astype(np.float32)  # lesion centre, source voxel index (z, y, x)
     bx, by, bz = BOX_MM
     shape = (bz, by, bx)
-    off = np.array([rng.uniform(-OFFSET_MM[2], OFFSET_MM[2]), *rng.uniform(-OFFSET_MM[0], OFFSET_MM[0], 2)])
-    centre_out = (np.array(shape, np.float32) - 1) / 2.0 + off.astype(np.float32)  # lesion, output voxel
+    for _ in range(100):
+        r = float(rng.uniform(*RADIUS_MM))
+        ok = np.argwhere(dist >= 0.3 * r + 1.0)
+        if len(ok) == 0:
+            raise ValueError("no lung voxel is deep enough for a lesion")
+        c_src = ok[rng.integers(len(ok))].astype(np.float32)  # lesion centre, source voxel (z, y, x)
+        off = np.array(
+            [rng.uniform(-OFFSET_MM[2], OFFSET_MM[2]), *rng.uniform(-OFFSET_MM[0], OFFSET_MM[0], 2)]
+        )
+        centre_out = (np.array(shape, np.float32) - 1) / 2.0 + off.astype(np.float32)  # lesion, output voxel
+        z0 = c_src[0] - centre_out[0] / spacing[0]
+        z1 = c_src[0] + (shape[0] - 1 - centre_out[0]) / spacing[0]
+        if z0 >= 0.0 and z1 <= ct.shape[0] - 1:
+            break
+    else:
+        raise ValueError(f"no lesion box of {bz} mm fits between the scan's first and last slices")
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
     rel = grid - centre_out[:, None, None, None]  # mm from the lesion centre (1 mm output voxels)
     a = np.deg2rad(rng.uniform(-ROT_DEG, ROT_DEG))
