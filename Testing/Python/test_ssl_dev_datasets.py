@@ -78,7 +78,7 @@ def test_lung_lesion_task_puts_a_lesion_brighter_than_parenchyma_into_real_ct(tm
     again = sitk.GetArrayFromImage(sitk.ReadImage(str(b / "imagesTr" / "lung_subsolid_000.nii.gz")))
     np.testing.assert_array_equal(first, again)
     # the scan's own nodule is filled with parenchyma and no lesion is placed on its site
-    ct, dist, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
+    ct, dist, _, _ = dev_datasets.dev_lesions.load_lung(SHARED_DATA.resolve())
     nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED_DATA / "lung1_label.nrrd"))) > 0
     assert float(ct[nodule].max()) < -600 and not dist[nodule].any()
 
@@ -95,9 +95,9 @@ def test_lung_lesion_case_lies_where_its_geometry_says_in_the_source_ct(tmp_path
     case = dev_datasets.build("lung_solid", tmp_path, n_cases=1, seed=2, data=SHARED_DATA)
     img = sitk.ReadImage(str(case / "imagesTr" / "lung_solid_000.nii.gz"))
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "labelsTr" / "lung_solid_000.nii.gz")))
-    ct, _, _ = lesions.load_lung(SHARED_DATA.resolve())
+    ct, _, _, scan = lesions.load_lung(SHARED_DATA.resolve())
     src = sitk.GetImageFromArray(ct)
-    src.CopyInformation(sitk.ReadImage(str(SHARED_DATA / "lung1_image.nrrd")))
+    src.CopyInformation(scan)
     away = ~dev_datasets.ndi.binary_dilation(lab > 0, iterations=4)
     out = sitk.GetArrayFromImage(img).astype(np.float32)
 

@@ -58,6 +58,7 @@ from scipy import ndimage as ndi
 if str(Path(__file__).resolve().parent) not in sys.path:  # dev_lesions beside this file
     sys.path.append(str(Path(__file__).resolve().parent))
 import dev_lesions  # noqa: E402
+from dev_synth import require_files, smooth_field, thick_slices  # noqa: E402
 
 log = logging.getLogger("dev_datasets")
 
@@ -113,47 +114,17 @@ def _rotation(angles_rad: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _smooth_field(
-    rng: np.random.Generator, shape: tuple[int, int, int], ctrl_mm: float, std: float
-) -> np.ndarray:
-    """A smooth random field on ``shape`` (1 mm voxels): Gaussian control points every ``ctrl_mm``, cubic spline."""
-    coarse = tuple(max(2, int(round(s / ctrl_mm)) + 1) for s in shape)
-    ctrl = rng.normal(0.0, std, size=coarse)
-    zoom = [s / c for s, c in zip(shape, coarse, strict=True)]
-    out = ndi.zoom(ctrl, zoom, order=3, mode="nearest")
-    return out[: shape[0], : shape[1], : shape[2]]
-
-
 @functools.lru_cache(maxsize=2)
 def _load(data: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
     """The atlas T1 (float32) and labels (Z, Y, X), read once per folder (callers do not modify them)."""
     t1_path, aal_path = data / "ch2.nii.gz", data / "aal_dev.nii.gz"
-    for p in (t1_path, aal_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing (the Colin27 T1 and AAL atlas; see shared/data/README.md)")
+    require_files(t1_path, aal_path, what="the Colin27 T1 and AAL atlas")
     ref = sitk.ReadImage(str(t1_path))
     t1 = sitk.GetArrayFromImage(ref).astype(np.float32)
     aal = sitk.GetArrayFromImage(sitk.ReadImage(str(aal_path)))
     if t1.shape != aal.shape:
         raise ValueError(f"{aal_path}: shape {aal.shape} differs from {t1_path} {t1.shape}")
     return t1, aal, ref
-
-
-def thick_slices(img: np.ndarray, lab: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-    """Image and soft label ``(Z, Y, X)`` at 1 mm made into slices about ``t`` mm thick: a running mean over
-    ``round(t)`` slices along Z (2 for 1.5 and 2.5 mm: Python rounds half to even), then one slice every
-    ``t`` mm (the label averaged alike: partial volume). ``t <= 1``: as given."""
-    if t <= 1.0:
-        return img, lab
-    img = ndi.uniform_filter1d(img, size=max(1, int(round(t))), axis=0, mode="nearest")
-    lab = ndi.uniform_filter1d(lab, size=max(1, int(round(t))), axis=0, mode="nearest")
-    n = int(np.floor((img.shape[0] - 1) / t)) + 1
-    zs = np.arange(n, dtype=np.float32) * t
-    grid = np.meshgrid(zs, np.arange(img.shape[1]), np.arange(img.shape[2]), indexing="ij")
-    sub = np.stack(grid).astype(np.float32)
-    return ndi.map_coordinates(img, sub, order=1, mode="nearest"), ndi.map_coordinates(
-        lab, sub, order=1, mode="nearest"
-    )
 
 
 def make_case(
@@ -178,7 +149,7 @@ def make_case(
     coords = np.einsum("ij,j...->i...", mat.astype(np.float32), offs)
     coords += centre.astype(np.float32)[:, None, None, None]
     for ax in range(3):
-        coords[ax] += _smooth_field(rng, shape, CTRL_MM, ELASTIC_MM).astype(np.float32)
+        coords[ax] += smooth_field(rng, shape, CTRL_MM, ELASTIC_MM).astype(np.float32)
     img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
     lab = ndi.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
 
@@ -190,7 +161,7 @@ def make_case(
     top = float(np.percentile(img, 99.5)) or 1.0
     img = np.clip(img / top, 0.0, None) ** rng.uniform(*GAMMA)
     bias_shape = img.shape
-    bias = np.exp(_smooth_field(rng, bias_shape, 32.0, BIAS))
+    bias = np.exp(smooth_field(rng, bias_shape, 32.0, BIAS))
     img = img * bias
     sigma = rng.uniform(*NOISE)
     img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
@@ -228,8 +199,7 @@ def build(
     folder = (Path(data) if data else DEFAULT_DATA).resolve()
     if task in dev_lesions.LESION_TASKS:
         spec = dev_lesions.LESION_TASKS[task]
-        ct, dist, spacing = dev_lesions.load_lung(folder)
-        ref = sitk.ReadImage(str(folder / "lung1_image.nrrd"))
+        ct, dist, spacing, ref = dev_lesions.load_lung(folder)
 
         def draw(rng: np.random.Generator):
             return dev_lesions.make_lesion_case(ct, dist, spacing, spec, rng)

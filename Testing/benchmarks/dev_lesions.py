@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from dev_synth import require_files, smooth_field, thick_slices
 from scipy import ndimage as ndi
 
 BOX_MM = (80, 80, 48)  # (X, Y, Z)
@@ -75,14 +76,12 @@ LESION_TASKS: dict[str, LesionTask] = {
 
 
 @functools.lru_cache(maxsize=1)
-def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], sitk.Image]:
     """``(ct float32 (Z, Y, X) HU with the real nodule filled, distance to the lung's edge in mm (0 outside
-    the lungs and near the real nodule), spacing (z, y, x) mm)``, read once per folder (callers do not
-    modify the arrays)."""
+    the lungs and near the real nodule), spacing (z, y, x) mm, the scan as read (its geometry places the
+    cases))``, read once per folder (callers do not modify them)."""
     img_path, lab_path = data / "lung1_image.nrrd", data / "lung1_label.nrrd"
-    for p in (img_path, lab_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing (the lung1 chest CT; see shared/data/README.md)")
+    require_files(img_path, lab_path, what="the lung1 chest CT")
     img = sitk.ReadImage(str(img_path))
     ct = sitk.GetArrayFromImage(img).astype(np.float32)
     nodule = sitk.GetArrayFromImage(sitk.ReadImage(str(lab_path))) > 0
@@ -105,13 +104,11 @@ def load_lung(data: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
     lung = ndi.binary_closing(lung, structure=np.ones((1, 7, 7), bool)) & (ct < 200.0)
     dist = ndi.distance_transform_edt(lung, sampling=spacing).astype(np.float32)
     dist[ndi.binary_dilation(nodule, iterations=6)] = 0.0  # keep away from the real nodule's site
-    return ct, dist, spacing
+    return ct, dist, spacing, img
 
 
-def _field(rng: np.random.Generator, shape: tuple[int, ...], ctrl_mm: float, std: float) -> np.ndarray:
-    from dev_datasets import _smooth_field
-
-    return _smooth_field(rng, shape, ctrl_mm, std).astype(np.float32)
+def _field(rng: np.random.Generator, shape: tuple[int, int, int], ctrl_mm: float, std: float) -> np.ndarray:
+    return smooth_field(rng, shape, ctrl_mm, std).astype(np.float32)
 
 
 def make_lesion_case(
@@ -127,8 +124,6 @@ def make_lesion_case(
     in ``ct`` of the output's first voxel (before the deformation), for the output's origin. A draw whose
     box would run past the scan's first or last slice is drawn again (lung1's lungs reach both).
     """
-    from dev_datasets import thick_slices  # imported late: dev_datasets imports this module
-
     bx, by, bz = BOX_MM
     shape = (bz, by, bx)
     for _ in range(100):
