@@ -13,7 +13,7 @@ drawn independently from its own seed:
    field (``LOBULATION`` x r), soft-edged over ``EDGE_MM`` (partial volume), with its own HU level and a
    smooth texture; it is blended as ``max(background, lesion)`` so vessels brighter than the lesion stay
    visible through it (as in a ground-glass nodule);
-4. slice thickness ``t`` from ``THICKNESS_MM`` (slice profile, then one slice every ``t`` mm; the label is
+4. slice thickness ``t`` from ``THICKNESS_MM`` (:func:`dev_synth.thick_slices`; the label is
    averaged the same way and thresholded at 0.5), Gaussian noise of ``NOISE_HU``; int16 HU.
 
 Tasks (one foreground label each):
