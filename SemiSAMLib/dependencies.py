@@ -1,24 +1,34 @@
 """Python packages SemiSAM needs inside Slicer: which are missing, and installing them the Slicer way.
 
 The list is ``Resources/requirements.txt`` (installed as ``<qt-scripted-modules>/Resources/SemiSAM/``);
-torch is not in it (Slicer's PyTorch extension provides it, with the CUDA or CPU build for the machine).
+torch is not in it: Slicer's PyTorch extension installs torch, with the CUDA or CPU build for the machine,
+and pip must never replace that build (``monai`` and ``timm`` depend on torch, so an unguarded install
+could pull a generic build from PyPI over it). Every path below drops a requirement named in
+:data:`SKIP_PACKAGES` before pip sees the list, and keeps pip from touching torch as a dependency:
 
-* Slicer 5.11 and later: ``slicer.pydeps`` reads the file (``load_requirements``), checks it without a
-  subprocess (``pip_check``) and installs what is missing after asking the user (``pip_ensure``, with torch
-  in ``skip_packages`` so that no requirement replaces the PyTorch extension's build).
-* Older Slicer (and pytest): the file is parsed with ``packaging`` (which Slicer ships), checked against
-  ``importlib.metadata`` and installed with ``slicer.util.pip_install``.
+* Slicer 5.12 and later: ``slicer.packaging`` checks the requirements without a subprocess (``pip_check``)
+  and installs what is missing (``pip_ensure`` with ``skip_packages=["torch"]``: each package is installed
+  with ``--no-deps`` and its dependencies are walked, leaving torch out).
+* Slicer 5.10 and 5.11 (no ``slicer.packaging``): the missing requirements are checked against
+  ``importlib.metadata`` and installed with ``slicer.util.pip_install`` under a constraints file that pins
+  torch to the installed version, so pip keeps that build or fails instead of replacing it.
 
-Checking needs no Slicer, so it is tested headless; installing happens only from the Widget.
+The file is parsed here on every version (with ``packaging``, which Slicer ships), so that a line reads the
+same everywhere and a bad one is named with its line number. Checking needs no Slicer, so it is tested
+headless; installing happens only from the Widget.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,7 @@ CANDIDATES = (
     _HERE.parent / "Resources" / "SemiSAM" / "requirements.txt",
 )
 
-#: Distributions a requirement must never pull from PyPI: the PyTorch extension installs torch.
+#: Distributions pip must never install or replace: the PyTorch extension installs torch.
 SKIP_PACKAGES = ("torch",)
 
 REQUESTER = "SemiSAM"
@@ -37,6 +47,10 @@ REQUESTER = "SemiSAM"
 
 class RequirementsError(ValueError):
     """The requirements file is missing or holds a line that is not a requirement."""
+
+
+class TorchMissingError(RuntimeError):
+    """torch is not installed, so the other packages cannot be installed without pip choosing a torch."""
 
 
 def requirements_file() -> Path:
@@ -49,13 +63,13 @@ def requirements_file() -> Path:
     )
 
 
-def pydeps():
-    """``slicer.pydeps`` (Slicer >= 5.11), or ``None`` on older Slicer and outside the application."""
+def packaging_api() -> ModuleType | None:
+    """``slicer.packaging`` (Slicer 5.12 and later), or ``None`` on older Slicer and outside Slicer."""
     try:
-        import slicer.pydeps as module
+        module = importlib.import_module("slicer.packaging")
     except ImportError:
         return None
-    return module if hasattr(module, "pip_ensure") else None
+    return module if callable(getattr(module, "pip_ensure", None)) else None
 
 
 def parse_requirements(text: str, source: str = "requirements.txt") -> list:
@@ -81,13 +95,22 @@ def parse_requirements(text: str, source: str = "requirements.txt") -> list:
 
 
 def load_requirements(path: Path | None = None) -> list:
-    """The requirements of ``path`` (default :func:`requirements_file`) as ``Requirement`` objects, read by
-    ``slicer.pydeps.load_requirements`` where Slicer has it."""
+    """The requirements of ``path`` (default :func:`requirements_file`) as ``Requirement`` objects."""
     path = Path(path or requirements_file())
-    module = pydeps()
-    if module is not None:
-        return list(module.load_requirements(str(path)))
     return parse_requirements(path.read_text(encoding="utf-8"), str(path))
+
+
+def is_skipped(requirement) -> bool:
+    """Whether ``requirement`` names a distribution of :data:`SKIP_PACKAGES` (names compared the way pip
+    compares them: case, ``-``, ``_`` and ``.`` do not matter)."""
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(requirement.name) in {canonicalize_name(n) for n in SKIP_PACKAGES}
+
+
+def pip_requirements(path: Path | None = None) -> list:
+    """The requirements pip may install: those of ``path`` without :data:`SKIP_PACKAGES`."""
+    return [r for r in load_requirements(path) if not is_skipped(r)]
 
 
 def _satisfied(requirement, version_of: Callable[[str], str]) -> bool:
@@ -104,36 +127,75 @@ def missing_requirements(
     path: Path | None = None,
     version_of: Callable[[str], str] | None = None,
 ) -> list[str]:
-    """Requirements (as written, e.g. ``monai>=1.3``) the running Python does not satisfy, in file order.
+    """Requirements (as written, e.g. ``monai>=1.3``) the running Python does not satisfy, in file order;
+    torch is never among them (:func:`torch_available` says whether the PyTorch extension installed it).
 
     Args:
         path: requirements file (default :func:`requirements_file`).
         version_of: installed version of a distribution, raising ``PackageNotFoundError`` when absent
-            (default ``importlib.metadata.version``; with ``slicer.pydeps`` its ``pip_check`` decides).
+            (default: ``slicer.packaging.pip_check`` where Slicer has it, else ``importlib.metadata``).
     """
-    requirements = load_requirements(path)
-    module = pydeps() if version_of is None else None
-    if module is not None:
-        return [str(r) for r in requirements if not module.pip_check(r)]
+    requirements = pip_requirements(path)
+    api = packaging_api() if version_of is None else None
+    if api is not None:
+        return [str(r) for r in requirements if not api.pip_check(r)]
     version_of = version_of or importlib.metadata.version
     return [str(r) for r in requirements if not _satisfied(r, version_of)]
 
 
-def install_missing(path: Path | None = None) -> None:
-    """Install the requirements (Slicer application only; the caller has asked the user first)."""
-    import slicer
+def install_missing(path: Path | None = None, version_of: Callable[[str], str] | None = None) -> None:
+    """Install the missing requirements (Slicer application only; the caller has asked the user first).
 
-    path = Path(path or requirements_file())
-    module = pydeps()
-    if module is not None:
-        module.pip_ensure(
-            module.load_requirements(str(path)),
+    Args:
+        path: requirements file (default :func:`requirements_file`).
+        version_of: installed version of a distribution (default ``importlib.metadata.version``), for
+            Slicer without ``slicer.packaging``.
+
+    Raises:
+        TorchMissingError: Slicer without ``slicer.packaging`` and torch not installed yet (pip would
+            pick a torch for ``monai``); install it with the PyTorch extension first.
+        subprocess.CalledProcessError: pip failed.
+    """
+    requirements = pip_requirements(path)
+    api = packaging_api()
+    if api is not None:
+        skipped = api.pip_ensure(
+            requirements,
             skip_packages=list(SKIP_PACKAGES),
             prompt_install=False,  # the Widget asked already, listing the missing packages
             requester=REQUESTER,
         )
-    else:
-        slicer.util.pip_install(["-r", str(path)])
+        if skipped:
+            log.info("left to the PyTorch extension: %s", ", ".join(skipped))
+        return
+    importlib.invalidate_caches()  # the PyTorch extension may have installed torch a moment ago
+    version_of = version_of or importlib.metadata.version
+    missing = [str(r) for r in requirements if not _satisfied(r, version_of)]
+    if not missing:
+        return
+    try:
+        torch_version = version_of("torch")
+    except importlib.metadata.PackageNotFoundError:
+        raise TorchMissingError(
+            "torch is not installed: install it with the PyTorch extension first (pip would otherwise "
+            f"install a generic build of torch for {', '.join(missing)})"
+        ) from None
+    _pip_install_keeping_torch(missing, torch_version)
+
+
+def _pip_install_keeping_torch(requirements: list[str], torch_version: str) -> None:
+    """``slicer.util.pip_install`` of ``requirements`` under a constraints file that pins torch to
+    ``torch_version`` (the PyTorch extension's build): pip keeps that build or fails, never replaces it."""
+    import slicer.util
+
+    handle, constraints = tempfile.mkstemp(prefix="semisam-constraints-", suffix=".txt")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(f"torch=={torch_version}\n")
+        log.info("pip install %s (torch kept at %s)", " ".join(requirements), torch_version)
+        slicer.util.pip_install([*requirements, "--constraint", constraints])
+    finally:
+        Path(constraints).unlink(missing_ok=True)
 
 
 def torch_available() -> bool:

@@ -108,14 +108,14 @@ def test_slicer_requirements_are_the_core_dependencies_without_torch():
 
 
 def test_requirements_checker(tmp_path):
-    """Outside Slicer >= 5.11 (no ``slicer.pydeps``) the file is read with ``packaging``: full specifiers,
-    markers for other platforms skipped, a bad line named with its number."""
+    """Without ``slicer.packaging`` (Slicer < 5.12, pytest) the file is checked with ``importlib.metadata``:
+    full specifiers, markers for other platforms skipped, a bad line named with its number."""
     sys.path.insert(0, str(REPO))
     from importlib.metadata import PackageNotFoundError
 
     from SemiSAMLib import dependencies
 
-    assert dependencies.pydeps() is None  # the slicer-core wheel has no slicer.pydeps
+    assert dependencies.packaging_api() is None  # the slicer-core wheel has no slicer.packaging
     req = tmp_path / "requirements.txt"
     req.write_text(
         "# comment\nalpha>=1.10\nbeta\ngamma>=2.0,<3  # trailing comment\n"
