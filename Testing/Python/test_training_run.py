@@ -64,7 +64,9 @@ def test_cli_supervised_learns_registers_and_segments(tmp_path, capsys):
     stdout = [json.loads(line) for line in r.stdout.splitlines()]
     logged = read_events(events)
     assert [e["event"] for e in stdout] == [e["event"] for e in logged]
-    assert logged[-1]["event"] == "done" and logged[0]["event"] == "phase"
+    assert logged[-1]["event"] == "done" and [e["event"] for e in logged[:2]] == ["process", "phase"]
+    # The first event names the interpreter that ran the job (pid and start time from the process table).
+    assert logged[0]["pid"] > 0 and logged[0]["start"]
     kinds = {e["event"] for e in logged}
     assert {"start", "iteration", "validation", "checkpoint", "done"} <= kinds
     assert all("time" in e and "elapsed_s" in e for e in logged)

@@ -1,8 +1,10 @@
 """``semisam train STORE``: retrain the store's specialist (contract: docs/training.md).
 
 Events go to stdout as JSON lines (and to ``--events FILE``); a progress bar goes to stderr when it is
-a terminal. Exit 0 after ``done``, 1 after ``error``, 3 after ``cancelled`` (SIGTERM or Ctrl-C: the run
-checkpoints first; ``--resume`` continues it).
+a terminal. The first event, ``process``, names this interpreter (pid and start time): a caller that
+started it through a launcher (Slicer's ``PythonSlicer``) learns which process the job really is.
+Exit 0 after ``done``, 1 after ``error``, 3 after ``cancelled`` (SIGTERM, Ctrl-C or ``--cancel-file``
+appearing: the run checkpoints first; ``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from semisam.device import DEVICE_CHOICES
 
@@ -30,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", help="the labeled-set store folder")
     p.add_argument("--method", help=METHOD_HELP)
-    p.add_argument("--iterations", type=int, help="optimiser steps (default 200)")
+    p.add_argument("--iterations", type=_number, help="optimiser steps (default 200)")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="default auto (CUDA when available)")
     p.add_argument(
         "--generalist",
@@ -43,13 +47,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the interrupted run from its last checkpoint"
     )
     p.add_argument("--no-promote", action="store_true", help="register the new version but never promote it")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_number, help="random seed (default 0)")
     p.add_argument("--arch", help="architecture of a new model when the store has none (mamba_unet, unet3d)")
-    p.add_argument("--batch-size", type=int, help="labeled samples per step (default 8)")
+    p.add_argument("--batch-size", type=_number, help="labeled samples per step (default 8)")
     p.add_argument("--config", metavar="FILE.json", help="TrainConfig fields as JSON (options override it)")
     p.add_argument("--work-dir", metavar="DIR", help="run folder (default STORE/training/run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--cancel-file",
+        metavar="FILE",
+        help="cancel (checkpoint and stop) when FILE appears: a clean stop that needs no signal",
+    )
     p.set_defaults(func=run)
+
+
+def _number(text: str) -> int | str:
+    """An integer option's value; anything else is passed on as given, so that the config's validation
+    refuses it with an ``error`` event naming the option (argparse would only print to stderr)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 _OPTION_FIELDS = {
@@ -101,40 +119,86 @@ class _Progress:
             self.bar = None
 
 
-def run(args: argparse.Namespace) -> int:
-    from semisam.training.errors import TrainError
-    from semisam.training.events import EventSink
-    from semisam.training.job import EXIT_ERROR, train
+#: Seconds between looks at ``--cancel-file``.
+CANCEL_POLL_S = 0.5
 
+
+def _watch_cancel_file(path: Path, cancel: threading.Event, done: threading.Event) -> None:
+    """Set ``cancel`` once ``path`` exists (a daemon thread, until ``done``)."""
+    while not done.wait(CANCEL_POLL_S):
+        if path.exists():
+            log.warning("%s appeared: checkpointing and stopping", path)
+            cancel.set()
+            return
+
+
+def _announce(args: argparse.Namespace) -> None:
+    """The first event: this process's pid and start time (``semisam.procinfo``)."""
+    from semisam.procinfo import identity
+    from semisam.training.events import EventSink
+
+    me = identity()
     try:
-        config = _config(args)
-    except TrainError as exc:
         sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
-        sink({"event": "error", "kind": exc.kind, "message": str(exc)})
-        sink.close()
-        return EXIT_ERROR
+    except OSError:
+        sink = EventSink(streams=[sys.stdout], files=[])  # the run reports the events file's error
+    sink({"event": "process", "pid": os.getpid(), "start": me.start if me else None})
+    sink.close()
+
+
+def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
 
     def on_signal(signum, frame) -> None:
         log.warning("received %s: checkpointing and stopping", signal.Signals(signum).name)
         cancel.set()
 
+    # Before anything slow (torch is imported while the settings are checked): a cancel during start-up
+    # is a clean stop too.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    watching = threading.Event()
+    if args.cancel_file:
+        threading.Thread(
+            target=_watch_cancel_file, args=(Path(args.cancel_file), cancel, watching), daemon=True
+        ).start()
     try:
-        progress = _Progress(sys.stderr.isatty() and not args.no_progress)
-        result = train(
-            args.store,
-            config,
-            events=progress,
-            events_file=args.events,
-            streams=[sys.stdout],
-            work_dir=args.work_dir,
-            resume=args.resume,
-            promote=not args.no_promote,
-            cancel=cancel,
-        )
+        _announce(args)
+        return _run(args, cancel)
     finally:
+        watching.set()
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace, cancel: threading.Event) -> int:
+    from semisam.training.errors import TrainError
+    from semisam.training.events import EventSink
+    from semisam.training.job import EXIT_ERROR, train
+
+    try:
+        config = _config(args)
+    except Exception as exc:  # noqa: BLE001 - a run that cannot start still ends with one error event
+        kind = exc.kind if isinstance(exc, TrainError) else "bad_config"
+        message = str(exc) if isinstance(exc, TrainError) else f"the settings: {type(exc).__name__}: {exc}"
+        try:
+            sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
+        except OSError as err:  # the events file itself cannot be opened: stdout still gets the event
+            sink = EventSink(streams=[sys.stdout], files=[])
+            message += f" (and --events {args.events}: {err.strerror or err})"
+        sink({"event": "error", "kind": kind, "message": message})
+        sink.close()
+        return EXIT_ERROR
+    progress = _Progress(sys.stderr.isatty() and not args.no_progress)
+    result = train(
+        args.store,
+        config,
+        events=progress,
+        events_file=args.events,
+        streams=[sys.stdout],
+        work_dir=args.work_dir,
+        resume=args.resume,
+        promote=not args.no_promote,
+        cancel=cancel,
+    )
     log.debug("result %s", json.dumps({"status": result.status, "version": result.version}))
     return result.exit_code

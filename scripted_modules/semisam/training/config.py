@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,8 +121,10 @@ class TrainConfig:
         return cfg
 
     def validate(self, where: str = "config") -> None:
-        """Check types and ranges; raises :class:`TrainError` (``bad_config``) naming the field."""
+        """Check every field's type and range (:mod:`semisam.training.options`) and the method parts'
+        options; raises :class:`TrainError` (``bad_config``) naming the field."""
         from semisam.training.methods import MethodError, parse_method
+        from semisam.training.options import CONFIG_FIELDS, MAX_STEP_VOXELS, check_fields, check_parts
 
         def bad(msg: str) -> TrainError:
             return TrainError("bad_config", f"{where}: {msg}")
@@ -129,43 +133,40 @@ class TrainConfig:
             parse_method(self.method)
         except MethodError as exc:
             raise bad(f"method: {exc}") from None
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "refresh_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise bad(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup", "validate_every", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise bad(f"{name} must be a non-negative integer, got {v!r}")
-        if self.unlabeled_batch_size is not None and (
-            not isinstance(self.unlabeled_batch_size, int) or self.unlabeled_batch_size < 1
-        ):
-            raise bad(f"unlabeled_batch_size must be a positive integer, got {self.unlabeled_batch_size!r}")
-        if not (isinstance(self.crop_size, list | tuple) and len(self.crop_size) == 2):
-            raise bad(f"crop_size must be [H, W], got {self.crop_size!r}")
-        if not (isinstance(self.patch_size, list | tuple) and len(self.patch_size) == 3):
-            raise bad(f"patch_size must be [D, H, W], got {self.patch_size!r}")
+        problem = check_fields({k: getattr(self, k) for k in CONFIG_FIELDS}, CONFIG_FIELDS) or check_parts(
+            self.parts
+        )
+        if problem:
+            raise bad(problem)
+        for name, vals, n in (("crop_size", self.crop_size, 2), ("patch_size", self.patch_size, 3)):
+            if not (isinstance(vals, list | tuple) and len(vals) == n):
+                raise bad(f"{name} must be a list of {n} integers, got {vals!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 4096 for v in vals):
+                raise bad(f"{name} entries must be integers from 16 to 4096, got {list(vals)}")
+            if any(v % 16 for v in vals):
+                raise bad(f"{name} entries must be multiples of 16, got {list(vals)}")
+        batch = max(self.batch_size, self.unlabeled_batch_size or 0)
         for name, vals in (("crop_size", self.crop_size), ("patch_size", self.patch_size)):
-            if not all(isinstance(v, int) and v >= 16 and v % 16 == 0 for v in vals):
-                raise bad(f"{name} entries must be multiples of 16 (>= 16), got {list(vals)}")
-        if not 0.0 <= float(self.foreground_fraction) <= 1.0:
-            raise bad(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction!r}")
-        for name in ("lr", "weight_decay", "min_lr_ratio", "weak_noise"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or v < 0 or v != v:
-                raise bad(f"{name} must be a non-negative number, got {v!r}")
-        if not self.lr > 0:
-            raise bad(f"lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.generalists, list) or not all(
-            isinstance(g, str) and g for g in self.generalists
-        ):
-            raise bad(f"generalists must be a list of 'NAME[:CHECKPOINT]' strings, got {self.generalists!r}")
+            step = batch * math.prod(vals)
+            if step > MAX_STEP_VOXELS:
+                raise bad(
+                    f"batch_size {batch} x {name} {list(vals)} = {step:,} voxels per step; at most "
+                    f"{MAX_STEP_VOXELS:,}: lower the batch size or the {name}"
+                )
+        if not isinstance(self.generalists, list) or not self.generalists:
+            raise bad(
+                f"generalists must be a non-empty list of 'NAME[:CHECKPOINT]' strings, got {self.generalists!r}"
+            )
+        for spec in self.generalists:
+            problem = generalist_spec_problem(spec)
+            if problem:
+                raise bad(f"generalists: {problem}")
         if not isinstance(self.model_kwargs, dict):
             raise bad(f"model_kwargs must be an object, got {self.model_kwargs!r}")
-        if not isinstance(self.parts, dict) or not all(isinstance(v, dict) for v in self.parts.values()):
-            raise bad("parts must map a part name to an object of its options")
-        if not isinstance(self.device, str):
-            raise bad(f"device must be a string, got {self.device!r}")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device.strip().lower()):
+            raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not isinstance(self.arch, str):
+            raise bad(f"arch must be a string, got {self.arch!r}")
         if self.arch not in ("mamba_unet", "unet3d"):
             from semisam.specialists import SPECIALIST_REGISTRY
 
@@ -177,3 +178,26 @@ class TrainConfig:
         from semisam.training.methods import parse_method
 
         return parse_method(self.method)
+
+
+#: What ``device`` may name (:func:`semisam.device.resolve_device` decides whether CUDA is there).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+
+
+def generalist_spec_problem(spec: object) -> str | None:
+    """What is wrong with a ``"NAME[:CHECKPOINT]"`` generalist spec, else ``None``: the name must be a
+    registered generalist and a checkpoint, when given, an existing file (checked here, before any
+    case is loaded or model built)."""
+    from semisam.generalists.registry import GENERALIST_NAMES
+
+    if not isinstance(spec, str) or not spec.strip():
+        return f"expected 'NAME[:CHECKPOINT]', got {spec!r}"
+    name, sep, ckpt = spec.partition(":")
+    name = name.strip().lower()
+    if name not in GENERALIST_NAMES:
+        return f"unknown generalist {name!r} in {spec!r}; choose one of {', '.join(GENERALIST_NAMES)}"
+    if sep and not ckpt.strip():
+        return f"{spec!r} names no checkpoint after ':' (give NAME alone for the bundled weights)"
+    if ckpt and not Path(ckpt).expanduser().is_file():
+        return f"checkpoint file {ckpt!r} of {name!r} does not exist or is not a file"
+    return None

@@ -10,6 +10,9 @@ ERROR_KINDS = (
     "nan_loss",
     "locked",
     "bad_config",
+    "no_checkpoint",
+    "damaged_checkpoint",
+    "disk_full",
     "internal",
 )
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 #: The events that end a run; exactly one is the last line.
 TERMINAL_EVENTS = ("done", "cancelled", "error")
@@ -77,12 +80,19 @@ class EventSink:
         if ev["event"] in TERMINAL_EVENTS:
             self.terminal_sent = True
         line = json.dumps(ev, allow_nan=False)
-        for s in self.streams:
-            s.write(line + "\n")
-            s.flush()
+        for s in list(self.streams):
+            try:
+                s.write(line + "\n")
+                s.flush()
+            except (OSError, ValueError) as exc:  # a reader that went away (closed pipe): keep running
+                log.warning("event stream closed (%s); its events still go to the events files", exc)
+                self.streams.remove(s)
         for h in self._handles:
-            h.write(line + "\n")
-            h.flush()
+            try:
+                h.write(line + "\n")
+                h.flush()
+            except OSError as exc:  # e.g. a full disk: the run's own error handling reports it
+                log.warning("cannot write an event to %s: %s", getattr(h, "name", "?"), exc)
         if self.callback is not None:
             self.callback(ev)
         return ev

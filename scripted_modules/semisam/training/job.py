@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Exit codes of ``semisam train``.
 EXIT_DONE, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
+#: Written into the run folder once the new version is registered (``runstate.REGISTERED``).
 REGISTERED = "registered.json"
 
 
@@ -105,10 +106,15 @@ def train(
     run_dir = Path(work_dir) if work_dir else training_dir(store_root) / "run"
     t_start = time.monotonic()
     sink = EventSink(callback=events, streams=streams, files=[], enabled=dist.is_main)
-    if events_file:
-        sink.add_file(events_file)
     lock = None
     try:
+        if events_file:
+            try:
+                sink.add_file(events_file)
+            except OSError as exc:
+                raise TrainError(
+                    "bad_config", f"--events {events_file}: cannot write ({exc.strerror or exc})"
+                ) from None
         if dist.is_main:
             from semisam.training import runstate
             from semisam.training.lock import LOCK_NAME, TrainLock
@@ -117,9 +123,8 @@ def train(
                 raise TrainError("bad_config", f"{store_root}: not a SemiSAM store (no semisam_store.json)")
             lock = TrainLock(training_dir(store_root) / LOCK_NAME)
             lock.acquire()  # before touching the run folder: it may belong to a running trainer
-            if not resume:
-                runstate.clear(run_dir, keep_events=False)
-            sink.add_file(run_dir / "events.jsonl")
+            run_dir = runstate.prepare(run_dir, store_root, fresh=not resume)
+            sink.add_file(run_dir / runstate.EVENTS)
         return _run(
             store_root, config or TrainConfig(), sink, dist, run_dir, resume, promote, cancel, t_start
         )
@@ -138,7 +143,7 @@ def train(
             "error", EXIT_ERROR, error_kind=exc.kind, message=str(exc), seconds=time.monotonic() - t_start
         )
     except Exception as exc:  # noqa: BLE001 - every failure must end with one error event
-        kind, msg = _classify(exc)
+        kind, msg = _classify(exc, run_dir)
         if kind == "internal":
             log.error("training failed:\n%s", traceback.format_exc())
         sink({"event": "error", "kind": kind, "message": msg})
@@ -152,13 +157,21 @@ def train(
         ddp.shutdown(dist)
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
+def _classify(exc: BaseException, run_dir: Path | None = None) -> tuple[str, str]:
     import torch
+
+    from semisam.training.runstate import disk_full
 
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc):
         return "cuda_oom", (
             f"CUDA ran out of memory ({line}); lower --batch-size or the crop size, or use --device cpu"
+        )
+    if disk_full(exc, run_dir or Path.cwd()):
+        where = f" holding {run_dir}" if run_dir is not None else ""
+        return "disk_full", (
+            f"no space left on the disk{where} ({line}); free some space, then run again with --resume "
+            "(the last checkpoint and the registry are intact)"
         )
     from semisam.checkpoints import CheckpointError
     from semisam.store.errors import StoreError
@@ -198,15 +211,15 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
     emit = sink
     ckpt = None
     if resume:
-        path = runstate.latest(run_dir)
-        if path is not None:
-            ckpt = runstate.load(path)
+        path = runstate.resume_point(run_dir)
+        ckpt = runstate.load_checked(path)
+        try:
             saved = TrainConfig.from_dict(ckpt.run["config"], f"{path / runstate.RUN}")
-            if saved.to_json() != config.to_json():
-                log.info("resuming with the checkpoint's config (the one given is ignored)")
-            config = saved
-        else:
-            log.warning("--resume: no checkpoint in %s; starting a new run", run_dir)
+        except TrainError as exc:
+            raise TrainError("damaged_checkpoint", f"{exc}; run without --resume to start over") from None
+        if saved.to_json() != config.to_json():
+            log.info("resuming with the checkpoint's config (the one given is ignored)")
+        config = saved
     config.validate()
     try:
         device = resolve_device(config.device)
@@ -250,9 +263,19 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
     val_ids = comparison_case_ids(store)  # blind validation cases when there are any (promote.py)
     # ----- student: same initial weights on every rank (seeded), then the checkpoint's or parent's
     torch.manual_seed(config.seed)
-    student = build_specialist(manifest.arch, **manifest.kwargs)
+    try:
+        student = build_specialist(manifest.arch, **manifest.kwargs)
+    except (TypeError, ValueError, KeyError) as exc:  # the kwargs do not fit the architecture
+        raise TrainError("bad_config", f"model_kwargs {manifest.kwargs} for {manifest.arch}: {exc}") from None
     if ckpt is not None:
-        student.load_state_dict(ckpt.student, strict=True)
+        try:
+            student.load_state_dict(ckpt.student, strict=True)
+        except RuntimeError as exc:
+            raise TrainError(
+                "damaged_checkpoint",
+                f"checkpoint {ckpt.path}: its weights do not fit the model ({str(exc).splitlines()[0]}); "
+                "run without --resume to start over",
+            ) from None
     elif parent is not None:
         loaded, _ = checkpoints.load_model(store.models.get(parent).path)
         student.load_state_dict(loaded.state_dict(), strict=True)
@@ -304,7 +327,14 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
     )
     start = 0
     if ckpt is not None:
-        trainer.load_state_dict(ckpt.state)
+        try:
+            trainer.load_state_dict(ckpt.state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainError(
+                "damaged_checkpoint",
+                f"checkpoint {ckpt.path}: its optimiser state cannot be restored ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); run without --resume to start over",
+            ) from None
         start = ckpt.iteration
     emit(
         {
@@ -373,7 +403,7 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
     )
     version = _registered_version(store, run_dir)
     if version is None:
-        model_dir = run_dir / "model"
+        model_dir = run_dir / runstate.MODEL
         checkpoints.save_model(model_dir, student, new_manifest, overwrite=True)
         rec = store.models.add(
             model_dir,
