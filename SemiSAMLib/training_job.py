@@ -4,15 +4,25 @@
 beside the application, else ``sys.executable``), never inside Slicer's process: a crash, a CUDA
 out-of-memory or a hung data loader cannot take the application down, and the GUI keeps redrawing.
 
+* **Which process is the job.** ``PythonSlicer`` is a launcher: it starts the real interpreter as its own
+  child and forwards no signals, so the process Slicer started is not the one that trains. The job's first
+  event, ``process``, names the interpreter that runs ``semisam train`` (pid, start time, command line);
+  everything here acts on that process, and on the launcher only while the child has not announced itself.
+  A process is named by pid *and* start time (``semisam.procinfo``): a pid reused since a crash names
+  another process and is never signalled.
 * **Events**: the job writes one JSON object per line to ``--events FILE``; :meth:`TrainingJob.poll`
   reads the lines added since the last call (complete lines only: a line being written is read next time).
-* **Cancel** ends the whole process tree: the child starts in its own session / process group, so SIGTERM
-  (Windows: CTRL_BREAK_EVENT) reaches its workers too; the job checkpoints and exits 3 (``cancelled``);
-  :meth:`TrainingJob.kill` (SIGKILL to the group, ``taskkill /T /F`` on Windows) is the last resort. The
-  registry changes only when a run finishes, so a cancelled run leaves it as it was.
-* **Job-state file** ``STORE/training/job.json`` (:data:`JOB_FILE`): pid, command, events and log paths,
-  start time. Reopening the module (or restarting Slicer) while the job still runs re-attaches to its
-  events file (:func:`attach`); the file is removed once the job has ended and its last event was read.
+  The outcome comes from the events (``done`` / ``cancelled`` / ``error``), not from an exit status that a
+  launcher may or may not pass on.
+* **Cancel** is a clean stop on every platform: it creates the job's cancel file (``--cancel-file``; the
+  job looks for it twice a second) and, on POSIX, sends SIGTERM to the verified interpreter; the job
+  checkpoints, writes ``cancelled`` and exits 3. :meth:`TrainingJob.kill` (SIGKILL to the job's process
+  group, ``taskkill /T /F`` on Windows) is the last resort; a group that holds Slicer itself is never
+  signalled. The registry changes only when a run finishes, so a cancelled run leaves it as it was.
+* **Job-state file** ``STORE/training/job.json`` (:data:`JOB_FILE`): the started process (pid, start time,
+  command), the interpreter once it announced itself, events, log and cancel-file paths, start time.
+  Reopening the module (or restarting Slicer) while the job still runs re-attaches to its events file
+  (:func:`attach`); the file is removed once the job has ended and its last event was read.
 
 No qt, no ``slicer.app``: it runs in pytest with a real child process.
 """
@@ -30,6 +40,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from semisam import procinfo
+from semisam.procinfo import ProcessIdentity
+
 log = logging.getLogger(__name__)
 
 #: The job-state file, relative to the store root (documented in docs/training.md).
@@ -37,6 +50,8 @@ JOB_FILE = Path("training") / "job.json"
 #: Events and log of a job started from Slicer, relative to the store root.
 EVENTS_FILE = Path("training") / "job-events.jsonl"
 LOG_FILE = Path("training") / "job.log"
+#: The job stops cleanly when this file appears (``semisam train --cancel-file``).
+CANCEL_FILE = Path("training") / "job.cancel"
 #: Exit codes of ``semisam train``.
 EXIT_DONE, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 #: Events after which the job has ended (always its last line).
@@ -76,12 +91,14 @@ class TrainSettings:
     resume: bool = False
     extra: list[str] = field(default_factory=list)
 
-    def arguments(self, store: Path, events: Path) -> list[str]:
+    def arguments(self, store: Path, events: Path, cancel_file: Path | None = None) -> list[str]:
         """``semisam train`` arguments (after ``-m semisam``)."""
         if self.iterations < 1:
             raise TrainingJobError(f"iterations must be at least 1, got {self.iterations}")
         args = ["train", str(store), "--method", self.method, "--iterations", str(int(self.iterations))]
         args += ["--device", self.device, "--events", str(events), "--no-progress"]
+        if cancel_file is not None:
+            args += ["--cancel-file", str(cancel_file)]
         if any(part in GENERALIST_METHODS for part in self.method.split("+")):
             spec = self.generalist + (f":{self.generalist_checkpoint}" if self.generalist_checkpoint else "")
             args += ["--generalist", spec]
@@ -97,12 +114,19 @@ class JobState:
     """Contents of the job-state file (:data:`JOB_FILE`).
 
     Attributes:
-        pid: process id of the ``semisam train`` child.
+        pid: process id of the process Slicer started (the ``PythonSlicer`` launcher, or the interpreter
+            itself where there is no launcher).
         store: the store root.
         events: the events file the job writes.
         log: the job's stderr (Python logging, tracebacks).
-        command: the full command line.
+        command: the full command line of the started process.
         started: ISO-8601 UTC start time.
+        start: the started process's start time in the process table (``semisam.procinfo``); "" when it
+            could not be read (it had already ended) or the file was written by an older SemiSAM: such a
+            job is never signalled.
+        cancel: the job's cancel file ("" for none).
+        child: ``{"pid", "start", "argv"}`` of the interpreter running ``semisam train``, from its
+            ``process`` event (``None`` until it has announced itself).
     """
 
     pid: int
@@ -111,6 +135,9 @@ class JobState:
     log: str
     command: list[str]
     started: str
+    start: str = ""
+    cancel: str = ""
+    child: dict | None = None
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -121,9 +148,16 @@ class JobState:
     def read(cls, path: Path) -> JobState:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**{k: data[k] for k in ("pid", "store", "events", "log", "command", "started")})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            state = cls(**{k: data[k] for k in ("pid", "store", "events", "log", "command", "started")})
+            state.start = str(data.get("start") or "")
+            state.cancel = str(data.get("cancel") or "")
+            child = data.get("child")
+            state.child = child if isinstance(child, dict) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TrainingJobError(f"job-state file {path}: unreadable ({exc})") from exc
+        if not isinstance(state.pid, int) or not isinstance(state.command, list):
+            raise TrainingJobError(f"job-state file {path}: unreadable (pid or command of the wrong type)")
+        return state
 
 
 def child_python() -> str:
@@ -149,28 +183,6 @@ def child_environment(core: Path | None = None) -> dict[str, str]:
     return env
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (and, on POSIX, is not a zombie)."""
-    if pid <= 0:
-        return False
-    if _WINDOWS:
-        out = subprocess.run(
-            ["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True, text=True, check=False
-        )
-        return str(pid) in out.stdout
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a finished child not yet reaped is a zombie ("Z"), i.e. gone
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 class TrainingJob:
     """One ``semisam train`` child (started here, or found again through its job-state file)."""
 
@@ -193,17 +205,20 @@ class TrainingJob:
         running = attach(root)
         if running is not None and running.running():
             raise TrainingJobError(
-                f"store {root}: a training run (pid {running.state.pid}) is still running; cancel it first"
+                f"store {root}: a training run (pid {running.pid}) is still running; cancel it first"
             )
+        if running is not None:
+            running.forget()  # a job that ended unwatched: its outcome is in its events and log
         (root / "training").mkdir(parents=True, exist_ok=True)
-        events, log_path = root / EVENTS_FILE, root / LOG_FILE
+        events, log_path, cancel = root / EVENTS_FILE, root / LOG_FILE, root / CANCEL_FILE
         events.unlink(missing_ok=True)  # the previous run's events: a new run starts a new plot
-        command = [python or child_python(), "-m", "semisam", *settings.arguments(root, events)]
+        cancel.unlink(missing_ok=True)
+        command = [python or child_python(), "-m", "semisam", *settings.arguments(root, events, cancel)]
         kwargs: dict = {}
         if _WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
-            kwargs["start_new_session"] = True  # its own process group: signals reach the whole tree
+            kwargs["start_new_session"] = True  # its own process group: a kill reaches the whole tree
         with open(log_path, "wb") as log_file:
             try:
                 process = subprocess.Popen(
@@ -218,27 +233,79 @@ class TrainingJob:
             except OSError as exc:
                 raise TrainingJobError(f"cannot start {command[0]}: {exc}") from exc
         started = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-        state = JobState(process.pid, str(root), str(events), str(log_path), command, started)
+        start = procinfo.start_time(process.pid) or ""
+        state = JobState(
+            process.pid, str(root), str(events), str(log_path), command, started, start, str(cancel)
+        )
         state.write(root / JOB_FILE)
         log.info("started training (pid %d): %s", process.pid, " ".join(command))
         job = cls(state, process)
         _LIVE[str(root)] = job
         return job
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ which process
     @property
     def pid(self) -> int:
-        return self.state.pid
+        """The pid of the interpreter running the job once it has announced itself, else of the
+        process started."""
+        child = self.child()
+        return child.pid if child is not None else self.state.pid
 
+    def launcher(self) -> ProcessIdentity | None:
+        """The process that was started (``None`` when its start time is unknown: never signalled)."""
+        return ProcessIdentity(self.state.pid, self.state.start) if self.state.start else None
+
+    def child(self) -> ProcessIdentity | None:
+        """The interpreter running ``semisam train``, from its ``process`` event (read once, then kept in
+        the job-state file)."""
+        ident = ProcessIdentity.from_json(self.state.child)
+        if ident is not None:
+            return ident
+        event = _first_event(Path(self.state.events))
+        if event is None or event.get("event") != "process":
+            return None
+        ident = ProcessIdentity.from_json(event)
+        if ident is None:
+            return None
+        self.state.child = {**ident.to_json(), "argv": event.get("argv")}
+        path = Path(self.state.store) / JOB_FILE
+        try:
+            if JobState.read(path).pid == self.state.pid:
+                self.state.write(path)
+        except (TrainingJobError, OSError):
+            pass
+        return ident
+
+    def _child_argv(self) -> list[str] | None:
+        argv = (self.state.child or {}).get("argv")
+        return argv if isinstance(argv, list) and all(isinstance(a, str) for a in argv) else None
+
+    def _live_child(self) -> ProcessIdentity | None:
+        child = self.child()
+        return child if child is not None and procinfo.is_same(child, self._child_argv()) else None
+
+    def _live_launcher(self) -> ProcessIdentity | None:
+        ident = self.launcher()
+        if ident is None:
+            return None
+        if self.process is not None:  # started here: Popen knows whether it has exited
+            return ident if self.process.poll() is None else None
+        return ident if procinfo.is_same(ident, self.state.command) else None
+
+    # ------------------------------------------------------------------ state
     def running(self) -> bool:
-        """Whether the child process still runs."""
-        if self.process is not None:
-            return self.process.poll() is None
-        return pid_alive(self.state.pid)
+        """Whether the job still runs: its interpreter, or (until it has announced itself, and while a
+        launcher waits for it) the process started. A recorded pid that now names another process
+        (reused since) does not count."""
+        if self._live_child() is not None:
+            return True
+        return self._live_launcher() is not None
 
     @property
     def returncode(self) -> int | None:
-        """The exit status (``None`` while running, or when the job was started by another Slicer)."""
+        """The exit status of the process started here (``None`` while running, or when the job was
+        started by another Slicer). Through a launcher it is whatever the launcher returns: judge the
+        outcome from :attr:`final`."""
         return self.process.poll() if self.process is not None else None
 
     def poll(self) -> list[dict]:
@@ -303,47 +370,52 @@ class TrainingJob:
 
     # ------------------------------------------------------------------ stop
     def terminate(self) -> None:
-        """Ask the job to stop cleanly: SIGTERM to its process group (Windows: CTRL_BREAK_EVENT); the job
-        writes a checkpoint, a ``cancelled`` event and exits 3."""
+        """Ask the job to stop cleanly: create its cancel file and, on POSIX, send SIGTERM to its verified
+        interpreter; the job writes a checkpoint, a ``cancelled`` event and exits 3. Nothing is signalled
+        when the recorded process is not the job (ended, or its pid reused)."""
         if not self.running():
             return
+        if self.state.cancel:
+            try:
+                Path(self.state.cancel).touch()
+            except OSError as exc:
+                log.warning("could not create the cancel file %s: %s", self.state.cancel, exc)
+        child = self._live_child()
+        if _WINDOWS or child is None or child.pid == os.getpid():
+            return  # the cancel file stops it (an interpreter that has not announced itself looks too)
         try:
-            if _WINDOWS:
-                os.kill(self.state.pid, signal.CTRL_BREAK_EVENT)
-            else:
-                os.killpg(os.getpgid(self.state.pid), signal.SIGTERM)
+            os.kill(child.pid, signal.SIGTERM)  # the interpreter only: a launcher keeps its pipes open
         except (ProcessLookupError, PermissionError, OSError) as exc:
-            log.warning("could not signal training process %d: %s", self.state.pid, exc)
+            log.warning("could not signal training process %d: %s", child.pid, exc)
 
     def kill(self) -> None:
-        """End the whole process tree now (SIGKILL to the group; ``taskkill /T /F`` on Windows)."""
-        if not self.running():
-            return
-        try:
-            if _WINDOWS:
-                subprocess.run(
-                    ["taskkill", "/PID", str(self.state.pid), "/T", "/F"], capture_output=True, check=False
-                )
-            else:
-                os.killpg(os.getpgid(self.state.pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError) as exc:
-            log.warning("could not kill training process %d: %s", self.state.pid, exc)
+        """End the job's whole process tree now (SIGKILL to its process group; ``taskkill /T /F`` on
+        Windows): only processes verified to be the job, never a group that holds this process."""
+        for ident in {i for i in (self._live_child(), self._live_launcher()) if i is not None}:
+            try:
+                if _WINDOWS:
+                    subprocess.run(
+                        ["taskkill", "/PID", str(ident.pid), "/T", "/F"], capture_output=True, check=False
+                    )
+                elif procinfo.may_signal_group(ident.pid):
+                    os.killpg(os.getpgid(ident.pid), signal.SIGKILL)
+                elif ident.pid != os.getpid():
+                    os.kill(ident.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError) as exc:
+                log.warning("could not kill training process %d: %s", ident.pid, exc)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the process exits; True when it did within ``timeout`` seconds."""
+        """Wait until the job has ended (:meth:`running` is false); True when it did within ``timeout``
+        seconds."""
         import time
 
-        if self.process is not None:
-            try:
-                self.process.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.running():
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
+        if self.process is not None:
+            self.process.poll()  # reap the started process
         return True
 
     def stop(self, grace_s: float = 30.0) -> bool:
@@ -356,16 +428,35 @@ class TrainingJob:
         return False
 
     def forget(self) -> None:
-        """Remove the job-state file once the job has ended (nothing to re-attach to any more)."""
+        """Remove the job-state file (and cancel file) once the job has ended (nothing to re-attach to)."""
         if self.running():
-            raise TrainingJobError(f"training process {self.state.pid} still runs")
+            raise TrainingJobError(f"training process {self.pid} still runs")
         path = Path(self.state.store) / JOB_FILE
         try:
             if JobState.read(path).pid == self.state.pid:
                 path.unlink()
         except (TrainingJobError, FileNotFoundError):
             pass
+        if self.state.cancel:
+            Path(self.state.cancel).unlink(missing_ok=True)
         _LIVE.pop(self.state.store, None)
+
+
+def _first_event(path: Path, limit: int = 65536) -> dict | None:
+    """The first complete event of an events file (read from its first ``limit`` bytes), or ``None``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+    except OSError:
+        return None
+    line, sep, _ = head.partition(b"\n")
+    if not sep:
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 #: Jobs started by this process, by store root: reopening the module in the same Slicer session finds
@@ -377,9 +468,11 @@ def attach(store_root: str | Path) -> TrainingJob | None:
     """The job recorded in the store's job-state file, or ``None`` when there is none.
 
     A job of this Slicer session is returned as it is; one started by another (e.g. before a restart) is
-    rebuilt from the file, and its events are read from the start. A job-state file whose process is gone
-    and whose events ended is removed (returns ``None``); a crashed job is returned (not running, no final
-    event), so the caller can show why it ended.
+    rebuilt from the file, and its events are read from the start. It counts as running only while the
+    recorded processes are the job's (pid, start time and command line match: a pid reused by another
+    process since is neither watched nor signalled). A job-state file whose job has ended with a final
+    event is removed (returns ``None``); a job that ended without one is returned (not running, no final
+    event), so the caller can show why it ended. An unreadable job-state file is removed with a warning.
     """
     root = Path(store_root).expanduser().resolve()
     live = _LIVE.get(str(root))
@@ -388,7 +481,13 @@ def attach(store_root: str | Path) -> TrainingJob | None:
     path = root / JOB_FILE
     if not path.is_file():
         return None
-    job = TrainingJob(JobState.read(path))
+    try:
+        state = JobState.read(path)
+    except TrainingJobError as exc:
+        log.warning("%s; removed (no job can be identified from it)", exc)
+        path.unlink(missing_ok=True)
+        return None
+    job = TrainingJob(state)
     if not job.running():
         job.poll()
         if job.final is not None:

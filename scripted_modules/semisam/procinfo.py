@@ -108,9 +108,27 @@ def identity(pid: int | None = None) -> ProcessIdentity | None:
     return None if start is None else ProcessIdentity(pid, start)
 
 
-def is_same(ident: ProcessIdentity | None) -> bool:
-    """Whether the process ``ident`` names still runs: its pid exists and started when recorded."""
-    return ident is not None and start_time(ident.pid) == ident.start
+def command_line(pid: int) -> list[str] | None:
+    """The argument vector of process ``pid`` where the process table shows it (Linux ``/proc``), else
+    ``None`` (not readable here: callers then rely on pid and start time alone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]] or None
+
+
+def is_same(ident: ProcessIdentity | None, argv: list[str] | None = None) -> bool:
+    """Whether the process ``ident`` names still runs: its pid exists and started when recorded, and,
+    when ``argv`` is given and the process table shows command lines, it runs that command (as the tail
+    of what the table shows: a script started through its ``#!`` line has the interpreter in front)."""
+    if ident is None or start_time(ident.pid) != ident.start:
+        return False
+    if argv:
+        seen = command_line(ident.pid)
+        if seen is not None and seen[-len(argv) :] != list(argv):
+            return False
+    return True
 
 
 def may_signal_group(pid: int) -> bool:

@@ -134,7 +134,7 @@ def _watch_cancel_file(path: Path, cancel: threading.Event, done: threading.Even
 
 def _announce(args: argparse.Namespace) -> None:
     """The first event: this process's pid and start time (``semisam.procinfo``)."""
-    from semisam.procinfo import identity
+    from semisam.procinfo import command_line, identity
     from semisam.training.events import EventSink
 
     me = identity()
@@ -142,7 +142,14 @@ def _announce(args: argparse.Namespace) -> None:
         sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
     except OSError:
         sink = EventSink(streams=[sys.stdout], files=[])  # the run reports the events file's error
-    sink({"event": "process", "pid": os.getpid(), "start": me.start if me else None})
+    sink(
+        {
+            "event": "process",
+            "pid": os.getpid(),
+            "start": me.start if me else None,
+            "argv": command_line(os.getpid()),
+        }
+    )
     sink.close()
 
 
