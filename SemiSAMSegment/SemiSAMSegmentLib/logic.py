@@ -3,14 +3,16 @@
 :class:`CaseLogic` is a base class of ``SemiSAMSegmentLogic`` (kept here so the module file stays small).
 It keeps, per input volume node, the case in progress (:class:`~SemiSAMSegmentLib.session.SegmentSession`:
 start time, proposal, prompts, the core's propagation state) until :meth:`CaseLogic.accept`; and, shared by
-all cases, the loaded models and the slice-embedding cache. No qt, no ``slicer.app``: it runs inside
-Slicer and against the slicer-core wheel. Method names follow Slicer's camelCase like the rest of the
-module's Logic.
+all cases, the loaded models and the slice-embedding cache. The background slice encoding sets itself up
+on its own thread (:meth:`CaseLogic.precomputeEmbeddings`), so the cases, the generalists and the cache are
+guarded by locks. No qt, no ``slicer.app``: it runs inside Slicer and against the slicer-core wheel. Method
+names follow Slicer's camelCase like the rest of the module's Logic.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import numpy as np
 from SemiSAMLib.defaults import NEEDS_CHECKPOINT, Generalist
 
 from . import accept as accept_lib
-from . import autoseg, markup_prompts, mrml_io
+from . import autoseg, encoding, markup_prompts, mrml_io
 from . import propagate as propagate_lib
 from . import session as session_lib
 from .texts import _
@@ -32,6 +34,10 @@ class CaseLogic:
         self._generalists = {}  # (name, checkpoint, device) -> PromptableModel
         self._specialists = {}  # (folder, sha256, device) -> (model, manifest)
         self._embeddings = None  # semisam.generalists.cache.EmbeddingCache, made at first use
+        # The cases and the cache (the background encoding sets itself up on its own thread), and one
+        # generalist build at a time (a model asked for while another thread builds it is not built twice).
+        self._lock = threading.RLock()
+        self._buildLock = threading.Lock()
 
     @staticmethod
     def generalistProblem(generalist: Generalist, checkpoint: str):
@@ -104,19 +110,22 @@ class CaseLogic:
         """The case in progress on ``volumeNode`` (a new one when none, or when its voxels changed)."""
         if volumeNode is None:
             raise ValueError("choose an input volume")
-        current = self._sessions.get(volumeNode.GetID())
-        if current is None or current.key != session_lib.volume_key(volumeNode):
-            current = self._sessions[volumeNode.GetID()] = session_lib.SegmentSession.for_node(volumeNode)
-        return current
+        with self._lock:
+            current = self._sessions.get(volumeNode.GetID())
+            if current is None or current.key != session_lib.volume_key(volumeNode):
+                current = self._sessions[volumeNode.GetID()] = session_lib.SegmentSession.for_node(volumeNode)
+            return current
 
     def clearSessions(self) -> None:
         """Forget every case in progress (the scene is closing: node IDs will be reused)."""
-        self._sessions.clear()
+        with self._lock:
+            self._sessions.clear()
 
     def endSession(self, volumeNode) -> None:
         """Forget the case in progress on ``volumeNode`` (done by :meth:`accept`)."""
         if volumeNode is not None:
-            self._sessions.pop(volumeNode.GetID(), None)
+            with self._lock:
+                self._sessions.pop(volumeNode.GetID(), None)
 
     # ------------------------------------------------------------------ auto-segment
     @staticmethod
@@ -241,16 +250,19 @@ class CaseLogic:
         name = getattr(generalist, "value", generalist)
         dev = resolve_device(getattr(device, "value", device))
         key = (name, str(checkpoint or ""), str(dev))
-        if key not in self._generalists:
-            self._generalists[key] = build_generalist(name, checkpoint=checkpoint or None, device=dev)
-        return self._generalists[key]
+        with self._buildLock:  # a caller asking while the background encoding builds it waits for that one
+            if key not in self._generalists:
+                self._generalists[key] = build_generalist(name, checkpoint=checkpoint or None, device=dev)
+            return self._generalists[key]
 
     def embeddingCache(self):
-        if self._embeddings is None:
-            from semisam.generalists.cache import EmbeddingCache
+        """The slice-embedding cache all cases share (made at first use, on whichever thread)."""
+        with self._lock:
+            if self._embeddings is None:
+                from semisam.generalists.cache import EmbeddingCache
 
-            self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
-        return self._embeddings
+                self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
+            return self._embeddings
 
     def _engine(self, generalist, checkpoint, intensityPreset, device, axis):
         """``(model, window argument, state key)`` for a propagation; raises when the generalist cannot run."""
@@ -276,18 +288,49 @@ class CaseLogic:
         """Start encoding ``slices`` (indices along ``axis``) in the background, e.g. the most uncertain
         slices after auto-segment, so that the first *Propagate* there answers without encoding.
 
-        Returns the core's ``Precompute`` job (``.done``, ``.running()``, ``.wait()``, ``.cancel()``,
-        ``.error``), or ``None`` for SAM 2-family generalists (they keep no slice cache). Use the same
-        generalist, checkpoint, preset, device and axis as the propagation it prepares.
+        On the calling (main) thread only cheap reads: the generalist's settings, the volume's identity and
+        a view of its voxels. The thread of the returned job imports torch, builds the generalist (once),
+        copies the voxels into the case when there is none yet and then encodes; a SAM 2-family generalist
+        keeps no slice cache, so its job ends with nothing encoded. Use the same generalist, checkpoint,
+        preset, device and axis as the propagation it prepares.
+
+        Returns:
+            A started :class:`SemiSAMSegmentLib.encoding.BackgroundEncoding` (``.done``, ``.indices``,
+            ``.error``, ``.running()``, ``.wait()``, ``.cancel()``), whose ``error`` says what failed.
+
+        Raises:
+            ValueError: the generalist needs a checkpoint file it does not have.
+            MrmlIOError: the volume node holds no image data.
         """
-        case = self.session(volumeNode)
-        model, window, key = self._engine(generalist, checkpoint, intensityPreset, device, axis)
-        return propagate_lib.precompute(case, model, key, axis, window, self.embeddingCache(), slices)
+        name = getattr(generalist, "value", generalist)
+        problem = self.generalistProblem(Generalist(name), checkpoint)
+        if problem:
+            raise ValueError(problem)
+        snapshot = session_lib.VolumeSnapshot.of(volumeNode)
+
+        def setup(cancelled):
+            model, window, key = self._engine(name, checkpoint, intensityPreset, device, axis)
+            if hasattr(model, "propagate_volume") or cancelled():
+                return None
+            cache = self.embeddingCache()
+            with self._lock:
+                case = self._sessions.get(snapshot.node_id)
+            if case is not None and case.key == snapshot.key:
+                return propagate_lib.encoder_for(case, model, key, axis, window, cache)
+            case = snapshot.session()  # the voxel copy, here rather than on the main thread
+            propagate_lib.new_state(case, model, key, axis, window, cache)
+            with self._lock:  # the first Propagate on the volume then reuses this state and its encoder
+                if not cancelled() and snapshot.node_id not in self._sessions:
+                    self._sessions[snapshot.node_id] = case
+            return case.state.encoder
+
+        return encoding.BackgroundEncoding(setup, slices).start()
 
     def slicesAround(self, volumeNode, centres, radius: int) -> list:
         """Slice indices (axial, ``k``) within ``radius`` of any of ``centres``, nearest first, inside the
-        volume: what a propagation from those slices visits first."""
-        n = self.session(volumeNode).volume.shape[0]
+        volume: what a propagation from those slices visits first (reads the node's dimensions only)."""
+        image = volumeNode.GetImageData() if volumeNode is not None else None
+        n = image.GetDimensions()[2] if image is not None else 0
         wanted = {k + d for k in centres for d in range(-radius, radius + 1) if 0 <= k + d < n}
         return sorted(wanted, key=lambda s: (min(abs(s - c) for c in centres), s))
 

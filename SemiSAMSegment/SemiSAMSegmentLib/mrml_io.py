@@ -75,8 +75,10 @@ def ijk_to_ras(volume_node) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def array_from_volume_node(volume_node) -> np.ndarray:
-    """Copy of the voxels of a scalar (or labelmap) volume node, shape ``(Z, Y, X)``.
+def array_from_volume_node(volume_node, copy: bool = True) -> np.ndarray:
+    """Copy of the voxels of a scalar (or labelmap) volume node, shape ``(Z, Y, X)``; with ``copy=False``
+    a read-only view of them (cheap on the main thread; it keeps the node's voxel buffer alive, so another
+    thread can copy it later).
 
     Raises:
         MrmlIOError: no node, no image data, or more than one component per voxel.
@@ -93,16 +95,21 @@ def array_from_volume_node(volume_node) -> np.ndarray:
         )
     nx, ny, nz = image.GetDimensions()
     flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    return flat.reshape(nz, ny, nx).copy()
+    if copy:
+        return flat.reshape(nz, ny, nx).copy()
+    view = flat.reshape(nz, ny, nx)
+    view.flags.writeable = False
+    return view
 
 
-def volume_from_node(volume_node) -> Volume:
-    """A :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` + RAS geometry) from a volume node.
+def volume_from_node(volume_node, copy: bool = True) -> Volume:
+    """A :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` + RAS geometry) from a volume node; its
+    voxels are a copy, or with ``copy=False`` a read-only view (see :func:`array_from_volume_node`).
 
     A parent transform on the node is ignored (the node's own IJKToRAS is used), as Slicer's
     ``arrayFromVolume`` does; harden the transform first when it matters.
     """
-    array = array_from_volume_node(volume_node)
+    array = array_from_volume_node(volume_node, copy)
     directions = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASDirectionMatrix(directions)
     direction = np.array([[directions.GetElement(r, c) for c in range(3)] for r in range(3)])

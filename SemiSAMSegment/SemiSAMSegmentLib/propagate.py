@@ -102,11 +102,12 @@ def window_argument(preset: str) -> str | None:
     return None if preset in ("", "auto") else preset
 
 
-def new_state(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
-    """Start a fresh propagation state for the session (no prompts; nothing encoded yet)."""
+def make_state(session: SegmentSession, model, axis: str, window: str | None, cache):
+    """A fresh propagation state on the session's volume (no prompts; nothing encoded yet), not kept in
+    the session."""
     from semisam.propagation import init_state
 
-    session.state = init_state(
+    return init_state(
         model,
         session.volume,
         axis,
@@ -115,21 +116,24 @@ def new_state(session: SegmentSession, model, state_key: tuple, axis: str, windo
         modality=session.modality,
         scan_id=f"slicer:{session.key[0]}@{session.key[1]}",
     )
+
+
+def new_state(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
+    """Start a fresh propagation state for the session (no prompts; nothing encoded yet)."""
+    session.state = make_state(session, model, axis, window, cache)
     session.state_key, session.applied = state_key, []
     return session.state
 
 
-def precompute(session: SegmentSession, model, state_key: tuple, axis: str, window, cache, slices):
-    """Encode ``slices`` into the cache on a background thread, through the session's own state (made
-    here when there is none for ``state_key``), so that a later propagation with the same settings finds
-    them cached and shares the encoder's lock with the worker. Returns the core's ``Precompute`` job, or
-    ``None`` for models that propagate with their own memory (SAM 2 family) and use no slice cache."""
-    if hasattr(model, "propagate_volume"):
-        return None
-    state = session.state if session.state_key == state_key else None
-    state = state or new_state(session, model, state_key, axis, window, cache)
-    n = state.n_slices
-    return state.encoder.precompute([int(s) for s in slices if 0 <= int(s) < n])
+def encoder_for(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
+    """The slice encoder a propagation with ``state_key``'s settings uses on this case: the session's own
+    when its state was built for them (a background encoding then shares the encoder's lock with the
+    propagation), else that of a new state kept outside the session (any thread may call this; the
+    propagation builds its own state and finds the slices in the shared ``cache``)."""
+    state = session.state
+    if session.state_key == state_key and state is not None:
+        return state.encoder
+    return make_state(session, model, axis, window, cache).encoder
 
 
 def propagate_session(

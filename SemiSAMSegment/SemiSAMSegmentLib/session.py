@@ -9,6 +9,7 @@ it affects. No qt, no ``slicer.app``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,3 +91,33 @@ class SegmentSession:
                 out.append(p)
                 remaining[p] -= 1
         return out
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """What the main thread reads of a volume node for a case set up on another thread: cheap reads only.
+
+    Attributes:
+        node_id: the node's ID (the Logic's key for the case).
+        key: :func:`volume_key` at the time of reading.
+        view: the node's voxels as a read-only view (no copy) with its geometry; it keeps the voxel buffer
+            alive even when the node's image data is replaced meanwhile (the case is then stale by its
+            key, and the main thread starts a new one at its next action).
+    """
+
+    node_id: str
+    key: tuple[str, int]
+    view: Volume
+
+    @classmethod
+    def of(cls, volume_node) -> VolumeSnapshot:
+        """Main thread: identity, key and voxel view of ``volume_node`` (raises ``MrmlIOError`` without
+        image data)."""
+        view = mrml_io.volume_from_node(volume_node, copy=False)
+        return cls(volume_node.GetID(), volume_key(volume_node), view)
+
+    def session(self) -> SegmentSession:
+        """A new case on a copy of the voxels (any thread: the copy is the expensive part)."""
+        return SegmentSession(
+            key=self.key, volume=dataclasses.replace(self.view, array=self.view.array.copy())
+        )
