@@ -13,12 +13,15 @@ log = logging.getLogger(__name__)
 
 
 def red_slice_node():
-    """The Red slice view's slice node, or ``None`` (with a warning) when the layout has no Red view."""
+    """The Red slice view's slice node, or ``None`` (with a warning) when there is no Red view: not in
+    this layout, or no views at all (``slicer.app.layoutManager()`` is ``None`` under
+    ``--no-main-window``)."""
     import slicer
 
-    widget = slicer.app.layoutManager().sliceWidget("Red")
+    layout = slicer.app.layoutManager()
+    widget = layout.sliceWidget("Red") if layout is not None else None
     if widget is None:
-        log.warning("no Red slice view in this layout; cannot show the slice")
+        log.warning("no Red slice view in this application window; cannot show the slice")
         return None
     return widget.mrmlSliceNode()
 
@@ -39,6 +42,31 @@ def browse_checkpoint(parent, title: str, current: str) -> str:
             parent, title, "", "Checkpoints (*.pth *.pt *.safetensors);;All files (*)"
         )
         or current
+    )
+
+
+def announce(template: str, title: str, text: str) -> None:
+    """Log ``template`` (with ``{title}`` and ``{text}``) and show it in the application's status bar for
+    15 s: how a computation that ended after its module was left says so (no status bar under
+    ``--no-main-window``: then the log only)."""
+    import slicer
+
+    message = template.format(title=title, text=text)
+    log.info("%s", message)
+    slicer.util.showStatusMessage(message, 15000)
+
+
+def choose_mask_file(parent, save: bool) -> str:
+    """A label-map file to load (``save=False``) or to save to, chosen in a dialog; ``""`` on cancel."""
+    import qt
+    from slicer.i18n import tr as _
+
+    if save:
+        return qt.QFileDialog.getSaveFileName(
+            parent, _("Save mask"), "", _("Label maps (*.nrrd *.nii.gz *.mha)")
+        )
+    return qt.QFileDialog.getOpenFileName(
+        parent, _("Load mask"), "", _("Label maps (*.nrrd *.nii *.nii.gz *.mha);;All files (*)")
     )
 
 
@@ -118,6 +146,44 @@ def store_preferences(parameter_node, keys) -> None:
         current = {key: getattr(parameter_node, key) for key in keys}
         for key, value in preferences_to_store(current).items():
             settings.setValue(key, value)
+
+
+def dependency_status() -> tuple[str, bool]:
+    """``(text, whether there is something to install)`` for the module's Python-packages line; a broken
+    requirements file is shown there, not raised (the panel must still open)."""
+    from slicer.i18n import tr as _
+
+    from . import dependencies
+
+    try:
+        missing = dependencies.missing_requirements()
+    except dependencies.RequirementsError as exc:
+        log.error("%s", exc)
+        return _("Cannot check the Python packages: {error}").format(error=exc), False
+    if not dependencies.torch_available():
+        missing.insert(0, "torch (from the PyTorch extension)")
+    if not missing:
+        return _("All Python packages are installed."), False
+    return _("Missing Python packages: {names}").format(names=", ".join(missing)), True
+
+
+def train_settings():
+    """SemiSAM Train's remembered settings (method, iterations, device, generalist, promotion), for a
+    retraining started from SemiSAM Segment."""
+    import qt
+
+    from .defaults import setting
+    from .training_job import TrainSettings
+
+    read = qt.QSettings().value
+    return TrainSettings(
+        method=setting(read, "trainingMethod").value,
+        iterations=setting(read, "iterations"),
+        device=setting(read, "device").value,
+        generalist=setting(read, "generalist").value,
+        generalist_checkpoint=setting(read, "generalistCheckpoint"),
+        promote_if_better=setting(read, "promoteIfBetter"),
+    )
 
 
 def install_dependencies(missing_text: str) -> None:

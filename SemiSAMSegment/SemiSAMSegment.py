@@ -20,8 +20,9 @@ import slicer
 
 if importlib.util.find_spec("SemiSAMLib") is None:  # development checkout: SemiSAMLib/ is at the root
     sys.path.append(str(Path(__file__).resolve().parents[1]))
+from SemiSAMSegmentLib.encoding import encoding_settings
 from SemiSAMSegmentLib.logic import CaseLogic
-from SemiSAMSegmentLib.texts import ENABLED_TIPS, WHY_DISABLED, disabled_reasons
+from SemiSAMSegmentLib.texts import ACKNOWLEDGEMENT, ENABLED_TIPS, HELP_TEXT, WHY_DISABLED, disabled_reasons
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
@@ -30,15 +31,16 @@ from slicer import (
 )
 
 from SemiSAMLib import dependencies
-from SemiSAMLib.defaults import (
-    DEFAULTS,
-    INTENSITY_PRESETS,
-    NEEDS_CHECKPOINT,
-    RANGES,
-    Device,
-    Generalist,
+from SemiSAMLib.defaults import DEFAULTS, INTENSITY_PRESETS, NEEDS_CHECKPOINT, RANGES, Device, Generalist
+from SemiSAMLib.gui import (
+    ModuleWidgetMixin,
+    announce,
+    browse_checkpoint,
+    browse_folder,
+    choose_mask_file,
+    poll_timer,
+    red_slice_node,
 )
-from SemiSAMLib.gui import ModuleWidgetMixin, browse_checkpoint, browse_folder, poll_timer, red_slice_node
 from SemiSAMLib.slicer_api import (
     Choice,
     ScriptedLoadableModule,
@@ -74,21 +76,8 @@ class SemiSAMSegment(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["SemiSAM contributors"]
-        self.parent.helpText = _(
-            "Human-in-the-loop lesion segmentation of CT and MRI: a small trained specialist proposes a "
-            "segmentation in one click; you correct it by prompting a few slices with a promptable SAM-family "
-            "generalist whose masks propagate across slices; accepted cases grow the labeled set that "
-            "SemiSAM Train retrains the specialist on. Masks computed by the headless <code>semisam</code> "
-            "command can be loaded into the output segmentation on the input volume's grid.<br>"
-            "Prompts: an ROI box around the structure on the slice you see it best (its thinnest axis in "
-            "voxels is the slice axis) and/or points; a point is positive unless its description is "
-            "<code>-</code> (the '+/- last point' button flips it). Propagate changes the segment only in "
-            "the propagated slice range and, by default, keeps the slices its new answer agrees with."
-        )
-        self.parent.acknowledgementText = _(
-            "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "
-            "and SAM 2, MONAI, and 3D Slicer's Segmentations infrastructure."
-        )
+        self.parent.helpText = HELP_TEXT
+        self.parent.acknowledgementText = ACKNOWLEDGEMENT
 
 
 #
@@ -193,16 +182,9 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = (
-        "generalist",
-        "generalistCheckpoint",
-        "intensityPreset",
-        "segmentName",
-        "device",
-        "modelFolder",
-        "storeFolder",
-        "annotator",
-        "retrainEvery",
-    )
+        "generalist", "generalistCheckpoint", "intensityPreset", "segmentName", "device", "modelFolder",
+        "storeFolder", "annotator", "retrainEvery",
+    )  # fmt: skip
 
     def onSceneStartClose(self, caller, event) -> None:
         self._stopBackground()
@@ -267,17 +249,25 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
     def _startWork(self, title: str, start, finish) -> None:
         """``start()`` (main thread: reads the scene, returns a started ``Worker``; its errors are shown);
         then the worker runs while the GUI keeps redrawing, and ``finish(result)`` writes the result to
-        the scene on the main thread. Only one computation at a time."""
+        the scene on the main thread. Only one computation at a time. The buttons are brought up to date
+        whatever happens (``tryWithErrorDisplay`` shows an error and raises it again)."""
         if self._worker is not None:
             return
-        with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
-            self._worker = start()
-        if self._worker is None:
-            return
-        self._workerTitle, self._workerFinish = title, finish
-        self._showBusy(True, title)
-        self._updateState()
-        self._workerTimer = poll_timer(WORKER_POLL_MS, self._onWorkerTick)
+        watched = False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
+                self._worker = start()
+                self._workerTitle, self._workerFinish = title, finish
+                self._showBusy(True, title)
+                self._workerTimer = poll_timer(WORKER_POLL_MS, self._onWorkerTick)
+                watched = True
+        finally:
+            if not watched:  # nothing runs, or nothing would ever write its result: stop it
+                if self._worker is not None:
+                    self._worker.cancel()
+                self._worker = None
+                self._showBusy(False)
+            self._updateState()
 
     def _onWorkerTick(self) -> bool:
         from SemiSAMLib.worker import WorkerState
@@ -291,16 +281,20 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if not status.finished:
             return True
         self._worker = None
-        self._showBusy(False)
-        if status.state is WorkerState.done:
-            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
-                self._workerFinish(worker.result)
-        elif status.state is WorkerState.failed:
-            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
-                raise worker.error
-        else:
-            self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
-        self._updateState()
+        try:
+            self._showBusy(False)
+            if status.state is WorkerState.done:
+                with slicer.util.tryWithErrorDisplay(
+                    _("{title} failed.").format(title=title), waitCursor=True
+                ):
+                    self._workerFinish(worker.result)
+            elif status.state is WorkerState.failed:
+                with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
+                    raise worker.error
+            else:
+                self.ui.statusLabel.text = _("{title} cancelled; nothing was changed.").format(title=title)
+        finally:  # the buttons come back whatever the result (the timer stops either way)
+            self._updateState()
         return False
 
     def onCancel(self) -> None:
@@ -312,14 +306,17 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def onAutoSegment(self) -> None:
         p = self._parameterNode
+        encoding = encoding_settings(p)  # as pressed: the module may be left before it ends
 
         def finish(request):
             out = self.logic.applyAutoSegment(request)
             self._reviewSlice = None
-            self.ui.statusLabel.text = out.describe()
-            self.onNextUncertainSlice()
+            self._showResult(_("Auto-segment"), out.describe())
+            if self._parameterNode is not None:  # the panel is shown: go to the most uncertain slice
+                self.onNextUncertainSlice()
+            centres = out.review_order[:5]
             self._precomputeSlices(
-                self.logic.slicesAroundProposal(p.inputVolume, out.review_order[:5], PRECOMPUTE_LIMIT)
+                self.logic.slicesAroundProposal(request.volume_node, centres, PRECOMPUTE_LIMIT), encoding
             )
 
         self._startWork(
@@ -331,29 +328,30 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         )
 
     def onInputVolumeChanged(self, node) -> None:
-        """A scan is shown: encode the slices around the viewed one in the background."""
+        """A scan is shown (the module opening included): encode the slices around the viewed one in the
+        background. Only cheap reads happen here; torch, the generalist and the voxel copy are the job's
+        (``SemiSAMSegmentLib/encoding.py``)."""
         if node is None or not dependencies.torch_available():
             return
         k = self.logic.sliceIndexAt(node, red_slice_node())
-        if k is not None:
-            self._precomputeSlices(self.logic.slicesAround(node, [k], PRECOMPUTE_RADIUS))
+        settings = encoding_settings(self._parameterNode, node)
+        if k is not None and settings is not None:
+            self._precomputeSlices(self.logic.slicesAround(node, [k], PRECOMPUTE_RADIUS), settings)
 
-    def _precomputeSlices(self, slices) -> None:
-        """Encode ``slices`` (nearest first) in the background (a best effort: a failure is logged and shown
-        under the status line; the next Propagate simply encodes what it needs)."""
-        p = self._parameterNode
-        if p is None or not p.inputVolume or not slices:
+    def _precomputeSlices(self, slices, settings) -> None:
+        """Encode ``slices`` (nearest first) in the background with ``settings`` (``encoding_settings``); a
+        best effort: a failure is logged and shown under the status line, and the next Propagate simply
+        encodes what it needs."""
+        if settings is None or not settings["volumeNode"] or not slices:
             return
-        if self.logic.generalistProblem(p.generalist, p.generalistCheckpoint):
+        if self.logic.generalistProblem(settings["generalist"], settings["checkpoint"]):
             return  # the status line says what the generalist needs; Propagate refuses until then
         if self._precompute is not None:
             self._precompute.cancel()
         self._precompute = None
         try:
-            self._precompute = self.logic.precomputeEmbeddings(
-                p.inputVolume, slices, p.generalist, p.generalistCheckpoint, p.intensityPreset, p.device
-            )
-        except (ValueError, OSError, ImportError) as exc:  # CheckpointError, VolumeError are ValueErrors
+            self._precompute = self.logic.precomputeEmbeddings(slices=slices, **settings)
+        except (ValueError, OSError) as exc:  # CheckpointError, VolumeError, MrmlIOError are ValueErrors
             self._showProblem(_("No background slice encoding: {error}").format(error=exc))
             return
         self._checkPrecompute()
@@ -374,6 +372,13 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._showProblem(problem)
         return problem or ""
 
+    def _showResult(self, title: str, text: str) -> None:
+        """Show a computation's result in the status line; when it ended after the module was left, also
+        log it and show it in the application's status bar (the result is in the scene either way)."""
+        self.ui.statusLabel.text = text
+        if self._parameterNode is None:
+            announce(_("SemiSAM {title} finished while the module was not shown: {text}"), title, text)
+
     def _showProblem(self, problem: str) -> None:
         """Log a warning and add it under the status line (which keeps the last result)."""
         log.warning("%s", problem)
@@ -381,6 +386,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def onNextUncertainSlice(self) -> None:
         p = self._parameterNode
+        if p is None:
+            return
         k = self.logic.nextUncertainSlice(p.outputSegmentation, self._reviewSlice)
         if k is None:
             return
@@ -396,7 +403,8 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
         def finish(request):
             out = self.logic.applyPropagate(request)
-            self.ui.statusLabel.text = "\n".join(filter(None, (out.describe(p.segmentName), problem)))
+            text = "\n".join(filter(None, (out.describe(request.segment_name), problem)))
+            self._showResult(_("Propagate"), text)
 
         self._startWork(
             _("Propagate"),
@@ -419,38 +427,27 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
     def onAccept(self) -> None:
         p = self._parameterNode
         provenance = {"annotator": p.annotator or None}
-        caseId = None
         with slicer.util.tryWithErrorDisplay(_("Accept failed."), waitCursor=True):
             # one store transaction, no steps to stop between: on the main thread, in well under a second
             caseId = self.logic.accept(p.inputVolume, p.outputSegmentation, p.storeFolder, provenance)
-        if caseId is None:
-            return
-        text = _("Accepted as case {case} in {store}.").format(case=caseId, store=p.storeFolder)
-        with slicer.util.tryWithErrorDisplay(_("Automatic retraining failed to start.")):
-            job = self.logic.startRetrainingIfDue(p.storeFolder, p.retrainEvery, self._trainSettings())
-            if job is not None:
-                text += " " + _(
-                    "Retraining started in the background (every {n} accepted cases); SemiSAM Train shows "
-                    "its progress."
-                ).format(n=p.retrainEvery)
-        notice = self.logic.validationNotice(p.storeFolder)
-        self.ui.statusLabel.text = f"{text}\n{notice}" if notice else text
+        self._retrainAfterAccept(caseId, p.storeFolder, p.retrainEvery)
 
-    @staticmethod
-    def _trainSettings():
-        """SemiSAM Train's remembered settings (method, iterations, device, generalist, promotion)."""
-        from SemiSAMLib.defaults import setting
-        from SemiSAMLib.training_job import TrainSettings
+    def _retrainAfterAccept(self, caseId: str, storeFolder: str, every: int) -> None:
+        """After an accept: start retraining when due; the status says the case was accepted either way."""
+        from SemiSAMLib.gui import train_settings
 
-        read = qt.QSettings().value
-        return TrainSettings(
-            method=setting(read, "trainingMethod").value,
-            iterations=setting(read, "iterations"),
-            device=setting(read, "device").value,
-            generalist=setting(read, "generalist").value,
-            generalist_checkpoint=setting(read, "generalistCheckpoint"),
-            promote_if_better=setting(read, "promoteIfBetter"),
-        )
+        text = _("Accepted as case {case} in {store}.").format(case=caseId, store=storeFolder)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Automatic retraining failed to start.")):
+                if self.logic.startRetrainingIfDue(storeFolder, every, train_settings()) is not None:
+                    text += " " + _(
+                        "Retraining started in the background (every {n} accepted cases); SemiSAM Train "
+                        "shows its progress."
+                    ).format(n=every)
+        finally:
+            self.ui.statusLabel.text = text
+            notice = self.logic.validationNotice(storeFolder)
+            self.ui.statusLabel.text = f"{text}\n{notice}" if notice else text
 
     def onToggleSign(self) -> None:
         from SemiSAMSegmentLib.markup_prompts import toggle_point_sign
@@ -471,22 +468,19 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
     def _updateDependencies(self) -> None:
         """Show what is missing; the install button is enabled only then."""
-        missing = dependencies.missing_requirements()
-        if not dependencies.torch_available():
-            missing.insert(0, "torch (from the PyTorch extension)")
-        self.ui.installDependenciesButton.enabled = bool(missing)
-        self.ui.dependenciesLabel.text = (
-            _("Missing Python packages: {names}").format(names=", ".join(missing))
-            if missing
-            else _("All Python packages are installed.")
-        )
+        from SemiSAMLib.gui import dependency_status
+
+        self.ui.dependenciesLabel.text, self.ui.installDependenciesButton.enabled = dependency_status()
 
     def onInstallDependencies(self) -> None:
         """Install torch through the PyTorch extension, then Resources/requirements.txt, after asking."""
         from SemiSAMLib.gui import install_dependencies
 
-        install_dependencies(self.ui.dependenciesLabel.text)
-        self._updateDependencies()
+        try:
+            install_dependencies(self.ui.dependenciesLabel.text)
+        finally:  # what is installed now, also after a failed or partial install
+            self._updateDependencies()
+            self._updateState()
 
     def onBrowseCheckpoint(self) -> None:
         p = self._parameterNode
@@ -495,9 +489,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         )
 
     def onLoadMask(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent, _("Load mask"), "", _("Label maps (*.nrrd *.nii *.nii.gz *.mha);;All files (*)")
-        )
+        path = choose_mask_file(self.parent, save=False)
         if not path:
             return
         p = self._parameterNode
@@ -505,9 +497,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self.logic.importMaskFile(path, p.inputVolume, p.outputSegmentation, p.segmentName)
 
     def onSaveMask(self) -> None:
-        path = qt.QFileDialog.getSaveFileName(
-            self.parent, _("Save mask"), "", _("Label maps (*.nrrd *.nii.gz *.mha)")
-        )
+        path = choose_mask_file(self.parent, save=True)
         if not path:
             return
         p = self._parameterNode

@@ -1,8 +1,26 @@
-"""User-facing texts of SemiSAMSegment's engine buttons (translated inside Slicer, plain headless)."""
+"""User-facing texts of SemiSAMSegment: the module's help and acknowledgement, and its engine buttons'
+tooltips (translated inside Slicer, plain headless)."""
 
 from __future__ import annotations
 
 from SemiSAMLib.slicer_api import tr as _
+
+#: The module's help text (Slicer shows it at the top of the panel).
+HELP_TEXT = _(
+    "Human-in-the-loop lesion segmentation of CT and MRI: a small trained specialist proposes a "
+    "segmentation in one click; you correct it by prompting a few slices with a promptable SAM-family "
+    "generalist whose masks propagate across slices; accepted cases grow the labeled set that "
+    "SemiSAM Train retrains the specialist on. Masks computed by the headless <code>semisam</code> "
+    "command can be loaded into the output segmentation on the input volume's grid.<br>"
+    "Prompts: an ROI box around the structure on the slice you see it best (its thinnest axis in "
+    "voxels is the slice axis) and/or points; a point is positive unless its description is "
+    "<code>-</code> (the '+/- last point' button flips it). Propagate changes the segment only in "
+    "the propagated slice range and, by default, keeps the slices its new answer agrees with."
+)
+ACKNOWLEDGEMENT = _(
+    "Builds on SemiSAM+ (specialist-generalist co-learning), MedSAM / LiteMedSAM, Segment Anything "
+    "and SAM 2, MONAI, and 3D Slicer's Segmentations infrastructure."
+)
 
 #: Tooltips of the engine buttons while they are enabled.
 ENABLED_TIPS = {

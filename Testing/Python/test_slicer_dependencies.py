@@ -270,3 +270,33 @@ def test_no_slicer_pydeps_anywhere():
     ]
     hits += [p for p in ("README.md", "CMakeLists.txt") if word in (REPO / p).read_text()]
     assert hits == []
+
+
+@pytest.fixture
+def i18n(monkeypatch):
+    """``slicer.i18n`` (application only) as the identity translation, for the Widgets' text helpers."""
+    pytest.importorskip("slicer", reason="the slicer-core wheel provides the slicer package")
+    module = types.ModuleType("slicer.i18n")
+    module.tr = lambda text: text
+    monkeypatch.setitem(sys.modules, "slicer.i18n", module)
+
+
+def test_the_panel_line_lists_torch_first_and_shows_a_broken_file(i18n, monkeypatch):
+    from SemiSAMLib import gui
+
+    monkeypatch.setattr(dependencies, "torch_available", lambda: False)
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda: ["monai>=1.3"])
+    assert gui.dependency_status() == (
+        "Missing Python packages: torch (from the PyTorch extension), monai>=1.3",
+        True,
+    )
+    monkeypatch.setattr(dependencies, "torch_available", lambda: True)
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda: [])
+    assert gui.dependency_status() == ("All Python packages are installed.", False)
+
+    def broken():
+        raise dependencies.RequirementsError("requirements.txt:3: 'monai >= = 1' is not a requirement")
+
+    monkeypatch.setattr(dependencies, "missing_requirements", broken)
+    text, installable = gui.dependency_status()  # the panel still opens, saying what is wrong
+    assert text.startswith("Cannot check the Python packages: requirements.txt:3:") and not installable
