@@ -133,14 +133,17 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.ui.modelsTableWidget.setHorizontalHeaderLabels(list(MODEL_COLUMNS))
         self.ui.trainingProgressBar.setRange(0, 100)
         self.ui.trainingProgressBar.setValue(0)
-        slicer.app.connect("aboutToQuit()", self.onApplicationQuit)
+        slicer.app.connect("aboutToQuit()", self.onApplicationQuit)  # disconnected in cleanup()
         self._storeShown = None  # the folder the table shows
         self._hasStore = False
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """The widget is discarded (module reload, application exit): stop polling, drop observers, and
+        stop asking at quit (else every widget a reload left behind would ask too)."""
         if self._timer is not None:
             self._timer.stop()
+        slicer.app.disconnect("aboutToQuit()", self.onApplicationQuit)
         self.removeObservers()
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
@@ -215,12 +218,14 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     # ------------------------------------------------------------------ training
     def onRetrain(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Retrain failed to start."), waitCursor=True):
-            self.logic.startTraining(p.storeFolder, self.logic.settingsFrom(p), slicer.mrmlScene)
-            self.ui.statusLabel.text = _("Retraining started.")
-            self.onShowPlot()
-            self._watch()
-        self._updateTrainingButtons()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Retrain failed to start."), waitCursor=True):
+                self.logic.startTraining(p.storeFolder, self.logic.settingsFrom(p), slicer.mrmlScene)
+                self.ui.statusLabel.text = _("Retraining started.")
+                self.onShowPlot()
+                self._watch()
+        finally:  # tryWithErrorDisplay raises again after its dialog: the buttons come back either way
+            self._updateTrainingButtons()
 
     def _reattach(self) -> None:
         """Show a run started earlier (by this Slicer, e.g. from SemiSAM Segment's automatic retraining, or
@@ -324,18 +329,22 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def onPromote(self) -> None:
         version = self._selectedVersion()
         requireBetter = self.ui.requireBetterCheckBox.checked
-        with slicer.util.tryWithErrorDisplay(_("Promote failed."), waitCursor=True):
-            v = self.logic.promote(self._parameterNode.storeFolder, version, requireBetter)
-            self.ui.statusLabel.text = _("{version} is now the active model.").format(version=v.version)
-        self.refreshStore()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Promote failed."), waitCursor=True):
+                v = self.logic.promote(self._parameterNode.storeFolder, version, requireBetter)
+                self.ui.statusLabel.text = _("{version} is now the active model.").format(version=v.version)
+        finally:  # the table shows the registry as it is now, also after a refused promotion
+            self.refreshStore()
 
     def onRollback(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Rollback failed."), waitCursor=True):
-            v = self.logic.rollback(self._parameterNode.storeFolder)
-            self.ui.statusLabel.text = _("Rolled back: {version} is the active model again.").format(
-                version=v.version
-            )
-        self.refreshStore()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Rollback failed."), waitCursor=True):
+                v = self.logic.rollback(self._parameterNode.storeFolder)
+                self.ui.statusLabel.text = _("Rolled back: {version} is the active model again.").format(
+                    version=v.version
+                )
+        finally:  # the table shows the registry as it is now, also after a refused rollback
+            self.refreshStore()
 
     def onBrowseStore(self) -> None:
         p = self._parameterNode
