@@ -33,7 +33,7 @@ def encoding_settings(parameterNode, volumeNode=None) -> dict | None:
     if parameterNode is None:
         return None
     return dict(
-        volumeNode=volumeNode or parameterNode.inputVolume,
+        volumeNode=volumeNode if volumeNode is not None else parameterNode.inputVolume,
         generalist=parameterNode.generalist,
         checkpoint=parameterNode.generalistCheckpoint,
         intensityPreset=parameterNode.intensityPreset,

@@ -183,3 +183,26 @@ def test_without_torch_the_caller_gets_a_job_that_says_what_is_missing(tmp_path)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["finished"] and out["error"] == "ModuleNotFoundError" and out["cases"] == 0
     assert out["problem"].startswith("Background slice encoding stopped after 0 of 5 slices")
+
+
+def test_the_widgets_encoding_settings_are_precompute_arguments(scan_node):
+    """The Widget captures ``encoding_settings`` when Auto-segment is pressed (or a scan is shown) and
+    calls ``precomputeEmbeddings(slices=..., **settings)`` later, perhaps after the module was left."""
+    import inspect
+    from types import SimpleNamespace
+
+    from SemiSAMSegmentLib.encoding import encoding_settings
+
+    node = SimpleNamespace(
+        inputVolume="shown",
+        generalist="litemedsam",
+        generalistCheckpoint="",
+        intensityPreset="auto",
+        device="cpu",
+    )
+    assert encoding_settings(None) is None
+    assert encoding_settings(node)["volumeNode"] == "shown"
+    settings = encoding_settings(node, scan_node)
+    assert settings["volumeNode"] is scan_node
+    logic = segment_module.SemiSAMSegmentLogic()
+    inspect.signature(logic.precomputeEmbeddings).bind(slices=[1], **settings)  # raises TypeError if not
