@@ -1,18 +1,17 @@
 """``train()``: one training run of a store, end to end, as a job that survives real life.
 
-Order: lock the store (one trainer at a time) -> read the config (or the checkpoint's, on resume) ->
-load cases on the model grid -> build the student (checkpoint, else the active version, else a new
-``config.arch``) and the method parts -> :class:`~semisam.training.trainer.Trainer` loop with
-checkpoints -> validation Dice on the store's validation split -> save a model folder -> register it
--> the promotion rule (:mod:`.promote`) -> ``done``. Any failure ends with one ``error`` event (with a
+Order: lock the store (one trainer at a time) and prepare the run folder (:mod:`.runstate`), then the
+named steps of :mod:`.steps`: the config (or the checkpoint's, on resume) -> the device -> which cases and
+which base model -> the student (checkpoint, else the active version, else a new ``config.arch``) -> the
+method parts and the :class:`~semisam.training.trainer.Trainer`, its loop with checkpoints -> validation
+Dice on the store's validation split -> save and register the model -> the promotion rule
+(:mod:`.promote`) -> ``done``. Any failure ends with one ``error`` event (with a
 ``kind``) and the registry as it was; SIGTERM (the caller's ``cancel``) checkpoints and ends with
 ``cancelled``; nothing is registered or promoted then.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import threading
 import time
@@ -30,8 +29,6 @@ log = logging.getLogger(__name__)
 
 #: Exit codes of ``semisam train``.
 EXIT_DONE, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
-#: Written into the run folder once the new version is registered (``runstate.REGISTERED``).
-REGISTERED = "registered.json"
 
 
 @dataclass
@@ -181,248 +178,30 @@ def _classify(exc: BaseException, run_dir: Path | None = None) -> tuple[str, str
     return "internal", f"{type(exc).__name__}: {line}"
 
 
-def _store_manifest(store, arch: str, kwargs: dict):
-    from semisam.checkpoints import new_manifest
-
-    labels = {name: int(v) for v, name in sorted(store.labels.items()) if int(v) != 0}
-    if not labels:
-        raise TrainError("bad_config", f"{store.root}: the store declares no label besides background")
-    modality = (store.modality or "").upper()
-    if modality not in ("CT", "MR"):
-        log.warning("store modality %r: using percentile intensity normalisation (MR)", store.modality)
-        modality = "MR" if modality != "CT" else "CT"
-    return new_manifest(arch, labels, modality, kwargs=kwargs)
-
-
 def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_start) -> TrainResult:
-    import torch
-
-    from semisam import checkpoints
-    from semisam.device import resolve_device
-    from semisam.specialists import build_specialist
+    """The run's named steps (:mod:`semisam.training.steps`), in order."""
     from semisam.store import LabeledStore
-    from semisam.training import ddp, runstate
-    from semisam.training.data import load_labeled, load_unlabeled
-    from semisam.training.methods import build_parts
-    from semisam.training.methods.base import TrainContext
-    from semisam.training.trainer import Trainer
-    from semisam.training.validate import evaluate
+    from semisam.training import steps
 
     emit = sink
-    ckpt = None
-    if resume:
-        path = runstate.resume_point(run_dir)
-        ckpt = runstate.load_checked(path)
-        try:
-            saved = TrainConfig.from_dict(ckpt.run["config"], f"{path / runstate.RUN}")
-        except TrainError as exc:
-            raise TrainError("damaged_checkpoint", f"{exc}; run without --resume to start over") from None
-        if saved.to_json() != config.to_json():
-            log.info("resuming with the checkpoint's config (the one given is ignored)")
-        config = saved
-    config.validate()
-    try:
-        device = resolve_device(config.device)
-    except ValueError as exc:
-        raise TrainError("bad_config", f"device: {exc}") from None
-    if dist.active and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    dist = ddp.init(dist, device)
+    config, ckpt = steps.settle_config(run_dir, config, resume)
+    device, dist = steps.pick_device(config, dist)
     store = LabeledStore(store_root)
     emit({"event": "phase", "phase": "loading"})
-
-    # ----- which cases, which model
-    if ckpt is not None:
-        train_ids = list(ckpt.run["train_ids"])
-        unlabeled_ids = list(ckpt.run["unlabeled_ids"])
-        manifest = checkpoints.ModelManifest(**ckpt.run["manifest"])
-        parent = ckpt.run.get("parent")
-    else:
-        train_ids = store.train_ids()
-        if config.max_cases is not None:
-            train_ids = train_ids[: config.max_cases]
-        unlabeled_ids = [r.scan_id for r in store.unlabeled()]
-        active = store.models.active()
-        parent = active.version if active else None
-        if active is not None:
-            base = checkpoints.read_manifest(active.path)
-            manifest = dataclasses.replace(
-                base, parent=active.version, training={}, metrics={}, sha256="", created=""
-            )
-        else:
-            manifest = _store_manifest(store, config.arch, config.model_kwargs)
-    if not train_ids:
-        raise TrainError(
-            "no_training_cases",
-            f"{store.root}: the store has no training case yet (validation cases never train); "
-            "accept a case first (`semisam store add`)",
-        )
-    from semisam.training.promote import comparison_case_ids
-
-    val_ids = comparison_case_ids(store)  # blind validation cases when there are any (promote.py)
-    # ----- student: same initial weights on every rank (seeded), then the checkpoint's or parent's
-    torch.manual_seed(config.seed)
-    try:
-        student = build_specialist(manifest.arch, **manifest.kwargs)
-    except (TypeError, ValueError, KeyError) as exc:  # the kwargs do not fit the architecture
-        raise TrainError("bad_config", f"model_kwargs {manifest.kwargs} for {manifest.arch}: {exc}") from None
-    if ckpt is not None:
-        try:
-            student.load_state_dict(ckpt.student, strict=True)
-        except RuntimeError as exc:
-            raise TrainError(
-                "damaged_checkpoint",
-                f"checkpoint {ckpt.path}: its weights do not fit the model ({str(exc).splitlines()[0]}); "
-                "run without --resume to start over",
-            ) from None
-    elif parent is not None:
-        loaded, _ = checkpoints.load_model(store.models.get(parent).path)
-        student.load_state_dict(loaded.state_dict(), strict=True)
-    student = student.to(device).train()
-    names = config.part_names
-    labeled = load_labeled(store, train_ids, manifest, emit=emit)
-    ctx = TrainContext(
-        config=config,
-        device=device,
-        student=student,
-        manifest=manifest,
-        store=store,
-        cache=cache_dir(store_root),
-        labeled=labeled,
-        unlabeled=[],
-        emit=emit,
-        generalists=[_parse_generalist(g) for g in config.generalists],
-        rank=dist.rank,
-        world_size=dist.world_size,
+    plan = steps.plan_cases(store, config, ckpt)
+    student = steps.build_student(plan, store, device)
+    trainer, start = steps.build_trainer(
+        plan, store, student, device, dist, run_dir, cache_dir(store_root), emit, cancel
     )
-    try:
-        parts = build_parts(names, config.parts, ctx)
-    except ValueError as exc:  # an unavailable part or a bad part option
-        raise TrainError("bad_config", f"method {config.method!r}: {exc}") from exc
-    if any(getattr(p, "needs_unlabeled", False) for p in parts):
-        ctx.unlabeled = load_unlabeled(store, unlabeled_ids, manifest)
-    for p in parts:
-        p.setup(ctx)
-    run_info = {
-        "config": config.to_json(),
-        "manifest": dataclasses.asdict(manifest),
-        "train_ids": train_ids,
-        "unlabeled_ids": unlabeled_ids,
-        "parent": parent,
-        "store": str(store.root),
-    }
-
-    def validate_now(it: int) -> dict:
-        return evaluate(student, manifest, store, val_ids, device)
-
-    trainer = Trainer(
-        ctx,
-        parts,
-        dist,
-        run_dir,
-        run_info,
-        cancel=(cancel.is_set if cancel else None),
-        validate=validate_now if val_ids else None,
-    )
-    start = 0
-    if ckpt is not None:
-        try:
-            trainer.load_state_dict(ckpt.state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise TrainError(
-                "damaged_checkpoint",
-                f"checkpoint {ckpt.path}: its optimiser state cannot be restored ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); run without --resume to start over",
-            ) from None
-        start = ckpt.iteration
-    emit(
-        {
-            "event": "start",
-            "store": str(store.root),
-            "method": "+".join(names),
-            "config": config.to_json(),
-            "device": str(device),
-            "iterations": config.iterations,
-            "train_cases": len(train_ids),
-            "unlabeled_cases": len(unlabeled_ids),
-            "validation_cases": len(val_ids),
-            "parent": parent,
-            "resumed_from": None if ckpt is None else start,
-            "world_size": dist.world_size,
-        }
-    )
-    emit({"event": "phase", "phase": "training", "done": start, "total": config.iterations})
-    if start < config.iterations:
-        trainer.run(start)
-        trainer.checkpoint(config.iterations)  # a kill from here on resumes straight into validation
-    elif cancel is not None and cancel.is_set():
-        raise Cancelled(start, str(runstate.latest(run_dir)))
-    result = TrainResult("done", EXIT_DONE, iterations=config.iterations, losses=trainer.loss_curve)
+    steps.run_training(plan, trainer, start, store, device, dist, run_dir, emit, cancel)
+    result = TrainResult("done", EXIT_DONE, iterations=plan.config.iterations, losses=trainer.loss_curve)
     if not dist.is_main:
         return result  # the final checkpoint's barrier was the last collective; rank 0 saves alone
-
-    # ----- validation, saving, registration, promotion (rank 0)
-    emit({"event": "phase", "phase": "validating", "done": 0, "total": len(val_ids)})
-    student.eval()
-    validation = evaluate(student, manifest, store, val_ids, device, emit=emit)
-    if validation["dice"] is not None:
-        emit(
-            {
-                "event": "validation",
-                "iteration": config.iterations,
-                "dice": validation["dice"],
-                "per_case": validation["per_case"],
-            }
-        )
-    if cancel is not None and cancel.is_set():  # SIGTERM while validating: nothing registered
-        raise Cancelled(config.iterations, str(runstate.latest(run_dir)))
-    emit({"event": "phase", "phase": "saving"})
-    training = {
-        "method": "+".join(names),
-        "config": config.to_json(),
-        "case_ids": {"train": train_ids, "unlabeled": unlabeled_ids, "validation": val_ids},
-        "iterations": config.iterations,
-        "seconds": round(trainer.seconds, 2),
-        "device": str(device),
-        "world_size": dist.world_size,
-        "losses": trainer.loss_curve,
-        "validation_curve": trainer.val_curve
-        + (
-            [{"iteration": config.iterations, "dice": validation["dice"]}]
-            if validation["dice"] is not None
-            else []
-        ),
-        "generalists": list(config.generalists),
-    }
-    metrics = (
-        {} if validation["dice"] is None else {"dice": validation["dice"], "per_case": validation["per_case"]}
-    )
-    new_manifest = dataclasses.replace(
-        manifest, parent=parent, training=training, metrics=metrics, sha256="", created=""
-    )
-    version = _registered_version(store, run_dir)
-    if version is None:
-        model_dir = run_dir / runstate.MODEL
-        checkpoints.save_model(model_dir, student, new_manifest, overwrite=True)
-        rec = store.models.add(
-            model_dir,
-            metrics=None if validation["dice"] is None else {"dice": validation["dice"]},
-            evaluated_on=val_ids,
-        )
-        version = rec.version
-        from semisam.fileio import atomic_write_json
-
-        atomic_write_json(run_dir / REGISTERED, {"version": version, "sha256": rec.sha256})
-
-    def evaluate_active(active) -> dict:
-        model, man = checkpoints.load_model(active.path, device)
-        return evaluate(model, man, store, val_ids, device)
-
-    promoted, why = _promote(store, version, validation, train_ids, evaluate_active, promote)
+    validation = steps.validate_final(plan, student, store, device, run_dir, emit, cancel)
+    version = steps.save_and_register(plan, trainer, student, validation, store, device, dist, run_dir, emit)
+    promoted, why = steps.promote_version(plan, version, validation, store, device, promote)
     model_path = store.models.get(version).path
-    runstate.clear(run_dir)
-    (run_dir / REGISTERED).unlink(missing_ok=True)
+    steps.finish(run_dir)
     emit(
         {
             "event": "done",
@@ -432,30 +211,9 @@ def _run(store_root, config, sink, dist, run_dir, resume, promote, cancel, t_sta
             "promoted": promoted,
             "promotion": why,
             "seconds": round(time.monotonic() - t_start, 2),
-            "iterations": config.iterations,
+            "iterations": plan.config.iterations,
         }
     )
     result.version, result.model_dir, result.validation = version, str(model_path), validation
     result.promoted, result.promotion, result.seconds = promoted, why, time.monotonic() - t_start
     return result
-
-
-def _promote(store, version, validation, train_ids, evaluate_active, allow) -> tuple[bool, str]:
-    from semisam.training.promote import decide_and_promote
-
-    return decide_and_promote(store, version, validation, train_ids, evaluate_active, allow=allow)
-
-
-def _registered_version(store, run_dir: Path) -> str | None:
-    """The version a killed run registered already (so a resume does not register it twice)."""
-    try:
-        data = json.loads((run_dir / REGISTERED).read_text(encoding="utf-8"))
-        rec = store.models.get(str(data["version"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return rec.version if rec.sha256 == data.get("sha256") else None
-
-
-def _parse_generalist(spec: str) -> tuple[str, str | None]:
-    name, sep, ckpt = spec.partition(":")
-    return name.strip().lower(), (ckpt if sep and ckpt else None)

@@ -1,0 +1,62 @@
+"""The training job's named steps one by one (semisam.training.steps), on real stores."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from training_synth import FAST, make_store, one_thread, synthetic_case  # noqa: F401
+
+from semisam import checkpoints
+from semisam.store import LabeledStore
+from semisam.training import TrainConfig, runstate, steps, train
+from semisam.training.errors import TrainError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_plan_cases_takes_the_oldest_training_cases_and_a_new_model_without_an_active_version(tmp_path):
+    store = make_store(tmp_path / "store", n_train=3, n_val=1)
+    plan = steps.plan_cases(store, TrainConfig(max_cases=2, **FAST), None)
+    assert plan.train_ids == store.train_ids()[:2] and plan.parent is None
+    assert plan.val_ids == store.validation_ids()
+    assert plan.manifest.arch == "mamba_unet" and plan.manifest.labels == {"lesion": 1}
+
+
+def test_plan_cases_refuses_a_store_without_training_cases(tmp_path):
+    store = make_store(tmp_path / "store", n_train=0, n_val=1)
+    with pytest.raises(TrainError) as info:
+        steps.plan_cases(store, TrainConfig(), None)
+    assert info.value.kind == "no_training_cases"
+
+
+def test_build_student_warm_starts_from_the_active_version(tmp_path):
+    store = make_store(tmp_path / "store", n_train=1, n_val=0)
+    assert train(store.root, TrainConfig(iterations=1, device="cpu", **FAST)).promoted
+    store = LabeledStore(store.root)
+    plan = steps.plan_cases(store, TrainConfig(**FAST), None)
+    assert plan.parent == "v0001"
+    student = steps.build_student(plan, store, torch.device("cpu"))
+    parent, _ = checkpoints.load_model(store.models.get("v0001").path)
+    a, b = student.state_dict(), parent.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_settle_config_on_resume_is_the_checkpoints_and_the_plan_its_cases(tmp_path):
+    store = make_store(tmp_path / "store", n_train=2, n_val=0)
+    stop = threading.Event()
+
+    def on_event(ev):
+        if ev["event"] == "iteration" and ev["iteration"] >= 1:
+            stop.set()
+
+    cfg = TrainConfig(iterations=30, device="cpu", checkpoint_every=1, seed=7, **FAST)
+    assert train(store.root, cfg, events=on_event, cancel=stop).status == "cancelled"
+    store.add_case(*synthetic_case(99), split="train")  # a case accepted meanwhile
+    run = store.root / "training" / "run"
+    config, ckpt = steps.settle_config(run, TrainConfig(), resume=True)
+    assert config.seed == 7 and config.iterations == 30 and ckpt.iteration >= 1
+    plan = steps.plan_cases(LabeledStore(store.root), config, ckpt)
+    assert len(plan.train_ids) == 2  # the checkpoint's cases, not the store's three
+    assert runstate.latest(run) == ckpt.path
