@@ -243,22 +243,32 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self._timer = poll_timer(POLL_MS, self._onPoll)
 
     def _onPoll(self) -> bool:
-        """Timer tick: read new events, show progress; returns False (stop polling) once the run ended."""
+        """Timer tick: read new events, show progress; returns False (stop polling) once the run ended.
+        A tick that fails (an unreadable events file, a plot node deleted by hand) says so in the status
+        line and restores the buttons; polling then stops (the timer would fail the same way every tick)."""
         import time
 
-        plot = self.logic.plot
-        if plot is not None and plot.chart.GetScene() is None:  # the scene was closed under the run
-            self.logic.showIn(slicer.mrmlScene)
-        self.logic.poll()
-        progress = self.logic.progress
-        self.ui.trainingProgressBar.setValue(int(round(100 * progress.fraction)))
-        self.ui.trainingStatusLabel.text = progress.describe()
-        if self._killAt is not None and time.monotonic() > self._killAt and self.logic.trainingRunning():
-            self.logic.killTraining()  # did not stop cleanly in time: end the whole process tree
-        if not self.logic.trainingFinished():
-            return True
-        self._onFinished(progress)
-        return False
+        try:
+            plot = self.logic.plot
+            if plot is not None and plot.chart.GetScene() is None:  # the scene was closed under the run
+                self.logic.showIn(slicer.mrmlScene)
+            self.logic.poll()
+            progress = self.logic.progress
+            self.ui.trainingProgressBar.setValue(int(round(100 * progress.fraction)))
+            self.ui.trainingStatusLabel.text = progress.describe()
+            if self._killAt is not None and time.monotonic() > self._killAt and self.logic.trainingRunning():
+                self.logic.killTraining()  # did not stop cleanly in time: end the whole process tree
+            if not self.logic.trainingFinished():
+                return True
+            self._onFinished(progress)
+            return False
+        except Exception as exc:
+            logging.exception("reading the training run's progress failed")
+            self.ui.trainingStatusLabel.text = _(
+                "Cannot follow the training run ({error}); reopen the module to find it again."
+            ).format(error=exc)
+            self._updateState()
+            return False
 
     def _onFinished(self, progress: TrainingProgress) -> None:
         if progress.outcome == "done":
