@@ -2,7 +2,7 @@
 
 Module, parameter node, Widget, Logic and Test as in Slicer's scripted-module template. Inside Slicer all
 of them work; against the ``slicer-core`` wheel (pytest, batch) only the Logic does (see
-``SemiSAMSegmentLib/headless.py``). The Logic delegates to small helpers in ``SemiSAMSegmentLib/``:
+``SemiSAMLib/headless.py``). The Logic delegates to small helpers in ``SemiSAMSegmentLib/``:
 ``autoseg`` (specialist, review order), ``markup_prompts`` (markups -> voxel prompts, the +/- convention),
 ``propagate`` (the core's propagation into one segment, in range only), ``accept`` (store + provenance),
 ``session`` (the case in progress).
