@@ -1,21 +1,22 @@
-"""Propagate for SemiSAMSegment's Logic: markups -> the core's propagation -> one segment, in range only.
+"""Propagate for SemiSAMSegment's Logic: markups -> the core's editing session -> one segment, in range only.
 
-The core's :class:`~semisam.propagation.PropagationState` lives in the case's
-:class:`~SemiSAMSegmentLib.session.SegmentSession`. A second *Propagate* with one more point or box adds
-only that prompt (the core then recomputes only the range it affects, and no slice is encoded twice); a
-prompt that was moved or deleted, or another generalist / window / axis, starts a new state (slice
-embeddings stay in the Logic's shared cache, so that costs decoder calls, not encoder runs).
+The case's :class:`~SemiSAMSegmentLib.session.SegmentSession` holds the core's
+:class:`~semisam.propagation.session.EditingSession` (the same code the simulated annotator of
+``semisam simulate`` runs). A second *Propagate* with one more point or box adds only that prompt (the
+core then recomputes only the range it affects, and no slice is encoded twice); a prompt that was moved
+or deleted rebuilds the state, and another generalist / window / axis starts a new editing session
+(slice embeddings stay in the Logic's shared cache, so that costs decoder calls, not encoder runs).
 
 The result is written into the chosen segment **only inside the propagated range** along the slice axis:
 from the first to the last slice that the new mask, a key slice, or this session's previous propagation
 into that segment touched. Every other slice keeps what it had (the specialist's proposal, Segment Editor
-edits). Inside the range the core's :func:`semisam.merge.write_propagation` decides, by the module's
-*keep agreeing slices* option: on (default), the new answer replaces the segment from each prompted slice
-outward up to the first slice where it agrees with what is already there, and the rest is kept (a box on
-one bad slice of a good proposal fixes that slice, not the whole structure); off, every slice of the range
-is replaced. A segment empty in the range gets the whole propagation either way. With *Propagate across
-slices* off, only the prompted slices are answered (no tracks) and only they are written (rule
-``key_slices``): the way to fix a good proposal slice by slice. No qt, no ``slicer.app``.
+edits). Inside the range the merge rule decides, by the module's *keep agreeing slices* option: on
+(default), the new answer replaces the segment from each prompted slice outward up to the first slice
+where it agrees with what is already there, and the rest is kept (a box on one bad slice of a good
+proposal fixes that slice, not the whole structure); off, every slice of the range is replaced. A segment
+empty in the range gets the whole propagation either way. With *Propagate across slices* off, only the
+prompted slices are answered (no tracks) and only they are written (rule ``key_slices``): the way to fix
+a good proposal slice by slice. No qt, no ``slicer.app``.
 """
 
 from __future__ import annotations
@@ -102,12 +103,12 @@ def window_argument(preset: str) -> str | None:
     return None if preset in ("", "auto") else preset
 
 
-def make_state(session: SegmentSession, model, axis: str, window: str | None, cache):
-    """A fresh propagation state on the session's volume (no prompts; nothing encoded yet), not kept in
-    the session."""
-    from semisam.propagation import init_state
+def make_editing(session: SegmentSession, model, axis: str, window: str | None, cache):
+    """A fresh editing session on the case's volume (no prompts; nothing encoded yet; the ranges written
+    on ``axis`` so far carried over), not kept in the case."""
+    from semisam.propagation.session import EditingSession
 
-    return init_state(
+    editing = EditingSession(
         model,
         session.volume,
         axis,
@@ -115,14 +116,22 @@ def make_state(session: SegmentSession, model, axis: str, window: str | None, ca
         cache=cache,
         modality=session.modality,
         scan_id=f"slicer:{session.key[0]}@{session.key[1]}",
+        written=session.written.setdefault(axis, {}),
     )
+    editing.ensure_state()
+    return editing
+
+
+def make_state(session: SegmentSession, model, axis: str, window: str | None, cache):
+    """A fresh propagation state on the case's volume (:func:`make_editing`'s), not kept in the case."""
+    return make_editing(session, model, axis, window, cache).state
 
 
 def new_state(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
-    """Start a fresh propagation state for the session (no prompts; nothing encoded yet)."""
-    session.state = make_state(session, model, axis, window, cache)
-    session.state_key, session.applied = state_key, []
-    return session.state
+    """Start a fresh editing session for the case (no prompts; nothing encoded yet); returns its state."""
+    session.editing = make_editing(session, model, axis, window, cache)
+    session.state_key = state_key
+    return session.editing.state
 
 
 def encoder_for(session: SegmentSession, model, state_key: tuple, axis: str, window: str | None, cache):
@@ -147,25 +156,20 @@ def propagate_session(
     across_slices: bool = True,
     current: np.ndarray | None = None,
 ):
-    """Bring the session's propagation state up to ``markups`` and propagate; returns the core's result
+    """Bring the case's editing session up to ``markups`` and propagate; returns the core's result
     (``across_slices=False``: the prompted slices only, point-only slices anchored on ``current``, the
-    segment's mask; :func:`semisam.propagation.propagate`).
+    segment's mask; :meth:`semisam.propagation.session.EditingSession.propagate`).
 
     Returns:
         ``(PropagationResult, number of prompts added, rebuilt)``.
     """
-    from semisam.propagation import add_prompts, propagate
-
     wanted = list(markups.prompts.prompts)
-    new = session.prompts_to_add(wanted) if session.state_key == state_key else None
-    rebuilt = new is None
+    rebuilt = session.state_key != state_key or session.editing is None
     if rebuilt:
         new_state(session, model, state_key, markups.prompts.axis, window, cache)
-        new = wanted
-    if new:
-        add_prompts(session.state, new)
-        session.applied += new
-    n = max(1, session.state.n_slices)
+    added, again = session.editing.sync(wanted)
+    rebuilt = rebuilt or again
+    n = max(1, session.editing.state.n_slices)
     done = [0]
 
     def step(slice_index: int, outcome: object) -> None:
@@ -173,9 +177,9 @@ def propagate_session(
         if progress is not None:
             progress(min(0.99, done[0] / n), f"propagating: slice {slice_index}")
 
-    result = propagate(session.state, progress=step, across_slices=across_slices, current=current)
+    result = session.editing.propagate(progress=step, across_slices=across_slices, current=current)
     session.count_prompts(wanted)  # provenance counts the prompts of propagations that finished
-    return result, len(new or []), rebuilt
+    return result, added, rebuilt
 
 
 def write_segment(
@@ -188,21 +192,20 @@ def write_segment(
     keep_agreeing: bool = True,
     across_slices: bool = True,
 ) -> tuple[str, tuple[int, int], list[int]]:
-    """Write ``result.mask`` into ``segment_name`` inside the propagated range by the merge rule
-    (``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`, else ``REPLACE``; a propagation
-    not ``across_slices``: ``KEY_SLICES``); returns ``(segment id, range, replaced slices)``."""
-    from semisam.merge import MergeRule, propagated_range, write_propagation
+    """Write ``result.mask`` into ``segment_name`` through the case's editing session (inside the
+    propagated range, by the merge rule: ``keep_agreeing``: :data:`semisam.merge.MergeRule.KEEP_AGREEING`,
+    else ``REPLACE``; a propagation not ``across_slices``: ``KEY_SLICES``); returns ``(segment id, range,
+    replaced slices)``."""
+    from semisam.merge import MergeRule
 
     current = segment_mask(session, volume_node, segmentation_node, segment_name)
-    lo, hi = propagated_range(result.slices, result.key_slices, session.written.get((segment_name, axis)))
     rule = MergeRule.KEEP_AGREEING if keep_agreeing else MergeRule.REPLACE
-    if not across_slices:
-        rule = MergeRule.KEY_SLICES
-    merged = write_propagation(current, result.mask, axis, lo, hi, result.key_slices, rule)
-    (segment_id,) = mrml_io.import_mask(merged.mask, volume_node, segmentation_node, {1: segment_name})
-    if across_slices:  # the prompted slices alone are no propagated range (later writes must not widen)
-        session.written[(segment_name, axis)] = (lo, hi)
-    return segment_id, (lo, hi), merged.replaced
+    editing = session.editing
+    if editing is None or editing.axis != axis:
+        raise ValueError(f"no {axis} propagation of this case to write (propagate first)")
+    written = editing.write(current, result, rule, across_slices=across_slices, target=segment_name)
+    (segment_id,) = mrml_io.import_mask(written.mask, volume_node, segmentation_node, {1: segment_name})
+    return segment_id, written.range, written.replaced
 
 
 def segment_mask(session: SegmentSession, volume_node, segmentation_node, segment_name: str) -> np.ndarray:

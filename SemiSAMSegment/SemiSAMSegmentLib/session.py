@@ -44,11 +44,12 @@ class SegmentSession:
         proposal: the specialist's label map ``(Z, Y, X)`` from *Auto-segment*, kept for the proposal Dice.
         proposal_version: the model version that made it (store version ``v0003``, or ``folder:<path>``).
         modality: from the specialist's manifest, when known.
-        state: the core's propagation state (``None`` before the first *Propagate*).
-        state_key: ``(generalist, checkpoint, window, axis, device)`` the state was built for.
-        applied: prompts already in ``state``, in the order they were added.
+        editing: the core's editing session (:class:`semisam.propagation.session.EditingSession`: the
+            prompts, their propagation state, the ranges written), ``None`` before the first *Propagate*.
+        state_key: ``(generalist, checkpoint, window, axis, device)`` the editing session was built for.
         prompt_kinds: every distinct prompt used on this case, by kind (``box``, ``point+``, ``point-``).
-        written: ``(segment name, axis)`` -> inclusive slice range propagation last wrote.
+        written: axis -> segment name -> inclusive slice range propagation last wrote there (shared with
+            the editing session of that axis, so a new generalist or window keeps it).
         review_order: slice indices ``k``, most uncertain first, from *Auto-segment*.
     """
 
@@ -58,11 +59,10 @@ class SegmentSession:
     proposal: np.ndarray | None = None
     proposal_version: str | None = None
     modality: str | None = None
-    state: Any = None
+    editing: Any = None
     state_key: tuple | None = None
-    applied: list[Prompt] = field(default_factory=list)
     prompt_kinds: Counter = field(default_factory=Counter)
-    written: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    written: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     review_order: list[int] = field(default_factory=list)
     _seen: set[Prompt] = field(default_factory=set)
 
@@ -70,27 +70,17 @@ class SegmentSession:
     def for_node(cls, volume_node) -> SegmentSession:
         return cls(key=volume_key(volume_node), volume=mrml_io.volume_from_node(volume_node))
 
+    @property
+    def state(self):
+        """The editing session's propagation state (``None`` before the first *Propagate*)."""
+        return None if self.editing is None else self.editing.state
+
     def count_prompts(self, prompts: list[Prompt]) -> None:
         """Record prompts for provenance; a prompt counts once however often it is re-propagated."""
         for p in prompts:
             if p not in self._seen:
                 self._seen.add(p)
                 self.prompt_kinds["box" if p.box else ("point+" if p.positive else "point-")] += 1
-
-    def prompts_to_add(self, wanted: list[Prompt]) -> list[Prompt] | None:
-        """The prompts of ``wanted`` not yet in the state, or ``None`` when the state must be rebuilt
-        (a prompt was removed or moved: the core adds prompts, it does not take them back)."""
-        remaining = Counter(wanted)
-        for p in self.applied:
-            if remaining[p] <= 0:
-                return None
-            remaining[p] -= 1
-        out = []
-        for p in wanted:
-            if remaining[p] > 0:
-                out.append(p)
-                remaining[p] -= 1
-        return out
 
 
 @dataclass(frozen=True)

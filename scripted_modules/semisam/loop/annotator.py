@@ -17,13 +17,14 @@ where the annotator clicks. What it does, per case:
    - else a **point** on the largest error: at the pixel deepest inside the largest connected region
      of missed (positive point) or extra (negative point) pixels, at most ``max_points_per_slice``;
 
-   then propagates with the real engine (:func:`semisam.propagation.propagate`, one session per case, so
-   each new prompt recomputes only the range it affects) and writes the result into the mask exactly as
-   SemiSAMSegment's *Propagate* does (:func:`semisam.merge.write_propagation`): inside the propagated
-   slice range only and, by default (rule ``keep_agreeing``), only from each prompted slice outward up
-   to the first slice where the new answer agrees with the mask already there.
-   A propagation that lowers the Dice is undone, as a user undoes it (the prompt is deleted and the
-   session restarts without it, its embeddings cached); its seconds still count.
+   then propagates and writes the result into the mask through the editing session SemiSAMSegment's
+   *Propagate* runs (:class:`semisam.propagation.session.EditingSession`, one per case, so each new
+   prompt recomputes only the range it affects): inside the propagated slice range only and, by default
+   (rule ``keep_agreeing``), only from each prompted slice outward up to the first slice where the new
+   answer agrees with the mask already there.
+   A propagation that lowers the Dice is undone, as a user undoes it (:meth:`EditingSession.undo`: the
+   prompt is deleted and the session restarts without it, its embeddings cached); its seconds still
+   count.
    **Slice by slice after an undo** (``slice_after_undo``): the same prompt is then placed again (and
    counted again) with SemiSAMSegment's *Propagate across slices* turned off, which answers and writes
    the prompted slices only (the new one and those prompted before, each from its own prompts), and the
@@ -55,10 +56,11 @@ from scipy import ndimage
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
-from semisam.merge import MergeRule, propagated_range, write_propagation
+from semisam.merge import MergeRule
 from semisam.metrics import dice
 from semisam.prompts import box_from_mask, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
+from semisam.propagation.session import EditingSession
 from semisam.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -335,11 +337,16 @@ class SimulatedAnnotator:
         budget = cfg.budget_for(truth)
         start = dice(mask, truth)
         actions: list[Action] = []
-        state = start_session(self.model, volume, axis, cache or new_cache(volume), self.modality)
+        session = EditingSession(
+            self.model,
+            volume,
+            axis,
+            cache=cache or new_cache(volume),
+            modality=self.modality,
+            scan_id="simulate",
+        )
         boxed: set[int] = set()
         points: dict[int, int] = {}
-        written: tuple[int, int] | None = None
-        applied: list[tuple[int, dict]] = []  # prompts in the session, in order
         best, unimproved = start, 0
         current = start
         stop = "target"
@@ -366,34 +373,22 @@ class SimulatedAnnotator:
                 group = self._place(kind, s, mask, truth, rng, boxed, points)
                 kind = self._kind(group)
                 self._count(effort, kind, group)
-            for prompt in group:
-                add_prompt(state, s, **prompt)
+            session.add([session.prompt(s, **prompt) for prompt in group])
             t0 = time.perf_counter()
-            # Slice by slice, a slice with points only is anchored on the mask's own slice (no track).
-            result = propagate(state, across_slices=across, current=None if across else mask)
-            # Written into the segment as SemiSAMSegment's Propagate does: only inside the range that the
-            # new mask, the key slices and this session's previous propagation touched, and there by the
-            # merge rule (keep_agreeing: only where the new answer disagrees, walking out from the keys;
-            # with Propagate across slices off, on the prompted slices only).
-            lo, hi = propagated_range(result.slices, result.key_slices, written)
-            rule = cfg.merge_rule if across else MergeRule.KEY_SLICES
-            new_mask = write_propagation(mask, result.mask, axis, lo, hi, result.key_slices, rule).mask
+            # Propagated and written into the mask by the editing session SemiSAMSegment's Propagate runs
+            # (slice by slice, a slice with points only is anchored on the mask's own slice).
+            result = session.propagate(across_slices=across, current=None if across else mask)
+            new_mask = session.write(mask, result, cfg.merge_rule, across_slices=across).mask
             effort.compute_s += time.perf_counter() - t0
             new_dice = dice(new_mask, truth)
             undone = cfg.undo and new_dice < current - 1e-4
             actions.append(Action(kind, s, new_dice, undone, slice_only=not across))
-            if undone:
-                # Undo and delete the prompt: the session restarts without it (embeddings stay cached).
-                state = start_session(self.model, volume, axis, state.encoder.cache, self.modality)
-                for s_prev, prompt in applied:
-                    add_prompt(state, s_prev, **prompt)
+            if undone:  # undo and delete the prompt, as a user does (embeddings stay cached)
+                session.undo()
                 if across and cfg.slice_after_undo:
                     across, again = False, (kind, s, group)
             else:
                 mask, current = new_mask, new_dice
-                if across:  # a slice-only write is not a propagated range (it widens nothing later)
-                    written = (lo, hi)
-                applied.extend((s, prompt) for prompt in group)
             if current > best + 1e-4:
                 best, unimproved = current, 0
             else:
