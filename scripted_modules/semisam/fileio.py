@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def utc_now() -> str:
+    """Current time as an ISO 8601 UTC string with microseconds (``2026-01-31T12:00:00.000000Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

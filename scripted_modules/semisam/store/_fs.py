@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import threading
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from semisam.fileio import (  # noqa: F401 - re-exported for the store's modules
@@ -24,12 +21,9 @@ from semisam.fileio import (  # noqa: F401 - re-exported for the store's modules
     fsync_file,
     replace,
     tmp_name,
+    utc_now,
 )
-
-
-def utc_now() -> str:
-    """Current time as an ISO 8601 UTC string with seconds (``2026-01-31T12:00:00Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+from semisam.oslock import lock_fh, unlock_fh
 
 
 def copy_file_synced(src: Path, dest: Path) -> Path:
@@ -118,7 +112,7 @@ class StoreLock:
             self._thread_lock.release()
             raise
         try:
-            ok = _lock_fh(fh, blocking, self.timeout_s)
+            ok = lock_fh(fh, blocking, self.timeout_s)
         except BaseException:
             fh.close()
             self._thread_lock.release()
@@ -136,7 +130,7 @@ class StoreLock:
         if self._depth == 0:
             fh, self._fh = self._fh, None
             try:
-                _unlock_fh(fh)
+                unlock_fh(fh)
             finally:
                 fh.close()
         self._thread_lock.release()
@@ -148,43 +142,3 @@ class StoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised only on Windows
-    import msvcrt
-
-    def _lock_fh(fh, blocking: bool, timeout_s: float | None) -> bool:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            try:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not blocking or (deadline is not None and time.monotonic() > deadline):
-                    return False
-                time.sleep(0.05)
-
-    def _unlock_fh(fh) -> None:
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _lock_fh(fh, blocking: bool, timeout_s: float | None) -> bool:
-        if blocking and timeout_s is None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            return True
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if not blocking or (deadline is not None and time.monotonic() > deadline):
-                    return False
-                time.sleep(0.02)
-
-    def _unlock_fh(fh) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -16,6 +16,8 @@ import numpy as np
 
 from semisam.store import _fs
 from semisam.store.errors import StoreError
+from semisam.store.layout import CASE_FILE
+from semisam.store.pool import SCAN_FILE
 from semisam.volume import VolumeError
 
 if TYPE_CHECKING:
@@ -31,8 +33,6 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
         clean: delete leftovers of interrupted writes (taking the store lock).
         deep: also read every image and mask and compare the recorded label counts.
     """
-    from semisam.store.labeled import CASE_FILE, SCAN_FILE
-
     problems: list[str] = []
     store.damaged_cases()  # reported below, one by one: store.cases() need not log them again
     store.damaged_unlabeled()

@@ -39,6 +39,7 @@ from semisam.store.errors import (
     StoreNotFoundError,
 )
 from semisam.store.labels import MaskLike, check_label_table, checked_mask, dice, label_counts
+from semisam.store.layout import CASE_FILE, FORMAT_VERSION, MASK_FILE, STORE_FILE
 from semisam.store.pool import (
     IMAGE_FILE,
     SCAN_FILE,
@@ -55,11 +56,6 @@ from semisam.volume import Volume, read_mask, read_volume, write_mask
 
 log = logging.getLogger(__name__)
 
-#: Version of the on-disk layout this code writes; a store with a higher number is refused.
-FORMAT_VERSION = 1
-STORE_FILE = "semisam_store.json"
-CASE_FILE = "case.json"
-MASK_FILE = "mask.nii.gz"
 __all__ = ["CASE_FILE", "FORMAT_VERSION", "IMAGE_FILE", "SCAN_FILE", "LabeledCase", "LabeledStore", "dice"]
 
 

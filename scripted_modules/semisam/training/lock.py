@@ -13,7 +13,8 @@ import os
 import socket
 from pathlib import Path
 
-from semisam.store._fs import _lock_fh, _unlock_fh, utc_now
+from semisam.fileio import utc_now
+from semisam.oslock import lock_fh, unlock_fh
 from semisam.training.errors import TrainError
 
 LOCK_NAME = "train.lock"
@@ -30,7 +31,7 @@ class TrainLock:
         """Take the lock or raise :class:`TrainError` (``locked``) naming the running trainer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open while locked
-        if not _lock_fh(fh, blocking=False, timeout_s=None):
+        if not lock_fh(fh, blocking=False, timeout_s=None):
             fh.seek(0)
             try:
                 owner = json.loads(fh.read() or "{}")
@@ -56,7 +57,7 @@ class TrainLock:
             fh.seek(0)
             fh.truncate()
             fh.flush()
-            _unlock_fh(fh)
+            unlock_fh(fh)
         finally:
             fh.close()
 
