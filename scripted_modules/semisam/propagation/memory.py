@@ -2,7 +2,7 @@
 
 The generalist's ``propagate_volume(frames (Z, H, W) in [0, 1], {slice: SlicePrompt})`` (see
 ``semisam/generalists/README.md``) returns per-slice logits and object scores; here they become a
-:class:`~semisam.propagation.engine.PropagationResult`. Every call re-runs the whole video (SAM 2's
+:class:`~semisam.propagation.result.PropagationResult`. Every call re-runs the whole video (SAM 2's
 memory depends on every conditioning frame), so there is no per-track reuse for these models.
 """
 
@@ -13,14 +13,13 @@ import numpy as np
 from semisam.generalists.base import SlicePrompt
 from semisam.prompts import put_slice
 from semisam.propagation.cleanup import keep_supported
+from semisam.propagation.result import PropagationResult
 
 #: A slice counts as containing the object when SAM 2's object-presence probability exceeds this.
 MIN_OBJECT_SCORE = 0.5
 
 
 def propagate_with_memory(state):
-    from semisam.propagation.engine import PropagationResult
-
     n = state.n_slices
     frames = np.stack([state.image(s) for s in range(n)])
     prompts: dict[int, SlicePrompt] = {}
