@@ -106,10 +106,10 @@ def retrain_flow(test, scene, train_logic, segment_logic, tmp: Path, idle: Calla
     test.assertTrue(progress.promoted)
     test.assertEqual([r["version"] for r in train_logic.modelRows(str(store.root))], [version])
     # SemiSAM Segment's Auto-segment reads the store's active version each time it runs.
-    from SemiSAMSegmentLib import mrml_io
+    from SemiSAMLib.mrml_volume import node_from_volume
 
     image, _ = synthetic_case(9)
-    node = mrml_io.node_from_volume(image, scene, "new scan")
+    node = node_from_volume(image, scene, "new scan")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     worker = segment_logic.startAutoSegment(node, str(store.root), "", seg, "cpu")
     worker.wait(120)
