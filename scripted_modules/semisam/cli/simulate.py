@@ -16,6 +16,7 @@ from semisam.device import DEVICE_CHOICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # Long: one add_argument per option of the command, nothing else.
     p = sub.add_parser(
         "simulate",
         help="replay the loop on a labeled dataset with a simulated annotator; print the effort per case",

@@ -327,6 +327,8 @@ class SimulatedAnnotator:
             cache: embedding cache shared with the case's other sessions.
             compute_s: compute seconds already spent on the case (the auto-segment), added to the effort.
         """
+        # Long: the correction loop keeps a dozen pieces of state (mask, Dice, budget, patience, undo,
+        # slice-by-slice mode) that change together each turn; they read best in one loop.
         cfg = self.config
         axis = cfg.axis
         if axis != "axial":
@@ -361,18 +363,15 @@ class SimulatedAnnotator:
                 stop = "stalled"
                 break
             if again is not None:
-                kind, s, group = again
-                again = None
-                self._count(effort, kind, group)
+                (kind, s, group), again = again, None
             else:
                 choice = self._next_prompt(mask, truth, review_order, boxed, points, slice_dice)
                 if choice is None:
                     stop = "nothing_to_prompt"
                     break
-                kind, s = choice
-                group = self._place(kind, s, mask, truth, rng, boxed, points)
-                kind = self._kind(group)
-                self._count(effort, kind, group)
+                group = self._place(choice[0], choice[1], mask, truth, rng, boxed, points)
+                kind, s = self._kind(group), choice[1]
+            self._count(effort, kind, group)
             session.add([session.prompt(s, **prompt) for prompt in group])
             t0 = time.perf_counter()
             # Propagated and written into the mask by the editing session SemiSAMSegment's Propagate runs
@@ -394,15 +393,7 @@ class SimulatedAnnotator:
             else:
                 unimproved += 1
         prompt_dice = current
-        while current < target_dice:
-            _, err = per_slice_errors(mask, truth)
-            s = int(np.argmax(err))
-            if err[s] <= 0:
-                break
-            mask[s] = truth[s]
-            effort.hand_slices += 1
-            current = dice(mask, truth)
-            actions.append(Action("hand", s, current))
+        current = self._draw_by_hand(mask, truth, target_dice, effort, actions)
         return AnnotationResult(
             mask=mask,
             effort=effort,
@@ -414,6 +405,24 @@ class SimulatedAnnotator:
             stop=stop,
             actions=actions,
         )
+
+    @staticmethod
+    def _draw_by_hand(
+        mask: np.ndarray, truth: np.ndarray, target_dice: float, effort: Effort, actions: list[Action]
+    ) -> float:
+        """Draw the slices still wrong by hand (the truth's slice copied into ``mask`` in place), the
+        largest error first, until ``target_dice``; returns the final Dice."""
+        current = dice(mask, truth)
+        while current < target_dice:
+            _, err = per_slice_errors(mask, truth)
+            s = int(np.argmax(err))
+            if err[s] <= 0:
+                break
+            mask[s] = truth[s]
+            effort.hand_slices += 1
+            current = dice(mask, truth)
+            actions.append(Action("hand", s, current))
+        return current
 
     def _place(
         self,

@@ -102,6 +102,7 @@ def follow_one(
     Args are those of :func:`semisam.propagation.step.propagate_one`, plus ``prev_image``: the previous
     slice's ``(H, W)`` windowed image. Returns a :class:`~semisam.propagation.step.StepOutcome`.
     """
+    # Long: one slice step of a thin-slice track (register, place the prompt, ask, refuse or accept); its branches share the step's state and read best together.
     from semisam.propagation.step import SliceResult, StepOutcome
 
     prev_mask = prev.mask

@@ -43,6 +43,7 @@ def render_montage(
         tile_px: size of each (square) tile.
         margin_px: context around the union of mask and label, in slice pixels.
     """
+    # Long: drawing code (grid, overlays, captions): long but flat, with no branch worth a name.
     both = np.zeros(take_slice(mask, axis, slices[0]).shape, bool)
     for s in slices:
         both |= take_slice(mask, axis, s) > 0

@@ -33,6 +33,7 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
         clean: delete leftovers of interrupted writes (taking the store lock).
         deep: also read every image and mask and compare the recorded label counts.
     """
+    # Long: one pass over every part of the store under its lock; each block checks one kind of record.
     problems: list[str] = []
     store.damaged_cases()  # reported below, one by one: store.cases() need not log them again
     store.damaged_unlabeled()

@@ -361,6 +361,7 @@ class LabeledStore(UnlabeledPool):
             LabelError: the mask holds values missing from the store's label table.
             CaseExistsError: ``case_id`` is taken.
         """
+        # Long: the one crash-safe write of a case (check, stage, fsync, rename, record); split, its commit order would be spread over several functions.
         if from_unlabeled is not None:
             scan_path = self.unlabeled_path(from_unlabeled)  # raises when there is no such scan
             image = scan_path if image is None else image

@@ -113,15 +113,7 @@ def train(
                     "bad_config", f"--events {events_file}: cannot write ({exc.strerror or exc})"
                 ) from None
         if dist.is_main:
-            from semisam.training import runstate
-            from semisam.training.lock import LOCK_NAME, TrainLock
-
-            if not (store_root / "semisam_store.json").is_file():
-                raise TrainError("bad_config", f"{store_root}: not a SemiSAM store (no semisam_store.json)")
-            lock = TrainLock(training_dir(store_root) / LOCK_NAME)
-            lock.acquire()  # before touching the run folder: it may belong to a running trainer
-            run_dir = runstate.prepare(run_dir, store_root, fresh=not resume)
-            sink.add_file(run_dir / runstate.EVENTS)
+            lock, run_dir = _open_run(store_root, run_dir, resume, sink)
         return _run(
             store_root, config or TrainConfig(), sink, dist, run_dir, resume, promote, cancel, t_start
         )
@@ -152,6 +144,25 @@ def train(
             lock.release()
         sink.close()
         ddp.shutdown(dist)
+
+
+def _open_run(store_root: Path, run_dir: Path, resume: bool, sink: EventSink):
+    """``(lock, run folder)``: the store's trainer lock taken (before the run folder is touched: it may
+    belong to a running trainer), the run folder checked and prepared, its events file opened."""
+    from semisam.training import runstate
+    from semisam.training.lock import LOCK_NAME, TrainLock
+
+    if not (store_root / "semisam_store.json").is_file():
+        raise TrainError("bad_config", f"{store_root}: not a SemiSAM store (no semisam_store.json)")
+    lock = TrainLock(training_dir(store_root) / LOCK_NAME)
+    lock.acquire()
+    try:
+        run_dir = runstate.prepare(run_dir, store_root, fresh=not resume)
+        sink.add_file(run_dir / runstate.EVENTS)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, run_dir
 
 
 def _classify(exc: BaseException, run_dir: Path | None = None) -> tuple[str, str]:

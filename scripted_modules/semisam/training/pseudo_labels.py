@@ -259,6 +259,7 @@ class PseudoLabeler:
             prob: ``(C, Z, Y, X)`` the specialist's class probabilities for ``image``.
             specialist_sha: :func:`weights_sha` of the specialist that produced ``prob``.
         """
+        # Long: one case's pseudo-label, from cache key to weights, is one sequence of dependent steps (cache, encode, prompt rounds, 3D checks, confidence) that reads best in order.
         path = self.cache_path(case_id, case_sha, specialist_sha)
         cached = self._load(path)
         if cached is not None and cached.label.shape == image.shape:
