@@ -10,7 +10,10 @@ A model directory holds exactly what is needed to rebuild and run a specialist::
 :func:`save_model` writes both into a temporary folder beside ``DIR`` and renames it into place, so a
 reader never sees half a model. :func:`load_model` verifies the folder first (:func:`verify_model_dir`):
 files present, format version known, weights really safetensors (a pickle/zip from ``torch.save`` is
-refused before anything is deserialised) and their sha256 equal to the manifest's.
+refused before anything is deserialised) and their sha256 equal to the manifest's. The ``inference``
+settings are checked by type and range (:func:`check_inference`: window sides a multiple of the
+network's downsampling factor, overlap and batch bounded) when a built-in architecture's manifest is
+read, and for any architecture once its network is built.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from semisam.fileio import fsync_dir, fsync_file, sha256_file, tmp_name
 
@@ -46,6 +50,30 @@ DEFAULT_TARGET_SPACING = (0.8, 0.8, 1.5)
 DEFAULT_ORIENTATION = "LPS"
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 DEFAULT_MR_PERCENTILES = (0.5, 99.5)
+
+
+#: Sliding-window bounds of a manifest's ``inference`` block (schemas/manifest.json states the same
+#: numbers; a test keeps them equal). A window side is ``-1`` (the whole axis) or a multiple of the
+#: network's downsampling factor of at least ``max(MIN_ROI_VOXELS, 2 x factor)``: below two bottleneck
+#: voxels per axis MONAI's 3D U-Net fails (instance norm over one voxel) and the 2.5D network sees one
+#: token; below 16 voxels (13 mm at 0.8 mm) a window holds no context, while the number of windows grows
+#: as 1 / side^dims (``roi_size [1, 1]`` on a 128 x 128 x 20 crop ran past 60 s, against 5 s for the
+#: whole slice).
+MIN_ROI_VOXELS = 16
+#: Largest window side (voxels of the model grid): the largest slice a resampling may produce is
+#: 4096 x 4096 (:data:`semisam.scan_checks.MAX_SLICE_PIXELS`); a larger window is padding only.
+MAX_ROI_VOXELS = 4096
+#: Largest overlap of neighbouring windows. MONAI's default is 0.25 and nnU-Net's 0.5; at 0.75 a 3D
+#: voxel is computed 4^3 = 64 times, and the cost grows as 1 / (1 - overlap)^dims beyond (x1000 at 0.9;
+#: ``roi_size [16, 16]`` with overlap 0.99 ran past 100 s on a 128 x 128 x 20 crop).
+MAX_OVERLAP = 0.75
+#: Largest number of windows per network call. The defaults are 16 slices (2.5D) and one 128^3 window
+#: (3D); past a few dozen windows a GPU is saturated and a bigger batch only multiplies peak memory
+#: (4096 windows of 4096 x 4096 asked for 13.5 GB). The memory a batch needs is also checked against
+#: the machine's before any compute (:mod:`semisam.budget`).
+MAX_SW_BATCH_SIZE = 256
+#: Input kind -> axes of a sliding window, in the model grid's array order (Z = slices, Y = rows, X = columns).
+WINDOW_AXES = {"2.5d": ("rows", "columns"), "3d": ("slices", "rows", "columns")}
 
 
 class CheckpointError(ValueError):
@@ -70,7 +98,9 @@ class ModelManifest:
         metrics: validation metrics (e.g. ``{"dice": 0.8}``); ``{}`` when untrained.
         format_version: version of this directory format.
         inference: sliding-window settings ``{"roi_size": [...], "overlap": f, "sw_batch_size": n,
-            "mode": "constant"|"gaussian"}`` and post-processing ``{"min_component_voxels": n}``.
+            "mode": "constant"|"gaussian"}`` and post-processing ``{"min_component_voxels": n}``;
+            ``roi_size`` in model-grid voxels, ``[rows, columns]`` (2.5D) or ``[slices, rows, columns]``
+            (3D), bounded by :func:`check_inference`.
     """
 
     arch: str
@@ -85,6 +115,9 @@ class ModelManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     inference: dict[str, Any] = field(default_factory=dict)
+    #: Where this manifest was read from (:func:`read_manifest` sets it), for messages that name the
+    #: file; a class variable, not a field, so it is never written to ``manifest.json``.
+    source: ClassVar[str] = MANIFEST_NAME
 
     @property
     def n_classes(self) -> int:
@@ -167,6 +200,16 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
     from semisam.validate import validate
 
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("kwargs"), dict)
+        and isinstance(data.get("inference"), dict)
+    ):
+        # Window axes first: "a 2.5d network slides 2D windows" says more than a range error on the
+        # third entry of roi_size [1, 1, 1].
+        geometry = arch_geometry(str(data.get("arch")), data["kwargs"])
+        if geometry is not None:
+            _check_roi_axes(data["inference"].get("roi_size"), geometry[0], path)
     # Types and value ranges (spacing, window, overlap, ROI size...) come from schemas/manifest.json: the
     # sha256 covers the weights, not this hand-editable file.
     validate("manifest", data, path, error=CheckpointError)
@@ -176,6 +219,7 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         log.warning("%s: ignoring unknown field(s) %s", path, ", ".join(unknown))
     man = ModelManifest(**{k: v for k, v in data.items() if k in known})
     _validate(man, str(path))
+    man.source = str(path)
     return man
 
 
@@ -247,6 +291,109 @@ def _validate(man: ModelManifest, where: str) -> None:
         raise bad(f"preprocessing.intensity.{what} must be two numbers, low < high, got {list(lo_hi)!r}")
     if man.inference is not None and not isinstance(man.inference, dict):
         raise bad(f"inference must be an object, got {type(man.inference).__name__}")
+    geometry = arch_geometry(man.arch, man.kwargs)
+    if geometry is not None:  # other architectures are checked once built (load_model, segment)
+        check_inference(man.inference or {}, *geometry, where)
+
+
+def arch_geometry(arch: str, kwargs: dict[str, Any]) -> tuple[str, int] | None:
+    """``(input kind, downsampling factor)`` of a built-in architecture, without importing torch.
+
+    The factor is what every window side must be a multiple of: ``mamba_unet`` halves a slice 5 times
+    (32); ``unet3d`` by the product of its ``strides`` (16 by default). ``None`` for other architectures
+    (their module's ``input_kind`` and ``pad_multiple`` attributes say it once built). A test checks both
+    agree with the built networks.
+    """
+    if arch == "mamba_unet":
+        return "2.5d", 32
+    if arch == "unet3d":
+        strides = kwargs.get("strides", (2, 2, 2, 2))
+        channels = kwargs.get("channels", (16, 32, 64, 128, 256))
+        if not (
+            isinstance(strides, list | tuple)
+            and isinstance(channels, list | tuple)
+            and all(_is_int(s) and s >= 1 for s in strides)
+        ):
+            return "3d", 16  # the constructor refuses such values with its own message
+        # MONAI's UNet uses the first len(channels) - 1 strides, one per downsampling level.
+        return "3d", max(1, math.prod(strides[: max(0, len(channels) - 1)]))
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def network_multiple(model: Any) -> int:
+    """What a built specialist's window sides must be a multiple of: its ``pad_multiple`` (1 if none)."""
+    m = getattr(model, "pad_multiple", 1)
+    return int(m) if _is_int(m) and m >= 1 else 1
+
+
+def min_roi_voxels(multiple: int) -> int:
+    """Smallest window side (voxels) for a network whose downsampling factor is ``multiple``."""
+    m = max(1, int(multiple))
+    return -(-max(MIN_ROI_VOXELS, 2 * m) // m) * m
+
+
+def _check_roi_axes(roi: Any, kind: str, where: str | os.PathLike) -> None:
+    axes = WINDOW_AXES.get(kind, ())
+    if isinstance(roi, list | tuple) and axes and len(roi) != len(axes):
+        raise CheckpointError(
+            f"{where}: inference.roi_size: a {kind} network slides {len(axes)}D windows ({', '.join(axes)}): "
+            f"expected {len(axes)} entries, got {len(roi)} ({_short_list(roi)})"
+        )
+
+
+def _short_list(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_inference(inference: dict[str, Any], kind: str, multiple: int, where: str | os.PathLike) -> None:
+    """Refuse sliding-window settings a network of ``kind`` (``"2.5d"`` / ``"3d"``) cannot run, or
+    cannot run in bounded time (types and plain ranges are the schema's).
+
+    Checks: ``roi_size`` has one entry per window axis (2 for 2.5D: rows, columns; 3 for 3D: slices,
+    rows, columns), each ``-1`` or a multiple of ``multiple`` within
+    ``min_roi_voxels(multiple)..MAX_ROI_VOXELS``; ``overlap`` in ``0..MAX_OVERLAP``; ``sw_batch_size`` in
+    ``1..MAX_SW_BATCH_SIZE``.
+
+    Raises:
+        CheckpointError: ``"<where>: inference.<field>: <problem>"``.
+    """
+
+    def bad(field_name: str, msg: str) -> CheckpointError:
+        return CheckpointError(f"{where}: inference.{field_name}: {msg}")
+
+    if not isinstance(inference, dict):
+        raise CheckpointError(f"{where}: inference: expected an object, got {type(inference).__name__}")
+    axes = WINDOW_AXES.get(kind)
+    if axes is None:
+        raise CheckpointError(
+            f"{where}: the network's input_kind must be one of {sorted(WINDOW_AXES)}, got {kind!r}"
+        )
+    roi = inference.get("roi_size")
+    if roi is not None:
+        if not isinstance(roi, list | tuple) or not all(_is_int(r) for r in roi):
+            raise bad("roi_size", f"expected a list of integers, got {_short_list(roi)}")
+        _check_roi_axes(roi, kind, where)
+        lo = min_roi_voxels(multiple)
+        for i, r in enumerate(roi):
+            if r != -1 and not (lo <= r <= MAX_ROI_VOXELS and r % max(1, multiple) == 0):
+                raise bad(
+                    f"roi_size[{i}]",
+                    f"expected -1 (the whole axis) or a multiple of {multiple} (the network's downsampling "
+                    f"factor) from {lo} to {MAX_ROI_VOXELS} voxels, got {r}",
+                )
+    overlap = inference.get("overlap")
+    if overlap is not None and not (
+        isinstance(overlap, int | float) and not isinstance(overlap, bool) and 0 <= overlap <= MAX_OVERLAP
+    ):
+        raise bad("overlap", f"expected a number in 0..{MAX_OVERLAP}, got {overlap!r}")
+    batch = inference.get("sw_batch_size")
+    if batch is not None and not (_is_int(batch) and 1 <= batch <= MAX_SW_BATCH_SIZE):
+        raise bad("sw_batch_size", f"expected an integer 1..{MAX_SW_BATCH_SIZE}, got {batch!r}")
 
 
 #: Architectures of :data:`semisam.specialists.SPECIALIST_REGISTRY` known without importing torch
@@ -386,6 +533,10 @@ def load_model(
     except (ValueError, TypeError, RuntimeError, KeyError, IndexError, ZeroDivisionError) as exc:
         # TypeError: kwargs the constructor does not take; the others: values it cannot build from
         raise CheckpointError(f"{Path(model_dir) / MANIFEST_NAME}: {exc}") from exc
+    # Architectures registered beside the built-in ones are checked here, from what the network says.
+    check_inference(
+        man.inference or {}, getattr(model, "input_kind", "3d"), network_multiple(model), man.source
+    )
     weights = Path(model_dir) / WEIGHTS_NAME
     try:
         state = load_file(str(weights), device="cpu")

@@ -33,11 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from semisam.checkpoints import load_model
-    from semisam.device import resolve_device
-    from semisam.inference import segment
+    from semisam.checkpoints import verify_model_dir
     from semisam.outputs import commit_outputs, plan_outputs
 
     t0 = time.perf_counter()
@@ -46,6 +42,15 @@ def run(args: argparse.Namespace) -> int:
         {"IMAGE": args.image, "--model": args.model},
         {"--output": (args.output, "image"), "--uncertainty": (args.uncertainty, "image")},
     )
+    # The model folder (files, sha256, manifest fields and a built-in network's inference settings) is
+    # checked before torch and MONAI are imported: a bad manifest costs 0.3 s instead of 5.
+    verify_model_dir(args.model)
+    from tqdm import tqdm
+
+    from semisam.checkpoints import load_model
+    from semisam.device import resolve_device
+    from semisam.inference import segment
+
     device = resolve_device(args.device)
     model, manifest = load_model(args.model, device)
     volume = read_volume(args.image)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.networks.nets import UNet
 from torch import nn
@@ -11,7 +13,8 @@ class UNet3D(nn.Module):
     """MONAI ``UNet(spatial_dims=3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)``.
 
     4.8 M parameters with 1 input channel and 2 classes. Forward: ``(B, 1, D, H, W)`` float ->
-    ``(B, n_classes, D, H, W)`` logits; ``D, H, W`` multiples of 16 (the sliding window guarantees it).
+    ``(B, n_classes, D, H, W)`` logits; ``D, H, W`` multiples of ``pad_multiple`` (the product of
+    ``strides``, 16 by default; :func:`semisam.inference.segment` sizes its windows so).
 
     Args:
         n_classes: output channels (background + one per label).
@@ -35,6 +38,10 @@ class UNet3D(nn.Module):
             raise ValueError(f"n_classes must be >= 2 (background + labels), got {n_classes}")
         self.n_classes = n_classes
         self.in_slices = 1
+        # MONAI's UNet downsamples once per level after the first (len(channels) - 1 strides are used):
+        # window sides must be multiples of the product of those strides.
+        used = list(strides)[: max(0, len(channels) - 1)]
+        self.pad_multiple = math.prod(max(s) if isinstance(s, list | tuple) else int(s) for s in used)
         self.net = UNet(
             spatial_dims=3,
             in_channels=in_channels,
