@@ -103,13 +103,15 @@ def normalise_intensity(t: torch.Tensor, spec: dict) -> torch.Tensor:
     return t.clamp_(lo, hi).sub_(lo).mul_(1.0 / (hi - lo))
 
 
-def to_model_grid(volume: Volume, preprocessing: dict, device: torch.device) -> tuple[torch.Tensor, GridMap]:
-    """Input scan -> normalised float32 tensor ``(Z', Y', X')`` on ``device`` and the :class:`GridMap`."""
+def model_grid(volume: Volume, preprocessing: dict) -> GridMap:
+    """The :class:`GridMap` ``volume`` gets under ``preprocessing``, from its header alone (no voxel is
+    read or allocated: work bounds are checked on it before any compute).
+
+    Raises:
+        GridTooLargeError: the model grid would be absurdly large (see :func:`check_grid_size`).
+    """
     axes, flips = orientation_axes(volume.direction, preprocessing.get("orientation", "LPS"))
-    arr = np.transpose(volume.array, axes)
-    if flips:
-        arr = np.flip(arr, axis=flips)
-    oriented_shape = tuple(int(s) for s in arr.shape)
+    oriented_shape = tuple(int(volume.array.shape[a]) for a in axes)
     # spacing in array order (Z, Y, X) of the oriented array: array axis a is input array axis axes[a].
     sp_in = np.asarray(volume.spacing)[::-1]  # (sk, sj, si) = spacing per input array axis
     sp = sp_in[list(axes)]
@@ -126,11 +128,23 @@ def to_model_grid(volume: Volume, preprocessing: dict, device: torch.device) -> 
         grown_from=oriented_shape,
     )
     model_shape = tuple(max(2, int(round(x))) for x in sizes)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=torch.float32)
-    t = _resample(t, model_shape, "trilinear").contiguous()
-    normalise_intensity(t, preprocessing["intensity"])
     spacing = tuple(float(n * s / m) for n, s, m in zip(oriented_shape, sp, model_shape, strict=True))[::-1]
-    return t, GridMap(axes, flips, oriented_shape, model_shape, spacing)  # type: ignore[arg-type]
+    return GridMap(axes, flips, oriented_shape, model_shape, spacing)  # type: ignore[arg-type]
+
+
+def to_model_grid(
+    volume: Volume, preprocessing: dict, device: torch.device, grid: GridMap | None = None
+) -> tuple[torch.Tensor, GridMap]:
+    """Input scan -> normalised float32 tensor ``(Z', Y', X')`` on ``device`` and the :class:`GridMap`
+    (``grid``: :func:`model_grid`'s answer, when the caller has it already)."""
+    grid = grid or model_grid(volume, preprocessing)
+    arr = np.transpose(volume.array, grid.axes)
+    if grid.flips:
+        arr = np.flip(arr, axis=grid.flips)
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=torch.float32)
+    t = _resample(t, grid.model_shape, "trilinear").contiguous()
+    normalise_intensity(t, preprocessing["intensity"])
+    return t, grid
 
 
 def to_input_grid(t: torch.Tensor, grid: GridMap, mode: str) -> np.ndarray:

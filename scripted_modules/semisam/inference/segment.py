@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from semisam.checkpoints import ModelManifest
+from semisam.budget import POST_CHUNK, SlidingWindowPlan, plan_sliding_window
+from semisam.checkpoints import CheckpointError, ModelManifest
 from semisam.device import resolve_device
 from semisam.volume import Volume
 
-from .preprocess import GridMap, to_input_grid, to_model_grid
+from .preprocess import GridMap, model_grid, to_input_grid, to_model_grid
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,14 @@ ProgressFn = Callable[[float, str], None]
 
 #: Sliding-window defaults per input kind, used where the manifest's ``inference`` block says nothing.
 #: 2.5D: the whole slice is one window (the network is fully convolutional; roi -1 = image size) and
-#: 16 slices go through together. 3D: 128^3 windows with MONAI's default 25 % overlap.
+#: 16 slices go through together. 3D: 128^3 windows with MONAI's default 25 % overlap. The bounds on
+#: these values are :func:`semisam.checkpoints.check_inference`'s and :mod:`semisam.budget`'s.
 DEFAULT_INFERENCE = {
     "2.5d": {"roi_size": [-1, -1], "overlap": 0.25, "sw_batch_size": 16, "mode": "constant"},
     "3d": {"roi_size": [128, 128, 128], "overlap": 0.25, "sw_batch_size": 1, "mode": "constant"},
 }
 #: Slices per post-processing chunk (bounds the float32 probability temporaries).
-_POST_CHUNK = 16
+_POST_CHUNK = POST_CHUNK
 
 
 @dataclass
@@ -68,19 +70,15 @@ def _settings(model: torch.nn.Module, manifest: ModelManifest) -> dict:
     kind = getattr(model, "input_kind", "3d")
     if kind not in DEFAULT_INFERENCE:
         raise ValueError(f"model input_kind must be one of {sorted(DEFAULT_INFERENCE)}, got {kind!r}")
+    inference = manifest.inference or {}
+    if not isinstance(inference, dict):
+        raise CheckpointError(
+            f"{manifest.source}: inference: expected an object, got {type(inference).__name__}"
+        )
     s = dict(DEFAULT_INFERENCE[kind])
-    s.update({k: v for k, v in (manifest.inference or {}).items() if k in s or k == "min_component_voxels"})
+    s.update({k: v for k, v in inference.items() if k in s or k == "min_component_voxels"})
     s["kind"] = kind
     return s
-
-
-def _count_windows(shape: tuple[int, ...], roi: list[int], overlap: float) -> int:
-    n = 1
-    for size, r in zip(shape, roi, strict=True):
-        r = size if r <= 0 else min(r, size)
-        step = max(1, int(r * (1 - overlap))) if r < size else size
-        n *= 1 if r >= size else math.ceil((size - r) / step) + 1
-    return n
 
 
 def _post(logits: torch.Tensor, lut: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +109,13 @@ def _post(logits: torch.Tensor, lut: torch.Tensor | None) -> tuple[torch.Tensor,
     return labels, ent.mul_(1.0 / math.log(n_classes)).clamp_(0.0, 1.0)
 
 
-def _infer_25d(model, x: torch.Tensor, s: dict, lut, report: ProgressFn) -> tuple[torch.Tensor, torch.Tensor]:
+def _infer_25d(
+    model, x: torch.Tensor, s: dict, plan: SlidingWindowPlan, lut, report: ProgressFn
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Slice stacks through the 2.5D model, ``_POST``-processed chunk by chunk to bound memory."""
     depth = x.shape[0]
     r = int(getattr(model, "in_slices", 1)) // 2
-    chunk = max(1, int(s["sw_batch_size"]))
+    chunk = plan.sw_batch_size
     labels = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     ent = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for z0 in range(0, depth, chunk):
@@ -123,15 +123,17 @@ def _infer_25d(model, x: torch.Tensor, s: dict, lut, report: ProgressFn) -> tupl
         idx = torch.arange(z0 - r, z1 + r, device=x.device).clamp_(0, depth - 1)  # edge slices repeat
         stacks = x[idx].unfold(0, 2 * r + 1, 1).permute(0, 3, 1, 2).contiguous()  # (n, 2r+1, H, W)
         logits = sliding_window_inference(
-            stacks, s["roi_size"], chunk, model, overlap=s["overlap"], mode=s["mode"]
+            stacks, list(plan.roi), chunk, model, overlap=plan.overlap, mode=s["mode"]
         )
         labels[z0:z1], ent[z0:z1] = _post(logits, lut)
         report(z1 / depth, "infer")
     return labels, ent
 
 
-def _infer_3d(model, x: torch.Tensor, s: dict, lut, report: ProgressFn) -> tuple[torch.Tensor, torch.Tensor]:
-    total = _count_windows(tuple(x.shape), list(s["roi_size"]), float(s["overlap"]))
+def _infer_3d(
+    model, x: torch.Tensor, s: dict, plan: SlidingWindowPlan, lut, report: ProgressFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    total = plan.windows
     done = [0]
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ def _infer_3d(model, x: torch.Tensor, s: dict, lut, report: ProgressFn) -> tuple
         return out
 
     logits = sliding_window_inference(
-        x[None, None], s["roi_size"], int(s["sw_batch_size"]), predictor, overlap=s["overlap"], mode=s["mode"]
+        x[None, None], list(plan.roi), plan.sw_batch_size, predictor, overlap=plan.overlap, mode=s["mode"]
     )[0]
     labels = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     ent = torch.empty(x.shape, dtype=torch.float32, device=x.device)
@@ -191,6 +193,12 @@ def segment(
         progress: optional ``progress(fraction, stage)`` callback.
 
     Deterministic: the same input, model and device give identical outputs.
+
+    Raises:
+        CheckpointError: the manifest's ``inference`` settings cannot run on this network, or would slide
+            more windows or need more memory than allowed (:func:`semisam.budget.plan_sliding_window`),
+            checked before any compute.
+        GridTooLargeError: the scan's model grid is too large (header spacing, or the machine's memory).
     """
     import time
 
@@ -204,14 +212,19 @@ def segment(
         raise ValueError(
             f"model has {model.n_classes} classes but the manifest names {len(lut) - 1} label(s)"
         )
+    # Work bounds from the header and the manifest alone, before anything is resampled or run.
+    grid = model_grid(volume, manifest.preprocessing)
+    plan = plan_sliding_window(
+        model, manifest, grid.model_shape, s, input_shape=volume.shape, device=dev, scan=volume.source
+    )
     report(0.0, "preprocess")
     with torch.inference_mode():
-        x, grid = to_model_grid(volume, manifest.preprocessing, dev)
+        x, grid = to_model_grid(volume, manifest.preprocessing, dev, grid)
         net = prepare_model(model, dev)
         seconds["preprocess"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         infer = _infer_25d if s["kind"] == "2.5d" else _infer_3d
-        labels, ent = infer(net, x, s, lut, lambda f, st: report(0.1 + 0.8 * f, st))
+        labels, ent = infer(net, x, s, plan, lut, lambda f, st: report(0.1 + 0.8 * f, st))
         del x
         seconds["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
