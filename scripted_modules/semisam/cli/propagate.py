@@ -66,6 +66,17 @@ def run(args: argparse.Namespace) -> int:
     )
     volume = read_volume(args.image)
     prompts = load_prompts(args.prompts, volume.shape)  # fail on bad prompts before loading a model
+    # Encoder calls and memory from the prompts and the scan's shape, before torch and any model.
+    from semisam.budget import VIDEO_GENERALISTS, check_propagation
+
+    check_propagation(
+        volume.shape,
+        prompts.axis_index,
+        prompts.slices(),
+        video=(args.model or "").partition(":")[0].strip().lower() in VIDEO_GENERALISTS,
+        scan=str(args.image),
+        prompts=str(args.prompts),
+    )
     # torch and the model come only after the input is known to be good.
     from semisam.generalists import build_generalist, parse_model_spec
     from semisam.propagation import propagate_prompts
