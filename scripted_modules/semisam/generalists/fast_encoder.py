@@ -16,6 +16,7 @@ import copy
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -57,12 +58,59 @@ def cpu_session(path: Path, threads: int, profile_prefix: str | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+#: Cache folders already found unusable in this process (warned about once each).
+_UNUSABLE_CACHE: set[Path] = set()
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold cached exports (created if missing), or ``None`` when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        for parent in (folder, *folder.parents):
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+        return exc.strerror or type(exc).__name__
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
+def cache_usable(folder: Path) -> bool:
+    """Whether exports can be cached in ``folder``; warns once (naming ``$SEMISAM_CACHE_DIR`` when set)
+    when they cannot: the caller then exports for this run only."""
+    if folder in _UNUSABLE_CACHE:
+        return False
+    problem = _cache_problem(folder)
+    if problem is None:
+        return True
+    _UNUSABLE_CACHE.add(folder)
+    setting = os.environ.get("SEMISAM_CACHE_DIR")
+    where = f"SEMISAM_CACHE_DIR={setting}" if setting else f"the cache folder {folder.parent}"
+    log.warning(
+        "%s cannot hold the ONNX cache (%s); running uncached: the export is made again for each run "
+        "(set SEMISAM_CACHE_DIR to a writable folder)",
+        where,
+        problem,
+    )
+    return False
+
+
 def cached_session(path: Path, build, threads: int, what: str):
     """A session for the cached export at ``path``, exporting it with ``build(path)`` when missing.
 
     A cached file that fails to load (truncated by a full disk or a killed copy, or written by another
-    onnxruntime) is removed and rebuilt once, instead of failing every later run.
+    onnxruntime) is removed and rebuilt once, instead of failing every later run. When ``path``'s folder
+    cannot be a cache (``$SEMISAM_CACHE_DIR`` names a file, or a read-only folder), the export goes to a
+    temporary folder that is removed once the session has loaded it (onnxruntime keeps the graph in
+    memory), with one warning.
     """
+    if not cache_usable(path.parent):
+        with tempfile.TemporaryDirectory(prefix="semisam-onnx-") as tmp:
+            scratch = Path(tmp) / path.name
+            log.info("exporting the %s to ONNX (uncached): %s", what, scratch)
+            build(scratch)
+            return cpu_session(scratch, threads)
     if not path.is_file():
         log.info("exporting the %s to ONNX (first use): %s", what, path)
         build(path)
