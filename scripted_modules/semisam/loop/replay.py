@@ -192,6 +192,21 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_json(path, data)
 
 
+def check_work_folder(work: Path) -> None:
+    """Refuse a work folder that is a file, or lies under a file, before anything is read or written.
+
+    Raises:
+        ValueError: one line naming the file (``mkdir`` would only say ``[Errno 17] File exists``).
+    """
+    for p in (work, *work.parents):
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p == work else f"lies inside {p}, which is a file"
+            raise ValueError(
+                f"work folder {work}: {what}, not a folder; choose a folder for the store and the results "
+                "(it is created if missing)"
+            )
+
+
 class Simulation:
     """One simulation in its work folder (see the module docstring).
 
@@ -204,6 +219,7 @@ class Simulation:
         self.config = config
         self.emit = emit or (lambda record: None)
         self.work = Path(config.work)
+        check_work_folder(self.work)
         self.dataset = Dataset.open(config.dataset)
         labels = self.dataset.labels
         self.label = min(labels) if config.label is None else int(config.label)
