@@ -97,7 +97,15 @@ def _check_3d_scalar(image: sitk.Image, source: str | None) -> None:
         )
     if dim != 3:
         raise NotA3DScalarError(f"is a {dim}D image of size {size}; a 3D scan is needed", source)
-    if min(size) < 2:
+    if min(size[:2]) < 2:
+        # A 1 x 1 x 500 "scan" is a line of voxels, not a stack of slices: say which size is wrong.
         raise NotA3DScalarError(
-            f"has size {size} (X, Y, Z): a single slice is a 2D image; a 3D scan is needed", source
+            f"has size {size} (X, Y, Z): its slices are {size[0]} x {size[1]} voxels in-plane; a 3D scan "
+            "needs slices of at least 2 x 2 voxels",
+            source,
+        )
+    if size[2] < 2:
+        raise NotA3DScalarError(
+            f"has size {size} (X, Y, Z): a single slice (Z = {size[2]}) is a 2D image; a 3D scan is needed",
+            source,
         )
