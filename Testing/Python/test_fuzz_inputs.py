@@ -6,18 +6,25 @@ whole document replaced, the text truncated or garbled), runs the command that r
 valid) or exit 1 with exactly one ``error:`` line, never a traceback, and every input byte-identical
 afterwards (sha256 before/after). A few real child processes check the same from the outside.
 
+A model manifest's ``inference`` values are fuzzed through a real ``semisam segment`` run of real tiny
+models, each example under a time bound (``EXAMPLE_SECONDS``, a SIGALRM that no error handling can
+swallow, and hypothesis' deadline), so a setting that makes the sliding window hang fails the test.
+
 Profile ``semisam-fuzz``: derandomized (the same examples on every run, so CI is stable), no example
-database, no deadline. Example counts per property are in ``EXAMPLES``; the whole file takes about
-30 s on a 2-core machine. ``SEMISAM_FUZZ_EXAMPLES=N`` scales every count (e.g. 8 for a long hunt);
+database, no deadline (but for the segment runs). Example counts per property are in ``EXAMPLES``; the
+whole file takes about 30 s on a 2-core machine. ``SEMISAM_FUZZ_EXAMPLES=N`` scales every count (e.g. 8 for a long hunt);
 ``SEMISAM_FUZZ_DUMP=FILE`` writes each image file tried to FILE first, so one that crashes a reader
 (an ITK segfault kills pytest too) can be named.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +44,7 @@ _SCALE = float(os.environ.get("SEMISAM_FUZZ_EXAMPLES", "1"))
 #: Examples per property (times SEMISAM_FUZZ_EXAMPLES).
 EXAMPLES = {
     "manifest": 60,
+    "manifest_inference": 60,  # each a real segment run of a tiny model on a 12 x 64 x 64 scan
     "store_json": 40,  # per store file kind (5 kinds)
     "prompts": 40,
     "dataset": 20,
@@ -57,6 +65,32 @@ settings.register_profile(
 
 def _settings(name: str):
     return settings(settings.get_profile("semisam-fuzz"), max_examples=max(1, int(EXAMPLES[name] * _SCALE)))
+
+
+#: Seconds one ``segment`` example may run before it counts as a hang: a run here takes < 1 s; before
+#: the bounds, ``roi_size [1, 1]`` on a 128 x 128 x 20 crop ran past 60 s.
+EXAMPLE_SECONDS = 30
+
+
+class ExampleTimeout(BaseException):
+    """An example ran past :data:`EXAMPLE_SECONDS` (a BaseException: the CLI's handling of bad input
+    must not turn a hang into an ordinary error line)."""
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float):
+    """Raise :class:`ExampleTimeout` in the main thread once ``seconds`` have passed (SIGALRM)."""
+
+    def fire(signum, frame):
+        raise ExampleTimeout(f"the example ran past {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # ------------------------------------------------------------------------------------------ strategies
@@ -197,6 +231,99 @@ def test_fuzz_manifest(model_template, tmp_path, capsys):
         if code == 1:  # the file named: the manifest, or the weights its sha256 no longer matches
             assert "manifest.json" in err or "weights.safetensors" in err, err
         assert tree_digest(d) == before
+
+    prop()
+
+
+ROI_SIDES = st.one_of(
+    st.sampled_from([-2, -1, 0, 1, 15, 16, 17, 31, 32, 48, 64, 96, 128, 4096, 4097, 2**31]),
+    st.integers(-3, 5000),
+)
+#: Hostile ``inference`` blocks: each key present or not, each value near a bound, off it, or absurd.
+INFERENCE_BLOCKS = st.fixed_dictionaries(
+    {},
+    optional={
+        "roi_size": st.one_of(
+            st.lists(ROI_SIDES, min_size=2, max_size=3), st.lists(ROI_SIDES, max_size=5), HOSTILE
+        ),
+        "overlap": st.one_of(
+            st.sampled_from([0, 0.25, 0.5, 0.75, 0.7500001, 0.9, 0.99, 1, -0.1]), st.floats(-1, 2), HOSTILE
+        ),
+        "sw_batch_size": st.one_of(
+            st.sampled_from([1, 2, 16, 256, 257, 4096]), st.integers(-2, 5000), HOSTILE
+        ),
+        "mode": st.one_of(st.sampled_from(["constant", "gaussian"]), HOSTILE),
+        "min_component_voxels": st.one_of(st.integers(-2, 10**6), HOSTILE),
+    },
+)
+
+#: Blocks within or at the schema's ranges, so that examples reach the work estimate and the sliding
+#: window itself (hostile blocks alone mostly stop at the schema).
+PLAUSIBLE_BLOCKS = st.fixed_dictionaries(
+    {},
+    optional={
+        "roi_size": st.lists(
+            st.sampled_from([-1, 16, 32, 48, 64, 96, 128, 256, 4096]), min_size=2, max_size=3
+        ),
+        "overlap": st.one_of(st.sampled_from([0.0, 0.75]), st.floats(0, 0.75)),
+        "sw_batch_size": st.one_of(st.sampled_from([1, 256]), st.integers(1, 256)),
+        "mode": st.sampled_from(["constant", "gaussian"]),
+        "min_component_voxels": st.integers(0, 5000),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def specialists(work):
+    """Real tiny model folders (2.5D ``mamba_unet``, 3D ``unet3d``) working at 1 x 1 x 2 mm."""
+    from semisam.specialists import build_specialist
+
+    out = {}
+    for arch, kwargs in (
+        ("mamba_unet", {"channels": [8, 16, 16, 32, 32]}),
+        ("unet3d", {"channels": [4, 8, 8, 8, 8]}),
+    ):
+        man = ck.new_manifest(arch, ["lesion"], "CT", kwargs=kwargs, target_spacing=(1, 1, 2))
+        ck.save_model(work / f"specialist-{arch}", build_specialist(man.arch, **man.kwargs), man)
+        out[arch] = work / f"specialist-{arch}"
+    return out
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the per-example time bound needs SIGALRM")
+def test_fuzz_manifest_inference(specialists, tmp_path, capsys):
+    """``segment`` with hostile sliding-window values: exit 0 with a mask on the scan's grid, or exit 1
+    with one line naming manifest.json (or the scan), each example within EXAMPLE_SECONDS."""
+    from semisam.volume import Volume, read_mask, read_volume, write_volume
+
+    a = np.full((12, 64, 64), -800, np.int16)
+    a[3:9, 16:48, 16:48] = 40
+    scan = write_volume(Volume(a, (1.0, 1.0, 2.0)), tmp_path / "scan.nii.gz")
+    reference = read_volume(scan)
+    d, out = tmp_path / "model", tmp_path / "mask.nii.gz"
+
+    @settings(_settings("manifest_inference"), deadline=datetime.timedelta(seconds=EXAMPLE_SECONDS))
+    @given(
+        arch=st.sampled_from(sorted(specialists)),
+        inference=st.one_of(PLAUSIBLE_BLOCKS, PLAUSIBLE_BLOCKS, INFERENCE_BLOCKS, HOSTILE),
+    )
+    def prop(arch, inference):
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(specialists[arch], d)
+        data = json.loads((d / ck.MANIFEST_NAME).read_text())
+        data["inference"] = inference
+        (d / ck.MANIFEST_NAME).write_text(json.dumps(data))
+        out.unlink(missing_ok=True)
+        before = tree_digest(d), sha(scan)
+        argv = ["segment", scan, "--model", d, "--output", out, "--device", "cpu", "--no-progress"]
+        with time_bound(EXAMPLE_SECONDS):
+            code, stdout, err = run_cli(capsys, argv)
+        _check_contract(code, stdout, err)
+        if code == 1:
+            assert "manifest.json" in err or "scan.nii.gz" in err, err
+            assert not out.exists()
+        else:
+            assert read_mask(out, reference=reference).array.shape == reference.shape
+        assert (tree_digest(d), sha(scan)) == before
 
     prop()
 
