@@ -88,8 +88,11 @@ DEFAULTS: dict[str, Any] = {
     "storeFolder": "",  # empty: the user must choose; the store is never created in a guessed place
     "modelFolder": "",  # a specialist folder picked by the user (when the store has no active model)
     "annotator": "",  # recorded in the provenance of accepted cases
-    "trainingMethod": TrainingMethod.semisam_plus,
-    "iterations": 200,  # optimiser steps of one retraining run (semisam train --iterations)
+    # Supervised: on every development task measured (docs/benchmarks.md), semi-supervised retraining
+    # with the generalist's pseudo-labels scored below it with 1 and 2 labeled cases.
+    "trainingMethod": TrainingMethod.supervised,
+    "iterations": 0,  # optimiser steps of one retraining run; 0: follow the labeled set (semisam train)
+    "maxMinutes": 10,  # wall-clock budget of a retraining run's loop (semisam train --max-minutes); 0: none
     "promoteIfBetter": True,  # False: the run registers its version but never promotes it (--no-promote)
     "retrainEvery": 0,  # SemiSAMSegment starts a retraining run every N accepted cases; 0: never
     # Propagate replaces the segment from each prompted slice only up to the first slice the new answer
@@ -101,7 +104,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 #: Bounds of the integer settings (the parameter nodes' ``WithinRange`` and the spin boxes use them).
-RANGES: dict[str, tuple[int, int]] = {"iterations": (1, 100000), "retrainEvery": (0, 1000)}
+RANGES: dict[str, tuple[int, int]] = {
+    "iterations": (0, 100000),
+    "maxMinutes": (0, 1440),
+    "retrainEvery": (0, 1000),
+}
 
 SETTINGS_PREFIX = "SemiSAM/"
 

@@ -179,6 +179,7 @@ def train_settings():
     return TrainSettings(
         method=setting(read, "trainingMethod").value,
         iterations=setting(read, "iterations"),
+        max_minutes=setting(read, "maxMinutes"),
         device=setting(read, "device").value,
         generalist=setting(read, "generalist").value,
         generalist_checkpoint=setting(read, "generalistCheckpoint"),

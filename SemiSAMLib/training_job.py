@@ -73,7 +73,8 @@ class TrainSettings:
     Attributes:
         method: ``semisam train --method`` (``supervised``, ``mean_teacher``, ``semisam_plus``, ``distill``
             or ``+``-joined parts).
-        iterations: optimiser steps.
+        iterations: optimiser steps; 0: follow the labeled set (``semisam train``'s default rule).
+        max_minutes: wall-clock budget of the training loop in minutes; 0: none.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         generalist: generalist registry name for methods that use one (``litemedsam``, ``sam``, ...).
         generalist_checkpoint: its checkpoint file ("" for LiteMedSAM's bundled weights).
@@ -83,7 +84,8 @@ class TrainSettings:
     """
 
     method: str = "supervised"
-    iterations: int = 200
+    iterations: int = 0
+    max_minutes: int = 10
     device: str = "auto"
     generalist: str = "litemedsam"
     generalist_checkpoint: str = ""
@@ -93,9 +95,18 @@ class TrainSettings:
 
     def arguments(self, store: Path, events: Path, cancel_file: Path | None = None) -> list[str]:
         """``semisam train`` arguments (after ``-m semisam``)."""
-        if self.iterations < 1:
-            raise TrainingJobError(f"iterations must be at least 1, got {self.iterations}")
-        args = ["train", str(store), "--method", self.method, "--iterations", str(int(self.iterations))]
+        if self.iterations < 0:
+            raise TrainingJobError(
+                f"iterations must be 0 (follow the labeled set) or more, got {self.iterations}"
+            )
+        if self.max_minutes < 0:
+            raise TrainingJobError(
+                f"the time budget must be 0 (none) or more minutes, got {self.max_minutes}"
+            )
+        args = ["train", str(store), "--method", self.method]
+        if self.iterations:
+            args += ["--iterations", str(int(self.iterations))]
+        args += ["--max-minutes", str(int(self.max_minutes))]
         args += ["--device", self.device, "--events", str(events), "--no-progress"]
         if cancel_file is not None:
             args += ["--cancel-file", str(cancel_file)]

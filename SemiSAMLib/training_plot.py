@@ -54,6 +54,7 @@ class TrainingProgress:
         dice: the last validation Dice (``None`` before the first validation).
         outcome: ``""`` while running, then ``"done"``, ``"cancelled"``, ``"error"`` or ``"crashed"``.
         message: the error message, or the promotion decision after ``done``.
+        budget_note: what the time budget changed (fewer iterations planned), or "".
         version: the version the run registered (after ``done``).
         promoted: whether that version became the active model.
     """
@@ -69,6 +70,7 @@ class TrainingProgress:
     dice: float | None = None
     outcome: str = ""
     message: str = ""
+    budget_note: str = ""
     version: str | None = None
     promoted: bool = False
 
@@ -88,6 +90,12 @@ class TrainingProgress:
             self.iterations = int(event.get("iterations") or self.iterations)
             self.eta_s = event.get("eta_s")
             self.losses = {k: float(v) for k, v in (event.get("losses") or {}).items()}
+        elif kind == "budget":  # the time budget planned fewer iterations
+            self.iterations = int(event.get("iterations") or self.iterations)
+            self.budget_note = (
+                f"{self.iterations} iterations fit the {event.get('max_minutes')} min budget "
+                f"(of {event.get('planned')} planned)"
+            )
         elif kind == "validation":
             self.dice = float(event["dice"])
         elif kind == "done":
@@ -131,6 +139,8 @@ class TrainingProgress:
             extra.append(f"loss {self.losses['total']:.4g}")
         if self.dice is not None:
             extra.append(f"validation Dice {self.dice:.4f}")
+        if self.budget_note:
+            extra.append(self.budget_note)
         return text + ("; " + ", ".join(extra) if extra else "")
 
 

@@ -85,7 +85,10 @@ class SemiSAMTrainParameterNode:
 
     storeFolder - folder of the labeled-set store shared with SemiSAM Segment and the training process.
     trainingMethod - supervised, mean teacher, SemiSAM+ (generalist pseudo-labels) or distillation.
-    iterations - optimiser steps of one retraining run.
+    iterations - optimiser steps of one retraining run; 0: follow the labeled set (500 per case, 1,000
+        to 20,000).
+    maxMinutes - wall-clock budget of a retraining run's loop in minutes (fewer iterations are planned
+        when they would not fit); 0: none.
     device - where training runs: auto (CUDA when present), cpu or cuda.
     generalist - the generalist SemiSAM+ and distillation ask (LiteMedSAM ships with the extension).
     generalistCheckpoint - its checkpoint file, for generalists without bundled weights.
@@ -95,6 +98,7 @@ class SemiSAMTrainParameterNode:
     storeFolder: str = DEFAULTS["storeFolder"]
     trainingMethod: TrainingMethod = DEFAULTS["trainingMethod"]
     iterations: Annotated[int, WithinRange(*RANGES["iterations"])] = DEFAULTS["iterations"]
+    maxMinutes: Annotated[int, WithinRange(*RANGES["maxMinutes"])] = DEFAULTS["maxMinutes"]
     device: Device = DEFAULTS["device"]
     generalist: Generalist = DEFAULTS["generalist"]
     generalistCheckpoint: str = DEFAULTS["generalistCheckpoint"]
@@ -148,8 +152,8 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = (
-        "storeFolder", "trainingMethod", "iterations", "device", "generalist", "generalistCheckpoint",
-        "promoteIfBetter",
+        "storeFolder", "trainingMethod", "iterations", "maxMinutes", "device", "generalist",
+        "generalistCheckpoint", "promoteIfBetter",
     )  # fmt: skip
 
     def _askToStop(self, when: str) -> None:

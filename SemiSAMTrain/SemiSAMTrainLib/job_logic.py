@@ -37,6 +37,7 @@ class JobLogic:
         return training_job.TrainSettings(
             method=getattr(p.trainingMethod, "value", p.trainingMethod),
             iterations=int(p.iterations),
+            max_minutes=int(getattr(p, "maxMinutes", 10)),
             device=getattr(p.device, "value", p.device),
             generalist=getattr(p.generalist, "value", p.generalist),
             generalist_checkpoint=p.generalistCheckpoint,

@@ -70,14 +70,18 @@ def test_settings_become_the_documented_command_line(tmp_path):
     )
     store, events = tmp_path / "store", tmp_path / "e.jsonl"
     assert s.arguments(store, events) == [
-        "train", str(store), "--method", "semisam_plus", "--iterations", "50", "--device", "cuda",
-        "--events", str(events), "--no-progress", "--generalist", "litemedsam", "--no-promote",
+        "train", str(store), "--method", "semisam_plus", "--iterations", "50", "--max-minutes", "10",
+        "--device", "cuda", "--events", str(events), "--no-progress", "--generalist", "litemedsam",
+        "--no-promote",
     ]  # fmt: skip
+    # Iterations 0 follow the labeled set (semisam train's default rule); a time budget of 0 is none.
+    auto = training_job.TrainSettings(iterations=0, max_minutes=0).arguments(store, events)
+    assert "--iterations" not in auto and auto[auto.index("--max-minutes") + 1] == "0"
     s = training_job.TrainSettings(generalist="sam", generalist_checkpoint="/w/sam.pth", method="distill")
     assert s.arguments(store, events)[-2:] == ["--generalist", "sam:/w/sam.pth"]
     assert "--generalist" not in training_job.TrainSettings(method="mean_teacher").arguments(store, events)
-    with pytest.raises(training_job.TrainingJobError, match="iterations must be at least 1"):
-        training_job.TrainSettings(iterations=0).arguments(store, events)
+    with pytest.raises(training_job.TrainingJobError, match="iterations must be 0"):
+        training_job.TrainSettings(iterations=-1).arguments(store, events)
     node = train_module.SemiSAMTrainLogic.settingsFrom(
         type("P", (), dict(trainingMethod=train_module.TrainingMethod.distill, iterations=7,
                            device=train_module.Device.cpu, generalist=train_module.Generalist.litemedsam,
@@ -134,6 +138,18 @@ def test_progress_and_plot_follow_the_events(mrml_scene):
     assert names == {f"SemiSAM training: loss {n}" for n in ("total", "dice", "consistency")} | {
         "SemiSAM training: validation Dice"
     }
+    progress.apply(
+        {
+            "event": "budget",
+            "iteration": 2,
+            "iterations": 3,
+            "planned": 4,
+            "max_minutes": 10,
+            "elapsed_s": 22.0,
+        }
+    )
+    assert progress.fraction == pytest.approx(2 / 3)
+    assert progress.describe().endswith("3 iterations fit the 10 min budget (of 4 planned)")
     progress.apply({"event": "error", "message": "store x: no training cases", "kind": "no_training_cases"})
     assert (
         progress.outcome == "error" and progress.message == "store x: no training cases (no_training_cases)"

@@ -60,3 +60,45 @@ def test_settle_config_on_resume_is_the_checkpoints_and_the_plan_its_cases(tmp_p
     plan = steps.plan_cases(LabeledStore(store.root), config, ckpt)
     assert len(plan.train_ids) == 2  # the checkpoint's cases, not the store's three
     assert runstate.latest(run) == ckpt.path
+
+
+def test_iterations_follow_the_labeled_set_within_their_bounds():
+    cfg = TrainConfig(iterations_per_case=500, min_iterations=1000, max_iterations=20000)
+    assert [cfg.resolved(n).iterations for n in (1, 2, 4, 12, 100)] == [1000, 1000, 2000, 6000, 20000]
+    assert TrainConfig(iterations=7).resolved(12).iterations == 7  # given: kept
+    with pytest.raises(TrainError, match="min_iterations 5 exceeds max_iterations 4"):
+        TrainConfig.from_dict({"min_iterations": 5, "max_iterations": 4})
+
+
+def test_plan_cases_resolves_iterations_for_its_training_cases(tmp_path):
+    store = make_store(tmp_path / "store", n_train=3, n_val=0)
+    plan = steps.plan_cases(store, TrainConfig(iterations_per_case=10, min_iterations=1, **FAST), None)
+    assert plan.config.iterations == 30
+
+
+def test_a_time_budget_plans_fewer_iterations_and_the_run_ends_done(tmp_path):
+    store = make_store(tmp_path / "store", n_train=1, n_val=1)
+    events = []
+    # 4 seconds for a run that would take hours: the trainer measures its speed after the warm-up and
+    # plans what fits; the run is then an ordinary finished run (validated, registered, promoted).
+    cfg = TrainConfig(
+        iterations=1_000_000,
+        max_minutes=4 / 60,
+        device="cpu",
+        warmup=2,
+        log_every=10,
+        **{k: v for k, v in FAST.items() if k != "warmup"},
+    )
+    result = train(store.root, cfg, events=events.append)
+    assert result.status == "done", result.message
+    budget = [e for e in events if e["event"] == "budget"]
+    assert budget and budget[0]["planned"] == 1_000_000 and budget[-1]["iterations"] == result.iterations
+    assert 25 < result.iterations < 1_000_000
+    last = [e for e in events if e["event"] == "iteration"][-1]
+    assert last["iteration"] == last["iterations"] == result.iterations
+    training = checkpoints.read_manifest(LabeledStore(store.root).models.get(result.version).path).training
+    assert (
+        training["iterations"] == result.iterations and training["config"]["iterations"] == result.iterations
+    )
+    # The learning rate's cosine decay ended at the new plan: the last step ran at the lowest rate.
+    assert last["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.2)

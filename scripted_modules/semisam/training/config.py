@@ -25,7 +25,16 @@ class TrainConfig:
 
     Attributes:
         method: ``+``-joined method parts (``supervised`` is always on), e.g. ``"mean_teacher"``.
-        iterations: optimiser steps.
+        iterations: optimiser steps; ``None`` (the default): follow the data, ``iterations_per_case`` x
+            the training cases, clamped to ``[min_iterations, max_iterations]`` (resolved when the run
+            starts and recorded). Measured on 12 whole-head cases of a deep-grey-matter task, one CPU
+            thread: 200 iterations gave test Dice 0.23, 1,500 gave 0.55 and 6,000 gave 0.70, still
+            rising: a fixed small count starves a growing labeled set.
+        iterations_per_case, min_iterations, max_iterations: the rule for ``iterations=None``.
+        max_minutes: wall-clock budget of the training loop in minutes (``None``: none). When the
+            measured speed says the planned iterations will not fit, the run plans fewer (the learning
+            rate's cosine decay then ends at the new count) and says so in a ``budget`` event; the run is
+            then machine-dependent (give ``None`` for a run that is reproducible bit for bit).
         seed: seeds weights of a new model, sampling, augmentation and every part.
         device: ``auto``, ``cpu`` or ``cuda[:N]`` (:func:`semisam.device.resolve_device`).
         arch: architecture of a new model when the store has none (``mamba_unet``/``unet3d``).
@@ -57,7 +66,11 @@ class TrainConfig:
     """
 
     method: str = "supervised"
-    iterations: int = 200
+    iterations: int | None = None
+    iterations_per_case: int = 500
+    min_iterations: int = 1000
+    max_iterations: int = 20000
+    max_minutes: float | None = 10.0
     seed: int = 0
     device: str = "auto"
     arch: str = "mamba_unet"
@@ -115,6 +128,13 @@ class TrainConfig:
         data.update(overrides or {})
         return cls.from_dict(data, str(p))
 
+    def resolved(self, n_train: int) -> TrainConfig:
+        """This config with ``iterations`` fixed for ``n_train`` training cases (see the class doc)."""
+        if self.iterations is not None:
+            return self
+        n = self.iterations_per_case * max(1, int(n_train))
+        return self.replace(iterations=int(min(self.max_iterations, max(self.min_iterations, n))))
+
     def replace(self, **changes: Any) -> TrainConfig:
         cfg = dataclasses.replace(self, **changes)
         cfg.validate()
@@ -145,6 +165,8 @@ class TrainConfig:
                 raise bad(f"{name} entries must be integers from 16 to 4096, got {list(vals)}")
             if any(v % 16 for v in vals):
                 raise bad(f"{name} entries must be multiples of 16, got {list(vals)}")
+        if self.min_iterations > self.max_iterations:
+            raise bad(f"min_iterations {self.min_iterations} exceeds max_iterations {self.max_iterations}")
         batch = max(self.batch_size, self.unlabeled_batch_size or 0)
         for name, vals in (("crop_size", self.crop_size), ("patch_size", self.patch_size)):
             step = batch * math.prod(vals)

@@ -63,7 +63,11 @@ _FLAG = Opt("bool")
 
 #: TrainConfig's scalar fields (the list, dict and string fields are checked in ``TrainConfig.validate``).
 CONFIG_FIELDS: dict[str, Opt] = {
-    "iterations": Opt("int", 1, 10_000_000),
+    "iterations": Opt("int", 1, 10_000_000, optional=True),
+    "iterations_per_case": Opt("int", 1, 1_000_000),
+    "min_iterations": Opt("int", 1, 10_000_000),
+    "max_iterations": Opt("int", 1, 10_000_000),
+    "max_minutes": Opt("float", 0.01, 60 * 24 * 30, optional=True),
     "seed": Opt("int", 0, 2**63 - 1),
     "batch_size": Opt("int", 1, 4096),
     "unlabeled_batch_size": Opt("int", 1, 4096, optional=True),

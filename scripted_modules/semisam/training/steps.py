@@ -99,7 +99,8 @@ def pick_device(config: TrainConfig, dist):
 def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
     """Which cases teach and which model is the base: the checkpoint's on resume, else the store's
     training cases (at most ``config.max_cases``, oldest first), its unlabeled pool, and its active
-    version (a new ``config.arch`` when there is none)."""
+    version (a new ``config.arch`` when there is none); ``iterations=None`` is resolved for that many
+    training cases (:meth:`TrainConfig.resolved`)."""
     from semisam import checkpoints
     from semisam.training.promote import comparison_case_ids
 
@@ -134,6 +135,7 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
             "accept a case first (`semisam store add`)",
         )
     val_ids = comparison_case_ids(store)  # blind validation cases when there are any (promote.py)
+    config = config.resolved(len(train_ids))  # iterations that follow the data (a checkpoint's are fixed)
     return RunPlan(config, ckpt, train_ids, unlabeled_ids, val_ids, manifest, parent)
 
 
@@ -245,7 +247,8 @@ def run_training(
     plan: RunPlan, trainer, start: int, store, device, dist, run_dir: Path, emit: Emit, cancel
 ) -> None:
     """The ``start`` event, then the trainer's loop from ``start``; a final checkpoint, so that a kill
-    from here on resumes straight into validation."""
+    from here on resumes straight into validation. When the time budget made the trainer plan fewer
+    iterations, ``plan.config.iterations`` becomes the number trained."""
     from semisam.training import runstate
 
     config = plan.config
@@ -265,12 +268,14 @@ def run_training(
             "world_size": dist.world_size,
         }
     )
-    emit({"event": "phase", "phase": "training", "done": start, "total": config.iterations})
-    if start < config.iterations:
+    emit({"event": "phase", "phase": "training", "done": start, "total": trainer.total})
+    if start < trainer.total:
         trainer.run(start)
-        trainer.checkpoint(config.iterations)
+        trainer.checkpoint(trainer.total)
     elif cancel is not None and cancel.is_set():
         raise Cancelled(start, str(runstate.latest(run_dir)))
+    if trainer.total != config.iterations:  # the time budget planned fewer: that is what was trained
+        plan.config = config.replace(iterations=trainer.total)
 
 
 def validate_final(plan: RunPlan, student, store, device, run_dir: Path, emit: Emit, cancel) -> dict:

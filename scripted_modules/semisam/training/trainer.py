@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: Gradient-norm clip: a safety net against a rare huge step (typical norms here are 0.1-3).
 CLIP_NORM = 10.0
+#: Iterations between checks of the time budget, and iterations after the warm-up before the first one.
+BUDGET_EVERY = 25
+BUDGET_MIN_ITERATIONS = 25
 
 
 def lr_factor(it: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -80,9 +83,10 @@ class Trainer:
         self.extra_params = [p for part in parts for p in part.trainable()]
         params = [p for p in student.parameters() if p.requires_grad] + self.extra_params
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        total = self.cfg.iterations
+        #: iterations this run plans: ``config.iterations``, fewer when the time budget says so
+        self.total = int(self.cfg.iterations)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, total, self.cfg.warmup, self.cfg.min_lr_ratio)
+            self.optimizer, lambda it: lr_factor(it, self.total, self.cfg.warmup, self.cfg.min_lr_ratio)
         )
         self.amp_dtype: torch.dtype | None = None
         if self.device.type == "cuda" and self.cfg.amp:
@@ -119,6 +123,8 @@ class Trainer:
         self.loss_curve: list[dict[str, float]] = []
         self.val_curve: list[dict[str, Any]] = []
         self.seconds = 0.0
+        self.wall = 0.0  # seconds of the training loop, refreshes and validations included
+        self._budget_ref: tuple[int, float] | None = None  # (iteration, wall) the speed is measured from
         self.last_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------------------ state
@@ -135,6 +141,8 @@ class Trainer:
             "loss_curve": self.loss_curve,
             "val_curve": self.val_curve,
             "seconds": self.seconds,
+            "wall": self.wall,
+            "total": self.total,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,6 +157,8 @@ class Trainer:
         self.loss_curve = list(state.get("loss_curve", []))
         self.val_curve = list(state.get("val_curve", []))
         self.seconds = float(state.get("seconds", 0.0))
+        self.wall = float(state.get("wall", self.seconds))
+        self.total = int(state.get("total", self.total))
 
     def checkpoint(self, iteration: int) -> Path | None:
         """Write the run checkpoint after ``iteration`` iterations (rank 0); all ranks wait for it."""
@@ -248,12 +258,50 @@ class Trainer:
         out_terms["total"] = float(total.detach())
         return out_terms
 
+    def fit_budget(self, done: int) -> None:
+        """Plan fewer iterations when the measured speed says ``config.max_minutes`` will not hold the
+        planned ones (never more; at least one more than ``done``); emits a ``budget`` event when it
+        changes the plan. The speed is the loop's wall time per iteration (refreshes and validations
+        included) since a reference point after the warm-up, over at least :data:`BUDGET_MIN_ITERATIONS`."""
+        budget = self.cfg.max_minutes
+        if budget is None or done >= self.total:
+            return
+        if self._budget_ref is None:
+            if done >= self.cfg.warmup:
+                self._budget_ref = (done, self.wall)
+            return
+        it0, wall0 = self._budget_ref
+        if done - it0 < BUDGET_MIN_ITERATIONS:
+            return
+        per_it = (self.wall - wall0) / (done - it0)
+        if per_it <= 0:
+            return
+        fits = done + max(1, int((60.0 * budget - self.wall) / per_it))
+        if fits < self.total:
+            old, self.total = self.total, max(done + 1, fits)
+            log.info("time budget %.1f min: %d iterations planned instead of %d", budget, self.total, old)
+            self.ctx.emit(
+                {
+                    "event": "budget",
+                    "iteration": done,
+                    "iterations": self.total,
+                    "planned": old,
+                    "max_minutes": budget,
+                    "seconds_per_iteration": round(per_it, 4),
+                }
+            )
+
     def run(self, start: int = 0) -> None:
-        """Iterate from ``start`` to ``config.iterations``; raises Cancelled / TrainError."""
+        """Iterate from ``start`` to :attr:`total` (``config.iterations``, or fewer under the time
+        budget); raises Cancelled / TrainError."""
         cfg = self.cfg
         ema: float | None = None
-        for it in range(start, cfg.iterations):
+        # The budget counts this loop's time plus what a resumed run had spent already.
+        base, t_loop, self._budget_ref = self.wall, time.perf_counter(), None
+        it = start
+        while it < self.total:
             if ddp.any_rank(self.cancel(), self.dist, self.device):
+                self.wall = base + time.perf_counter() - t_loop
                 path = self.checkpoint(it)
                 raise Cancelled(it, None if path is None else str(path))
             if it == start or it % cfg.refresh_every == 0:
@@ -266,24 +314,27 @@ class Trainer:
             self.seconds += dt
             ema = dt if ema is None else 0.9 * ema + 0.1 * dt
             done = it + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:
+            self.wall = base + time.perf_counter() - t_loop
+            if done % BUDGET_EVERY == 0 or self._budget_ref is None:
+                self.fit_budget(done)
+            if done % cfg.log_every == 0 or done == self.total:
                 self.loss_curve.append({"iteration": done, **terms})
                 self.ctx.emit(
                     {
                         "event": "iteration",
                         "iteration": done,
-                        "iterations": cfg.iterations,
+                        "iterations": self.total,
                         "losses": terms,
                         "lr": lr,
                         "seconds_per_iteration": round(ema, 4),
-                        "eta_s": round(ema * (cfg.iterations - done), 1),
+                        "eta_s": round(ema * (self.total - done), 1),
                     }
                 )
             if (
                 self.validate is not None
                 and cfg.validate_every
                 and done % cfg.validate_every == 0
-                and done < cfg.iterations
+                and done < self.total
             ):
                 if self.dist.is_main:
                     v = self.validate(done)
@@ -298,6 +349,9 @@ class Trainer:
                             }
                         )
                 ddp.barrier(self.dist)
-            if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            if done % cfg.checkpoint_every == 0 and done < self.total:
+                self.wall = base + time.perf_counter() - t_loop
                 self.checkpoint(done)
+            it = done
+        self.wall = base + time.perf_counter() - t_loop
         ddp.average_buffers(self.ctx.student, self.dist)
