@@ -142,19 +142,21 @@ def test_validation_rule_compares_on_the_same_cases(tmp_path):
 
     def evaluate_active(v):
         calls.append(v.version)
-        return {"dice": 0.7, "per_case": {}, "cases": val}
+        return {"dice": 0.7, "per_case": {val[0]: 0.7}, "cases": val}
 
+    # The active version is scored case by case on the same cases (a recorded mean cannot be paired).
     worse = store.models.add(tmp_path / "m1", metrics={"dice": 0.5}, evaluated_on=val)
-    ok, why = decide_and_promote(store, worse.version, {"dice": 0.5, "cases": val}, [], evaluate_active)
-    assert not ok and "not better" in why and store.models.active().version == active.version
-    assert calls == []  # the active version's Dice was on the same cases: not recomputed
-    # The active version was evaluated on other cases: it is re-evaluated on the current split first.
-    store.models.record_metrics(active.version, {"dice": 0.99}, ["some_old_case"])
+    ok, why = decide_and_promote(
+        store, worse.version, {"dice": 0.5, "per_case": {val[0]: 0.5}, "cases": val}, [], evaluate_active
+    )
+    assert not ok and "weak decision, 1 validation case(s)" in why
+    assert store.models.active().version == active.version and calls == [active.version]
+    assert store.models.get(active.version).metrics["dice"] == 0.7  # recorded on the current split
     better = store.models.add(tmp_path / "m2", metrics={"dice": 0.75}, evaluated_on=val)
-    ok, why = decide_and_promote(store, better.version, {"dice": 0.75, "cases": val}, [], evaluate_active)
-    assert calls == [active.version] and ok and "beats" in why
-    assert store.models.active().version == better.version
-    assert store.models.get(active.version).metrics["dice"] == 0.7
+    ok, why = decide_and_promote(
+        store, better.version, {"dice": 0.75, "per_case": {val[0]: 0.75}, "cases": val}, [], evaluate_active
+    )
+    assert ok and "better on every case" in why and store.models.active().version == better.version
 
 
 def test_empty_store_is_an_error_event(tmp_path):

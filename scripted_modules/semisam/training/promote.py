@@ -1,11 +1,24 @@
 """The promotion rule (docs/training.md): when does a newly trained version become the active one.
 
 * No active version: promote (nothing to beat).
-* The validation split has cases: promote when the new version's Dice beats the active version's on
-  the same cases (:meth:`ModelRegistry.promote` with ``require_better``). The active version is
-  evaluated first when its recorded Dice is missing or was computed on other cases.
+* The validation split has cases: both versions segment the same cases and are compared **case by
+  case** (:func:`compare`), not by their means alone: a mean that differs by 0.002 on one or two cases
+  is noise, and deciding on it replaced good versions and kept stale ones.
+
+  - With at least :data:`MIN_PAIRED_CASES` cases (a *paired* decision): promote when the mean per-case
+    gain is at least :data:`MIN_GAIN` and at least one standard error of the per-case gains (the paired
+    gains' mean over their spread: a one-sided check that the gain is not one case's luck).
+  - With fewer (a *weak* decision, said so in the reason): promote on a gain of at least
+    :data:`MIN_GAIN` on every case; or when the new version's training cases strictly include the active
+    version's (more labels from the same annotator, the usual retrain) and its mean is at most
+    :data:`TOLERANCE` below: on one to three cases a difference that small says nothing about the
+    next scans, while the extra labels do.
 * The split is empty (a store's first four cases all train): promote when the new version's training
   cases strictly include the active version's (more labels from the same annotator); else not.
+
+The margins are set from what a Dice difference can mean, not fitted to a dataset: :data:`MIN_GAIN`
+0.01 is about one voxel layer on the surface of a structure 40 voxels across; :data:`TOLERANCE` 0.02
+twice that.
 
 Which validation cases compare versions (:func:`comparison_case_ids`): those whose masks were drawn
 without a specialist's proposal (``provenance.model_version`` empty), when there are any. A mask corrected
@@ -22,11 +35,68 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
-
-from semisam.store.errors import RegistryError
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+#: Mean per-case Dice gain a new version needs to replace the active one (see the module docstring).
+MIN_GAIN = 0.01
+#: How far below the active version a version trained on strictly more cases may be on a weak decision.
+TOLERANCE = 0.02
+#: Validation cases from which the comparison is paired (mean gain against its standard error).
+MIN_PAIRED_CASES = 4
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A new version against the active one on the same validation cases.
+
+    Attributes:
+        better: whether the new version should replace the active one.
+        strength: ``"paired"`` (enough cases for a paired decision) or ``"weak"`` (fewer).
+        gain: mean per-case Dice gain (new minus active).
+        stderr: standard error of the per-case gains (``inf`` with one case).
+        cases: how many cases were compared.
+        reason: one line saying why.
+    """
+
+    better: bool
+    strength: str
+    gain: float
+    stderr: float
+    cases: int
+    reason: str
+
+
+def compare(new: dict[str, float], old: dict[str, float], more_labels: bool) -> Comparison:
+    """Compare per-case Dice ``new`` and ``old`` (case id -> Dice, the same cases) by the rule of the
+    module docstring; ``more_labels``: the new version's training cases strictly include the active's."""
+    cases = sorted(set(new) & set(old))
+    if not cases:
+        raise ValueError("no validation case scored by both versions")
+    gains = [float(new[c]) - float(old[c]) for c in cases]
+    n = len(gains)
+    gain = sum(gains) / n
+    stderr = math.sqrt(sum((g - gain) ** 2 for g in gains) / (n - 1) / n) if n > 1 else math.inf
+    said = f"mean per-case Dice gain {gain:+.4f}"
+    if n >= MIN_PAIRED_CASES:
+        better = gain >= MIN_GAIN and gain >= stderr
+        why = f"{said} (standard error {stderr:.4f}) on {n} validation cases: " + (
+            "at least the margin and one standard error"
+            if better
+            else f"short of the margin {MIN_GAIN} or one standard error"
+        )
+        return Comparison(better, "paired", gain, stderr, n, why)
+    weak = f"weak decision, {n} validation case(s)"
+    if min(gains) >= MIN_GAIN:
+        return Comparison(True, "weak", gain, stderr, n, f"{said}, better on every case ({weak})")
+    if more_labels and gain >= -TOLERANCE:
+        return Comparison(
+            True, "weak", gain, stderr, n, f"{said}, within {TOLERANCE} with more training cases ({weak})"
+        )
+    return Comparison(False, "weak", gain, stderr, n, f"{said} ({weak})")
 
 
 def trained_case_ids(version_path) -> list[str] | None:
@@ -84,23 +154,19 @@ def decide_and_promote(
         reg.promote(version, require_better=False)
         return True, "promoted: the store had no active version"
     cases = list(validation.get("cases") or [])
-    if cases:
-        if sorted(active.evaluated_on) != sorted(cases) or "dice" not in active.metrics:
-            ev = evaluate_active(active)
-            reg.record_metrics(active.version, {"dice": ev["dice"]}, cases)
-        try:
-            reg.promote(version, require_better=True)
-        except RegistryError as exc:
-            return False, f"not promoted: {exc}"
-        old = reg.get(active.version).metrics.get("dice")
-        return True, (
-            f"promoted: validation Dice {validation['dice']:.4f} beats the active {active.version}'s "
-            f"{old:.4f} on the same {len(cases)} case(s)"
-        )
     before = trained_case_ids(active.path)
+    more_labels = before is not None and set(before) < set(train_ids)
+    if cases:
+        ev = evaluate_active(active)  # per case, on the same cases (a recorded mean cannot be paired)
+        reg.record_metrics(active.version, {"dice": ev["dice"]}, cases)
+        result = compare(dict(validation.get("per_case") or {}), dict(ev.get("per_case") or {}), more_labels)
+        if not result.better:
+            return False, f"not promoted: against the active {active.version}, {result.reason}"
+        reg.promote(version, require_better=False)
+        return True, f"promoted over {active.version}: {result.reason}"
     if before is None:
         before = []
-    if set(before) < set(train_ids):
+    if more_labels:
         reg.promote(version, require_better=False)
         return True, (
             f"promoted: the validation split is empty and its {len(train_ids)} training case(s) strictly "
