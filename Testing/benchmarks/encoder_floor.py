@@ -39,8 +39,8 @@ from bench_common import machine_info, median_seconds
 from encoder import lesion_slices
 
 from semisam.generalists import SlicePrompt, build_generalist
-from semisam.generalists.fast_encoder import cpu_session
 from semisam.generalists.geometry import ResizeLongestSide
+from semisam.generalists.onnx_cache import cpu_session
 from semisam.metrics import dice
 
 #: TinyViT's windows repeat every 56 input pixels (stage 1: 7 tokens x 2 px, stage 2: 14 x 4, stage 3: 7 x 4)
@@ -100,7 +100,7 @@ def flop_breakdown(encoder: torch.nn.Module, size: int) -> dict:
 
 def ort_profile(path: Path, x: np.ndarray, repeats: int) -> dict:
     """Median ms per op type over ``repeats`` encodes, from onnxruntime's own profiler, in a session with
-    the shipped options (:func:`~semisam.generalists.fast_encoder.cpu_session`)."""
+    the shipped options (:func:`~semisam.generalists.onnx_cache.cpu_session`)."""
     with tempfile.TemporaryDirectory(prefix="semisam-ortprof-") as tmp:
         sess = cpu_session(path, os.cpu_count() or 1, profile_prefix=str(Path(tmp) / "encoder"))
         for _ in range(repeats + 1):  # the first run is a warm-up, dropped below

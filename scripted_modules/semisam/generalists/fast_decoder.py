@@ -20,7 +20,7 @@ from torch import nn
 
 from semisam.fileio import atomic_path
 
-from .fast_encoder import cached_session, onnx_cache_dir, weights_sha256
+from .onnx_cache import cached_session, onnx_cache_dir, weights_sha256
 
 #: bump when the decoder graph changes, so stale cached exports are not reused
 DECODER_VERSION = "2"

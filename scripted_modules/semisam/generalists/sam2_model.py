@@ -209,7 +209,7 @@ class Sam2Model:
     def identity(self) -> str:
         """The embedding cache's model key: name, weights digest, runtime and device (see SamLikeModel)."""
         if self.weights_digest is None:
-            from .fast_encoder import weights_sha256
+            from .onnx_cache import weights_sha256
 
             self.weights_digest = weights_sha256(self.predictor)
         return f"{self.name}|weights:{self.weights_digest[:16]}|eager|{self.device}"

@@ -117,7 +117,7 @@ class SamLikeModel(nn.Module):
         (onnxruntime vs eager ~1e-6, CUDA vs CPU more).
         """
         if self.weights_digest is None:
-            from .fast_encoder import weights_sha256
+            from .onnx_cache import weights_sha256
 
             self.weights_digest = weights_sha256(self)
         return f"{self.name}|weights:{self.weights_digest[:16]}|{self.encoder_backend}|{self.device}"
