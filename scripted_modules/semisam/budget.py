@@ -329,6 +329,7 @@ def plan_sliding_window(
             run, more than :data:`MAX_WINDOWS` windows, or a batch that does not fit in memory.
         GridTooLargeError: even one window of the smallest size does not fit (names the scan).
     """
+    # Long: one check per setting (windows, overlap, batch, memory), each with its own refusal text.
     where = manifest.source
     kind = settings["kind"]
     multiple = network_multiple(model)

@@ -21,7 +21,7 @@ def plot_run(work: str | os.PathLike, out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from semisam.loop.replay import BASELINE_FILE, CASES_FILE, read_jsonl
+    from semisam.loop.files import BASELINE_FILE, CASES_FILE, read_jsonl
 
     work = Path(work)
     lines = read_jsonl(work / CASES_FILE)

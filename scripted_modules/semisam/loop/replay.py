@@ -38,7 +38,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,17 +58,21 @@ from semisam.loop.annotator import (
 )
 from semisam.loop.dataset import Dataset
 from semisam.loop.effort import Effort, TimeModel
+from semisam.loop.files import (  # noqa: F401 - the file names are part of replay's interface
+    BASELINE_FILE,
+    CASES_FILE,
+    PENDING_FILE,
+    PLAN_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    append_jsonl,
+    read_jsonl,
+)
 from semisam.loop.summary import summarize
 from semisam.store import LabeledStore, Provenance
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "simulation.json"
-CASES_FILE = "cases.jsonl"
-BASELINE_FILE = "baseline.jsonl"
-PENDING_FILE = "pending.json"
-SUMMARY_FILE = "summary.json"
-PLOT_FILE = "loop.png"
 TOOL = "semisam simulate"
 
 
@@ -159,33 +162,6 @@ def option_differences(saved: Any, given: dict[str, Any], prefix: str = "") -> l
         elif a != b:
             out.append(f"{prefix}{key}: saved {a!r}, given {b!r}")
     return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file; a torn last line (a killed write) is dropped."""
-    if not path.is_file():
-        return []
-    out = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:
-                log.warning("%s: dropping a torn last line (the run was killed while writing it)", path)
-                continue
-            raise ValueError(f"{path}: line {n + 1} is not JSON") from None
-    return out
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one line and fsync it (the record survives a kill right after)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def write_json(path: Path, data: dict) -> None:
