@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = json.loads(args.parts)
     base = {
         "iterations": args.iterations,
+        "max_minutes": None,  # the same iterations for every method, however busy the machine
         "seed": args.seed,
         "device": "cpu",
         "batch_size": args.batch,
