@@ -213,7 +213,7 @@ class Simulation:
         options = self.config.plan_options()
         dataset = str(Path(self.config.dataset).resolve())
         if path.is_file():
-            plan = json.loads(path.read_text(encoding="utf-8"))
+            plan = self._read_plan(path)
             saved = plan.get("options")
             if isinstance(saved, dict) and isinstance(saved.get("annotator"), dict):
                 plan["options"] = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
@@ -244,6 +244,24 @@ class Simulation:
             },
         )
         return order
+
+    def _read_plan(self, path: Path) -> dict:
+        """``simulation.json`` as written by an earlier run; raises ``ValueError`` naming the file when it
+        is damaged (unreadable JSON, no case order, cases the dataset does not hold)."""
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: damaged ({exc}); choose another --work folder or remove this one"
+            ) from None
+        order = plan.get("order") if isinstance(plan, dict) else None
+        known = {c.case_id for c in self.dataset.cases}
+        if not isinstance(order, list) or not all(isinstance(c, str) and c in known for c in order):
+            raise ValueError(
+                f"{path}: damaged (no case order of this dataset); choose another --work folder or remove "
+                "this one"
+            )
+        return plan
 
     def _open_store(self, order: list[str]) -> LabeledStore:
         store = LabeledStore.open_or_create(
