@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     labels, modality, pairs = dataset_cases(args.dataset)
     test, pool = split_cases(pairs, args.test, max(args.counts), args.seed, None)
     work = args.work or Path(tempfile.mkdtemp(prefix="learning_curve_"))
-    base = {"batch_size": args.batch, "crop_size": list(args.crop), "log_every": 10}
+    base = {"batch_size": args.batch, "crop_size": list(args.crop), "log_every": 1}
     report: dict = {
         "benchmark": "learning_curve",
         "dataset": str(args.dataset),
