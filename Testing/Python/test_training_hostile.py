@@ -136,7 +136,7 @@ def test_a_run_folder_is_marked_and_cleaned_of_its_own_names_only(tmp_path):
         ({"foreground_fraction": "abc"}, "foreground_fraction"),
         ({"max_cases": 0}, "max_cases"),
         ({"max_cases": -1}, "max_cases"),
-        ({"parts": {"supervised": {"nope": 1}}}, "parts.supervised."),
+        ({"parts": {"supervised": {"nope": 1}}}, "parts.supervised: unknown option(s) nope"),
         ({"parts": {"nosuch": {}}}, "unknown part"),
         ({"parts": {"mean_teacher": {"ema_decay": 2}}}, "parts.mean_teacher.ema_decay"),
         ({"amp": "yes"}, "amp"),

@@ -143,7 +143,8 @@ def check_fields(values: dict[str, Any], specs: dict[str, Opt], prefix: str = ""
     Keys of ``values`` that ``specs`` does not list are refused."""
     unknown = sorted(set(values) - set(specs))
     if unknown:
-        return f"{prefix}unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}"
+        where = f"{prefix.rstrip('.')}: " if prefix else ""
+        return f"{where}unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}"
     for name, value in values.items():
         problem = specs[name].check(value)
         if problem:
