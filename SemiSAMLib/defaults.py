@@ -72,9 +72,9 @@ _LABELS: dict[enum.Enum, str] = {
 }
 
 
-#: Intensity presets offered for the generalist's input, as ``semisam.intensity.window_for`` takes them:
+#: Intensity presets offered for the generalist's input, as ``semisam.scan.intensity.window_for`` takes them:
 #: ``auto`` (= ``preset=None``: the CT lung window for CT, percentiles otherwise), the CT windows of
-#: ``semisam.intensity.CT_PRESETS`` and ``percentile`` (0.5-99.5 % of the volume, any modality).
+#: ``semisam.scan.intensity.CT_PRESETS`` and ``percentile`` (0.5-99.5 % of the volume, any modality).
 INTENSITY_PRESETS = ("auto", "lung", "soft_tissue", "abdomen", "bone", "brain", "liver", "percentile")
 
 #: The one defaults table. Keys are parameter-node field names (shared by both modules where they mean

@@ -1,4 +1,4 @@
-"""A :class:`semisam.volume.Volume` into a Slicer volume node (voxels and RAS geometry), for both modules
+"""A :class:`semisam.scan.volume.Volume` into a Slicer volume node (voxels and RAS geometry), for both modules
 (SemiSAMSegment's MRML I/O and the self-tests of both). No qt, no ``slicer.app``: runs against slicer-core."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 
 class MrmlIOError(ValueError):

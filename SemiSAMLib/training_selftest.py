@@ -34,7 +34,7 @@ FAST = {
 
 def synthetic_case(seed: int):
     """``(Volume, mask)``: a CT-like scan (background -300 +- 60 HU, an ellipsoid lesion at +150)."""
-    from semisam.volume import Volume
+    from semisam.scan.volume import Volume
 
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(SHAPE, dtype=np.float32)

@@ -446,9 +446,9 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
         import torch
 
         from semisam.checkpoints import new_manifest, save_model
+        from semisam.scan.volume import Volume
         from semisam.specialists import build_specialist
         from semisam.store import LabeledStore, RegistryError
-        from semisam.volume import Volume
 
         logic = SemiSAMTrainLogic()
         with tempfile.TemporaryDirectory() as tmp:

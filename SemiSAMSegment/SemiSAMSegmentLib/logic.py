@@ -75,9 +75,9 @@ class CaseLogic:
         axis of left-handed files).
 
         Raises:
-            semisam.volume.VolumeError: unreadable file, non-label values, or a different grid.
+            semisam.scan.volume.VolumeError: unreadable file, non-label values, or a different grid.
         """
-        from semisam.volume import read_mask
+        from semisam.scan.volume import read_mask
 
         reference = mrml_io.volume_from_node(volumeNode)
         mask_volume = read_mask(path)
@@ -89,11 +89,12 @@ class CaseLogic:
 
     @staticmethod
     def exportMaskFile(segmentationNode, volumeNode, path, segmentIds=None) -> Path:
-        """Write segments as a label map on the volume's grid (atomically, by ``semisam.volume.write_mask``).
+        """Write segments as a label map on the volume's grid (atomically, by
+        ``semisam.scan.volume.write_mask``).
 
         Label ``n`` is the ``n``-th of ``segmentIds`` (default: all segments in order).
         """
-        from semisam.volume import write_mask
+        from semisam.scan.volume import write_mask
 
         mask = mrml_io.export_mask(segmentationNode, volumeNode, segmentIds)
         return write_mask(mask, mrml_io.volume_from_node(volumeNode), path)

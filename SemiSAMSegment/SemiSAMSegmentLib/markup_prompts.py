@@ -15,7 +15,7 @@ Conventions (also in the module's help text):
   centre along that axis. Voxels are compared (not mm) on purpose: lung1's 3-slice nodule is 15 mm thick
   at 5 mm slices but only 12 mm wide, so a box around the whole nodule is thinnest in mm *in plane*; in
   voxels (3 vs ~21) it is thinnest across the axial slices the user sees it on.
-* RAS -> voxel uses :meth:`semisam.volume.Volume.ras_to_voxel` of the Volume made from the node (the
+* RAS -> voxel uses :meth:`semisam.scan.volume.Volume.ras_to_voxel` of the Volume made from the node (the
   node's own IJKToRAS; tests check it against the node's ``RASToIJK`` matrix). Parent transforms of the
   markups are applied (world positions); a parent transform of the volume is ignored, as everywhere in
   these modules: harden it first.
@@ -33,7 +33,7 @@ import numpy as np
 import vtk
 
 from semisam.prompts import AXES, Prompt, PromptSet, parse_prompts
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 #: Control-point descriptions that make a point negative (compared lower-cased and stripped).
 NEGATIVE_WORDS = frozenset({"-", "neg", "negative", "bg", "background"})

@@ -1,14 +1,14 @@
-"""MRML <-> numpy / :class:`semisam.volume.Volume` conversion, shared by both SemiSAM modules' Logic.
+"""MRML <-> numpy / :class:`semisam.scan.volume.Volume` conversion, shared by both SemiSAM modules' Logic.
 
 Runs wherever Slicer's MRML runs: inside the Slicer application and against the ``slicer-core`` wheel
 (pytest, batch). It never touches ``slicer.app``, ``slicer.modules``, ``slicer.mrmlScene`` or qt: the
 scene is always the one the given node belongs to.
 
-Conventions (the same as :mod:`semisam.volume`):
+Conventions (the same as :mod:`semisam.scan.volume`):
 
 * numpy arrays are ``(Z, Y, X)`` = ``[k, j, i]``, exactly what Slicer's ``arrayFromVolume`` returns;
 * geometry is RAS in millimetres; a volume node's ``IJKToRAS`` matrix equals
-  :attr:`semisam.volume.Volume.ijk_to_ras` (spacing, origin, direction columns);
+  :attr:`semisam.scan.volume.Volume.ijk_to_ras` (spacing, origin, direction columns);
 * a segmentation is exported on the grid of a *reference volume node*; label ``n`` of the exported map is
   the ``n``-th requested segment (1-based), 0 is background.
 """
@@ -25,7 +25,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from semisam.volume import GeometryMismatchError, Volume
+from semisam.scan.volume import GeometryMismatchError, Volume
 from SemiSAMLib.mrml_volume import MrmlIOError, _image_data, node_from_volume, set_node_geometry  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def array_from_volume_node(volume_node, copy: bool = True) -> np.ndarray:
 
 
 def volume_from_node(volume_node, copy: bool = True) -> Volume:
-    """A :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` + RAS geometry) from a volume node; its
+    """A :class:`semisam.scan.volume.Volume` (voxels ``(Z, Y, X)`` + RAS geometry) from a volume node; its
     voxels are a copy, or with ``copy=False`` a read-only view (see :func:`array_from_volume_node`).
 
     A parent transform on the node is ignored (the node's own IJKToRAS is used), as Slicer's
@@ -126,7 +126,7 @@ def array_on_grid(source: Volume, reference: Volume) -> np.ndarray:
 
     Works when both grids hold the same voxel centres with axes permuted and/or reversed. That is what
     happens between a file and Slicer: Slicer keeps IJK right-handed, so a left-handed file's volume
-    node has its k axis reversed relative to what ``semisam.volume.read_volume`` returns.
+    node has its k axis reversed relative to what ``semisam.scan.volume.read_volume`` returns.
 
     Raises:
         GeometryMismatchError: the grids differ by more than an axis permutation / reversal.

@@ -55,7 +55,7 @@ def roi_around(scene, volume, box, k: int, name: str = "box"):
 def mask_round_trip_flow(test, scene, logic, tmp: Path) -> None:
     """test_mask_file_round_trip_through_segment_logic (test_slicer_logic.py): lung1's label -> segment ->
     file -> the same voxels."""
-    from semisam.volume import read_mask
+    from semisam.scan.volume import read_mask
 
     case = sample_or_skip(test, "lung1")
     volume_node = mrml_io.load_volume(scene, case.image)
@@ -70,7 +70,7 @@ def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
     """test_auto_segment_lands_on_the_volume_grid: breast1, untrained model, segments == core labels."""
     from semisam.checkpoints import load_model
     from semisam.inference import segment
-    from semisam.volume import read_volume
+    from semisam.scan.volume import read_volume
 
     case = sample_or_skip(test, "breast1")
     model_dir = tiny_model_dir(tmp / "model", modality="MR")
@@ -90,8 +90,8 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     on a lung1 crop with the bundled LiteMedSAM."""
     from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
+    from semisam.scan.volume import read_mask, read_volume
     from semisam.store import LabeledStore
-    from semisam.volume import read_mask, read_volume
 
     case = sample_or_skip(test, "lung1")
     full = read_volume(case.image)
@@ -144,7 +144,7 @@ def worker_propagate_flow(test, scene, logic, tmp: Path, idle=None) -> None:
 
     from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
-    from semisam.volume import read_mask, read_volume
+    from semisam.scan.volume import read_mask, read_volume
     from SemiSAMLib.worker import WorkerState
 
     case = sample_or_skip(test, "lung1")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from semisam.prompts import Prompt
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 from . import mrml_io
 
@@ -39,7 +39,8 @@ class SegmentSession:
 
     Attributes:
         key: :func:`volume_key` of the volume node the session belongs to.
-        volume: the scan as a :class:`semisam.volume.Volume` (voxels ``(Z, Y, X)`` = Slicer's ``[k, j, i]``).
+        volume: the scan as a :class:`semisam.scan.volume.Volume` (voxels ``(Z, Y, X)`` = Slicer's
+            ``[k, j, i]``).
         started: when work on the case began (UTC).
         proposal: the specialist's label map ``(Z, Y, X)`` from *Auto-segment*, kept for the proposal Dice.
         proposal_version: the model version that made it (store version ``v0003``, or ``folder:<path>``).

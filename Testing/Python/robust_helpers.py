@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from semisam.cli import main
+from semisam.scan.volume import Volume, write_mask, write_volume
 from semisam.store import LabeledStore, drill
-from semisam.volume import Volume, write_mask, write_volume
 
 
 def sha(path: Path) -> str:

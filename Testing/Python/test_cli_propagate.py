@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from semisam.propagation.simulate import crop_around, middle_slice
-from semisam.volume import read_mask, read_volume, write_mask, write_volume
+from semisam.scan.volume import read_mask, read_volume, write_mask, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
 

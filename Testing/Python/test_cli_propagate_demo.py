@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from semisam.volume import read_mask, read_volume
+from semisam.scan.volume import read_mask, read_volume
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from semisam.volume import Volume, read_mask, read_volume, write_volume
+from semisam.scan.volume import Volume, read_mask, read_volume, write_volume
 
 
 def _cli(*args, check=True):

@@ -75,8 +75,10 @@ def test_segment_module_carries_its_scripts_helpers_and_the_core(configured):
     assert core - listed["SCRIPTS"] == set(), "core files the built extension would not carry"
     assert listed["RESOURCES"] == {"Resources/Icons/SemiSAMSegment.png", "Resources/UI/SemiSAMSegment.ui"}
     # The core copies are the source files, byte for byte, where the build takes them from.
-    build_copy = configured / "SemiSAMSegment" / "semisam" / "volume.py"
-    assert build_copy.read_bytes() == (REPO / "scripted_modules" / "semisam" / "volume.py").read_bytes()
+    build_copy = configured / "SemiSAMSegment" / "semisam" / "scan" / "volume.py"
+    assert (
+        build_copy.read_bytes() == (REPO / "scripted_modules" / "semisam" / "scan" / "volume.py").read_bytes()
+    )
     installed = configured / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "Resources" / "SemiSAM"
     assert (installed / "requirements.txt").read_bytes() == (
         REPO / "Resources" / "requirements.txt"

@@ -10,8 +10,8 @@ import torch
 
 from semisam.cli import main
 from semisam.device import resolve_device
+from semisam.scan.volume import Volume, write_volume
 from semisam.store._fs import StoreLock
-from semisam.volume import Volume, write_volume
 
 
 def test_auto_device_and_unavailable_cuda():

@@ -16,7 +16,7 @@ from semisam.loop.annotator import AnnotatorConfig, SimulatedAnnotator, structur
 from semisam.metrics import dice
 from semisam.propagation.session import EditingSession
 from semisam.propagation.simulate import crop_around, middle_slice
-from semisam.volume import read_mask, read_volume
+from semisam.scan.volume import read_mask, read_volume
 
 REPO = Path(__file__).resolve().parents[2]
 

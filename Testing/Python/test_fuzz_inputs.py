@@ -293,7 +293,7 @@ def specialists(work):
 def test_fuzz_manifest_inference(specialists, tmp_path, capsys):
     """``segment`` with hostile sliding-window values: exit 0 with a mask on the scan's grid, or exit 1
     with one line naming manifest.json (or the scan), each example within EXAMPLE_SECONDS."""
-    from semisam.volume import Volume, read_mask, read_volume, write_volume
+    from semisam.scan.volume import Volume, read_mask, read_volume, write_volume
 
     a = np.full((12, 64, 64), -800, np.int16)
     a[3:9, 16:48, 16:48] = 40

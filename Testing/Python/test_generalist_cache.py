@@ -13,7 +13,7 @@ import torch
 from semisam.generalists.base import SliceEmbedding
 from semisam.generalists.cache import EmbeddingCache, EmbeddingKey, SliceEncoder, take_slice
 from semisam.generalists.testing import tiny_sam
-from semisam.intensity import IntensityWindow
+from semisam.scan.intensity import IntensityWindow
 
 WIN = IntensityWindow(0.0, 100.0, "test")
 

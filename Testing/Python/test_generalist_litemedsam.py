@@ -8,10 +8,10 @@ import pytest
 
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.fast_encoder import apply_backend
-from semisam.intensity import apply_window, window_for
 from semisam.metrics import dice
 from semisam.prompts import box_from_mask
-from semisam.volume import read_mask, read_volume
+from semisam.scan.intensity import apply_window, window_for
+from semisam.scan.volume import read_mask, read_volume
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from torch import nn
 
 from semisam import checkpoints as ck
 from semisam.inference import orientation_axes, segment, to_input_grid, to_model_grid
+from semisam.scan.volume import Volume, read_volume
 from semisam.specialists import SPECIALIST_REGISTRY
-from semisam.volume import Volume, read_volume
 
 
 class Threshold(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semisam.intensity import CT_PRESETS, IntensityError, IntensityWindow, apply_window, window_for
-from semisam.volume import read_volume
+from semisam.scan.intensity import CT_PRESETS, IntensityError, IntensityWindow, apply_window, window_for
+from semisam.scan.volume import read_volume
 
 
 def test_ct_lung_preset_maps_hu_linearly():

@@ -23,8 +23,8 @@ from semisam.loop.dataset import Dataset
 from semisam.loop.replay import BASELINE_FILE, CASES_FILE, PLOT_FILE, read_jsonl
 from semisam.loop.synthetic import write_dataset
 from semisam.metrics import dice
+from semisam.scan.volume import read_mask, read_volume
 from semisam.store import LabeledStore
-from semisam.volume import read_mask, read_volume
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,7 @@ def test_single_box_track_stops_where_the_structure_narrows_into_another():
 
     from semisam.generalists.base import SliceEmbedding, SlicePrediction
     from semisam.propagation import add_prompt, init_state, propagate
-    from semisam.volume import Volume
+    from semisam.scan.volume import Volume
 
     class WholeBlob:  # answers the bright blob of the slice, whatever the prompt
         name, image_size, device = "scripted", 64, torch.device("cpu")

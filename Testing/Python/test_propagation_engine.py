@@ -14,7 +14,7 @@ from semisam.metrics import dice
 from semisam.prompts import PromptError, box_from_mask, take_slice
 from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
 from semisam.propagation.simulate import crop_around, middle_slice
-from semisam.volume import read_mask, read_volume
+from semisam.scan.volume import read_mask, read_volume
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from semisam.propagation.rim import rim_like
 from semisam.propagation.state import KeySlice
 from semisam.propagation.step import SliceResult
 from semisam.propagation.track import agreement, best_shift, carry_mask
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 
 def _disc(shape, cy, cx, r):

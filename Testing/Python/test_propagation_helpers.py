@@ -14,7 +14,7 @@ from semisam.propagation.simulate import (
     lesion_slices,
     middle_slice,
 )
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 
 def test_keep_supported_drops_unprompted_components():
@@ -118,8 +118,8 @@ def test_a_crop_and_its_full_scan_sharing_a_cache_never_share_entries():
     """Review 1b: the default scan id was ``volume.source``, which crops and ``with_array`` keep."""
     from semisam.generalists.cache import EmbeddingCache
     from semisam.generalists.testing import tiny_sam
-    from semisam.intensity import IntensityWindow
     from semisam.propagation.state import init_state
+    from semisam.scan.intensity import IntensityWindow
 
     rng = np.random.default_rng(3)
     full = Volume(

@@ -7,7 +7,7 @@ import pytest
 
 from semisam.generalists.testing import tiny_sam2
 from semisam.propagation import add_prompt, init_state, propagate
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 
 @pytest.fixture(scope="module")

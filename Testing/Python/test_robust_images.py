@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from robust_helpers import assert_one_line_error, prompts_file, run_cli, sha
 
 from semisam.inference.preprocess import to_model_grid
-from semisam.volume import (
+from semisam.scan.volume import (
     BadDirectionError,
     GridTooLargeError,
     MaskValueError,
@@ -100,7 +100,7 @@ def test_singular_direction_in_a_nrrd_header(tmp_path, capsys):
 def test_constant_image_is_warned_about(tmp_path, caplog):
     path = tmp_path / "const.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), 7, np.int16)), str(path))
-    with caplog.at_level(logging.WARNING, logger="semisam.volume"):
+    with caplog.at_level(logging.WARNING, logger="semisam.scan.volume"):
         read_volume(path)
     assert "constant image" in caplog.text and "const.nii.gz" in caplog.text
 
@@ -138,10 +138,10 @@ def _write_dicom_series(folder, skip):
 
 
 def test_dicom_series_with_a_missing_slice_is_warned_about(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="semisam.volume"):
+    with caplog.at_level(logging.WARNING, logger="semisam.scan.volume"):
         read_volume(_dicom_series(tmp_path / "ok"))
     assert "missing" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="semisam.volume"):
+    with caplog.at_level(logging.WARNING, logger="semisam.scan.volume"):
         read_volume(_dicom_series(tmp_path / "gap", skip=(4,)))
     assert "about 1 slice(s) are missing" in caplog.text
 

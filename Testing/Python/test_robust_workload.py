@@ -33,7 +33,7 @@ from robust_helpers import sha, tree_digest
 from semisam import budget
 from semisam import checkpoints as ck
 from semisam.inference import DEFAULT_INFERENCE
-from semisam.volume import GridTooLargeError, Volume, read_mask, read_volume, write_volume
+from semisam.scan.volume import GridTooLargeError, Volume, read_mask, read_volume, write_volume
 
 #: Seconds one command may take. A refusal comes before any compute: 0.3 s when it needs no torch
 #: (manifest, prompts, scan checks), ~6 s with torch's import on a busy 2-core machine. Before these

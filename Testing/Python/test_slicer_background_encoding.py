@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import mrml_io, propagate, session  # noqa: E402
 
-from semisam.volume import Volume  # noqa: E402
+from semisam.scan.volume import Volume  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
 
@@ -158,7 +158,7 @@ _NO_TORCH = textwrap.dedent(
     sys.path[:0] = [str(repo), str(repo / "SemiSAMSegment")]
     import numpy as np
     from SemiSAMSegmentLib import mrml_io
-    from semisam.volume import Volume
+    from semisam.scan.volume import Volume
     import SemiSAMSegment
 
     scene = mrml_io.batch_scene()

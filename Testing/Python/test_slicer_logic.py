@@ -17,7 +17,14 @@ for _module_dir in ("SemiSAMSegment", "SemiSAMTrain"):
 
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
-from semisam.volume import GeometryMismatchError, Volume, read_mask, read_volume, write_mask, write_volume  # noqa: E402
+from semisam.scan.volume import (  # noqa: E402
+    GeometryMismatchError,
+    Volume,
+    read_mask,
+    read_volume,
+    write_mask,
+    write_volume,
+)
 from SemiSAMLib import defaults  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
@@ -163,7 +170,7 @@ def test_choices_match_the_core():
     assert {g.value for g in defaults.Generalist} == set(registry.generalist_registry)
     methods = pytest.importorskip("semisam.training.methods")
     assert {m.value for m in defaults.TrainingMethod} == set(methods.METHOD_PARTS)  # semisam train --method
-    intensity = pytest.importorskip("semisam.intensity")
+    intensity = pytest.importorskip("semisam.scan.intensity")
     assert set(defaults.INTENSITY_PRESETS) == set(intensity.CT_PRESETS) | {"auto", "percentile"}
 
 

@@ -1,6 +1,6 @@
 """Slicer's MRML (the real slicer-core wheel) and semisam agree on voxels and RAS geometry.
 
-Every scan is read twice, by Slicer's own storage nodes and by ``semisam.volume``; masks travel
+Every scan is read twice, by Slicer's own storage nodes and by ``semisam.scan.volume``; masks travel
 numpy -> segmentation node -> .seg.nrrd -> numpy, and semisam-written masks are read by Slicer.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
-from semisam.volume import Volume, read_mask, read_volume, write_mask, write_volume  # noqa: E402
+from semisam.scan.volume import Volume, read_mask, read_volume, write_mask, write_volume  # noqa: E402
 
 RAS_ATOL_MM = 1e-4
 

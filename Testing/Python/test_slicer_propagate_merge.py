@@ -26,7 +26,7 @@ from SemiSAMSegmentLib.selftest import roi_around  # noqa: E402
 
 from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
-from semisam.volume import read_mask, read_volume  # noqa: E402
+from semisam.scan.volume import read_mask, read_volume  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
 

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 for _module_dir in ("SemiSAMSegment", "SemiSAMTrain"):
     sys.path.insert(0, str(REPO / _module_dir))
 
+from semisam.scan.volume import Volume  # noqa: E402
 from semisam.store import LabeledStore, RegistryError, StoreNotFoundError  # noqa: E402
-from semisam.volume import Volume  # noqa: E402
 
 train_module = importlib.import_module("SemiSAMTrain")
 

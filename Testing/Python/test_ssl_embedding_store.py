@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semisam.generalists.base import SliceEmbedding, SlicePrompt
-from semisam.intensity import IntensityWindow
+from semisam.scan.intensity import IntensityWindow
 from semisam.training.embedding_store import EmbeddingStore
 
 
@@ -65,8 +65,8 @@ def test_corrupt_file_is_a_miss_and_is_replaced(tmp_path):
 @pytest.mark.slow  # ~25 s on the shared 2-core machine (two 256x256 encodes); run with `-m slow`
 def test_real_litemedsam_encodes_once_and_fp16_keeps_the_mask(tmp_path, brain1):
     from semisam.generalists import build_generalist
-    from semisam.intensity import apply_window, percentile_window
-    from semisam.volume import read_volume
+    from semisam.scan.intensity import apply_window, percentile_window
+    from semisam.scan.volume import read_volume
 
     vol = read_volume(brain1.image)
     lab = read_volume(brain1.label).array > 0

@@ -11,6 +11,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from semisam.scan.volume import (
+    GeometryMismatchError,
+    Volume,
+    read_mask,
+    read_volume,
+    write_mask,
+    write_volume,
+)
 from semisam.store import (
     CaseExistsError,
     CaseNotFoundError,
@@ -23,7 +31,6 @@ from semisam.store import (
     StoreNotFoundError,
     drill,
 )
-from semisam.volume import GeometryMismatchError, Volume, read_mask, read_volume, write_mask, write_volume
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from semisam.cli import main
+from semisam.scan.volume import write_mask, write_volume
 from semisam.store import LabeledStore, drill
-from semisam.volume import write_mask, write_volume
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from semisam.scan.volume import write_mask, write_volume
 from semisam.store import CaseExistsError, EmptyStoreError, LabeledStore, Provenance, StoreError, drill
 from semisam.store.decathlon import export_dataset, import_dataset, read_dataset
-from semisam.volume import write_mask, write_volume
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import torch
 from training_synth import synthetic_case
 
 from semisam.checkpoints import new_manifest
+from semisam.scan.volume import Volume
 from semisam.store import LabeledStore
 from semisam.training.data import Augmenter, Sampler, SamplerSpec, load_labeled, load_unlabeled
-from semisam.volume import Volume
 
 
 def _oblique_store(tmp_path):

@@ -90,7 +90,7 @@ def test_cli_supervised_learns_registers_and_segments(tmp_path, capsys):
     # `semisam store list` shows it; `semisam segment --model <version folder>` runs.
     # (in-process through the real CLI entry point: a child process would add ~10 s of imports here)
     from semisam.cli import main
-    from semisam.volume import write_volume
+    from semisam.scan.volume import write_volume
 
     assert main(["store", "list", str(store.root)]) == 0
     assert "*v0001" in capsys.readouterr().out

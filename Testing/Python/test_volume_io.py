@@ -1,4 +1,4 @@
-"""semisam.volume: geometry, round trips through every format, and a clear error for each bad input."""
+"""semisam.scan.volume: geometry, round trips through every format, and a clear error for each bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from semisam.volume import (
+from semisam.scan.volume import (
     GeometryMismatchError,
     MaskValueError,
     NonFiniteVoxelsError,

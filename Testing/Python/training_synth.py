@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from semisam.scan.volume import Volume
 from semisam.store import LabeledStore
-from semisam.volume import Volume
 
 SHAPE = (24, 48, 48)
 SPACING = (0.8, 0.8, 1.5)

@@ -55,7 +55,7 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     from semisam.checkpoints import load_model
     from semisam.inference import segment
-    from semisam.volume import read_volume, write_mask
+    from semisam.scan.volume import read_volume, write_mask
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def make_synthetic(path: Path) -> None:
     """A CT-like phantom: air, a body ellipse of soft tissue, two lungs, spine, a few nodules; noise."""
     import numpy as np
 
-    from semisam.volume import Volume, write_volume
+    from semisam.scan.volume import Volume, write_volume
 
     z, y, x = SYNTH_SHAPE_ZYX
     rng = np.random.default_rng(0)

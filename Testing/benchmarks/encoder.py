@@ -23,9 +23,9 @@ from bench_common import machine_info
 from semisam import samples
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.fast_encoder import apply_backend
-from semisam.intensity import apply_window, window_for
 from semisam.metrics import dice
-from semisam.volume import read_mask, read_volume
+from semisam.scan.intensity import apply_window, window_for
+from semisam.scan.volume import read_mask, read_volume
 
 ENCODER_GFLOP = 74.95  # LiteMedSAM TinyViT at 256x256, torch.utils.flop_counter.FlopCounterMode
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

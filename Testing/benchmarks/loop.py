@@ -67,7 +67,7 @@ def sample_dataset(name: str, dest: Path) -> Path | None:
     """A one-case MSD-layout dataset of sample ``name`` cropped around its lesion (``None``: not found)."""
     from semisam import samples
     from semisam.propagation.simulate import crop_around
-    from semisam.volume import read_mask, read_volume, write_mask, write_volume
+    from semisam.scan.volume import read_mask, read_volume, write_mask, write_volume
 
     if (dest / "dataset.json").is_file():
         return dest

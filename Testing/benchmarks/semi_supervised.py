@@ -217,8 +217,8 @@ def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dic
 
     from semisam import checkpoints
     from semisam.inference.preprocess import to_model_grid
+    from semisam.scan.volume import read_volume
     from semisam.training.data import label_lut, mask_to_model_grid
-    from semisam.volume import read_volume
 
     files = sorted((store_root / "cache" / "pseudo_labels").glob("*/*.npz"), key=lambda f: f.stat().st_mtime)
     if not files or not model_dir:

@@ -42,7 +42,7 @@ from semisam.metrics import dice  # noqa: E402
 from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.samples import find_case  # noqa: E402
-from semisam.volume import read_mask, read_volume  # noqa: E402
+from semisam.scan.volume import read_mask, read_volume  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

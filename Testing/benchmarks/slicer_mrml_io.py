@@ -2,7 +2,7 @@
 
 Prints one JSON object: the median seconds of repeats for loading a scan through Slicer's storage node,
 MRML <-> numpy/Volume conversion, importing a mask as a segment, exporting it back, and .seg.nrrd
-write/read, each also as a ratio to ``semisam.volume.read_volume`` of the same scan measured in the same
+write/read, each also as a ratio to ``semisam.scan.volume.read_volume`` of the same scan measured in the same
 process (the reference), so the noise of a shared machine mostly cancels.
 
     python Testing/benchmarks/slicer_mrml_io.py [--case lung1] [--repeats 5]
@@ -26,7 +26,7 @@ from bench_common import machine_info, median_seconds  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.samples import find_case  # noqa: E402
-from semisam.volume import read_mask, read_volume  # noqa: E402
+from semisam.scan.volume import read_mask, read_volume  # noqa: E402
 
 
 def _scene():

@@ -1,7 +1,7 @@
 """Benchmark the labeled-set store: cost of a crash-safe add vs a bare write, listing, opening, export.
 
 Prints one JSON object (medians of repeats). Ratios compare the store's add (staging folder, fsync of
-every file and folder, lock, rename) with writing the same image and mask with semisam.volume's atomic
+every file and folder, lock, rename) with writing the same image and mask with semisam.scan.volume's atomic
 writers alone, measured in the same process, so the noise of a shared machine mostly cancels.
 
     python Testing/benchmarks/store_add.py [--repeats 7] [--cases 200]
@@ -18,9 +18,9 @@ import numpy as np
 from bench_common import machine_info, median_seconds
 
 from semisam.samples import find_case
+from semisam.scan.volume import read_mask, read_volume, write_mask, write_volume
 from semisam.store import LabeledStore, drill
 from semisam.store.decathlon import export_dataset, import_dataset
-from semisam.volume import read_mask, read_volume, write_mask, write_volume
 
 
 def bench_add(tmp: Path, name: str, image, mask, repeats: int) -> dict:

@@ -6,7 +6,7 @@ scan's shape, and refuse before any compute when an estimate exceeds a bound or 
   accumulators around it. Refused with :class:`~semisam.checkpoints.CheckpointError` naming the
   manifest's field (``inference.roi_size``, ``overlap``, ``sw_batch_size``) when the windows exceed
   :data:`MAX_WINDOWS` or the memory the machine (or the GPU) has free; with
-  :class:`~semisam.volume.GridTooLargeError` naming the scan when even the smallest settings do not fit.
+  :class:`~semisam.scan.volume.GridTooLargeError` naming the scan when even the smallest settings do not fit.
 * :func:`check_propagation` (``semisam propagate``): the encoder calls the prompts can cause along the
   propagation axis and the memory the propagated masks keep; refused with
   :class:`~semisam.prompts.PromptError` naming the scan and the prompts file.
@@ -32,7 +32,7 @@ from semisam.checkpoints import (
     network_multiple,
 )
 from semisam.prompts import PromptError
-from semisam.volume_errors import GridTooLargeError
+from semisam.scan.errors import GridTooLargeError
 
 log = logging.getLogger(__name__)
 

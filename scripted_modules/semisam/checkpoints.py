@@ -61,7 +61,7 @@ DEFAULT_MR_PERCENTILES = (0.5, 99.5)
 #: whole slice).
 MIN_ROI_VOXELS = 16
 #: Largest window side (voxels of the model grid): the largest slice a resampling may produce is
-#: 4096 x 4096 (:data:`semisam.scan_checks.MAX_SLICE_PIXELS`); a larger window is padding only.
+#: 4096 x 4096 (:data:`semisam.scan.checks.MAX_SLICE_PIXELS`); a larger window is padding only.
 MAX_ROI_VOXELS = 4096
 #: Largest overlap of neighbouring windows. MONAI's default is 0.25 and nnU-Net's 0.5; at 0.75 a 3D
 #: voxel is computed 4^3 = 64 times, and the cost grows as 1 / (1 - overlap)^dims beyond (x1000 at 0.9;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisam.volume import GeometryMismatchError
+from semisam.scan.volume import GeometryMismatchError
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

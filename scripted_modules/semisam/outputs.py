@@ -24,7 +24,7 @@ from pathlib import Path
 
 from semisam.fileio import fsync_dir, fsync_file, replace, tmp_name
 
-#: Output kinds -> accepted suffixes (lower case). Images: what :mod:`semisam.volume` writes atomically.
+#: Output kinds -> accepted suffixes (lower case). Images: what :mod:`semisam.scan.volume` writes atomically.
 SUFFIXES: dict[str, tuple[str, ...]] = {
     "image": (".nii.gz", ".nii", ".nrrd", ".mha"),
     "json": (".json",),

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from semisam.propagation.montage import render_montage, save_png
     from semisam.propagation.simulate import boxes_from_label, lesion_slices, middle_slice
     from semisam.samples import get_case
-    from semisam.volume import read_mask, read_volume, write_mask
+    from semisam.scan.volume import read_mask, read_volume, write_mask
 
     t0 = time.perf_counter()
     out = Path(args.output_dir)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from semisam.volume import read_mask, read_volume
+from semisam.scan.volume import read_mask, read_volume
 
 
 def register(sub: argparse._SubParsersAction) -> None:

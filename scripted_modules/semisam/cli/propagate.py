@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from semisam.device import DEVICE_CHOICES
-from semisam.intensity import CT_PRESETS
+from semisam.scan.intensity import CT_PRESETS
 
 # Same choices as semisam.device.DEVICE_CHOICES, spelled out so that building the parser (and failing on
 # bad input) does not import torch: that import alone takes 3-20 s on a busy 2-core machine.
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from semisam.fileio import atomic_write_json
     from semisam.outputs import commit_outputs, plan_outputs
     from semisam.prompts import load_prompts
-    from semisam.volume import read_volume, write_mask
+    from semisam.scan.volume import read_volume, write_mask
 
     t0 = time.perf_counter()
     # Every output is checked before any work: never the scan, the prompts or the checkpoint, never

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from semisam.device import DEVICE_CHOICES
-from semisam.volume import read_volume, write_mask, write_volume
+from semisam.scan.volume import read_volume, write_mask, write_volume
 
 #: As ``semisam.device.DEVICE_CHOICES``; repeated so building the parser does not import torch.
 

@@ -146,7 +146,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from semisam.volume import read_mask, read_volume
+    from semisam.scan.volume import read_mask, read_volume
 
     store = LabeledStore(args.root)
     prov = Provenance(

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..intensity import IntensityWindow, apply_window
-
 # One slicing rule for the whole package (axis name -> numpy axis of a (Z, Y, X) array; axial = array[k]).
 from ..prompts import AXES, take_slice
+from ..scan.intensity import IntensityWindow, apply_window
 from .base import PromptableModel, SliceEmbedding, model_identity
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ class SliceEncoder:
         model: the generalist.
         volume_array: raw ``(Z, Y, X)`` voxels (not yet scaled; ``window`` scales each slice).
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        window: the volume's intensity window (:func:`semisam.intensity.window_for`).
+        window: the volume's intensity window (:func:`semisam.scan.intensity.window_for`).
         cache: shared cache; a private 512 MiB one when omitted.
         scan_id: identifies the volume in cache keys; defaults to :func:`array_fingerprint` (the voxels'
             content: never ``id()``, which CPython reuses once an array is freed while the cache lives on).

@@ -53,7 +53,7 @@ UNIT_PIXEL_NORM = PixelNorm()
 #: resized slice to its min..max (``PixelNorm(minmax=True)`` does that), but measured with ground-truth
 #: boxes on every lesion slice the per-slice stretch is not robust: lung1 0.852 vs 0.816, but breast1 0.366
 #: vs 0.439 and off-centre crops of lung1 0.282 vs 0.394. The lung gain comes from air (-1024 HU) mapping
-#: to 0; :func:`semisam.intensity.window_for` gets it per volume instead by fitting the CT window to the
+#: to 0; :func:`semisam.scan.intensity.window_for` gets it per volume instead by fitting the CT window to the
 #: volume's own range.
 MEDSAM_PIXEL_NORM = PixelNorm(minmax=False)
 

@@ -1,4 +1,4 @@
-"""Inference with a specialist: :func:`segment` a :class:`~semisam.volume.Volume` into a
+"""Inference with a specialist: :func:`segment` a :class:`~semisam.scan.volume.Volume` into a
 :class:`SegmentationResult` on the input grid (labels, per-voxel uncertainty, per-slice review order)."""
 
 from .preprocess import GridMap, model_grid, orientation_axes, to_input_grid, to_model_grid

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisam.volume import Volume, check_grid_size
+from semisam.scan.volume import Volume, check_grid_size
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from monai.inferers import sliding_window_inference
 from semisam.budget import POST_CHUNK, SlidingWindowPlan, plan_sliding_window
 from semisam.checkpoints import CheckpointError, ModelManifest
 from semisam.device import resolve_device
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 from .preprocess import GridMap, model_grid, to_input_grid, to_model_grid
 

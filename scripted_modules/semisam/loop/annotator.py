@@ -61,7 +61,7 @@ from semisam.metrics import dice
 from semisam.prompts import box_from_mask, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.propagation.session import EditingSession
-from semisam.volume import Volume
+from semisam.scan.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.scan.volume import Volume, read_mask, read_volume
+
 # The store's importer is the one place that knows both layouts (MSD and nnU-Net v2); reuse its reader.
 from semisam.store.decathlon import read_dataset
-from semisam.volume import Volume, read_mask, read_volume
 
 
 @dataclass(frozen=True)

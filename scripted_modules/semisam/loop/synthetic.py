@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.volume import Volume, write_mask, write_volume
+from semisam.scan.volume import Volume, write_mask, write_volume
 
 
 def ellipsoid_case(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from semisam.generalists.base import PromptableModel
-from semisam.intensity import IntensityWindow
 from semisam.prompts import PromptSet
 from semisam.propagation.engine import PropagationResult, propagate
 from semisam.propagation.params import PropagationParams
 from semisam.propagation.state import PropagationState, add_prompts, init_state
-from semisam.volume import Volume
+from semisam.scan.intensity import IntensityWindow
+from semisam.scan.volume import Volume
 
 
 def propagate_prompts(

@@ -63,9 +63,9 @@ class EditingSession:
 
     Attributes:
         model: the generalist (:class:`~semisam.generalists.base.PromptableModel`).
-        volume: the scan (:class:`~semisam.volume.Volume`, voxels ``(Z, Y, X)``).
+        volume: the scan (:class:`~semisam.scan.volume.Volume`, voxels ``(Z, Y, X)``).
         axis: slice axis of every prompt (``axial``, ``coronal``, ``sagittal``).
-        window: intensity window (preset name, :class:`~semisam.intensity.IntensityWindow` or ``None``:
+        window: intensity window (preset name, :class:`~semisam.scan.intensity.IntensityWindow` or ``None``:
             by modality).
         cache: slice-embedding cache shared with the case's other sessions (``None``: the state's own).
         modality: ``"CT"`` / ``"MR"`` for the default window.

@@ -59,7 +59,7 @@ def boxes_from_label(label: np.ndarray, slices: list[int], axis: str = "axial") 
 
 
 def crop_around(volume, label: np.ndarray, margin_vox: tuple[int, int, int] = (2, 24, 24)):
-    """Crop a :class:`~semisam.volume.Volume` and its label to the label's bounding box plus a margin.
+    """Crop a :class:`~semisam.scan.volume.Volume` and its label to the label's bounding box plus a margin.
 
     Geometry is kept exact: the crop's origin is the RAS position of its first voxel, so the crop lies
     on the original grid (used to make small, fast test cases from real scans).
@@ -72,7 +72,7 @@ def crop_around(volume, label: np.ndarray, margin_vox: tuple[int, int, int] = (2
     Returns:
         ``(cropped volume, cropped label)``.
     """
-    from semisam.volume import Volume
+    from semisam.scan.volume import Volume
 
     idx = np.argwhere(np.asarray(label) > 0)
     if idx.size == 0:

@@ -26,13 +26,13 @@ import numpy as np
 
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache, SliceEncoder, array_fingerprint
-from semisam.intensity import CT_PRESETS, IntensityWindow, window_for
 from semisam.prompts import Prompt, PromptError, axis_index, n_slices, slice_shape
 from semisam.propagation.isotropic import SquarePixels
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.params import PropagationParams
 from semisam.propagation.step import SliceResult
-from semisam.volume import Volume
+from semisam.scan.intensity import CT_PRESETS, IntensityWindow, window_for
+from semisam.scan.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def resolve_window(
 
 def _check_square_pixel_size(volume: Volume, axis: str, pixel_mm: tuple[float, float]) -> None:
     """Input check: a slice resampled to square pixels must stay allocatable (spacing 1e6 mm in a header)."""
-    from semisam.volume import check_grid_size
+    from semisam.scan.volume import check_grid_size
 
     fine = min(pixel_mm)
     rows, cols = slice_shape(volume.shape, axis)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semisam.scan.volume import VolumeError
 from semisam.store import _fs
 from semisam.store.errors import StoreError
 from semisam.store.layout import CASE_FILE
 from semisam.store.pool import SCAN_FILE
-from semisam.volume import VolumeError
 
 if TYPE_CHECKING:
     from semisam.store.labeled import LabeledStore
@@ -115,7 +115,7 @@ def check_store(store: LabeledStore, *, clean: bool = False, deep: bool = False)
 
 def find_leftovers(store: LabeledStore) -> list[Path]:
     """Hidden temporaries of interrupted writes: ``.tmp-*`` staging folders and files, and the temporary
-    files of :mod:`semisam.volume`'s atomic writer (``.<name>.<random>.tmp<suffix>``), in the store's
+    files of :mod:`semisam.scan.volume`'s atomic writer (``.<name>.<random>.tmp<suffix>``), in the store's
     folders, in each case / scan folder, and in the model registry."""
     folders = [store.root, store.root / "cases", store.root / "unlabeled"]
     for sub in ("cases", "unlabeled"):

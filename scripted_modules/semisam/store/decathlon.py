@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from semisam.scan.volume import read_volume, write_volume
 from semisam.store import _fs
 from semisam.store.errors import CaseExistsError, LabelError, StoreError, StoreNotFoundError
 from semisam.store.labeled import FORMAT_VERSION, LabeledStore
 from semisam.store.records import Provenance, check_id
-from semisam.volume import read_volume, write_volume
 
 log = logging.getLogger(__name__)
 

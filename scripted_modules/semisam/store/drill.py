@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.scan.volume import Volume
 from semisam.store import _fs
 from semisam.store.labeled import LabeledStore
 from semisam.store.records import Provenance
 from semisam.validate import warm
-from semisam.volume import Volume
 
 SHAPE_ZYX = (16, 32, 32)
 

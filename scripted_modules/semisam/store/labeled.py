@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.scan.volume import Volume, read_mask, read_volume, write_mask
 from semisam.store import _fs
 from semisam.store.errors import (
     CaseExistsError,
@@ -52,7 +53,6 @@ from semisam.store.pool import (
 )
 from semisam.store.records import CaseRecord, MaskRevision, Provenance, check_id
 from semisam.store.split import RULE, check_split, decide_split
-from semisam.volume import Volume, read_mask, read_volume, write_mask
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from semisam.metrics import dice  # noqa: F401 - re-exported (store API)
+from semisam.scan.volume import GeometryMismatchError, Volume, read_mask
 from semisam.store.errors import LabelError
-from semisam.volume import GeometryMismatchError, Volume, read_mask
 
 MaskLike = Volume | np.ndarray | str | os.PathLike
 

@@ -12,10 +12,10 @@ import logging
 import os
 from pathlib import Path
 
+from semisam.scan.volume import Volume, read_volume, write_volume
 from semisam.store import _fs
 from semisam.store.errors import CaseExistsError, CaseNotFoundError, StoreError, StoreFormatError
 from semisam.store.records import UnlabeledRecord, check_id
-from semisam.volume import Volume, read_volume, write_volume
 
 log = logging.getLogger(__name__)
 

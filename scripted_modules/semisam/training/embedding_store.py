@@ -31,7 +31,7 @@ import torch
 
 from semisam.generalists.base import PromptableModel, SliceEmbedding, model_identity
 from semisam.generalists.cache import array_fingerprint
-from semisam.intensity import IntensityWindow
+from semisam.scan.intensity import IntensityWindow
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The errors of reading, checking and writing scans and masks (re-exported by :mod:`semisam.volume`).
+"""The errors of reading, checking and writing scans and masks (re-exported by :mod:`semisam.scan.volume`).
 
 Every one names the file (``path``) when there is one, so a message shown to a user says which scan.
 """

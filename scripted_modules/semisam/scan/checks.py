@@ -1,7 +1,7 @@
 """Sanity limits on scan geometry, checked before anything allocates or indexes voxels.
 
 Grid size (a header's absurd spacing would make a resampled array of terabytes), orthogonal voxel axes
-(every part of SemiSAM indexes along them) and 3D scalar images. Re-exported by :mod:`semisam.volume`.
+(every part of SemiSAM indexes along them) and 3D scalar images. Re-exported by :mod:`semisam.scan.volume`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from semisam.volume_errors import BadDirectionError, GridTooLargeError, NotA3DScalarError
+from semisam.scan.errors import BadDirectionError, GridTooLargeError, NotA3DScalarError
 
 #: at 0.8 x 0.8 x 1.5 mm is ~0.2e9; beyond 2^30 the header's spacing (or a model's target) is wrong.
 MAX_GRID_VOXELS = 1 << 30

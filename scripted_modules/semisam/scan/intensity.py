@@ -96,7 +96,7 @@ def window_for(volume, modality: str | None, preset: str | None = None) -> Inten
     """Choose the intensity window for a whole volume, once.
 
     Args:
-        volume: a :class:`semisam.volume.Volume` or a raw ``(Z, Y, X)`` array.
+        volume: a :class:`semisam.scan.volume.Volume` or a raw ``(Z, Y, X)`` array.
         modality: ``"CT"`` (Hounsfield units; windows from :data:`CT_PRESETS`), ``"MR"``/``"MRI"`` or
             anything else / ``None`` (percentile scaling, :data:`MR_PERCENTILES`).
         preset: a CT preset name (default ``"lung"``) or ``"percentile"`` to force percentile scaling.

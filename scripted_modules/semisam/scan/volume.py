@@ -16,8 +16,8 @@ Conventions (used everywhere in ``semisam``):
 Every failure to read or check a scan raises a subclass of :class:`VolumeError` whose message names
 the file and the problem. Writers never leave a half-written file: they write a temporary file in the
 destination folder, fsync it and rename it over the destination. The errors live in
-:mod:`semisam.volume_errors`, the geometry limits in :mod:`semisam.scan_checks` and the distrustful file
-readers in :mod:`semisam.scan_files`; all are re-exported here.
+:mod:`semisam.scan.errors`, the geometry limits in :mod:`semisam.scan.checks` and the distrustful file
+readers in :mod:`semisam.scan.files`; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from semisam.fileio import atomic_path
-from semisam.scan_checks import (
+from semisam.scan.checks import (
     MAX_GRID_VOXELS,
     MAX_RESAMPLE_GROWTH,
     MAX_SLICE_PIXELS,
@@ -41,8 +41,7 @@ from semisam.scan_checks import (
     check_direction,
     check_grid_size,
 )
-from semisam.scan_files import SLICE_GAP_RTOL, SUPPORTED_SUFFIXES, _first_line, _read_sitk, _suffix
-from semisam.volume_errors import (
+from semisam.scan.errors import (
     BadDirectionError,
     GeometryMismatchError,
     GridTooLargeError,
@@ -53,6 +52,7 @@ from semisam.volume_errors import (
     ScanReadError,
     VolumeError,
 )
+from semisam.scan.files import SLICE_GAP_RTOL, SUPPORTED_SUFFIXES, _first_line, _read_sitk, _suffix
 
 __all__ = [
     "GRID_ATOL_DIRECTION",

@@ -1,7 +1,7 @@
 """Reading scan files through SimpleITK without trusting them: headers checked before ITK parses them,
 truncated or NaN-holding NIfTI found in the raw bytes, DICOM series checked for missing slices.
 
-Used by :func:`semisam.volume.read_volume` and :func:`semisam.volume.read_mask`.
+Used by :func:`semisam.scan.volume.read_volume` and :func:`semisam.scan.volume.read_mask`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from semisam.volume_errors import ScanNotFoundError, ScanReadError
+from semisam.scan.errors import ScanNotFoundError, ScanReadError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 def _check_text_header(path: Path) -> None:
     """NRRD / MetaImage headers are checked before ITK parses them: hostile values crash it."""
-    from semisam.headers import HeaderError, check_metaimage_header, check_nrrd_header
+    from semisam.scan.headers import HeaderError, check_metaimage_header, check_nrrd_header
 
     try:
         if _suffix(path) in (".nrrd", ".nhdr"):
