@@ -27,6 +27,22 @@ from semisam.scan.volume import (
 )
 
 
+def test_semisam_volume_is_the_public_entry_point(tmp_path):
+    """``semisam.volume`` (what users' scripts import) re-exports every public name of the scan
+    package's volume module, the same objects, and reads and writes through them."""
+    import semisam.scan.volume as impl
+    import semisam.volume as public
+
+    assert public.__all__ == impl.__all__
+    for name in impl.__all__:
+        assert getattr(public, name) is getattr(impl, name), name
+    vol = public.Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=(0.5, 0.5, 2.0))
+    public.write_volume(vol, tmp_path / "v.nii.gz")
+    back = public.read_volume(tmp_path / "v.nii.gz")
+    assert isinstance(back, impl.Volume) and back.same_grid(vol)
+    np.testing.assert_array_equal(back.array, vol.array)
+
+
 def _oblique_volume(shape=(5, 7, 9), dtype=np.int16) -> Volume:
     """A volume with anisotropic spacing, an oblique direction (30° about S, 10° about R) and an offset origin."""
     a, b = np.deg2rad(30), np.deg2rad(10)

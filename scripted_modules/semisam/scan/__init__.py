@@ -9,5 +9,5 @@
 * :mod:`~semisam.scan.intensity`: CT windows and MRI percentiles for the generalists.
 
 Nothing is imported here, so that ``semisam.scan.errors`` or ``semisam.scan.intensity`` costs no
-SimpleITK import.
+SimpleITK import. Scripts may keep importing :mod:`semisam.volume`, the stable public entry point.
 """
