@@ -256,7 +256,11 @@ class Simulation:
             ) from None
         order = plan.get("order") if isinstance(plan, dict) else None
         known = {c.case_id for c in self.dataset.cases}
-        if not isinstance(order, list) or not all(isinstance(c, str) and c in known for c in order):
+        if (
+            not isinstance(order, list)
+            or not all(isinstance(c, str) and c in known for c in order)
+            or len(set(order)) != len(order)
+        ):
             raise ValueError(
                 f"{path}: damaged (no case order of this dataset); choose another --work folder or remove "
                 "this one"
