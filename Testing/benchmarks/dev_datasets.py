@@ -30,13 +30,34 @@ in ``aal_dev`` (kept aside for evaluation) and are not built here.
 Lesion tasks ``lung_solid`` and ``lung_subsolid`` (HARD: ground-glass, low contrast) put synthetic lesions
 into the real lung1 chest CT; how is in ``dev_lesions.py``.
 
+Whole scans (``--whole``, ``build(..., whole=True)``): a box around the structure flatters a model, users
+load whole scans. The whole-scan variant builds the same subjects (same seeds: same affine, displacement,
+thickness, gamma, bias and noise level) on the whole field of view, in ``OUT_DIR/<task>_whole`` (cases
+``<task>_whole_000``, ...; ``dataset.json`` says ``"whole": true``), so both variants can sit side by side:
+
+- brain tasks: the Colin27 head, 181 x 217 mm in-plane at 1 mm and its 181 mm along Z at the case's
+  thickness (:func:`make_whole_case`);
+- lung tasks: lung1's 512 x 512 in-plane grid at its own 0.57 mm and its Z extent (235 mm) at the case's
+  thickness (:func:`dev_lesions.make_whole_lesion_case`).
+
+The grid is placed (under half a voxel in-plane, under one slice along Z from the source's first slice) so
+that the cropped case's slices are slices of the whole one; for brain tasks every cropped voxel is a whole
+voxel with the same value (the crop's first and last slices aside, where its slice profile stops at its
+edge). The displacement (and bias) field drawn on the box reaches beyond it by its edge values, fading out
+over a Gaussian of ``CTRL_MM`` (bias: 32 mm, into a bias field drawn for the whole head); noise outside the
+box is new at the same level; what the rotation and scale bring in from beyond the source is background
+(0, or -1000 HU).
+
 Usage::
 
-    python Testing/benchmarks/dev_datasets.py pallidum|lung_subsolid|... OUT_DIR [--cases 24] [--seed 0] [--data DIR]
+    python Testing/benchmarks/dev_datasets.py pallidum|lung_subsolid|... OUT_DIR [--cases 24] [--seed 0] [--whole] [--data DIR]
     semisam store import OUT_DIR/pallidum STORE
 
 or from Python: ``build("pallidum", out_dir, n_cases=24, seed=0) -> out_dir/pallidum``.
-A task takes about 0.3 s per case here (2 cores); the same (task, n_cases, seed) gives the same files.
+The same (task, n_cases, seed, whole) gives the same files. Per case, on a shared 2-core AMD EPYC with
+``OMP_NUM_THREADS=1``, after the source scans are read (atlas 0.5 s, lung1 6 s): cropped 0.25-0.5 s, 0.2-
+0.4 MB; whole brain 2.3-3.5 s, about 5 MB, 0.5 GB of memory at most; whole lung 6.5-9 s, about 33 MB (its
+1 GB peak is reading lung1, as for the cropped task).
 """
 
 from __future__ import annotations
@@ -58,7 +79,7 @@ from scipy import ndimage as ndi
 if str(Path(__file__).resolve().parent) not in sys.path:  # dev_lesions beside this file
     sys.path.append(str(Path(__file__).resolve().parent))
 import dev_lesions  # noqa: E402
-from dev_synth import require_files, smooth_field, thick_slices  # noqa: E402
+from dev_synth import require_files, sample_separable, smooth_field, taper, thick_slices  # noqa: E402
 
 log = logging.getLogger("dev_datasets")
 
@@ -127,14 +148,25 @@ def _load(data: Path) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
     return t1, aal, ref
 
 
-def make_case(
-    t1: np.ndarray, mask: np.ndarray, task: Task, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """One synthetic subject: ``(image int16 (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
+@dataclass
+class _Draw:
+    """Everything one brain case drew from its seed, kept so the whole-scan variant can reuse it."""
 
-    ``t1``/``mask``: the atlas grid (Z, Y, X) at 1 mm. ``box start`` is the (Z, Y, X) index in the atlas of
-    the output's first voxel centre (before deformation), for the output's origin.
-    """
+    image: np.ndarray  # int16 (Z, Y, X), the cropped case
+    label: np.ndarray  # uint8
+    thickness: float
+    start: np.ndarray  # (Z, Y, X) atlas index of the crop's first voxel (before deformation)
+    centre: np.ndarray  # atlas index the affine turns about
+    mat: np.ndarray  # rotation @ scale
+    disp: list[np.ndarray]  # displacement (atlas voxels) per axis on the 1 mm crop, float32
+    top: float  # 99.5th percentile the image is divided by
+    gamma: float
+    log_bias: np.ndarray  # on the crop's thick slices
+    sigma: float  # noise level
+    noise: tuple[np.ndarray, np.ndarray]  # Rician noise (real, imaginary) on the crop's thick slices
+
+
+def _draw(t1: np.ndarray, mask: np.ndarray, task: Task, rng: np.random.Generator) -> _Draw:
     zz, yy, xx = np.nonzero(mask)
     centre = np.array([zz.mean(), yy.mean(), xx.mean()])
     bx, by, bz = task.box_mm
@@ -148,8 +180,10 @@ def make_case(
     )
     coords = np.einsum("ij,j...->i...", mat.astype(np.float32), offs)
     coords += centre.astype(np.float32)[:, None, None, None]
+    disp = []
     for ax in range(3):
-        coords[ax] += smooth_field(rng, shape, CTRL_MM, ELASTIC_MM).astype(np.float32)
+        disp.append(smooth_field(rng, shape, CTRL_MM, ELASTIC_MM).astype(np.float32))
+        coords[ax] += disp[-1]
     img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
     lab = ndi.map_coordinates(mask.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
 
@@ -159,29 +193,143 @@ def make_case(
 
     # intensity: gamma, smooth bias, Rician noise
     top = float(np.percentile(img, 99.5)) or 1.0
-    img = np.clip(img / top, 0.0, None) ** rng.uniform(*GAMMA)
-    bias_shape = img.shape
-    bias = np.exp(smooth_field(rng, bias_shape, 32.0, BIAS))
-    img = img * bias
+    gamma = rng.uniform(*GAMMA)
+    img = np.clip(img / top, 0.0, None) ** gamma
+    log_bias = smooth_field(rng, img.shape, 32.0, BIAS)
+    img = img * np.exp(log_bias)
     sigma = rng.uniform(*NOISE)
-    img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+    noise = (rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape))
+    img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
     image = np.clip(img * 1000.0, 0, 32767).astype(np.int16)
-    return image, label, t, start
+    return _Draw(image, label, t, start, centre, mat, disp, top, gamma, log_bias, sigma, noise)
 
 
-def _to_image(arr: np.ndarray, ref: sitk.Image, start_zyx: np.ndarray, thickness: float) -> sitk.Image:
+def make_case(
+    t1: np.ndarray, mask: np.ndarray, task: Task, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """One synthetic subject: ``(image int16 (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
+
+    ``t1``/``mask``: the atlas grid (Z, Y, X) at 1 mm. ``box start`` is the (Z, Y, X) index in the atlas of
+    the output's first voxel centre (before deformation), for the output's origin.
+    """
+    d = _draw(t1, mask, task, rng)
+    return d.image, d.label, d.thickness, d.start
+
+
+#: Voxels (before slice thickness) one step of a whole-scan case samples at once: bounds its memory.
+SLAB_VOXELS = 2_000_000
+
+
+def make_whole_case(
+    t1: np.ndarray, mask: np.ndarray, task: Task, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """The subject :func:`make_case` draws from ``rng``, sampled on the whole atlas field of view.
+
+    Returns ``(image, label, thickness, origin)`` like :func:`make_case`; ``origin`` is the atlas index of
+    the first voxel. The grid is the atlas's (1 mm in-plane, ``thickness`` along Z) moved by under half a
+    voxel in-plane and under one slice along Z so that every voxel of the cropped case is a voxel of this one,
+    with the same value there (the running mean of the slice profile aside, on the crop's first and last
+    slices). The crop's displacement field reaches beyond its box by its edge values, fading out over
+    ``CTRL_MM`` (Gaussian); its bias field likewise, blended into a bias field of the same strength drawn
+    for the whole scan; the noise outside the box is new (same level).
+    """
+    d = _draw(t1, mask, task, rng)
+    extra = np.random.default_rng(int(rng.integers(2**63)))  # drawn after the case's own numbers
+    box = np.array(d.disp[0].shape)
+    big = np.array(t1.shape)
+    k = np.round(d.start).astype(int)  # crop voxel p is whole voxel p + k
+    t = d.thickness
+    z0 = float(k[0] % t)
+    n = int((big[0] - 1 - z0) // t) + 1
+    m = int(round((k[0] - z0) / t))  # crop slice j is whole slice j + m
+    half = (box.astype(np.float32) - 1) / 2.0
+    p = [np.arange(big[a], dtype=np.float32) - k[a] for a in range(3)]  # crop index of each whole voxel
+    w = [taper(p[a], 0.0, box[a] - 1.0, CTRL_MM) for a in range(3)]
+    img = np.empty((n, big[1], big[2]), np.float32)
+    lab = np.empty_like(img)
+    maskf = mask.astype(np.float32)
+    rows = max(1, SLAB_VOXELS // int(big[0] * big[2]))
+    for y0 in range(0, int(big[1]), rows):
+        ys = slice(y0, min(int(big[1]), y0 + rows))
+        axes = (p[0] - half[0], p[1][ys] - half[1], p[2] - half[2])
+        coords = np.einsum(
+            "ij,j...->i...", d.mat.astype(np.float32), np.stack(np.meshgrid(*axes, indexing="ij"))
+        )
+        coords += d.centre.astype(np.float32)[:, None, None, None]
+        weight = w[0][:, None, None] * w[1][ys][None, :, None] * w[2][None, None, :]
+        for ax in range(3):
+            coords[ax] += weight * sample_separable(d.disp[ax], (p[0], p[1][ys], p[2]))
+        slab_img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
+        slab_lab = ndi.map_coordinates(maskf, coords, order=1, mode="constant", cval=0.0)
+        del coords
+        img[:, ys], lab[:, ys] = thick_slices(slab_img, slab_lab, t, z0, n)
+    label = (lab >= 0.5).astype(np.uint8)
+    del lab, maskf
+
+    # intensity, slab by slab: the crop's gamma and scale; its bias inside the box, fading into one drawn for
+    # the whole scan; its noise inside the box, new noise of its level outside
+    q = (np.arange(n) - m, np.arange(big[1]) - k[1], np.arange(big[2]) - k[2])  # crop index, thick grid
+    nb = d.log_bias.shape
+    wz = taper(q[0] * t, 0.0, (nb[0] - 1) * t, 32.0)[:, None, None]
+    wy = taper(q[1], 0.0, nb[1] - 1.0, 32.0)[None, :, None]
+    wx = taper(q[2], 0.0, nb[2] - 1.0, 32.0)[None, None, :]
+    whole_bias = smooth_field(extra, img.shape, 32.0, BIAS)
+    offset = (m, int(k[1]), int(k[2]))  # crop thick voxel j is whole voxel j + offset
+    span = [(max(0, o), min(img.shape[a], o + nb[a])) for a, o in enumerate(offset)]  # the box, whole index
+    image = np.empty(img.shape, np.int16)
+    rows = max(1, SLAB_VOXELS // int(n * big[2]))
+    for y0 in range(0, int(big[1]), rows):
+        ys = slice(y0, min(int(big[1]), y0 + rows))
+        x = np.clip(img[:, ys] / d.top, 0.0, None) ** d.gamma
+        weight = wz * wy[:, ys] * wx
+        log_bias = whole_bias[:, ys] * (1.0 - weight) + weight * sample_separable(
+            d.log_bias, (q[0], q[1][ys], q[2])
+        )
+        x = x * np.exp(log_bias)
+        del log_bias, weight
+        # the box's part of this slab, whole-scan and crop index
+        here = [span[0], (max(span[1][0], ys.start), min(span[1][1], ys.stop)), span[2]]
+        inside = all(lo < hi for lo, hi in here)
+        at = (slice(*here[0]), slice(here[1][0] - ys.start, here[1][1] - ys.start), slice(*here[2]))
+        of = tuple(slice(lo - o, hi - o) for (lo, hi), o in zip(here, offset, strict=True))
+        noise = []
+        for part in d.noise:
+            noise.append(extra.normal(0, d.sigma, x.shape))
+            if inside:
+                noise[-1][at] = part[of]
+        x = np.sqrt((x + noise[0]) ** 2 + noise[1] ** 2)
+        image[:, ys] = np.clip(x * 1000.0, 0, 32767).astype(np.int16)
+    origin = d.start - k + np.array([z0, 0.0, 0.0])
+    return image, label, t, origin
+
+
+def _to_image(
+    arr: np.ndarray,
+    ref: sitk.Image,
+    start_zyx: np.ndarray,
+    thickness: float,
+    spacing_xy: tuple[float, float] = (1.0, 1.0),
+) -> sitk.Image:
     img = sitk.GetImageFromArray(arr)
     img.SetDirection(ref.GetDirection())
-    img.SetSpacing((1.0, 1.0, thickness))
+    img.SetSpacing((*spacing_xy, thickness))
     idx = [float(start_zyx[2]), float(start_zyx[1]), float(start_zyx[0])]
     img.SetOrigin(ref.TransformContinuousIndexToPhysicalPoint(idx))
     return img
 
 
 def build(
-    task: str, out_dir: str | Path, n_cases: int = 24, seed: int = 0, data: str | Path | None = None
+    task: str,
+    out_dir: str | Path,
+    n_cases: int = 24,
+    seed: int = 0,
+    data: str | Path | None = None,
+    whole: bool = False,
 ) -> Path:
     """Write ``out_dir/<task>/`` (imagesTr/, labelsTr/, dataset.json, MSD layout) and return that folder.
+
+    ``whole``: the same subjects on the whole scan (:func:`make_whole_case`,
+    :func:`dev_lesions.make_whole_lesion_case`) in ``out_dir/<task>_whole/``.
 
     Raises:
         KeyError: unknown task (the known ones are :data:`ALL_TASKS`).
@@ -192,7 +340,8 @@ def build(
         raise KeyError(f"unknown task {task!r}; choose one of {', '.join(ALL_TASKS)}")
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
-    dest = Path(out_dir) / task
+    name = f"{task}_whole" if whole else task
+    dest = Path(out_dir) / name
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest}: exists and is not empty; choose another folder")
     t0 = time.perf_counter()
@@ -201,10 +350,14 @@ def build(
         spec = dev_lesions.LESION_TASKS[task]
         ct, dist, spacing, ref = dev_lesions.load_lung(folder)
 
+        make = dev_lesions.make_whole_lesion_case if whole else dev_lesions.make_lesion_case
+
         def draw(rng: np.random.Generator):
-            return dev_lesions.make_lesion_case(ct, dist, spacing, spec, rng)
+            return make(ct, dist, spacing, spec, rng)
 
         modality, extra = "CT", {"lesion_hu": list(spec.hu)}
+        spacing_xy = (spacing[2], spacing[1]) if whole else (1.0, 1.0)
+        fov = f"the lung1 chest CT: {ct.shape[2]} x {ct.shape[1]} x {ct.shape[0]} voxels"
     else:
         spec = TASKS[task]
         t1, aal, ref = _load(folder)
@@ -212,21 +365,29 @@ def build(
         if not mask.any():
             raise ValueError(f"task {task}: AAL values {spec.values} are not in the atlas")
 
+        make = make_whole_case if whole else make_case
+
         def draw(rng: np.random.Generator):
-            return make_case(t1, mask, spec, rng)
+            return make(t1, mask, spec, rng)
 
         modality, extra = "MR", {"atlas_values": list(spec.values), "box_mm_xyz": list(spec.box_mm)}
+        spacing_xy = (1.0, 1.0)
+        fov = f"the Colin27 head: {t1.shape[2]} x {t1.shape[1]} x {t1.shape[0]} mm"
     (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
     (dest / "labelsTr").mkdir(parents=True, exist_ok=True)
     training, cases = [], {}
     for i in range(n_cases):
-        case_id = f"{task}_{i:03d}"
+        case_id = f"{name}_{i:03d}"
         image, label, thick, start = draw(_rng(seed, task, i))
         sitk.WriteImage(
-            _to_image(image, ref, start, thick), str(dest / "imagesTr" / f"{case_id}.nii.gz"), True
+            _to_image(image, ref, start, thick, spacing_xy),
+            str(dest / "imagesTr" / f"{case_id}.nii.gz"),
+            True,
         )
         sitk.WriteImage(
-            _to_image(label, ref, start, thick), str(dest / "labelsTr" / f"{case_id}.nii.gz"), True
+            _to_image(label, ref, start, thick, spacing_xy),
+            str(dest / "labelsTr" / f"{case_id}.nii.gz"),
+            True,
         )
         training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
         cases[case_id] = {
@@ -234,9 +395,13 @@ def build(
             "thickness_mm": thick,
             "fg_voxels": int(label.sum()),
         }
+    if whole:  # only the whole-scan variant says so: the cropped task's dataset.json is as it was
+        extra["grid"] = f"whole scan: {fov}; folder {task} (same seed) holds the same subjects cropped"
     meta = {
-        "name": f"dev_{task}",
-        "description": f"{task}, {n_cases} synthetic subjects (seed {seed}); {spec.note}",
+        "name": f"dev_{name}",
+        "description": f"{task}, {n_cases} synthetic subjects (seed {seed})"
+        + (", whole scans" if whole else "")
+        + f"; {spec.note}",
         "tensorImageSize": "3D",
         "modality": {"0": modality},
         "labels": {"0": "background", "1": task},
@@ -246,6 +411,7 @@ def build(
         "test": [],
         "dev_dataset": {
             "task": task,
+            **({"whole": True} if whole else {}),
             "seed": seed,
             "hard": spec.hard,
             **extra,
@@ -253,7 +419,7 @@ def build(
         },
     }
     (dest / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    log.info("built %s: %d cases in %.1f s -> %s", task, n_cases, time.perf_counter() - t0, dest)
+    log.info("built %s: %d cases in %.1f s -> %s", name, n_cases, time.perf_counter() - t0, dest)
     return dest
 
 
@@ -263,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="the same subjects on the whole scan (head or chest) instead of a box around the structure; "
+        "the folder is TASK_whole",
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -275,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     for t in tasks:
         t0 = time.perf_counter()
-        path = build(t, args.out_dir, args.cases, args.seed, args.data)
+        path = build(t, args.out_dir, args.cases, args.seed, args.data, whole=args.whole)
         out[t] = {"path": str(path), "cases": args.cases, "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(out, indent=1))
     return 0

@@ -28,6 +28,11 @@ lung_subsolid -700 .. -450 (ground glass)  HARD: 150-400 HU above parenchyma (-8
 
 The background's Z resolution is lung1's 5 mm (interpolated): the lesion is sharper along Z than the
 anatomy around it. Used through :func:`dev_datasets.build` (same command line, same MSD layout).
+
+Whole scans (:func:`make_whole_lesion_case`, ``--whole``): the same subject on lung1's whole field of view,
+its 512 x 512 pixels at 0.57 mm in-plane and its Z extent (235 mm) at the case's slice thickness; the
+rotation and scale still turn about the lesion, so what they bring in from beyond the scan is air
+(-1000 HU). About 7-9 s and 33 MB a case (a 512 x 512 x 79..157 int16 volume).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from dev_synth import require_files, smooth_field, thick_slices
+from dev_synth import require_files, sample_separable, smooth_field, taper, thick_axis0, thick_slices
 from scipy import ndimage as ndi
 
 BOX_MM = (80, 80, 48)  # (X, Y, Z)
@@ -111,19 +116,32 @@ def _field(rng: np.random.Generator, shape: tuple[int, int, int], ctrl_mm: float
     return smooth_field(rng, shape, ctrl_mm, std).astype(np.float32)
 
 
-def make_lesion_case(
+@dataclass
+class _Draw:
+    """Everything one lesion case drew from its seed, kept so the whole-scan variant can reuse it."""
+
+    image: np.ndarray  # int16 HU (Z, Y, X), the cropped case
+    label: np.ndarray  # uint8
+    thickness: float
+    start: np.ndarray  # (Z, Y, X) continuous index in the CT of the crop's first voxel
+    c_src: np.ndarray  # the lesion centre, CT voxel (Z, Y, X)
+    centre_out: np.ndarray  # the lesion centre, crop voxel (1 mm)
+    rot: np.ndarray  # in-plane rotation @ scale (Y, X)
+    disp: list[np.ndarray]  # displacement (mm) per axis on the crop, float32
+    radius: float
+    lobulation: np.ndarray  # on the crop
+    level: float
+    texture: np.ndarray  # on the crop, around ``level``
+    sigma: float  # noise (HU)
+
+
+def _draw(
     ct: np.ndarray,
     dist: np.ndarray,
     spacing: tuple[float, float, float],
     task: LesionTask,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """One subject: ``(image int16 HU (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
-
-    ``ct``, ``dist``, ``spacing``: from :func:`load_lung`. ``box start``: the (Z, Y, X) continuous index
-    in ``ct`` of the output's first voxel (before the deformation), for the output's origin. A draw whose
-    box would run past the scan's first or last slice is drawn again (lung1's lungs reach both).
-    """
+) -> _Draw:
     bx, by, bz = BOX_MM
     shape = (bz, by, bx)
     for _ in range(100):
@@ -150,24 +168,135 @@ def make_lesion_case(
     mm = np.empty_like(rel)
     mm[0] = rel[0]
     mm[1:] = np.einsum("ij,j...->i...", rot.astype(np.float32), rel[1:])
+    disp = []
     for ax in range(3):
-        mm[ax] += _field(rng, shape, 16.0, ELASTIC_MM)
+        disp.append(_field(rng, shape, 16.0, ELASTIC_MM))
+        mm[ax] += disp[-1]
     src = mm / np.array(spacing, np.float32)[:, None, None, None] + c_src[:, None, None, None]
     bg = ndi.map_coordinates(ct, src, order=1, mode="constant", cval=-1000.0)
 
     # lesion: lobulated soft sphere with its own level and texture, blended as max(background, lesion)
     radius = np.sqrt((rel**2).sum(0))
-    d = radius - r * (1.0 + LOBULATION * _field(rng, shape, max(3.0, r), 1.0))
-    occ = 1.0 / (1.0 + np.exp(np.clip(d / EDGE_MM, -30.0, 30.0)))
+    lobulation = _field(rng, shape, max(3.0, r), 1.0)
     level = float(rng.uniform(*task.hu))
-    texture = level + _field(rng, shape, 3.0, 0.15 * abs(task.hu[1] - task.hu[0]))
-    img = np.maximum(bg, bg * (1.0 - occ) + texture * occ)
-    lab = occ
+    texture = _field(rng, shape, 3.0, 0.15 * abs(task.hu[1] - task.hu[0]))
+    img, lab = _lesion(bg, radius, r, lobulation, level, texture)
 
     t = float(rng.choice(THICKNESS_MM))
     img, lab = thick_slices(img, lab, t)
     label = (lab >= 0.5).astype(np.uint8)
-    img = img + rng.normal(0.0, rng.uniform(*NOISE_HU), img.shape)
+    sigma = rng.uniform(*NOISE_HU)
+    img = img + rng.normal(0.0, sigma, img.shape)
     image = np.clip(np.round(img), -1024, 3071).astype(np.int16)
     start = c_src - centre_out / np.array(spacing, np.float32)
-    return image, label, t, start
+    return _Draw(image, label, t, start, c_src, centre_out, rot, disp, r, lobulation, level, texture, sigma)
+
+
+def _lesion(
+    bg: np.ndarray, radius: np.ndarray, r: float, lobulation: np.ndarray, level: float, texture: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, occupancy)``: the lesion of radius ``r`` (lobulated) blended into ``bg`` at ``radius`` mm."""
+    d = radius - r * (1.0 + LOBULATION * lobulation)
+    occ = 1.0 / (1.0 + np.exp(np.clip(d / EDGE_MM, -30.0, 30.0)))
+    return np.maximum(bg, bg * (1.0 - occ) + (level + texture) * occ), occ
+
+
+def make_lesion_case(
+    ct: np.ndarray,
+    dist: np.ndarray,
+    spacing: tuple[float, float, float],
+    task: LesionTask,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """One subject: ``(image int16 HU (Z, Y, X), label uint8 (Z, Y, X), thickness mm, box start)``.
+
+    ``ct``, ``dist``, ``spacing``: from :func:`load_lung`. ``box start``: the (Z, Y, X) continuous index
+    in ``ct`` of the output's first voxel (before the deformation), for the output's origin. A draw whose
+    box would run past the scan's first or last slice is drawn again (lung1's lungs reach both).
+    """
+    d = _draw(ct, dist, spacing, task, rng)
+    return d.image, d.label, d.thickness, d.start
+
+
+#: Voxels (before slice thickness) one step of a whole-scan case samples at once: bounds its memory.
+SLAB_VOXELS = 2_000_000
+
+
+def make_whole_lesion_case(
+    ct: np.ndarray,
+    dist: np.ndarray,
+    spacing: tuple[float, float, float],
+    task: LesionTask,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """The subject :func:`make_lesion_case` draws from ``rng``, sampled on the whole CT's field of view.
+
+    Returns ``(image, label, thickness, origin)``: the CT's in-plane grid (its pixels, its spacing), and
+    along Z slices ``thickness`` mm apart from within ``thickness`` + 1 mm of the CT's first slice to its
+    last, placed so the cropped case's slices are slices of this one; ``origin`` is the continuous CT index of the
+    first voxel. The rotation and scale turn about the lesion as in the crop; the crop's displacement
+    field reaches beyond its box by its edge values, fading out over 16 mm (Gaussian); the noise is new
+    (same level).
+    """
+    d = _draw(ct, dist, spacing, task, rng)
+    extra = np.random.default_rng(int(rng.integers(2**63)))  # drawn after the case's own numbers
+    sz, sy, sx = spacing
+    box = np.array(d.disp[0].shape)
+    t = d.thickness
+    k = int(np.floor(d.start[0] * sz))  # crop plane p is 1 mm plane p + k here
+    planes = int(np.floor((ct.shape[0] - 1 - d.start[0]) * sz + k + 1e-6)) + 1
+    z0 = float(k % t)
+    n = int((planes - 1 - z0) // t) + 1
+    # crop coordinates (1 mm voxels = mm) of each whole voxel, per axis
+    p = (
+        np.arange(planes, dtype=np.float32) - k,
+        ((np.arange(ct.shape[1]) - d.start[1]) * sy).astype(np.float32),
+        ((np.arange(ct.shape[2]) - d.start[2]) * sx).astype(np.float32),
+    )
+    w = [taper(p[a], 0.0, box[a] - 1.0, 16.0) for a in range(3)]
+    rel_axes = [p[a] - d.centre_out[a] for a in range(3)]
+    # the lesion's reach: beyond it the occupancy is under 1 / (1 + e^10)
+    reach = d.radius * (1.0 + LOBULATION * float(d.lobulation.max())) + 10.0 * EDGE_MM
+    near = [np.flatnonzero(np.abs(rel_axes[a]) <= reach) for a in range(3)]
+    lz, ly, lx = (slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0) for i in near)
+    occ = np.zeros((planes, ly.stop - ly.start, lx.stop - lx.start), np.float32)
+    image = np.empty((n, ct.shape[1], ct.shape[2]), np.int16)
+    inv = (1.0 / np.array(spacing, np.float32))[:, None, None, None]
+    rot = d.rot.astype(np.float32)
+    rows = max(1, SLAB_VOXELS // int(planes * ct.shape[2]))
+    for y0 in range(0, ct.shape[1], rows):
+        ys = slice(y0, min(ct.shape[1], y0 + rows))
+        rel = np.stack(np.meshgrid(rel_axes[0], rel_axes[1][ys], rel_axes[2], indexing="ij"))
+        mm = np.empty_like(rel)
+        mm[0] = rel[0]
+        mm[1:] = np.einsum("ij,j...->i...", rot, rel[1:])
+        weight = w[0][:, None, None] * w[1][ys][None, :, None] * w[2][None, None, :]
+        for ax in range(3):
+            mm[ax] += weight * sample_separable(d.disp[ax], (p[0], p[1][ys], p[2]))
+        del weight
+        mm *= inv
+        mm += d.c_src[:, None, None, None]
+        bg = ndi.map_coordinates(ct, mm, order=1, mode="constant", cval=-1000.0)
+        del mm
+        # the lesion where it reaches into this slab
+        oy = slice(max(ly.start, ys.start), min(ly.stop, ys.stop))
+        if oy.start < oy.stop and lz.start < lz.stop:
+            part = (lz, slice(oy.start - ys.start, oy.stop - ys.start), lx)
+            at = (p[0][lz], p[1][oy], p[2][lx])
+            radius = np.sqrt((rel[(slice(None), *part)] ** 2).sum(0))
+            bg[part], occ[lz, oy.start - ly.start : oy.stop - ly.start] = _lesion(
+                bg[part],
+                radius,
+                d.radius,
+                sample_separable(d.lobulation, at),
+                d.level,
+                sample_separable(d.texture, at),
+            )
+        del rel
+        img = thick_axis0(bg, t, z0, n)
+        img = img + extra.normal(0.0, d.sigma, img.shape)
+        image[:, ys] = np.clip(np.round(img), -1024, 3071).astype(np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    label[:, ly, lx] = thick_axis0(occ, t, z0, n) >= 0.5
+    origin = np.array([d.start[0] + (z0 - k) / sz, 0.0, 0.0])
+    return image, label, t, origin
