@@ -111,3 +111,92 @@ def test_lung_lesion_case_lies_where_its_geometry_says_in_the_source_ct(tmp_path
 
     assert error(0.0) < 15.0, error(0.0)  # HU: int16 rounding and the 0.5 mm Z offset of the slice mean
     assert error(4.0) > 3 * max(error(0.0), 5.0)  # 4 mm off is clearly worse: the check can fail
+
+
+def _read(folder, name):
+    img = sitk.ReadImage(str(folder / "imagesTr" / f"{name}.nii.gz"))
+    lab = sitk.ReadImage(str(folder / "labelsTr" / f"{name}.nii.gz"))
+    return img, lab
+
+
+def _on(moving: sitk.Image, grid: sitk.Image, shift_mm: float = 0.0) -> np.ndarray:
+    """``moving`` resampled (linear, float32) onto ``grid``, optionally shifted ``shift_mm`` along X."""
+    ref = sitk.Image(grid)
+    ref.SetOrigin(tuple(np.array(grid.GetOrigin()) + np.array([shift_mm, 0.0, 0.0])))
+    return sitk.GetArrayFromImage(
+        sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
+    )
+
+
+def test_whole_scan_case_is_its_cropped_twin_on_the_whole_head(tmp_path, data_dir):
+    """``whole=True``: the same subject on the Colin27 field of view; the crop is a block of its voxels."""
+    crop = dev_datasets.build("thalamus", tmp_path, n_cases=1, seed=1, data=data_dir)
+    whole = dev_datasets.build("thalamus", tmp_path, n_cases=1, seed=1, data=data_dir, whole=True)
+    assert (crop.name, whole.name) == ("thalamus", "thalamus_whole")
+    meta = json.loads((whole / "dataset.json").read_text())
+    assert meta["name"] == "dev_thalamus_whole" and meta["dev_dataset"]["whole"] is True
+    assert "whole" not in json.loads((crop / "dataset.json").read_text())["dev_dataset"]
+    c_img, c_lab = _read(crop, "thalamus_000")
+    w_img, w_lab = _read(whole, "thalamus_whole_000")
+    atlas = sitk.ReadImage(str(data_dir / "ch2.nii.gz"))
+    t = c_img.GetSpacing()[2]
+
+    # the grid: the atlas's 181 x 217 mm in-plane at 1 mm, its first to last slice every t mm
+    assert w_img.GetSpacing() == (1.0, 1.0, t) and w_img.GetDirection() == atlas.GetDirection()
+    assert w_img.GetSize()[:2] == atlas.GetSize()[:2] == (181, 217)
+    first = np.array(atlas.TransformPhysicalPointToContinuousIndex(w_img.GetOrigin()))
+    corner = w_img.TransformIndexToPhysicalPoint([s - 1 for s in w_img.GetSize()])
+    last = np.array(atlas.TransformPhysicalPointToContinuousIndex(corner))
+    top = atlas.GetSize()[2] - 1
+    assert np.all(np.abs(first[:2]) <= 0.5) and -0.5 <= first[2] < t + 0.5, first
+    assert np.all(np.abs(last[:2] - (180, 216)) <= 0.5) and top - t - 0.5 < last[2] <= top + 0.5, last
+    head = np.nonzero(sitk.GetArrayFromImage(w_img) > 100)  # the head reaches far beyond the crop's box
+    assert np.ptp(head[2]) > 140 and np.ptp(head[1]) > 170, (np.ptp(head[2]), np.ptp(head[1]))
+
+    # the same structure: its voxel count (same voxel size) and its place
+    c_arr, w_arr = sitk.GetArrayFromImage(c_lab), sitk.GetArrayFromImage(w_lab)
+    assert abs(int(w_arr.sum()) - int(c_arr.sum())) <= 0.02 * c_arr.sum(), (w_arr.sum(), c_arr.sum())
+    on_crop = _on(w_lab, c_lab) >= 0.5
+    assert 2 * (on_crop & (c_arr > 0)).sum() / (on_crop.sum() + c_arr.sum()) > 0.99
+
+    # the crop's voxels are the whole case's (resampling lands on them to ~1e-3 voxel): equal up to int16
+    # rounding, but on the crop's first and last slices (its slice profile's running mean stops at its edge)
+    diff = np.abs(_on(w_img, c_img) - sitk.GetArrayFromImage(c_img))[1:-1]
+    assert np.median(diff) < 0.01 and np.mean(diff <= 1.01) > 0.999, np.percentile(diff, [50, 99, 100])
+    shifted = np.abs(_on(w_img, c_img, 1.0) - sitk.GetArrayFromImage(c_img))[1:-1]
+    assert np.mean(shifted <= 1.01) < 0.5  # a grid 1 mm off fails it
+
+
+@pytest.mark.slow
+def test_whole_scan_lesion_case_is_its_cropped_twin_on_the_whole_chest_ct(tmp_path, monkeypatch):
+    """``whole=True`` for a lung task: lung1's in-plane grid, its Z extent at the case's thickness; without
+    noise (the only thing drawn anew) the crop is the whole case resampled onto its grid."""
+    if not (SHARED_DATA / "lung1_image.nrrd").is_file():
+        pytest.skip(f"lung1_image.nrrd not in {SHARED_DATA} (development data)")
+    monkeypatch.setattr(dev_datasets.dev_lesions, "NOISE_HU", (0.0, 0.0))
+    crop = dev_datasets.build("lung_solid", tmp_path, n_cases=1, seed=0, data=SHARED_DATA)
+    whole = dev_datasets.build("lung_solid", tmp_path, n_cases=1, seed=0, data=SHARED_DATA, whole=True)
+    c_img, c_lab = _read(crop, "lung_solid_000")
+    w_img, w_lab = _read(whole, "lung_solid_whole_000")
+    ct = sitk.ReadImage(str(SHARED_DATA / "lung1_image.nrrd"))
+    t = c_img.GetSpacing()[2]
+    assert w_img.GetSize()[:2] == ct.GetSize()[:2] and w_img.GetSpacing() == (*ct.GetSpacing()[:2], t)
+    first = np.array(ct.TransformPhysicalPointToContinuousIndex(w_img.GetOrigin()))
+    corner = w_img.TransformIndexToPhysicalPoint([s - 1 for s in w_img.GetSize()])
+    last = np.array(ct.TransformPhysicalPointToContinuousIndex(corner))
+    sz, top = ct.GetSpacing()[2], ct.GetSize()[2] - 1
+    assert np.allclose(first[:2], 0.0, atol=1e-3) and 0.0 <= first[2] * sz < t + 1.0, first
+    assert np.allclose(last[:2], 511.0, atol=1e-3) and top - (t + 1.0) / sz < last[2] <= top + 1e-3, last
+
+    # the same lesion: its volume in mm^3, its place
+    vol = [float(sitk.GetArrayFromImage(lab).sum()) * np.prod(lab.GetSpacing()) for lab in (c_lab, w_lab)]
+    assert abs(vol[1] - vol[0]) < 0.05 * vol[0], vol
+    c_arr = sitk.GetArrayFromImage(c_lab) > 0
+    on_crop = _on(w_lab, c_lab) >= 0.5
+    assert 2 * (on_crop & c_arr).sum() / (on_crop.sum() + c_arr.sum()) > 0.9
+
+    # HU: the whole case (0.57 mm) resampled onto the crop's 1 mm grid, inside slices
+    diff = np.abs(_on(w_img, c_img) - sitk.GetArrayFromImage(c_img))[1:-1]
+    shifted = np.abs(_on(w_img, c_img, 4.0) - sitk.GetArrayFromImage(c_img))[1:-1]
+    assert np.median(diff) < 3.0 and np.percentile(diff, 95) < 30.0, np.percentile(diff, [50, 95, 100])
+    assert np.median(shifted) > 3 * max(np.median(diff), 3.0)  # 4 mm off is clearly worse
