@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import vtk
 
-from semisam.prompts import AXES, Prompt, PromptSet, parse_prompts
+from semisam.prompts import Prompt, PromptSet, parse_prompts
 from semisam.scan.volume import Volume
+from semisam.slices import AXES
 
 #: Control-point descriptions that make a point negative (compared lower-cased and stripped).
 NEGATIVE_WORDS = frozenset({"-", "neg", "negative", "bg", "background"})

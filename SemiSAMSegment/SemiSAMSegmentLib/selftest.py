@@ -88,9 +88,9 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     they_had (and, with Propagate across slices off, every slice but the prompted one),
     test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_provenance,
     on a lung1 crop with the bundled LiteMedSAM."""
-    from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
     from semisam.scan.volume import read_mask, read_volume
+    from semisam.slices import box_from_mask
     from semisam.store import LabeledStore
 
     case = sample_or_skip(test, "lung1")
@@ -142,9 +142,9 @@ def worker_propagate_flow(test, scene, logic, tmp: Path, idle=None) -> None:
     worker writes nothing to the scene itself. ``idle`` runs between polls (``slicer.app.processEvents``)."""
     import time
 
-    from semisam.prompts import box_from_mask
     from semisam.propagation.simulate import crop_around, middle_slice
     from semisam.scan.volume import read_mask, read_volume
+    from semisam.slices import box_from_mask
     from SemiSAMLib.worker import WorkerState
 
     case = sample_or_skip(test, "lung1")

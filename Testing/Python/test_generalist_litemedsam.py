@@ -9,9 +9,9 @@ import pytest
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.fast_encoder import apply_backend
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask
 from semisam.scan.intensity import apply_window, window_for
 from semisam.scan.volume import read_mask, read_volume
+from semisam.slices import box_from_mask
 
 
 @pytest.fixture(scope="module")

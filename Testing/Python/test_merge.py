@@ -8,7 +8,7 @@ import pytest
 
 from semisam.merge import AGREE_DICE, MergeRule, merge_keep_agreeing, slice_agrees, write_propagation
 from semisam.metrics import dice
-from semisam.prompts import merge_in_range
+from semisam.slices import merge_in_range
 
 
 def disc(shape, centre, radius):

@@ -1,23 +1,12 @@
-"""The prompts JSON form: parsing, validation against the image, and slicing helpers (no model)."""
+"""The prompts JSON form: parsing and validation against the image (no model)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from semisam.prompts import (
-    AXES,
-    Prompt,
-    PromptError,
-    box_from_mask,
-    load_prompts,
-    parse_prompts,
-    put_slice,
-    slice_shape,
-    take_slice,
-)
+from semisam.prompts import Prompt, PromptError, load_prompts, parse_prompts
 
 SHAPE = (10, 40, 60)  # (Z, Y, X): 10 axial slices of 40 rows x 60 columns
 
@@ -119,27 +108,3 @@ def test_load_prompts_file_errors(tmp_path):
         json.dumps({"axis": "sagittal", "prompts": [{"slice": 5, "point": [3, 4]}]}), encoding="utf-8"
     )
     assert load_prompts(good, SHAPE).prompts[0].point == (3, 4)
-
-
-def test_take_and_put_slice_every_axis():
-    a = np.arange(np.prod(SHAPE)).reshape(SHAPE)
-    assert take_slice(a, "axial", 3).shape == (40, 60) == slice_shape(SHAPE, "axial")
-    assert take_slice(a, "coronal", 3).shape == (10, 60) == slice_shape(SHAPE, "coronal")
-    assert take_slice(a, "sagittal", 3).shape == (10, 40) == slice_shape(SHAPE, "sagittal")
-    # Row/column meaning: axial (j, i), coronal (k, i), sagittal (k, j).
-    k, j, i = 4, 7, 11
-    assert take_slice(a, "axial", k)[j, i] == a[k, j, i]
-    assert take_slice(a, "coronal", j)[k, i] == a[k, j, i]
-    assert take_slice(a, "sagittal", i)[k, j] == a[k, j, i]
-    for axis in AXES:
-        b = np.zeros(SHAPE, np.int64)
-        put_slice(b, axis, 5, take_slice(a, axis, 5))
-        assert np.array_equal(take_slice(b, axis, 5), take_slice(a, axis, 5))
-        assert b.sum() == take_slice(a, axis, 5).sum()
-
-
-def test_box_from_mask():
-    m = np.zeros((20, 30), bool)
-    assert box_from_mask(m) is None
-    m[3:7, 10:15] = True
-    assert box_from_mask(m) == (10, 3, 14, 6)

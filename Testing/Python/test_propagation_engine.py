@@ -11,10 +11,11 @@ import pytest
 from semisam.generalists import build_generalist
 from semisam.generalists.cache import EmbeddingCache
 from semisam.metrics import dice
-from semisam.prompts import PromptError, box_from_mask, take_slice
+from semisam.prompts import PromptError
 from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
 from semisam.propagation.simulate import crop_around, middle_slice
 from semisam.scan.volume import read_mask, read_volume
+from semisam.slices import box_from_mask, take_slice
 
 
 @pytest.fixture(scope="module")

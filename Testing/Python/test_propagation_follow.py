@@ -14,7 +14,6 @@ from scipy import ndimage as ndi
 
 from semisam.generalists.base import SliceEmbedding, SlicePrediction, SlicePrompt
 from semisam.metrics import dice as mask_dice
-from semisam.prompts import take_slice
 from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
 from semisam.propagation.engine import _answer_prompt, _reconcile
 from semisam.propagation.follow import follow_one, is_thin
@@ -24,6 +23,7 @@ from semisam.propagation.state import KeySlice
 from semisam.propagation.step import SliceResult
 from semisam.propagation.track import agreement, best_shift, carry_mask
 from semisam.scan.volume import Volume
+from semisam.slices import take_slice
 
 
 def _disc(shape, cy, cx, r):

@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 from SemiSAMSegmentLib.selftest import roi_around  # noqa: E402
 
-from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.scan.volume import read_mask, read_volume  # noqa: E402
+from semisam.slices import box_from_mask  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
 

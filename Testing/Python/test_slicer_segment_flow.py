@@ -24,9 +24,9 @@ from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
 from SemiSAMSegmentLib.selftest import roi_around, tiny_model_dir  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
-from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.scan.volume import Volume, read_mask, read_volume  # noqa: E402
+from semisam.slices import box_from_mask  # noqa: E402
 from semisam.store import LabeledStore  # noqa: E402
 from SemiSAMLib.worker import Cancelled, WorkerState  # noqa: E402
 

@@ -51,11 +51,11 @@ from bench_common import machine_info
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation import PropagationParams, add_prompt, add_prompts, init_state, propagate
 from semisam.propagation.simulate import boxes_from_label, key_slices, lesion_slices, middle_slice
 from semisam.samples import find_case
 from semisam.scan.volume import read_mask, read_volume
+from semisam.slices import box_from_mask, put_slice, take_slice
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("propagation-benchmark")

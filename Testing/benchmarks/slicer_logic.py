@@ -39,10 +39,10 @@ from bench_common import machine_info  # noqa: E402
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
-from semisam.prompts import box_from_mask  # noqa: E402
 from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
 from semisam.samples import find_case  # noqa: E402
 from semisam.scan.volume import read_mask, read_volume  # noqa: E402
+from semisam.slices import box_from_mask  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

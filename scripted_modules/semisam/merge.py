@@ -3,7 +3,7 @@
 A user who places a box on one bad slice of a mostly good mask (the specialist's proposal, an earlier
 propagation, Segment Editor edits) wants that slice fixed, not the whole structure re-segmented. The
 propagation engine answers for every slice of its range, so writing its answer over the whole range
-(:func:`semisam.prompts.merge_in_range`, rule ``"replace"``) throws away slices that were right and
+(:func:`semisam.slices.merge_in_range`, rule ``"replace"``) throws away slices that were right and
 often lowers the Dice.
 
 Rule ``"keep_agreeing"`` (:func:`merge_keep_agreeing`): along the slice axis, walking outward from each
@@ -36,7 +36,7 @@ from enum import StrEnum
 import numpy as np
 
 from semisam.metrics import dice
-from semisam.prompts import axis_index, merge_in_range, put_slice, take_slice
+from semisam.slices import axis_index, merge_in_range, put_slice, take_slice
 
 #: 2D Dice at or above which a propagated slice agrees with the existing one (see the module docstring).
 AGREE_DICE = 0.8
@@ -47,7 +47,7 @@ class MergeRule(StrEnum):
 
     #: Replace from each key slice outward until the new answer agrees with the segment; keep the rest.
     KEEP_AGREEING = "keep_agreeing"
-    #: Replace every slice of the propagated range (:func:`semisam.prompts.merge_in_range`).
+    #: Replace every slice of the propagated range (:func:`semisam.slices.merge_in_range`).
     REPLACE = "replace"
     #: Replace the prompted (key) slices only; every other slice keeps the segment's voxels (what a
     #: propagation with ``across_slices=False`` is written by: it answers nothing else).

@@ -36,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from semisam.generalists import build_generalist, parse_model_spec
     from semisam.metrics import dice
     from semisam.outputs import commit_outputs, plan_outputs
-    from semisam.prompts import take_slice
     from semisam.propagation import propagate_prompts
     from semisam.propagation.montage import render_montage, save_png
     from semisam.propagation.simulate import boxes_from_label, lesion_slices, middle_slice
     from semisam.samples import get_case
     from semisam.scan.volume import read_mask, read_volume, write_mask
+    from semisam.slices import take_slice
 
     t0 = time.perf_counter()
     out = Path(args.output_dir)

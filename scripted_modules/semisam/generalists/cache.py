@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# One slicing rule for the whole package (axis name -> numpy axis of a (Z, Y, X) array; axial = array[k]).
-from ..prompts import AXES, take_slice
 from ..scan.intensity import IntensityWindow, apply_window
+
+# One slicing rule for the whole package (axis name -> numpy axis of a (Z, Y, X) array; axial = array[k]).
+from ..slices import AXES, take_slice
 from .base import PromptableModel, SliceEmbedding, model_identity
 
 log = logging.getLogger(__name__)

@@ -58,10 +58,10 @@ from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
 from semisam.merge import MergeRule
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask, take_slice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.propagation.session import EditingSession
 from semisam.scan.volume import Volume
+from semisam.slices import box_from_mask, take_slice
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ import numpy as np
 
 from semisam.generalists.base import SlicePrompt
 from semisam.metrics import dice
-from semisam.prompts import box_from_mask, put_slice, take_slice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.continuity import rebound_cut
 from semisam.propagation.follow import follow_one, is_thin
@@ -38,6 +37,7 @@ from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, PropagationState, Track
 from semisam.propagation.step import SliceResult, propagate_one
+from semisam.slices import box_from_mask, put_slice, take_slice
 
 log = logging.getLogger(__name__)
 

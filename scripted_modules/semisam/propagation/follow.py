@@ -29,11 +29,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from semisam.generalists.base import PromptableModel, SliceEmbedding, SlicePrompt
-from semisam.prompts import box_from_mask
 from semisam.propagation.lesion import LesionModel, candidate_region
 from semisam.propagation.params import PropagationParams
 from semisam.propagation.step import _expand
 from semisam.propagation.track import Carried, agreement, carry_mask
+from semisam.slices import box_from_mask
 
 #: Largest slice spacing, as a fraction of the structure's equivalent radius, for which the tracked step
 #: is used (see the module docstring: discs offset by r/2 still overlap with Dice 0.68).

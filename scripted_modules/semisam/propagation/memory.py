@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from semisam.generalists.base import SlicePrompt
-from semisam.prompts import put_slice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.result import PropagationResult
+from semisam.slices import put_slice
 
 #: A slice counts as containing the object when SAM 2's object-presence probability exceeds this.
 MIN_OBJECT_SCORE = 0.5

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from semisam.fileio import atomic_path
-from semisam.prompts import Prompt, take_slice
+from semisam.prompts import Prompt
+from semisam.slices import take_slice
 
 MASK_RGB = (255, 60, 60)  # red: the propagated mask
 LABEL_RGB = (60, 220, 60)  # green: the reference label

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisam.prompts import Prompt, PromptSet, axis_index, box_from_mask, take_slice
+from semisam.prompts import Prompt, PromptSet
+from semisam.slices import axis_index, box_from_mask, take_slice
 
 
 def lesion_slices(label: np.ndarray, axis: str = "axial") -> list[int]:

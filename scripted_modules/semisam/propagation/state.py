@@ -26,13 +26,14 @@ import numpy as np
 
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache, SliceEncoder, array_fingerprint
-from semisam.prompts import Prompt, PromptError, axis_index, n_slices, slice_shape
+from semisam.prompts import Prompt, PromptError
 from semisam.propagation.isotropic import SquarePixels
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.params import PropagationParams
 from semisam.propagation.step import SliceResult
 from semisam.scan.intensity import CT_PRESETS, IntensityWindow, window_for
 from semisam.scan.volume import Volume
+from semisam.slices import axis_index, n_slices, slice_shape
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class PropagationState:
 
 
 def slice_geometry(volume: Volume, axis: str) -> tuple[tuple[float, float], float]:
-    """``((row_mm, column_mm), slice_mm)`` of slices across ``axis`` (see :mod:`semisam.prompts`)."""
+    """``((row_mm, column_mm), slice_mm)`` of slices across ``axis`` (see :mod:`semisam.slices`)."""
     si, sj, sk = volume.spacing
     a = axis_index(axis)
     if a == 0:  # axial: rows j, columns i

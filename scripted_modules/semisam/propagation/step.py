@@ -25,9 +25,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from semisam.generalists.base import PromptableModel, SliceEmbedding, SlicePrompt
-from semisam.prompts import box_from_mask
 from semisam.propagation.lesion import LesionModel, candidate_region
 from semisam.propagation.params import PropagationParams
+from semisam.slices import box_from_mask
 
 
 @dataclass
