@@ -445,7 +445,7 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
         import numpy as np
         import torch
 
-        from semisam.checkpoints import new_manifest, save_model
+        from semisam.model_folder import new_manifest, save_model
         from semisam.scan.volume import Volume
         from semisam.specialists import build_specialist
         from semisam.store import LabeledStore, RegistryError

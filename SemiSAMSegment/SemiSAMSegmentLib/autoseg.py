@@ -103,8 +103,8 @@ def run_specialist(
 
     ``cache`` maps ``(folder, weights sha256, device)`` to the loaded ``(model, manifest)``.
     """
-    from semisam.checkpoints import load_model, verify_model_dir
     from semisam.inference import segment
+    from semisam.model_folder import load_model, verify_model_dir
 
     manifest = verify_model_dir(model_dir)  # cheap next to inference; catches a replaced folder
     key = (str(Path(model_dir).resolve()), manifest.sha256, str(device))

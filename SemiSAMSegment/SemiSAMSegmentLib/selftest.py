@@ -30,7 +30,7 @@ def tiny_model_dir(path: Path, modality: str = "CT") -> Path:
     """An untrained specialist folder, as ``semisam model init`` writes it (small and coarse)."""
     import torch
 
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist
 
     manifest = new_manifest(
@@ -68,8 +68,8 @@ def mask_round_trip_flow(test, scene, logic, tmp: Path) -> None:
 
 def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
     """test_auto_segment_lands_on_the_volume_grid: breast1, untrained model, segments == core labels."""
-    from semisam.checkpoints import load_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model
     from semisam.scan.volume import read_volume
 
     case = sample_or_skip(test, "breast1")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from semisam.checkpoints import new_manifest
+from semisam.model_folder import new_manifest
 from semisam.specialists import build_specialist
 from semisam.store import LabeledStore
 from semisam.training import ddp

@@ -69,15 +69,15 @@ def test_store_lock_timeout_applies_to_threads_of_one_process(tmp_path):
 
 
 def test_save_model_overwrite_replaces_and_leaves_no_leftovers(tmp_path):
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.specialists import build_specialist
 
-    first = checkpoints.new_manifest("mamba_unet", ["lesion"], "CT")
+    first = model_folder.new_manifest("mamba_unet", ["lesion"], "CT")
     model = build_specialist(first.arch, **first.kwargs)
     dest = tmp_path / "model"
-    a = checkpoints.save_model(dest, model, first)
+    a = model_folder.save_model(dest, model, first)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    b = checkpoints.save_model(dest, model, first, overwrite=True)
-    assert a.sha256 != b.sha256 and checkpoints.verify_model_dir(dest).sha256 == b.sha256
+    b = model_folder.save_model(dest, model, first, overwrite=True)
+    assert a.sha256 != b.sha256 and model_folder.verify_model_dir(dest).sha256 == b.sha256
     assert [p.name for p in tmp_path.iterdir()] == ["model"]

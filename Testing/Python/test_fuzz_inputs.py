@@ -36,9 +36,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from robust_helpers import make_store, run_cli, sha, small_scan, tree_digest
 
-from semisam import checkpoints as ck
+from semisam import model_folder as mf
+from semisam.json_schema import SchemaError, validate
 from semisam.store import LabeledStore
-from semisam.validate import SchemaError, validate
 
 _SCALE = float(os.environ.get("SEMISAM_FUZZ_EXAMPLES", "1"))
 #: Examples per property (times SEMISAM_FUZZ_EXAMPLES).
@@ -207,11 +207,11 @@ def model_template(work):
 
     d = work / "model"
     d.mkdir()
-    save_file({"w": np.zeros(4, np.float32)}, str(d / ck.WEIGHTS_NAME))
-    man = ck.new_manifest("mamba_unet", ["lesion"], "CT")
-    man.sha256 = ck.sha256_file(d / ck.WEIGHTS_NAME)
+    save_file({"w": np.zeros(4, np.float32)}, str(d / mf.WEIGHTS_NAME))
+    man = mf.new_manifest("mamba_unet", ["lesion"], "CT")
+    man.sha256 = mf.sha256_file(d / mf.WEIGHTS_NAME)
     man.inference = {"roi_size": [-1, -1], "overlap": 0.25, "sw_batch_size": 4, "mode": "gaussian"}
-    (d / ck.MANIFEST_NAME).write_text(man.to_json())
+    (d / mf.MANIFEST_NAME).write_text(man.to_json())
     return d
 
 
@@ -219,12 +219,12 @@ def model_template(work):
 def test_fuzz_manifest(model_template, tmp_path, capsys):
     d = tmp_path / "model"
     shutil.copytree(model_template, d)
-    valid = json.loads((d / ck.MANIFEST_NAME).read_text())
+    valid = json.loads((d / mf.MANIFEST_NAME).read_text())
 
     @_settings("manifest")
     @given(data=mutated_json(valid))
     def prop(data):
-        (d / ck.MANIFEST_NAME).write_bytes(data)
+        (d / mf.MANIFEST_NAME).write_bytes(data)
         before = tree_digest(d)
         code, out, err = run_cli(capsys, ["model", "verify", d])
         _check_contract(code, out, err)
@@ -283,8 +283,8 @@ def specialists(work):
         ("mamba_unet", {"channels": [8, 16, 16, 32, 32]}),
         ("unet3d", {"channels": [4, 8, 8, 8, 8]}),
     ):
-        man = ck.new_manifest(arch, ["lesion"], "CT", kwargs=kwargs, target_spacing=(1, 1, 2))
-        ck.save_model(work / f"specialist-{arch}", build_specialist(man.arch, **man.kwargs), man)
+        man = mf.new_manifest(arch, ["lesion"], "CT", kwargs=kwargs, target_spacing=(1, 1, 2))
+        mf.save_model(work / f"specialist-{arch}", build_specialist(man.arch, **man.kwargs), man)
         out[arch] = work / f"specialist-{arch}"
     return out
 
@@ -309,9 +309,9 @@ def test_fuzz_manifest_inference(specialists, tmp_path, capsys):
     def prop(arch, inference):
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(specialists[arch], d)
-        data = json.loads((d / ck.MANIFEST_NAME).read_text())
+        data = json.loads((d / mf.MANIFEST_NAME).read_text())
         data["inference"] = inference
-        (d / ck.MANIFEST_NAME).write_text(json.dumps(data))
+        (d / mf.MANIFEST_NAME).write_text(json.dumps(data))
         out.unlink(missing_ok=True)
         before = tree_digest(d), sha(scan)
         argv = ["segment", scan, "--model", d, "--output", out, "--device", "cpu", "--no-progress"]
@@ -535,8 +535,8 @@ def _child(*args):
 
 def test_child_processes_give_one_line_and_exit_1(model_template, store_template, tmp_path):
     d = shutil.copytree(model_template, tmp_path / "model")
-    (d / ck.MANIFEST_NAME).write_text(
-        (d / ck.MANIFEST_NAME).read_text().replace('"mode": "gaussian"', '"mode": "Seems to be OOM"')
+    (d / mf.MANIFEST_NAME).write_text(
+        (d / mf.MANIFEST_NAME).read_text().replace('"mode": "gaussian"', '"mode": "Seems to be OOM"')
     )
     root = shutil.copytree(store_template, tmp_path / "store", symlinks=True)
     (root / "models" / "active.json").write_text("[]")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from semisam.generalists import CheckpointError, SlicePrompt, build_generalist, parse_model_spec
-from semisam.generalists.checkpoint import read_state_dict
 from semisam.generalists.testing import save_tiny, tiny_litemedsam, tiny_sam, tiny_sam2
+from semisam.generalists.user_checkpoint import read_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from semisam import checkpoints as ck
+from semisam import model_folder as mf
 from semisam.inference import orientation_axes, segment, to_input_grid, to_model_grid
 from semisam.scan.volume import Volume, read_volume
 from semisam.specialists import SPECIALIST_REGISTRY
@@ -49,8 +49,8 @@ def _phantom(direction=ODD_DIRECTION, spacing=(0.7, 1.9, 1.3), origin=(-123.4, 5
     return Volume(a, spacing=spacing, origin=origin, direction=direction)
 
 
-def _manifest(target=(1.0, 1.0, 1.0), modality="CT", orientation="LPS") -> ck.ModelManifest:
-    man = ck.new_manifest("threshold", ["object"], modality, target_spacing=target)
+def _manifest(target=(1.0, 1.0, 1.0), modality="CT", orientation="LPS") -> mf.ModelManifest:
+    man = mf.new_manifest("threshold", ["object"], modality, target_spacing=target)
     man.preprocessing["orientation"] = orientation
     return man
 
@@ -147,7 +147,7 @@ def test_progress_reports_and_mr_percentiles():
 
 def test_label_values_and_class_mismatch():
     vol = _phantom()
-    man = ck.new_manifest("threshold", {"tumour": 7}, "CT")
+    man = mf.new_manifest("threshold", {"tumour": 7}, "CT")
     res = segment(vol, Threshold(), man, "cpu")
     assert set(np.unique(res.labels)) == {0, 7}
     with pytest.raises(ValueError, match="3 classes but the manifest names 1 label"):
@@ -156,7 +156,7 @@ def test_label_values_and_class_mismatch():
 
 def test_real_lung1_with_a_saved_mamba_unet(lung1, tmp_path, monkeypatch):
     """The real pipeline end to end on a real CT: load_model -> segment, coarse grid to stay fast."""
-    man = ck.new_manifest(
+    man = mf.new_manifest(
         "mamba_unet",
         ["lesion"],
         "CT",
@@ -166,8 +166,8 @@ def test_real_lung1_with_a_saved_mamba_unet(lung1, tmp_path, monkeypatch):
     torch.manual_seed(0)
     from semisam.specialists import build_specialist
 
-    ck.save_model(tmp_path / "m", build_specialist(man.arch, **man.kwargs), man)
-    model, man = ck.load_model(tmp_path / "m", "cpu")
+    mf.save_model(tmp_path / "m", build_specialist(man.arch, **man.kwargs), man)
+    model, man = mf.load_model(tmp_path / "m", "cpu")
     vol = read_volume(lung1.image)
     res = segment(vol, model, man, "cpu")
     assert res.labels.shape == vol.shape and res.label_volume().same_grid(vol)

@@ -133,7 +133,7 @@ def test_replay_writes_lines_store_and_plot_and_keeps_the_truth_out(dataset, tin
 
 def test_the_active_specialist_proposes(dataset, tiny_generalist, tmp_path):
     """A promoted model version is what proposes the next case (via load_model + segment)."""
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist
 
     work = tmp_path / "work"

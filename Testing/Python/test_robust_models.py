@@ -11,10 +11,10 @@ import pytest
 import torch
 from robust_helpers import assert_one_line_error, run_cli, sha, small_scan
 
-from semisam import checkpoints as ck
-from semisam.generalists.checkpoint import CheckpointError, read_state_dict, save_state_dict
+from semisam import model_folder as mf
 from semisam.generalists.sam import build_sam
 from semisam.generalists.testing import tiny_sam
+from semisam.generalists.user_checkpoint import CheckpointError, read_state_dict, save_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +22,13 @@ def model_dir(tmp_path_factory):
     from semisam.specialists import build_specialist
 
     d = tmp_path_factory.mktemp("robust-models") / "m"
-    man = ck.new_manifest("unet3d", ["lesion"], "CT", kwargs={"channels": [4, 8]}, target_spacing=(2, 2, 3))
+    man = mf.new_manifest("unet3d", ["lesion"], "CT", kwargs={"channels": [4, 8]}, target_spacing=(2, 2, 3))
     try:
         model = build_specialist(man.arch, **man.kwargs)
     except TypeError:  # other constructor arguments: the defaults
-        man = ck.new_manifest("unet3d", ["lesion"], "CT", target_spacing=(2, 2, 3))
+        man = mf.new_manifest("unet3d", ["lesion"], "CT", target_spacing=(2, 2, 3))
         model = build_specialist(man.arch, **man.kwargs)
-    ck.save_model(d, model, man)
+    mf.save_model(d, model, man)
     return d
 
 

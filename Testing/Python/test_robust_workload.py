@@ -31,7 +31,7 @@ import torch
 from robust_helpers import sha, tree_digest
 
 from semisam import budget
-from semisam import checkpoints as ck
+from semisam import model_folder as mf
 from semisam.inference import DEFAULT_INFERENCE
 from semisam.scan.volume import GridTooLargeError, Volume, read_mask, read_volume, write_volume
 
@@ -85,9 +85,9 @@ def _scan(path: Path, shape: tuple[int, int, int] = (20, 64, 64)) -> Path:
 def _with_inference(model_dir: Path, dest: Path, inference: dict) -> Path:
     """A copy of ``model_dir`` whose manifest's ``inference`` block is ``inference`` (weights unchanged)."""
     shutil.copytree(model_dir, dest)
-    data = json.loads((dest / ck.MANIFEST_NAME).read_text())
+    data = json.loads((dest / mf.MANIFEST_NAME).read_text())
     data["inference"] = inference
-    (dest / ck.MANIFEST_NAME).write_text(json.dumps(data))
+    (dest / mf.MANIFEST_NAME).write_text(json.dumps(data))
     return dest
 
 
@@ -160,7 +160,7 @@ def test_hostile_inference_values_are_refused_at_once(models, scan, tmp_path, ca
     before = sha(scan), tree_digest(d)
     out = tmp_path / "mask.nii.gz"
     proc, seconds = _child("segment", scan, "--model", d, "--output", out, "--device", "cpu")
-    _one_line_error(proc, str(d / ck.MANIFEST_NAME), needle)
+    _one_line_error(proc, str(d / mf.MANIFEST_NAME), needle)
     assert seconds < TIMEOUT and not out.exists()
     assert (sha(scan), tree_digest(d)) == before
     # The same manifest is refused by `model verify` (and so by the store's registry).
@@ -170,8 +170,8 @@ def test_hostile_inference_values_are_refused_at_once(models, scan, tmp_path, ca
 def test_windows_larger_than_the_scan_give_the_whole_slice_result(models, scan, tmp_path):
     """roi_size [4096, 4096] with a batch of 256 on a 20 x 64 x 64 crop: the window is cut to the slice
     (more padding would only be zeros to compute): a correct result, the same as the default's."""
-    from semisam.checkpoints import load_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model
 
     d = _with_inference(
         models["mamba_unet"], tmp_path / "model", {"roi_size": [4096, 4096], "sw_batch_size": 256}
@@ -191,8 +191,8 @@ def test_windows_larger_than_the_scan_give_the_whole_slice_result(models, scan, 
 def test_whole_axis_windows_work_on_the_3d_model(models, scan):
     """roi_size [-1, -1, -1] on unet3d: each side rounded up to a multiple of 16 (MONAI pads the grid),
     where the window used to be the grid itself and MONAI's U-Net failed on a 20-slice axis."""
-    from semisam.checkpoints import load_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model
 
     model, man = load_model(models["unet3d"])
     man.inference = {"roi_size": [-1, -1, -1]}
@@ -229,7 +229,7 @@ def test_a_batch_that_does_not_fit_in_memory_is_refused_naming_the_field(models,
     proc, seconds = _child(
         "segment", big, "--model", d, "--output", out, "--device", "cpu", "--no-progress", code=LIMITED
     )
-    line = _one_line_error(proc, str(d / ck.MANIFEST_NAME), "inference.sw_batch_size 256", "memory free")
+    line = _one_line_error(proc, str(d / mf.MANIFEST_NAME), "inference.sw_batch_size 256", "memory free")
     assert "fit (set sw_batch_size to" in line
     assert seconds < TIMEOUT and not out.exists() and (sha(big), tree_digest(d)) == before
 
@@ -238,7 +238,7 @@ def test_a_batch_that_does_not_fit_in_memory_is_refused_naming_the_field(models,
 def _plan(arch: str, grid, inference: dict | None = None, available=None, models=None):
     from semisam.specialists import build_specialist
 
-    man = ck.read_manifest(models[arch])
+    man = mf.read_manifest(models[arch])
     man.inference = dict(inference or {})
     model = build_specialist(man.arch, **man.kwargs)
     kind = model.input_kind
@@ -287,11 +287,11 @@ def test_defaults_on_a_whole_body_ct_are_within_the_bounds(models):
 
 
 def test_too_many_windows_are_refused_naming_roi_size_and_overlap(models):
-    with pytest.raises(ck.CheckpointError) as info:
+    with pytest.raises(mf.CheckpointError) as info:
         _plan("mamba_unet", (1200, 625, 625), {"roi_size": [64, 64], "overlap": 0.75}, models=models)
     line = str(info.value)
     assert line.startswith(
-        f"{models['mamba_unet'] / ck.MANIFEST_NAME}: inference.roi_size [64, 64] with overlap 0.75"
+        f"{models['mamba_unet'] / mf.MANIFEST_NAME}: inference.roi_size [64, 64] with overlap 0.75"
     )
     assert "1,642,800 windows" in line and f"at most {budget.MAX_WINDOWS:,}" in line and "\n" not in line
 
@@ -299,11 +299,11 @@ def test_too_many_windows_are_refused_naming_roi_size_and_overlap(models):
 def test_memory_refusals_name_what_to_change(models):
     gib = 1 << 30
     with pytest.raises(
-        ck.CheckpointError, match=r"inference\.sw_batch_size 256: .* \d+ fit \(set sw_batch_size"
+        mf.CheckpointError, match=r"inference\.sw_batch_size 256: .* \d+ fit \(set sw_batch_size"
     ):
         _plan("mamba_unet", (256, 256, 256), {"sw_batch_size": 256}, available=gib, models=models)
     with pytest.raises(
-        ck.CheckpointError, match=r"inference\.roi_size \[256, 256, 256\]: .*use smaller windows"
+        mf.CheckpointError, match=r"inference\.roi_size \[256, 256, 256\]: .*use smaller windows"
     ):
         _plan("unet3d", (256, 256, 256), {"roi_size": [256, 256, 256]}, available=gib, models=models)
     with pytest.raises(GridTooLargeError, match=r"^scan\.nii\.gz: segmenting needs ~.*crop the scan"):
@@ -327,16 +327,16 @@ def test_built_in_geometry_agrees_with_the_networks():
         ("unet3d", {"strides": [2, 2, 1, 2]}),
     ]:
         model = build_specialist(arch, n_classes=2, **kwargs)
-        assert ck.arch_geometry(arch, kwargs) == (model.input_kind, model.pad_multiple), (arch, kwargs)
+        assert mf.arch_geometry(arch, kwargs) == (model.input_kind, model.pad_multiple), (arch, kwargs)
 
 
 def test_schema_states_the_same_bounds():
-    schema = json.loads((Path(ck.__file__).parent / "schemas" / "manifest.json").read_text())
+    schema = json.loads((Path(mf.__file__).parent / "schemas" / "manifest.json").read_text())
     inference = schema["properties"]["inference"]["properties"]
-    assert inference["overlap"]["maximum"] == ck.MAX_OVERLAP
-    assert inference["sw_batch_size"]["maximum"] == ck.MAX_SW_BATCH_SIZE
-    assert inference["roi_size"]["items"]["maximum"] == ck.MAX_ROI_VOXELS
-    assert inference["roi_size"]["items"]["not"]["exclusiveMaximum"] == ck.MIN_ROI_VOXELS
+    assert inference["overlap"]["maximum"] == mf.MAX_OVERLAP
+    assert inference["sw_batch_size"]["maximum"] == mf.MAX_SW_BATCH_SIZE
+    assert inference["roi_size"]["items"]["maximum"] == mf.MAX_ROI_VOXELS
+    assert inference["roi_size"]["items"]["not"]["exclusiveMaximum"] == mf.MIN_ROI_VOXELS
 
 
 # ------------------------------------------------------------------------------------------ propagate

@@ -203,8 +203,8 @@ def test_the_case_before_a_validation_one_is_announced(mrml_scene, tmp_path):
 def test_auto_segment_lands_on_the_volume_grid(mrml_scene, breast1, tmp_path):
     """An untrained specialist on breast1 (oblique-free but anisotropic, non-zero origin): the segments
     equal the core's own result on the file, voxel for voxel, and the ranking is stored."""
-    from semisam.checkpoints import load_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model
 
     model_dir = tiny_model_dir(tmp_path / "model", modality="MR")
     node = mrml_io.load_volume(mrml_scene, breast1.image)

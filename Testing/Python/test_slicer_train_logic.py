@@ -26,7 +26,7 @@ def model_dir(path: Path, seed: int) -> Path:
     """A specialist folder as ``semisam model init`` writes it (tiny, untrained, seeded)."""
     import torch
 
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist
 
     manifest = new_manifest("mamba_unet", ["lesion"], "CT", kwargs={"channels": [8, 16, 16, 32, 32]})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from semisam.checkpoints import new_manifest
+from semisam.model_folder import new_manifest
 from semisam.specialists import build_specialist
 from semisam.training.methods.base import Batch, CaseData, StudentOutput, TrainContext
 from semisam.training.methods.distill import CELL, build, perturb, teacher_cells

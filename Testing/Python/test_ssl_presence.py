@@ -122,7 +122,7 @@ def test_pseudo_labeler_refuses_slices_the_probe_calls_empty(tmp_path, fitted):
 def test_semisam_plus_fits_the_probe_on_the_labeled_cases_when_asked(tmp_path, litemedsam):
     import types
 
-    from semisam.checkpoints import new_manifest
+    from semisam.model_folder import new_manifest
     from semisam.training.methods.base import TrainContext
     from semisam.training.methods.semisam_plus import SemiSAMPlus
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from training_synth import ThresholdStudent
 
-from semisam.checkpoints import new_manifest
+from semisam.model_folder import new_manifest
 from semisam.training.embedding_store import EmbeddingStore
 from semisam.training.methods.base import Batch, CaseData, StudentOutput, TrainContext
 from semisam.training.methods.semisam_plus import SemiSAMPlus, crop_targets

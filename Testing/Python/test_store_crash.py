@@ -74,10 +74,10 @@ def _verify_case(store: LabeledStore, case_id: str) -> None:
 
 def test_store_survives_kill_9_at_100_random_moments(tmp_path):
     ctx = mp.get_context("forkserver")
-    # semisam.checkpoints (which verifies model folders) imports torch: import it once in the fork
+    # semisam.model_folder (which verifies model folders) imports torch: import it once in the fork
     # server rather than in each child, so a round still costs tens of milliseconds. The store and the
     # drill themselves never import torch (test_store_imports_without_torch).
-    ctx.set_forkserver_preload(["semisam.store.drill", "semisam.checkpoints"])
+    ctx.set_forkserver_preload(["semisam.store.drill", "semisam.model_folder"])
     warm = ctx.Process(target=os.getpid)  # start the fork server outside the timed kill windows
     warm.start()
     warm.join()

@@ -20,7 +20,7 @@ def make_model_dir(path, seed=0, parent=None):
         {"conv.weight": rng.standard_normal((4, 1, 3, 3, 3)).astype(np.float32)}, path / "weights.safetensors"
     )
     digest = hashlib.sha256((path / "weights.safetensors").read_bytes()).hexdigest()
-    # The contract of semisam.checkpoints (ModelManifest); written by hand so this needs no torch.
+    # The contract of semisam.model_folder (ModelManifest); written by hand so this needs no torch.
     manifest = {
         "format_version": 1,
         "arch": "unet3d",  # a registered name (registration refuses unknown ones); weights need not fit
@@ -98,20 +98,20 @@ def test_invalid_model_folders_are_refused(store, tmp_path):
 def test_a_model_saved_by_semisam_checkpoints_registers_and_loads(store, tmp_path):
     """The contract end to end: save_model's folder goes in, the active folder loads back identically."""
     torch = pytest.importorskip("torch")
-    ck = pytest.importorskip("semisam.checkpoints")
+    mf = pytest.importorskip("semisam.model_folder")
     from semisam.specialists import build_specialist
 
-    man = ck.new_manifest(
+    man = mf.new_manifest(
         "mamba_unet", ["lesion"], "CT", kwargs={"channels": [8, 16, 16, 32, 32], "mamba_depth": 1}
     )
     torch.manual_seed(0)
     model = build_specialist(man.arch, **man.kwargs).eval()
-    ck.save_model(tmp_path / "trained", model, man)
+    mf.save_model(tmp_path / "trained", model, man)
     reg = store.models
     v = reg.add(tmp_path / "trained", metrics={"dice": 0.5})
-    assert v.sha256 == ck.read_manifest(v.path).sha256 and v.arch == "mamba_unet"
+    assert v.sha256 == mf.read_manifest(v.path).sha256 and v.arch == "mamba_unet"
     reg.promote(v.version)
-    loaded, _ = ck.load_model(reg.active_path())
+    loaded, _ = mf.load_model(reg.active_path())
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # A folder whose weights were altered after saving is refused by the checkpoint module's check.

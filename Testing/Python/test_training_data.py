@@ -7,7 +7,7 @@ import pytest
 import torch
 from training_synth import synthetic_case
 
-from semisam.checkpoints import new_manifest
+from semisam.model_folder import new_manifest
 from semisam.scan.volume import Volume
 from semisam.store import LabeledStore
 from semisam.training.data import Augmenter, Sampler, SamplerSpec, load_labeled, load_unlabeled

@@ -6,7 +6,7 @@ import pytest
 import torch
 from training_synth import one_thread  # noqa: F401 - fixture
 
-from semisam.checkpoints import new_manifest
+from semisam.model_folder import new_manifest
 from semisam.specialists import build_specialist
 from semisam.training.config import TrainConfig
 from semisam.training.methods import build_parts

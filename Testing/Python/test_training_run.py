@@ -11,9 +11,9 @@ import pytest
 import torch
 from training_synth import FAST, child_env, make_store, one_thread, synthetic_case  # noqa: F401
 
-from semisam.checkpoints import load_model
 from semisam.inference import segment
 from semisam.metrics import dice
+from semisam.model_folder import load_model
 from semisam.store import LabeledStore
 from semisam.training import TrainConfig, train
 from semisam.training.events import read_events
@@ -127,7 +127,7 @@ def test_second_run_warm_starts_and_promotion_rules(tmp_path):
 
 
 def test_validation_rule_compares_on_the_same_cases(tmp_path):
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist
     from semisam.training.promote import decide_and_promote
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from training_synth import FAST, make_store, one_thread, synthetic_case  # noqa: F401
 
-from semisam import checkpoints
+from semisam import model_folder
 from semisam.store import LabeledStore
 from semisam.training import TrainConfig, runstate, steps, train
 from semisam.training.errors import TrainError
@@ -38,7 +38,7 @@ def test_build_student_warm_starts_from_the_active_version(tmp_path):
     plan = steps.plan_cases(store, TrainConfig(**FAST), None)
     assert plan.parent == "v0001"
     student = steps.build_student(plan, store, torch.device("cpu"))
-    parent, _ = checkpoints.load_model(store.models.get("v0001").path)
+    parent, _ = model_folder.load_model(store.models.get("v0001").path)
     a, b = student.state_dict(), parent.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -96,7 +96,7 @@ def test_a_time_budget_plans_fewer_iterations_and_the_run_ends_done(tmp_path):
     assert 25 < result.iterations < 1_000_000
     last = [e for e in events if e["event"] == "iteration"][-1]
     assert last["iteration"] == last["iterations"] == result.iterations
-    training = checkpoints.read_manifest(LabeledStore(store.root).models.get(result.version).path).training
+    training = model_folder.read_manifest(LabeledStore(store.root).models.get(result.version).path).training
     assert (
         training["iterations"] == result.iterations and training["config"]["iterations"] == result.iterations
     )

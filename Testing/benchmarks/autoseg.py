@@ -53,8 +53,8 @@ def child(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from semisam.checkpoints import load_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model
     from semisam.scan.volume import read_volume, write_mask
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -133,7 +133,7 @@ def main() -> None:
 
     import torch
 
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist, count_parameters
 
     info = machine_info()
@@ -185,7 +185,7 @@ def main() -> None:
                     raise SystemExit(f"child failed for {case}/{name}:\n{proc.stderr}")
                 runs[case][name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"{case} {name} run {r + 1}: {runs[case][name][-1]['total_s']:.2f} s", file=sys.stderr)
-    from semisam.checkpoints import read_manifest
+    from semisam.model_folder import read_manifest
 
     target = read_manifest(work / "models" / names[0]).preprocessing["target_spacing"]
     result = {

@@ -146,7 +146,7 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     training)."""
     import torch
 
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.generalists import build_generalist
     from semisam.generalists.base import SlicePrompt
     from semisam.store import LabeledStore
@@ -160,7 +160,7 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     from semisam.training.methods.semisam_plus import SemiSAMPlus
 
     part = SemiSAMPlus(opts)
-    model, manifest = checkpoints.load_model(model_dir)
+    model, manifest = model_folder.load_model(model_dir)
     store = LabeledStore(store_root)
     cases = load_labeled(store, store.validation_ids()[:n_cases], manifest)
     g = build_generalist("litemedsam", device="cpu")
@@ -215,7 +215,7 @@ def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dic
     (a box-prompted generalist always answers, so a prompt on a wrong slice teaches a wrong mask)."""
     import torch
 
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.inference.preprocess import to_model_grid
     from semisam.scan.volume import read_volume
     from semisam.training.data import label_lut, mask_to_model_grid
@@ -223,7 +223,7 @@ def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dic
     files = sorted((store_root / "cache" / "pseudo_labels").glob("*/*.npz"), key=lambda f: f.stat().st_mtime)
     if not files or not model_dir:
         return {}
-    _, manifest = checkpoints.load_model(Path(model_dir))
+    _, manifest = model_folder.load_model(Path(model_dir))
     lut = label_lut(manifest.class_values())
     latest = {}
     for f in files:  # the last refresh's file per scan

@@ -130,8 +130,8 @@ def bench_propagate(case, repeats: int) -> dict:
 def bench_autosegment(case, repeats: int) -> dict:
     import torch
 
-    from semisam.checkpoints import load_model, new_manifest, save_model
     from semisam.inference import segment
+    from semisam.model_folder import load_model, new_manifest, save_model
     from semisam.specialists import build_specialist
 
     segment_module = importlib.import_module("SemiSAMSegment")

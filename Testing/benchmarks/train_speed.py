@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine_info  # noqa: E402
 
-from semisam.checkpoints import new_manifest  # noqa: E402
 from semisam.device import resolve_device  # noqa: E402
+from semisam.model_folder import new_manifest  # noqa: E402
 from semisam.specialists import build_specialist, count_parameters  # noqa: E402
 from semisam.training.config import TrainConfig  # noqa: E402
 from semisam.training.ddp import DistInfo  # noqa: E402

@@ -3,7 +3,7 @@ scan's shape, and refuse before any compute when an estimate exceeds a bound or 
 
 * :func:`plan_sliding_window` (``semisam segment``, Auto-segment): the windows MONAI's sliding window
   will run over the model grid, the windows per network call and the peak memory of a batch with the
-  accumulators around it. Refused with :class:`~semisam.checkpoints.CheckpointError` naming the
+  accumulators around it. Refused with :class:`~semisam.model_folder.CheckpointError` naming the
   manifest's field (``inference.roi_size``, ``overlap``, ``sw_batch_size``) when the windows exceed
   :data:`MAX_WINDOWS` or the memory the machine (or the GPU) has free; with
   :class:`~semisam.scan.volume.GridTooLargeError` naming the scan when even the smallest settings do not fit.
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from semisam.checkpoints import (
+from semisam.model_folder import (
     CheckpointError,
     ModelManifest,
     check_inference,
@@ -315,7 +315,7 @@ def plan_sliding_window(
 
     Windows: ``-1`` is the whole axis; a side longer than the grid is cut to the grid (2.5D: the network
     pads a slice itself) or to the grid rounded up to the network's downsampling factor and at least
-    :func:`~semisam.checkpoints.min_roi_voxels` (3D: MONAI pads the grid to the window), since padding
+    :func:`~semisam.model_folder.min_roi_voxels` (3D: MONAI pads the grid to the window), since padding
     beyond adds nothing but zeros to compute.
 
     Args:

@@ -19,7 +19,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-# Kept here (not imported from semisam.checkpoints) so building the parser does not import torch/MONAI:
+# Kept here (not imported from semisam.model_folder) so building the parser does not import torch/MONAI:
 # every `semisam` command builds every sub-command's parser.
 DEFAULT_TARGET_SPACING = (0.8, 0.8, 1.5)
 
@@ -65,7 +65,7 @@ def run_init(args: argparse.Namespace) -> int:
         raise OutputError(f"--output {out}: folder {out.parent} is not a writable folder")
     import torch
 
-    from semisam.checkpoints import new_manifest, save_model
+    from semisam.model_folder import new_manifest, save_model
     from semisam.specialists import build_specialist, count_parameters
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
@@ -102,7 +102,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from semisam.checkpoints import verify_model_dir
+    from semisam.model_folder import verify_model_dir
 
     man = verify_model_dir(args.model_dir)
     print(man.to_json())

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from semisam.checkpoints import verify_model_dir
+    from semisam.model_folder import verify_model_dir
     from semisam.outputs import commit_outputs, plan_outputs
 
     t0 = time.perf_counter()
@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     verify_model_dir(args.model)
     from tqdm import tqdm
 
-    from semisam.checkpoints import load_model
     from semisam.device import resolve_device
     from semisam.inference import segment
+    from semisam.model_folder import load_model
 
     device = resolve_device(args.device)
     model, manifest = load_model(args.model, device)

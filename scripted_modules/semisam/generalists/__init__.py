@@ -10,8 +10,8 @@ See README.md beside this file for the cache, the background precompute and SAM 
 from __future__ import annotations
 
 from .base import PromptableModel, SliceEmbedding, SlicePrediction, SlicePrompt
-from .checkpoint import CheckpointError
 from .registry import GENERALIST_NAMES, build_generalist, generalist_registry, parse_model_spec
+from .user_checkpoint import CheckpointError
 
 __all__ = [
     "CheckpointError",

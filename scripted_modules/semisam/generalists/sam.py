@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import MEDSAM_PIXEL_NORM, SAM_PIXEL_NORM, SamLikeModel
+from .user_checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from semisam.fileio import atomic_path
 from semisam.prompts import PromptError
 
 from .base import SliceEmbedding, SlicePrediction, SlicePrompt
-from .checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 from .sam_family import BINARY_MASK_LOGIT
+from .user_checkpoint import CheckpointError, checkpoint_sha256, load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -96,8 +96,8 @@ def tiny_sam2(seed: int = 0, name: str = "sam2"):
 
 def save_tiny(model, path: str | Path) -> Path:
     """Save a tiny model the way users' checkpoints come: a state dict (``.pth``) or ``.safetensors``."""
-    from .checkpoint import save_state_dict
     from .sam2_model import Sam2Model, save_sam2
+    from .user_checkpoint import save_state_dict
 
     if isinstance(model, Sam2Model):
         return save_sam2(model, path)

@@ -13,8 +13,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from semisam.budget import POST_CHUNK, SlidingWindowPlan, plan_sliding_window
-from semisam.checkpoints import CheckpointError, ModelManifest
 from semisam.device import resolve_device
+from semisam.model_folder import CheckpointError, ModelManifest
 from semisam.scan.volume import Volume
 
 from .preprocess import GridMap, model_grid, to_input_grid, to_model_grid
@@ -27,7 +27,7 @@ ProgressFn = Callable[[float, str], None]
 #: Sliding-window defaults per input kind, used where the manifest's ``inference`` block says nothing.
 #: 2.5D: the whole slice is one window (the network is fully convolutional; roi -1 = image size) and
 #: 16 slices go through together. 3D: 128^3 windows with MONAI's default 25 % overlap. The bounds on
-#: these values are :func:`semisam.checkpoints.check_inference`'s and :mod:`semisam.budget`'s.
+#: these values are :func:`semisam.model_folder.check_inference`'s and :mod:`semisam.budget`'s.
 DEFAULT_INFERENCE = {
     "2.5d": {"roi_size": [-1, -1], "overlap": 0.25, "sw_batch_size": 16, "mode": "constant"},
     "3d": {"roi_size": [128, 128, 128], "overlap": 0.25, "sw_batch_size": 1, "mode": "constant"},
@@ -187,7 +187,7 @@ def segment(
 
     Args:
         volume: the scan (any spacing, orientation, origin).
-        model: a specialist from :func:`semisam.checkpoints.load_model` (not modified: a copy runs).
+        model: a specialist from :func:`semisam.model_folder.load_model` (not modified: a copy runs).
         manifest: its manifest (preprocessing, labels, inference settings).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; ``None`` follows the model.
         progress: optional ``progress(fraction, stage)`` callback.

@@ -3,7 +3,7 @@
 For each case, in a fixed seeded order (:meth:`semisam.loop.dataset.Dataset.order`):
 
 1. **propose**: the store's active specialist auto-segments the scan through the same public calls that
-   SemiSAMSegment's *Auto-segment* drives (:func:`semisam.checkpoints.load_model` on
+   SemiSAMSegment's *Auto-segment* drives (:func:`semisam.model_folder.load_model` on
    ``store.models.active_path()``, then :func:`semisam.inference.segment`); before the first promotion
    there is no model and the proposal is empty. A case the store will put into its validation split
    (:meth:`~semisam.store.LabeledStore.next_split`) is drawn without the proposal, as SemiSAMSegment
@@ -312,9 +312,9 @@ class Simulation:
         active = store.models.active()
         if active is None:
             return None, None, None, 0.0
-        from semisam.checkpoints import load_model
         from semisam.device import resolve_device
         from semisam.inference import segment
+        from semisam.model_folder import load_model
 
         t0 = time.perf_counter()
         if self._specialist is None or self._specialist[0] != active.version:

@@ -209,7 +209,7 @@ def _read_dataset_json(src: Path) -> dict[str, Any]:
     path = src / "dataset.json"
     if not path.is_file():
         raise StoreNotFoundError("no dataset.json: not an MSD / nnU-Net raw dataset folder", src)
-    from semisam.validate import load_json
+    from semisam.json_schema import load_json
 
     return load_json(path, "dataset", error=StoreError)
 
@@ -397,7 +397,7 @@ def _splits(src: Path, semisam: dict[str, Any]) -> dict[str, str]:
     path = src / "splits_final.json"
     if not path.is_file():
         return {}
-    from semisam.validate import load_json
+    from semisam.json_schema import load_json
 
     folds = load_json(path, "splits_final", error=StoreError)
     try:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.json_schema import warm
 from semisam.scan.volume import Volume
 from semisam.store import _fs
 from semisam.store.labeled import LabeledStore
 from semisam.store.records import Provenance
-from semisam.validate import warm
 
 SHAPE_ZYX = (16, 32, 32)
 
@@ -67,7 +67,7 @@ def model_folder(path: Path) -> Path:
     tmp = _fs.tmp_name(path.parent, path.name)
     tmp.mkdir(parents=True)
     save_file({"w": np.arange(4096, dtype=np.float32)}, str(tmp / "weights.safetensors"))
-    manifest = {  # the contract of semisam.checkpoints.ModelManifest, written without torch
+    manifest = {  # the contract of semisam.model_folder.ModelManifest, written without torch
         "format_version": 1,
         "arch": "unet3d",  # a registered name: registration refuses unknown architectures
         "kwargs": {"n_classes": 2},

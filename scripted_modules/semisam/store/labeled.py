@@ -463,7 +463,7 @@ class LabeledStore(UnlabeledPool):
         return find_leftovers(self)
 
     @property
-    def models(self):  # -> ModelRegistry (imported lazily: registry may pull in semisam.checkpoints)
+    def models(self):  # -> ModelRegistry (imported lazily: registry may pull in semisam.model_folder)
         """The :class:`~semisam.store.registry.ModelRegistry` of this store."""
         from semisam.store.registry import ModelRegistry
 

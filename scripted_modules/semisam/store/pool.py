@@ -45,8 +45,9 @@ def read_json(path: Path, what: str, kind: str | None = None) -> dict:
 
 
 def check_json(kind: str, data: object, path: Path, what: str) -> None:
-    """:func:`semisam.validate.validate` with the store's error type: ``PATH: WHAT is damaged: FIELD: ...``."""
-    from semisam.validate import validate
+    """:func:`semisam.json_schema.validate` with the store's error type:
+    ``PATH: WHAT is damaged: FIELD: ...``."""
+    from semisam.json_schema import validate
 
     validate(kind, data, None, error=lambda m: StoreFormatError(f"{what} is damaged: {m}", path))
 

@@ -3,7 +3,7 @@
 Layout under ``<store>/models/``::
 
     versions/v0001/      a copy of a model folder (manifest.json + weights.safetensors, see
-                         :mod:`semisam.checkpoints`) plus registry.json (our record: when added, from
+                         :mod:`semisam.model_folder`) plus registry.json (our record: when added, from
                          where, weights sha256, metrics on the validation split and the case ids used)
     active.json          {"active": "v0003", "stack": ["v0001", "v0002"], "log": [...]} - the pointer
 
@@ -80,18 +80,18 @@ class ModelVersion:
 
 
 def verify_model_folder(folder: Path) -> dict[str, Any]:
-    """Check a model folder (:func:`semisam.checkpoints.verify_model_dir`: files, format, sha256, no
+    """Check a model folder (:func:`semisam.model_folder.verify_model_dir`: files, format, sha256, no
     pickles; the architecture must be a registered one) and return its manifest as a dict. Torch is not
     imported for the built-in architectures: only the weights' bytes are hashed.
     """
-    from semisam import checkpoints
+    from semisam import model_folder
 
     folder = Path(folder)
     if not folder.is_dir():
         raise RegistryError("model folder does not exist", folder)
     try:
-        man = checkpoints.verify_model_dir(folder)
-        checkpoints.check_arch_known(man.arch, folder / MANIFEST)
+        man = model_folder.verify_model_dir(folder)
+        model_folder.check_arch_known(man.arch, folder / MANIFEST)
         return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # CheckpointError subclasses ValueError
         raise RegistryError(f"not a valid model folder: {exc}", folder) from exc

@@ -5,7 +5,7 @@
 
 Parts: :mod:`.config` (TrainConfig), :mod:`.events` (the JSON-lines event stream), :mod:`.data`
 (cases on the model grid, slab/patch sampling, augmentation), :mod:`.trainer` (the loop),
-:mod:`.job` (lock, signals, checkpoints, registry), :mod:`.validate`, :mod:`.promote`, :mod:`.ddp`,
+:mod:`.job` (lock, signals, checkpoints, registry), :mod:`.validation_dice`, :mod:`.promote`, :mod:`.ddp`,
 :mod:`.losses`, :mod:`.methods` (the method parts). Importing this package does not import torch.
 """
 

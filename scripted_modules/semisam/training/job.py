@@ -181,7 +181,7 @@ def _classify(exc: BaseException, run_dir: Path | None = None) -> tuple[str, str
             f"no space left on the disk{where} ({line}); free some space, then run again with --resume "
             "(the last checkpoint and the registry are intact)"
         )
-    from semisam.checkpoints import CheckpointError
+    from semisam.model_folder import CheckpointError
     from semisam.store.errors import StoreError
 
     if isinstance(exc, StoreError | CheckpointError | FileNotFoundError):

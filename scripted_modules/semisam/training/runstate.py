@@ -20,7 +20,7 @@ replaced atomically and older checkpoint folders are removed. A SIGKILL at any m
 The run folder is the product's own: :func:`prepare` accepts only an empty (or new) folder, one holding
 the marker, or the store's own ``training/run``; never the store itself or another folder inside it.
 Clean-up removes only the names listed above and the hidden temporary names this module and
-:func:`semisam.checkpoints.save_model` write there (:data:`OWN_NAMES`): never a pattern that could match
+:func:`semisam.model_folder.save_model` write there (:data:`OWN_NAMES`): never a pattern that could match
 a user's file.
 """
 

@@ -101,14 +101,14 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
     training cases (at most ``config.max_cases``, oldest first), its unlabeled pool, and its active
     version (a new ``config.arch`` when there is none); ``iterations=None`` is resolved for that many
     training cases (:meth:`TrainConfig.resolved`)."""
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.training.promote import comparison_case_ids
 
     if ckpt is not None:
         train_ids = list(ckpt.run["train_ids"])
         unlabeled_ids = list(ckpt.run["unlabeled_ids"])
         try:
-            manifest = checkpoints.ModelManifest(**ckpt.run["manifest"])
+            manifest = model_folder.ModelManifest(**ckpt.run["manifest"])
         except TypeError as exc:
             raise TrainError(
                 "damaged_checkpoint", f"checkpoint {ckpt.path}: its manifest is unreadable ({exc})"
@@ -122,7 +122,7 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
         active = store.models.active()
         parent = active.version if active else None
         if active is not None:
-            base = checkpoints.read_manifest(active.path)
+            base = model_folder.read_manifest(active.path)
             manifest = dataclasses.replace(
                 base, parent=active.version, training={}, metrics={}, sha256="", created=""
             )
@@ -141,7 +141,7 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
 
 def new_manifest(store, arch: str, kwargs: dict):
     """The manifest of a new model for the store's labels and modality."""
-    from semisam.checkpoints import new_manifest as make
+    from semisam.model_folder import new_manifest as make
 
     labels = {name: int(v) for v, name in sorted(store.labels.items()) if int(v) != 0}
     if not labels:
@@ -158,7 +158,7 @@ def build_student(plan: RunPlan, store, device):
     or the parent's (warm start)."""
     import torch
 
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.specialists import build_specialist
 
     manifest, ckpt = plan.manifest, plan.checkpoint
@@ -177,7 +177,7 @@ def build_student(plan: RunPlan, store, device):
                 "run without --resume to start over",
             ) from None
     elif plan.parent is not None:
-        loaded, _ = checkpoints.load_model(store.models.get(plan.parent).path)
+        loaded, _ = model_folder.load_model(store.models.get(plan.parent).path)
         student.load_state_dict(loaded.state_dict(), strict=True)
     return student.to(device).train()
 
@@ -191,7 +191,7 @@ def build_trainer(
     from semisam.training.methods import build_parts
     from semisam.training.methods.base import TrainContext
     from semisam.training.trainer import Trainer
-    from semisam.training.validate import evaluate
+    from semisam.training.validation_dice import evaluate
 
     config = plan.config
     ctx = TrainContext(
@@ -282,7 +282,7 @@ def validate_final(plan: RunPlan, student, store, device, run_dir: Path, emit: E
     """Dice of the trained student on the validation cases (``{"dice", "per_case", "cases"}``); a cancel
     while validating ends the run with nothing registered."""
     from semisam.training import runstate
-    from semisam.training.validate import evaluate
+    from semisam.training.validation_dice import evaluate
 
     config = plan.config
     emit({"event": "phase", "phase": "validating", "done": 0, "total": len(plan.val_ids)})
@@ -307,7 +307,7 @@ def save_and_register(
 ) -> str:
     """Save the new model (its manifest records how it was trained) and register it in the store; returns
     the version. A run killed after registering and resumed finds its version instead of adding a second."""
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.fileio import atomic_write_json
     from semisam.training import runstate
 
@@ -334,7 +334,7 @@ def save_and_register(
     version = registered_version(store, run_dir)
     if version is None:
         model_dir = run_dir / runstate.MODEL
-        checkpoints.save_model(model_dir, student, manifest, overwrite=True)
+        model_folder.save_model(model_dir, student, manifest, overwrite=True)
         rec = store.models.add(
             model_dir, metrics=None if dice is None else {"dice": dice}, evaluated_on=plan.val_ids
         )
@@ -359,12 +359,12 @@ def promote_version(
     plan: RunPlan, version: str, validation: dict, store, device, allow: bool
 ) -> tuple[bool, str]:
     """The promotion rule (:mod:`semisam.training.promote`): ``(promoted, why)``."""
-    from semisam import checkpoints
+    from semisam import model_folder
     from semisam.training.promote import decide_and_promote
-    from semisam.training.validate import evaluate
+    from semisam.training.validation_dice import evaluate
 
     def evaluate_active(active) -> dict:
-        model, man = checkpoints.load_model(active.path, device)
+        model, man = model_folder.load_model(active.path, device)
         return evaluate(model, man, store, plan.val_ids, device)
 
     return decide_and_promote(store, version, validation, plan.train_ids, evaluate_active, allow=allow)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from semisam.checkpoints import ModelManifest
+    from semisam.model_folder import ModelManifest
     from semisam.store import LabeledStore
     from semisam.training.config import TrainConfig
 

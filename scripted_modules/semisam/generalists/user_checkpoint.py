@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from semisam.fileio import atomic_path, sha256_file
+
 # One error type for every checkpoint problem, a specialist's model folder or a generalist's weight file:
 # both mean "this file cannot be trusted or used" and callers (CLI, Slicer, the store) catch one class.
-from semisam.checkpoints import CheckpointError
-from semisam.fileio import atomic_path, sha256_file
+from semisam.model_folder import CheckpointError
 
 log = logging.getLogger(__name__)
 

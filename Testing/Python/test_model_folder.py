@@ -1,4 +1,4 @@
-"""Model directories: safetensors + manifest, checksums, pickles refused, atomic saves."""
+"""Specialist model folders (semisam.model_folder): safetensors + manifest, checksums, no pickles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from semisam import checkpoints as ck
+from semisam import model_folder as mf
 from semisam.specialists import build_specialist
 
 SMALL = {"channels": [8, 16, 16, 32, 32], "mamba_depth": 1}
@@ -16,18 +16,18 @@ SMALL = {"channels": [8, 16, 16, 32, 32], "mamba_depth": 1}
 
 @pytest.fixture()
 def saved(tmp_path):
-    man = ck.new_manifest("mamba_unet", ["lesion", "vessel"], "CT", kwargs=SMALL)
+    man = mf.new_manifest("mamba_unet", ["lesion", "vessel"], "CT", kwargs=SMALL)
     torch.manual_seed(0)
     model = build_specialist(man.arch, **man.kwargs).eval()
     d = tmp_path / "model"
-    out = ck.save_model(d, model, man)
+    out = mf.save_model(d, model, man)
     return d, model, out
 
 
 def test_roundtrip_rebuilds_the_same_network(saved):
     d, model, man = saved
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
-    assert man.sha256 == ck.sha256_file(d / "weights.safetensors")
+    assert man.sha256 == mf.sha256_file(d / "weights.safetensors")
     data = json.loads((d / "manifest.json").read_text())
     for key in (
         "arch",
@@ -45,8 +45,8 @@ def test_roundtrip_rebuilds_the_same_network(saved):
         assert key in data
     assert data["labels"] == {"lesion": 1, "vessel": 2} and data["kwargs"]["n_classes"] == 3
     assert set(data["preprocessing"]) >= {"target_spacing", "orientation", "intensity"}
-    loaded, man2 = ck.load_model(d, "cpu")
-    assert man2 == ck.read_manifest(d) == ck.verify_model_dir(d)
+    loaded, man2 = mf.load_model(d, "cpu")
+    assert man2 == mf.read_manifest(d) == mf.verify_model_dir(d)
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x))
@@ -59,10 +59,10 @@ def test_tampered_weights_are_refused(saved):
     raw = bytearray(w.read_bytes())
     raw[-5] ^= 0xFF  # flip one byte of tensor data: still parses as safetensors
     w.write_bytes(bytes(raw))
-    with pytest.raises(ck.CheckpointError, match="sha256 .* does not match"):
-        ck.load_model(d)
-    with pytest.raises(ck.CheckpointError, match=str(w).replace("\\", "\\\\")):
-        ck.verify_model_dir(d)
+    with pytest.raises(mf.CheckpointError, match="sha256 .* does not match"):
+        mf.load_model(d)
+    with pytest.raises(mf.CheckpointError, match=str(w).replace("\\", "\\\\")):
+        mf.verify_model_dir(d)
 
 
 def test_pickle_as_weights_is_refused_without_unpickling(saved, tmp_path):
@@ -76,15 +76,15 @@ def test_pickle_as_weights_is_refused_without_unpickling(saved, tmp_path):
     w = d / "weights.safetensors"
     torch.save({"state": model.state_dict(), "x": Evil()}, w)  # a real torch.save zip pickle
     man = json.loads((d / "manifest.json").read_text())
-    man["sha256"] = ck.sha256_file(w)  # even with a matching checksum
+    man["sha256"] = mf.sha256_file(w)  # even with a matching checksum
     (d / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(ck.CheckpointError, match="is a pickle"):
-        ck.load_model(d)
+    with pytest.raises(mf.CheckpointError, match="is a pickle"):
+        mf.load_model(d)
     assert not marker.exists()
     # A legacy (non-zip) pickle too.
     torch.save(model.state_dict(), w, _use_new_zipfile_serialization=False)
-    with pytest.raises(ck.CheckpointError, match="is a pickle"):
-        ck.verify_model_dir(d)
+    with pytest.raises(mf.CheckpointError, match="is a pickle"):
+        mf.verify_model_dir(d)
 
 
 def test_pt_file_instead_of_safetensors_is_named(saved):
@@ -92,9 +92,9 @@ def test_pt_file_instead_of_safetensors_is_named(saved):
     os.remove(d / "weights.safetensors")
     torch.save(model.state_dict(), d / "weights.pt")
     with pytest.raises(
-        ck.CheckpointError, match=r"missing \(found weights.pt: pickled weights are refused\)"
+        mf.CheckpointError, match=r"missing \(found weights.pt: pickled weights are refused\)"
     ):
-        ck.verify_model_dir(d)
+        mf.verify_model_dir(d)
 
 
 @pytest.mark.parametrize(
@@ -113,24 +113,24 @@ def test_bad_manifests_are_named(saved, edit, message):
     data = json.loads((d / "manifest.json").read_text())
     edit(data)
     (d / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ck.CheckpointError, match=message):
-        ck.load_model(d)
+    with pytest.raises(mf.CheckpointError, match=message):
+        mf.load_model(d)
 
 
 def test_invalid_json_and_missing_dir(tmp_path, saved):
     d, _, _ = saved
     (d / "manifest.json").write_text("{not json")
-    with pytest.raises(ck.CheckpointError, match="not valid JSON"):
-        ck.read_manifest(d)
-    with pytest.raises(ck.CheckpointError, match="does not exist"):
-        ck.read_manifest(tmp_path / "nowhere")
+    with pytest.raises(mf.CheckpointError, match="not valid JSON"):
+        mf.read_manifest(d)
+    with pytest.raises(mf.CheckpointError, match="does not exist"):
+        mf.read_manifest(tmp_path / "nowhere")
 
 
 def test_save_is_atomic_and_never_clobbers(saved):
     d, model, man = saved
     before = (d / "weights.safetensors").read_bytes()
-    with pytest.raises(ck.CheckpointError, match="already exists"):
-        ck.save_model(d, model, man)
+    with pytest.raises(mf.CheckpointError, match="already exists"):
+        mf.save_model(d, model, man)
     assert (d / "weights.safetensors").read_bytes() == before
 
     class Boom(RuntimeError):
@@ -141,11 +141,11 @@ def test_save_is_atomic_and_never_clobbers(saved):
             raise Boom("disk full")
 
     with pytest.raises(Boom):
-        ck.save_model(d, Broken(), man, overwrite=True)
+        mf.save_model(d, Broken(), man, overwrite=True)
     assert (d / "weights.safetensors").read_bytes() == before  # the old model survives a failed save
     assert sorted(p.name for p in d.parent.iterdir()) == ["model"]  # no temporary folders left
     torch.manual_seed(5)
     other = build_specialist(man.arch, **man.kwargs)
-    new = ck.save_model(d, other, man, overwrite=True)
-    assert new.sha256 != man.sha256 and ck.verify_model_dir(d).sha256 == new.sha256
+    new = mf.save_model(d, other, man, overwrite=True)
+    assert new.sha256 != man.sha256 and mf.verify_model_dir(d).sha256 == new.sha256
     assert sorted(p.name for p in d.parent.iterdir()) == ["model"]

@@ -198,7 +198,7 @@ def read_manifest(model_dir: str | os.PathLike) -> ModelManifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
-    from semisam.validate import validate
+    from semisam.json_schema import validate
 
     if (
         isinstance(data, dict)
@@ -227,7 +227,7 @@ def _validate(man: ModelManifest, where: str) -> None:
     def bad(msg: str) -> CheckpointError:
         return CheckpointError(f"{where}: {msg}")
 
-    from semisam.validate import validate
+    from semisam.json_schema import validate
 
     # The same schema as a manifest read from disk: a model is never saved with values it cannot load.
     validate("manifest", dataclasses.asdict(man), where, error=CheckpointError)
