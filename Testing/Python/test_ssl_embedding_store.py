@@ -11,7 +11,7 @@ import torch
 
 from semisam.generalists.base import SliceEmbedding, SlicePrompt
 from semisam.scan.intensity import IntensityWindow
-from semisam.training.embedding_store import EmbeddingStore
+from semisam.training.methods.semi.embedding_store import EmbeddingStore
 
 
 def _emb(value: float) -> SliceEmbedding:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from training_synth import ThresholdStudent
 
-from semisam.training.embedding_store import EmbeddingStore
 from semisam.training.methods.base import CaseData
-from semisam.training.presence import PresenceConfig, PresenceProbe
-from semisam.training.prompting import PromptConfig
-from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler
+from semisam.training.methods.semi.embedding_store import EmbeddingStore
+from semisam.training.methods.semi.presence import PresenceConfig, PresenceProbe
+from semisam.training.methods.semi.prompting import PromptConfig
+from semisam.training.methods.semi.pseudo_labels import ConfidenceConfig, PseudoLabeler
 
 SIZE = 64
 

@@ -11,11 +11,11 @@ import torch
 from training_synth import ThresholdStudent
 
 from semisam.model_folder import new_manifest
-from semisam.training.embedding_store import EmbeddingStore
 from semisam.training.methods.base import Batch, CaseData, StudentOutput, TrainContext
+from semisam.training.methods.semi.embedding_store import EmbeddingStore
+from semisam.training.methods.semi.prompting import PromptConfig, prompts_from_prediction
+from semisam.training.methods.semi.pseudo_labels import PseudoLabeler, label_cases, weights_sha
 from semisam.training.methods.semisam_plus import SemiSAMPlus, crop_targets
-from semisam.training.prompting import PromptConfig, prompts_from_prediction
-from semisam.training.pseudo_labels import PseudoLabeler, label_cases, weights_sha
 
 
 def _volume(seed: int = 0, depth: int = 2, size: int = 64) -> np.ndarray:
@@ -152,7 +152,7 @@ def test_weights_sha_tracks_the_weights():
 
 
 def test_prompts_come_from_coherent_3d_components_only():
-    from semisam.training.prompting import coherence, main_components_mask
+    from semisam.training.methods.semi.prompting import coherence, main_components_mask
 
     cfg = PromptConfig()
     prob = np.zeros((12, 40, 60), dtype=np.float32)
@@ -200,7 +200,7 @@ class _Encoder:
 
 
 def _labeler(tmp_path, g, **conf):
-    from semisam.training.pseudo_labels import ConfidenceConfig
+    from semisam.training.methods.semi.pseudo_labels import ConfidenceConfig
 
     return PseudoLabeler([g], _Encoder(), None, PromptConfig(rounds=2), ConfidenceConfig(**conf))
 

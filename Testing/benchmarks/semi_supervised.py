@@ -151,9 +151,14 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     from semisam.generalists.base import SlicePrompt
     from semisam.store import LabeledStore
     from semisam.training.data import load_labeled
-    from semisam.training.embedding_store import EmbeddingStore
-    from semisam.training.prompting import PromptConfig, components
-    from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabeler, predict_volume, weights_sha
+    from semisam.training.methods.semi.embedding_store import EmbeddingStore
+    from semisam.training.methods.semi.prompting import PromptConfig, components
+    from semisam.training.methods.semi.pseudo_labels import (
+        ConfidenceConfig,
+        PseudoLabeler,
+        predict_volume,
+        weights_sha,
+    )
 
     opts = cfg.parts.get("semisam_plus", {})
     # The training part's own prompt and confidence settings (its defaults where not given).

@@ -4,8 +4,8 @@ SAM-family encoders (SAM, MedSAM, LiteMedSAM) return ``(1, D, h, w)`` features (
 over the square model frame into whose top-left corner the slice was resized
 (:class:`~semisam.generalists.geometry.ResizeLongestSide`); one cell spans ``frame / h`` model pixels
 (1.5 slice pixels for a 96-pixel-wide slice in LiteMedSAM's 256 frame). Linear probes on these cells
-(:mod:`semisam.training.presence`) tell the structure from its surroundings as the generalist sees
-them.
+(:mod:`semisam.training.methods.semi.presence`) tell the structure from its surroundings as the
+generalist sees them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 Parts: :mod:`.config` (TrainConfig), :mod:`.events` (the JSON-lines event stream), :mod:`.data`
 (cases on the model grid, slab/patch sampling, augmentation), :mod:`.trainer` (the loop),
 :mod:`.job` (lock, signals, checkpoints, registry), :mod:`.validation_dice`, :mod:`.promote`, :mod:`.ddp`,
-:mod:`.losses`, :mod:`.methods` (the method parts). Importing this package does not import torch.
+:mod:`.losses`, :mod:`.methods` (the method parts and, in :mod:`.methods.semi`, what the semi-supervised
+parts teach from the generalist). Importing this package does not import torch.
 """
 
 from __future__ import annotations

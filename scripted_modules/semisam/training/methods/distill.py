@@ -18,8 +18,8 @@ whole slices of the training cases (and of unlabeled scans once the specialist p
   ``L_pert = mean over cells || (n(P s') - n(P s)) - (n(t') - n(t)) ||^2 / C`` with ``n`` the per-cell
   channel standardisation. The encoder costs ~1 s per slice here, too slow to run each step, so
   ``perturbations`` (default 1) perturbed teacher encodings per slice are precomputed once and cached
-  in the shared :class:`~semisam.training.embedding_store.EmbeddingStore` (a perturbed slice is another
-  content fingerprint, hence another key).
+  in the shared :class:`~semisam.training.methods.semi.embedding_store.EmbeddingStore` (a perturbed
+  slice is another content fingerprint, hence another key).
 
 Which slices: labeled cases, slices within ``margin`` of their label; unlabeled scans, slices where the
 ``semisam_plus`` part prompted (shared embeddings, no extra encoding) or, without it, where the current
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from semisam.generalists.geometry import ResizeLongestSide
-from semisam.training.pseudo_labels import predict_volume
+from semisam.training.methods.semi.pseudo_labels import predict_volume
 
 from .base import Batch, PartBase, StudentOutput, TrainContext, feature_module
 from .semisam_plus import _iters, embedding_store, generalists

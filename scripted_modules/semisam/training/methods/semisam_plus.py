@@ -4,8 +4,8 @@ After the SemiSAM+ paper (specialist-generalist collaboration for semi-supervise
 without the public code's defects:
 
 * prompts come from the specialist's **own current prediction** on the unlabeled slice (box + points,
-  :mod:`semisam.training.prompting`), never from the unlabeled cases' ground truth (there is none to read:
-  ``CaseData.mask`` is ``None`` for them);
+  :mod:`semisam.training.methods.semi.prompting`), never from the unlabeled cases' ground truth (there
+  is none to read: ``CaseData.mask`` is ``None`` for them);
 * no mask prompt is passed at all, so nothing of one batch sample leaks into another's pseudo-label;
 * the loss is :func:`semisam.training.losses.confidence_weighted_loss` (Dice + CE weighted per pixel by
   the pseudo-label's confidence) times a ramp-up; it is never divided by its own value.
@@ -16,24 +16,24 @@ noise would prompt nonsense), then
 renewed every ``refresh_every`` (default ``config.refresh_every``, else 100) as the specialist improves;
 the loss weight ramps up over ``rampup`` iterations (sigmoid ramp-up) to ``weight``, from the first
 refresh at which some pseudo-label teaches (``teach_start``; not from ``start``: while the case-level
-gates of :mod:`semisam.training.pseudo_labels` still hold every case back, a ramp that had already run
-out would let the first, least reliable pseudo-labels in at full weight).
+gates of :mod:`semisam.training.methods.semi.pseudo_labels` still hold every case back, a ramp that had
+already run out would let the first, least reliable pseudo-labels in at full weight).
 
-Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or fraction of the run,
-0.2), ``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.5),
+Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or fraction of the run, 0.2),
+``rampup`` (int or fraction, 0.2), ``refresh_every``, ``min_score`` (0.5), ``min_agreement`` (0.5),
 ``min_coherence`` (0.6) and ``min_case_agreement`` (0.5) (the case-level gates of
-:mod:`semisam.training.pseudo_labels`: a case teaches only once the specialist localises the structure in
-it and the generalist's answer agrees with where it was pointed), ``min_rel_volume_3d`` (0.25) and
-``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
-``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share
-foreground is not prompted), ``embedding_cache_bytes`` (2 GiB), ``presence`` (false; true: a slice where the
-specialist predicts the structure but a probe of the generalist's embedding fitted on the labeled cases
-says it is absent is not prompted, :mod:`semisam.training.presence`; off by default because on the
-pallidum development task it removed the empty teaching slices, 36 of 88 -> 3 of 53, and yet lowered the
-one-label test Dice from 0.280 to 0.157), ``absent_weight`` (0.0: the weight of the background such a
-refused slice teaches) and ``consensus`` (false; true: only pixels where the generalist's label equals
-the specialist's teach; measured on the same task over seeds 0 and 1 with 1 and 2 labels, mean test Dice
-0.297 against 0.314 without it, so off).
+:mod:`semisam.training.methods.semi.pseudo_labels`: a case teaches only once the specialist localises the
+structure in it and the generalist's answer agrees with where it was pointed), ``min_rel_volume_3d`` (0.25)
+and ``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
+``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share foreground is
+not prompted), ``embedding_cache_bytes`` (2 GiB), ``presence`` (false; true: a slice where the specialist
+predicts the structure but a probe of the generalist's embedding fitted on the labeled cases says it is absent
+is not prompted, :mod:`semisam.training.methods.semi.presence`; off by default because on the pallidum
+development task it removed the empty teaching slices, 36 of 88 -> 3 of 53, and yet lowered the one-label test
+Dice from 0.280 to 0.157), ``absent_weight`` (0.0: the weight of the background such a refused slice teaches)
+and ``consensus`` (false; true: only pixels where the generalist's label equals the specialist's teach;
+measured on the same task over seeds 0 and 1 with 1 and 2 labels, mean test Dice 0.297 against 0.314 without
+it, so off).
 """
 
 from __future__ import annotations
@@ -44,11 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from semisam.training.embedding_store import DEFAULT_MAX_BYTES, EmbeddingStore
 from semisam.training.losses import confidence_weighted_loss, sigmoid_rampup
-from semisam.training.presence import PresenceProbe
-from semisam.training.prompting import PromptConfig
-from semisam.training.pseudo_labels import ConfidenceConfig, PseudoLabel, PseudoLabeler, label_cases
+from semisam.training.methods.semi.embedding_store import DEFAULT_MAX_BYTES, EmbeddingStore
+from semisam.training.methods.semi.presence import PresenceProbe
+from semisam.training.methods.semi.prompting import PromptConfig
+from semisam.training.methods.semi.pseudo_labels import (
+    ConfidenceConfig,
+    PseudoLabel,
+    PseudoLabeler,
+    label_cases,
+)
 
 from .base import Batch, PartBase, StudentOutput, TrainContext
 

@@ -42,8 +42,8 @@ from semisam.generalists.base import PromptableModel, SliceEmbedding
 from semisam.generalists.cells import embedding_cells, fit_linear_probe
 from semisam.generalists.sam_family import SamLikeModel
 
+from ..base import CaseData
 from .embedding_store import EmbeddingStore
-from .methods.base import CaseData
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,12 @@
 
 For each unlabeled case (``(Z, Y, X)`` on the model grid) and each axial slice where the specialist
 predicts a class (its main 3D components, then each slice's connected components of ``prob >= 0.5``,
-:mod:`semisam.training.prompting`):
+:mod:`semisam.training.methods.semi.prompting`):
 
 1. prompts come from the specialist's own probability map (box + points; ``rounds`` draws), never from
    a label: unlabeled cases have none (``CaseData.mask is None``) and nothing here reads one;
-2. every generalist answers every round from its slice embedding (:class:`~semisam.training.
-   embedding_store.EmbeddingStore`, encoded once per slice content); a class's probability on the
+2. every generalist answers every round from its slice embedding (:class:`.embedding_store.
+   EmbeddingStore`, encoded once per slice content); a class's probability on the
    slice is the max over its components' answers, then the mean ``p`` over rounds and generalists;
 3. confidence, per slice: the mean predicted IoU ``s`` of the answers, and the Dice ``a`` between the
    generalist's mask (``p > 0.5``) and the specialist's; a slice teaches only when ``s >= min_score``
@@ -18,7 +18,7 @@ predicts a class (its main 3D components, then each slice's connected components
 4. the pseudo-label is ``argmax`` of ``(1 - max_c p_c, p_1, ...)``; slices without any prompt get
    weight 0 (the generalist said nothing there).
 
-With a presence probe (:meth:`PseudoLabeler.set_presence`, :mod:`semisam.training.presence`), a class the
+With a presence probe (:meth:`PseudoLabeler.set_presence`, :mod:`.presence`), a class the
 specialist predicts on a slice where the probe says it is absent is not prompted there (*refused*); the
 pixels the specialist gave it then teach background at ``absent_weight`` (0 by default: nothing).
 
@@ -27,10 +27,10 @@ answer about noise, and the per-slice gate alone cannot tell: a box drawn around
 speck-sized answer):
 
 * **localisation** (before any prompt): the specialist's *coherence* for a class, the share of its
-  predicted foreground voxels inside the main 3D components (:func:`~semisam.training.prompting.
-  coherence`), must be ``>= min_coherence``; otherwise that class is not prompted in this case (and
-  costs no encoder run). A specialist that still predicts scattered specks scores low; one that has
-  localised the structure (one solid component per part) scores near 1.
+  predicted foreground voxels inside the main 3D components (:func:`.prompting.coherence`), must be
+  ``>= min_coherence``; otherwise that class is not prompted in this case (and costs no encoder run).
+  A specialist that still predicts scattered specks scores low; one that has localised the structure
+  (one solid component per part) scores near 1.
 * **case agreement** (after): the Dice, over the prompted slices, between the generalist's pseudo-label
   and the specialist's main components must be ``>= min_case_agreement`` for every prompted class;
   otherwise the whole case gets weight 0 until the next refresh.
@@ -73,7 +73,7 @@ class ConfidenceConfig:
     min_coherence: float = 0.6
     min_case_agreement: float = 0.5
     #: weight of the background taught on a slice where the specialist predicted the class but the
-    #: presence probe (:mod:`semisam.training.presence`) says it is absent; 0 = such a slice teaches nothing
+    #: presence probe (:mod:`.presence`) says it is absent; 0 = such a slice teaches nothing
     absent_weight: float = 0.0
     #: teach only the pixels where the generalist's label equals the specialist's own (argmax of its main
     #: components): a pixel the two models disagree on teaches nothing

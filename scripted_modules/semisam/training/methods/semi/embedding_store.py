@@ -2,8 +2,8 @@
 
 The generalist's image encoder is the expensive part of pseudo-labelling and distillation on a CPU
 (LiteMedSAM: about 1 s per slice here), so every slice is encoded once and kept under
-``STORE/cache/embeddings/``, shared by :mod:`semisam.training.pseudo_labels` and the ``distill`` part
-and across training runs.
+``STORE/cache/embeddings/``, shared by :mod:`~semisam.training.methods.semi.pseudo_labels` and the
+``distill`` part and across training runs.
 
 Keys follow :class:`semisam.generalists.cache.EmbeddingKey`: the generalist's ``identity`` (name, weights
 digest, encoder runtime, device), the slice's **content** fingerprint (:func:`~semisam.generalists.cache.
