@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny_generalists import tiny_sam
 
 from semisam.generalists.base import SliceEmbedding
 from semisam.generalists.cache import EmbeddingCache, EmbeddingKey, SliceEncoder, take_slice
-from semisam.generalists.testing import tiny_sam
 from semisam.scan.intensity import IntensityWindow
 
 WIN = IntensityWindow(0.0, 100.0, "test")
@@ -139,8 +139,9 @@ def test_encode_batch_equals_single_encodes(encoder):
 
 def test_models_of_different_checkpoints_sharing_a_cache_never_share_an_entry(tmp_path):
     """Review 1a: the key held only the model's name, so a "sam" ViT-H got a "sam" ViT-B's embeddings."""
+    from tiny_generalists import save_tiny
+
     from semisam.generalists import build_generalist
-    from semisam.generalists.testing import save_tiny
     from semisam.propagation.isotropic import SquarePixels
 
     a_file = save_tiny(tiny_sam(seed=0), tmp_path / "a.safetensors")

@@ -4,13 +4,14 @@ missing, corrupt, pickled-object and wrong-architecture files fail with a clear 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_generalists import save_tiny, tiny_litemedsam, tiny_sam, tiny_sam2
 
 from semisam.generalists import CheckpointError, SlicePrompt, build_generalist, parse_model_spec
-from semisam.generalists.testing import save_tiny, tiny_litemedsam, tiny_sam, tiny_sam2
 from semisam.generalists.user_checkpoint import read_state_dict
 
 
@@ -163,12 +164,13 @@ def test_building_litemedsam_shows_no_timm_deprecation_warnings():
     import subprocess
     import sys
 
-    code = "from semisam.generalists.testing import tiny_litemedsam; tiny_litemedsam(); print('built')"
-    out = subprocess.run(
+    code = "from tiny_generalists import tiny_litemedsam; tiny_litemedsam(); print('built')"
+    out = subprocess.run(  # run in the tests' folder: `-c` imports tiny_generalists from there
         [sys.executable, "-W", "always::FutureWarning", "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=Path(__file__).resolve().parent,
     )
     assert out.returncode == 0 and "built" in out.stdout, out.stderr
     assert "timm.models" not in out.stderr, out.stderr

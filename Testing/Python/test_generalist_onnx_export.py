@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tiny_generalists import tiny_sam
 
 from semisam.fileio import TMP_PREFIX
 from semisam.generalists.base import SlicePrompt
 from semisam.generalists.fast_encoder import apply_backend
-from semisam.generalists.testing import tiny_sam
 
 
 def test_exports_are_written_atomically_and_match_eager(tmp_path, monkeypatch):

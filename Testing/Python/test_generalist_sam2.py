@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_generalists import tiny_sam2
 
 from semisam.generalists import CheckpointError, SlicePrompt, build_generalist
 from semisam.generalists.sam2_model import (
@@ -14,7 +15,6 @@ from semisam.generalists.sam2_model import (
     init_state_from_frames,
     set_image_size,
 )
-from semisam.generalists.testing import tiny_sam2
 from semisam.prompts import PromptError
 
 

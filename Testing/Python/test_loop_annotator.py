@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from loop_synth import ellipsoid_case
 
 from semisam.loop import AnnotatorConfig, SimulatedAnnotator
 from semisam.loop.annotator import (
@@ -17,7 +18,6 @@ from semisam.loop.annotator import (
     structure_boxes,
     structure_slices,
 )
-from semisam.loop.synthetic import ellipsoid_case
 from semisam.metrics import dice
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loop_synth import write_dataset
 
 from semisam.loop import AnnotatorConfig, Simulation, SimulationConfig
 from semisam.loop.dataset import Dataset
 from semisam.loop.replay import BASELINE_FILE, CASES_FILE, PLOT_FILE, read_jsonl
-from semisam.loop.synthetic import write_dataset
 from semisam.metrics import dice
 from semisam.scan.volume import read_mask, read_volume
 from semisam.store import LabeledStore
@@ -55,7 +55,7 @@ CASE_KEYS = {
 @pytest.fixture(scope="module")
 def tiny_generalist(tmp_path_factory) -> str:
     """``litemedsam:<file>`` of a tiny random LiteMedSAM checkpoint."""
-    from semisam.generalists.testing import save_tiny, tiny_litemedsam
+    from tiny_generalists import save_tiny, tiny_litemedsam
 
     path = save_tiny(tiny_litemedsam(0), tmp_path_factory.mktemp("gen") / "tiny_litemedsam.pth")
     return f"litemedsam:{path}"

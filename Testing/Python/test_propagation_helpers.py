@@ -95,8 +95,9 @@ def test_lesion_model_and_candidate_region():
 
 
 def test_square_pixels_maps_prompts_and_logits_exactly():
+    from tiny_generalists import tiny_litemedsam
+
     from semisam.generalists.base import SlicePrompt
-    from semisam.generalists.testing import tiny_litemedsam
     from semisam.propagation.isotropic import SquarePixels
 
     assert SquarePixels.needed((5.0, 0.57)) and not SquarePixels.needed((0.7, 0.68))
@@ -116,8 +117,9 @@ def test_square_pixels_maps_prompts_and_logits_exactly():
 
 def test_a_crop_and_its_full_scan_sharing_a_cache_never_share_entries():
     """Review 1b: the default scan id was ``volume.source``, which crops and ``with_array`` keep."""
+    from tiny_generalists import tiny_sam
+
     from semisam.generalists.cache import EmbeddingCache
-    from semisam.generalists.testing import tiny_sam
     from semisam.propagation.state import init_state
     from semisam.scan.intensity import IntensityWindow
 

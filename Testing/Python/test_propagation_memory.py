@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_generalists import tiny_sam2
 
-from semisam.generalists.testing import tiny_sam2
 from semisam.propagation import add_prompt, init_state, propagate
 from semisam.scan.volume import Volume
 

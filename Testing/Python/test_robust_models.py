@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from robust_helpers import assert_one_line_error, run_cli, sha, small_scan
+from tiny_generalists import tiny_sam
 
 from semisam import model_folder as mf
 from semisam.generalists.sam import build_sam
-from semisam.generalists.testing import tiny_sam
 from semisam.generalists.user_checkpoint import CheckpointError, read_state_dict, save_state_dict
 
 

@@ -382,9 +382,10 @@ def test_cache_dir_that_is_a_file_runs_uncached_with_one_warning(tmp_path, monke
     """SEMISAM_CACHE_DIR naming a file: the ONNX exports go to a temporary folder for this run, with one
     warning naming the variable; the file is untouched and nothing is left behind."""
     pytest.importorskip("onnxruntime")
+    from tiny_generalists import tiny_sam
+
     from semisam.generalists.base import SlicePrompt
     from semisam.generalists.fast_encoder import apply_backend
-    from semisam.generalists.testing import tiny_sam
 
     afile = tmp_path / "not-a-folder"
     afile.write_bytes(b"user data\n")
@@ -427,7 +428,7 @@ def test_propagate_with_a_cache_dir_that_is_a_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from semisam.loop.synthetic import write_dataset
+    from loop_synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("workload-ds") / "ds", n_cases=2, shape=(8, 24, 24))
 

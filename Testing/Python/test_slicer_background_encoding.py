@@ -54,7 +54,7 @@ class GatedModels:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from semisam.generalists.testing import tiny_sam
+    from tiny_generalists import tiny_sam
 
     return tiny_sam()
 

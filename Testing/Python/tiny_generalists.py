@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised models of each real generalist family, for tests and smoke checks.
+"""Tiny, randomly initialised models of each real generalist family, for the tests.
 
 They are the real architectures (TinyViT + SAM decoder, SAM ViT, SAM 2 Hiera) with small widths and
 depths, so saving one and loading it back exercises exactly the loading code used for real checkpoints.
@@ -48,7 +48,7 @@ TINY_SAM = {
 
 def tiny_sam2_config(image_size: int = 128) -> dict:
     """SAM 2.1 Hiera-T's config shrunk: width 8, 1-2 blocks per stage, 32-wide memory and decoder."""
-    from .sam2_model import _package_config, set_image_size
+    from semisam.generalists.sam2_model import _package_config, set_image_size
 
     cfg = _package_config("hiera_t", v21=True)
     trunk = cfg["image_encoder"]["trunk"]
@@ -74,21 +74,21 @@ def tiny_sam2_config(image_size: int = 128) -> dict:
 
 
 def tiny_litemedsam(seed: int = 0):
-    from .litemedsam import build_litemedsam_module
+    from semisam.generalists.litemedsam import build_litemedsam_module
 
     torch.manual_seed(seed)
     return build_litemedsam_module(TINY_LITEMEDSAM)
 
 
 def tiny_sam(seed: int = 0, name: str = "sam"):
-    from .sam import build_sam_module
+    from semisam.generalists.sam import build_sam_module
 
     torch.manual_seed(seed)
     return build_sam_module(TINY_SAM, name)
 
 
 def tiny_sam2(seed: int = 0, name: str = "sam2"):
-    from .sam2_model import build_sam2_module
+    from semisam.generalists.sam2_model import build_sam2_module
 
     torch.manual_seed(seed)
     return build_sam2_module(tiny_sam2_config(), name)
@@ -96,8 +96,8 @@ def tiny_sam2(seed: int = 0, name: str = "sam2"):
 
 def save_tiny(model, path: str | Path) -> Path:
     """Save a tiny model the way users' checkpoints come: a state dict (``.pth``) or ``.safetensors``."""
-    from .sam2_model import Sam2Model, save_sam2
-    from .user_checkpoint import save_state_dict
+    from semisam.generalists.sam2_model import Sam2Model, save_sam2
+    from semisam.generalists.user_checkpoint import save_state_dict
 
     if isinstance(model, Sam2Model):
         return save_sam2(model, path)

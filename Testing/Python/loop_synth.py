@@ -1,4 +1,4 @@
-"""A tiny synthetic dataset in the MSD / nnU-Net v2 raw layout, for tests and a first try of ``simulate``.
+"""A tiny synthetic dataset in the MSD / nnU-Net v2 raw layout, for the loop tests (``semisam simulate``).
 
 Each case is an MR-like volume ``(Z, Y, X)`` with one bright ellipsoid (the "structure") of varied centre,
 radii and contrast on a smooth, noisy background; its label map marks the ellipsoid. The images are
@@ -57,7 +57,7 @@ def write_dataset(
         write_mask(label, vol, out / "labelsTr" / f"{cid}.nii.gz")
     meta = {
         "name": "synthetic_ellipsoids",
-        "description": "synthetic MR-like volumes, one bright ellipsoid each (semisam.loop.synthetic)",
+        "description": "synthetic MR-like volumes, one bright ellipsoid each (Testing/Python/loop_synth.py)",
         "channel_names": {"0": "MR"},
         "labels": {"background": 0, label_name: 1},
         "numTraining": n_cases,
