@@ -101,17 +101,13 @@ def run_specialist(
 ):
     """Load (once per folder content and device) and run the specialist; returns ``(result, manifest)``.
 
-    ``cache`` maps ``(folder, weights sha256, device)`` to the loaded ``(model, manifest)``.
+    ``cache`` maps ``(folder, weights sha256, device)`` to the loaded ``(model, manifest)``
+    (:func:`semisam.store.active.load_specialist`, which the loop's simulated proposals run too).
     """
     from semisam.inference import segment
-    from semisam.model_folder import load_model, verify_model_dir
+    from semisam.store.active import load_specialist
 
-    manifest = verify_model_dir(model_dir)  # cheap next to inference; catches a replaced folder
-    key = (str(Path(model_dir).resolve()), manifest.sha256, str(device))
-    if key not in cache:
-        cache.clear()  # one specialist at a time: models of a few MB, but no reason to pile them up
-        cache[key] = load_model(model_dir, device)
-    model, manifest = cache[key]
+    model, manifest = load_specialist(model_dir, device, cache)
     return segment(volume, model, manifest, device=device, progress=progress), manifest
 
 

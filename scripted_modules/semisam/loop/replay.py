@@ -3,8 +3,8 @@
 For each case, in a fixed seeded order (:meth:`semisam.loop.dataset.Dataset.order`):
 
 1. **propose**: the store's active specialist auto-segments the scan through the same public calls that
-   SemiSAMSegment's *Auto-segment* drives (:func:`semisam.model_folder.load_model` on
-   ``store.models.active_path()``, then :func:`semisam.inference.segment`); before the first promotion
+   SemiSAMSegment's *Auto-segment* drives (:func:`semisam.store.active.load_specialist` on the active
+   version, then :func:`semisam.inference.segment`); before the first promotion
    there is no model and the proposal is empty. A case the store will put into its validation split
    (:meth:`~semisam.store.LabeledStore.next_split`) is drawn without the proposal, as SemiSAMSegment
    advises: masks corrected from a version's proposal favour that version when versions are compared
@@ -204,7 +204,7 @@ class Simulation:
                 f"--label {self.label}: the dataset declares labels {labels}; choose one of {sorted(labels)}"
             )
         self._generalist = None
-        self._specialist: tuple[str, Any, Any] | None = None
+        self._specialists: dict = {}  # semisam.store.active's cache: the active version, loaded once
 
     # ------------------------------------------------------------------ plan and state
     def _plan(self) -> list[str]:
@@ -309,19 +309,17 @@ class Simulation:
     ) -> tuple[np.ndarray | None, np.ndarray | None, str | None, float]:
         """``(proposal, review_order, version, seconds)`` from the store's active specialist, or
         ``(None, None, None, 0)`` when there is none."""
-        active = store.models.active()
-        if active is None:
-            return None, None, None, 0.0
         from semisam.device import resolve_device
         from semisam.inference import segment
-        from semisam.model_folder import load_model
+        from semisam.store.active import load_active
 
         t0 = time.perf_counter()
-        if self._specialist is None or self._specialist[0] != active.version:
-            model, manifest = load_model(active.path, resolve_device(self.config.device))
-            self._specialist = (active.version, model, manifest)
-        _, model, manifest = self._specialist
-        result = segment(image, model, manifest, device=resolve_device(self.config.device))
+        device = resolve_device(self.config.device)
+        loaded = load_active(store, device, self._specialists)
+        if loaded is None:
+            return None, None, None, 0.0
+        active, model, manifest = loaded
+        result = segment(image, model, manifest, device=device)
         value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
         proposal = (result.labels == value).astype(np.uint8)
         return proposal, np.asarray(result.review_order), active.version, time.perf_counter() - t0

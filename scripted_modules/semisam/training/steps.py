@@ -102,6 +102,7 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
     version (a new ``config.arch`` when there is none); ``iterations=None`` is resolved for that many
     training cases (:meth:`TrainConfig.resolved`)."""
     from semisam import model_folder
+    from semisam.store.active import active_specialist
     from semisam.training.promote import comparison_case_ids
 
     if ckpt is not None:
@@ -119,14 +120,15 @@ def plan_cases(store, config: TrainConfig, ckpt) -> RunPlan:
         if config.max_cases is not None:
             train_ids = train_ids[: config.max_cases]
         unlabeled_ids = [r.scan_id for r in store.unlabeled()]
-        active = store.models.active()
-        parent = active.version if active else None
-        if active is not None:
-            base = model_folder.read_manifest(active.path)
+        found = active_specialist(store)  # warm start from the active version, when there is one
+        if found is not None:
+            active, base = found
+            parent = active.version
             manifest = dataclasses.replace(
-                base, parent=active.version, training={}, metrics={}, sha256="", created=""
+                base, parent=parent, training={}, metrics={}, sha256="", created=""
             )
         else:
+            parent = None
             manifest = new_manifest(store, config.arch, config.model_kwargs)
     if not train_ids:
         raise TrainError(
