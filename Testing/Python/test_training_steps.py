@@ -102,3 +102,36 @@ def test_a_time_budget_plans_fewer_iterations_and_the_run_ends_done(tmp_path):
     )
     # The learning rate's cosine decay ended at the new plan: the last step ran at the lowest rate.
     assert last["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.2)
+
+
+def test_the_budget_plan_follows_the_measured_speed_both_ways():
+    from types import SimpleNamespace
+
+    from semisam.training.trainer import Trainer
+
+    events = []
+    t = SimpleNamespace(
+        cfg=SimpleNamespace(max_minutes=1.0, warmup=0, iterations=1000),
+        total=1000,
+        wall=0.0,
+        _budget_ref=None,
+        ctx=SimpleNamespace(emit=events.append),
+    )
+    Trainer.fit_budget(t, 0)  # the reference point (after the warm-up)
+    t.wall = 30.0
+    Trainer.fit_budget(t, 100)  # 0.3 s per iteration, 30 s left: 100 more fit
+    assert t.total == 200 and events[-1]["planned"] == 1000 and events[-1]["iterations"] == 200
+    t.wall = 31.0
+    Trainer.fit_budget(t, 150)  # the machine got faster: 0.207 s per iteration, 29 s left
+    assert t.total == 290 and events[-1]["planned"] == 200
+    t.wall = 31.5
+    Trainer.fit_budget(t, 280)  # faster still: 0.1125 s per iteration, 28.5 s left
+    assert t.total == 533
+    t.cfg.iterations = 400
+    t.wall = 31.6
+    Trainer.fit_budget(t, 285)  # never more than the configured iterations
+    assert t.total == 400
+    n = len(events)
+    t.wall = 31.7
+    Trainer.fit_budget(t, 286)  # a plan within 2 % of the current one: no change, no event
+    assert len(events) == n and t.total == 400

@@ -31,10 +31,11 @@ class TrainConfig:
             thread: 200 iterations gave test Dice 0.23, 1,500 gave 0.55 and 6,000 gave 0.70, still
             rising: a fixed small count starves a growing labeled set.
         iterations_per_case, min_iterations, max_iterations: the rule for ``iterations=None``.
-        max_minutes: wall-clock budget of the training loop in minutes (``None``: none). When the
-            measured speed says the planned iterations will not fit, the run plans fewer (the learning
-            rate's cosine decay then ends at the new count) and says so in a ``budget`` event; the run is
-            then machine-dependent (give ``None`` for a run that is reproducible bit for bit).
+        max_minutes: wall-clock budget of the training loop in minutes (``None``: none). The run plans
+            the iterations that fit at its measured speed (fewer than ``iterations`` when they would not
+            fit, back up when the machine got faster; the learning rate's cosine decay follows the plan)
+            and says so in ``budget`` events; the run is then machine-dependent (give ``None`` for a run
+            that is reproducible bit for bit).
         seed: seeds weights of a new model, sampling, augmentation and every part.
         device: ``auto``, ``cpu`` or ``cuda[:N]`` (:func:`semisam.device.resolve_device`).
         arch: architecture of a new model when the store has none (``mamba_unet``/``unet3d``).
