@@ -141,7 +141,10 @@ def test_defaults_table_and_settings():
     )
     assert defaults.setting({"SemiSAM/promoteIfBetter": "false"}.get, "promoteIfBetter") is False
     assert defaults.setting({}.get, "retrainEvery") == 0  # automatic retraining is off by default
-    assert defaults.setting({}.get, "trainingMethod") is defaults.TrainingMethod.semisam_plus
+    # Supervised by default: on the development tasks measured, no semi-supervised method beat it.
+    assert defaults.setting({}.get, "trainingMethod") is defaults.TrainingMethod.supervised
+    assert defaults.setting({}.get, "iterations") == 0  # 0: follow the labeled set
+    assert defaults.setting({}.get, "maxMinutes") == 10
     with pytest.raises(KeyError, match="unknown SemiSAM preference 'nope'"):
         defaults.setting({}.get, "nope")
     # Preferences fill only fields still at the built-in default; a scene's own choices win.
@@ -156,6 +159,7 @@ def test_defaults_table_and_settings():
     fields = segment_module.SemiSAMSegmentParameterNode
     assert fields.generalist is defaults.DEFAULTS["generalist"]
     assert train_module.SemiSAMTrainParameterNode.iterations == defaults.DEFAULTS["iterations"]
+    assert train_module.SemiSAMTrainParameterNode.maxMinutes == defaults.DEFAULTS["maxMinutes"]
     assert segment_module.SemiSAMSegmentParameterNode.retrainEvery == 0
 
 
