@@ -68,3 +68,19 @@ def mrml_scene():
     scene.Clear(1)
     for logic in logics.values():
         logic.SetMRMLScene(None)
+
+
+@pytest.fixture
+def no_leftover_training_jobs():
+    """Each test starts with no retraining job known to this process and ends with its children gone
+    (SemiSAMLib.training_job keeps the jobs it started by store)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from SemiSAMLib import training_job
+
+    training_job._LIVE.clear()
+    yield
+    for job in list(training_job._LIVE.values()):
+        job.kill()
+        job.wait(10)
+    training_job._LIVE.clear()

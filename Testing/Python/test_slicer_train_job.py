@@ -53,14 +53,8 @@ def wait_for(logic, predicate, timeout: float = 240.0) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_jobs():
+def _no_leftover_jobs(no_leftover_training_jobs):
     """Each test starts with no job known to this process and ends with its children gone."""
-    training_job._LIVE.clear()
-    yield
-    for job in list(training_job._LIVE.values()):
-        job.kill()
-        job.wait(10)
-    training_job._LIVE.clear()
 
 
 # ------------------------------------------------------------------ without a child process

@@ -30,15 +30,7 @@ from semisam import procinfo  # noqa: E402
 from SemiSAMLib import training_job, training_selftest  # noqa: E402
 from SemiSAMLib.training_selftest import fast_settings, make_store, registry  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _no_leftover_jobs():
-    training_job._LIVE.clear()
-    yield
-    for job in list(training_job._LIVE.values()):
-        job.kill()
-        job.wait(10)
-    training_job._LIVE.clear()
+pytestmark = pytest.mark.usefixtures("no_leftover_training_jobs")
 
 
 def _launcher(tmp_path: Path) -> Path:
