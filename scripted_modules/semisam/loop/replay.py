@@ -94,9 +94,8 @@ class SimulationConfig:
             min by the time model) on one CPU thread. ``mamba_unet`` with the development runs' batch 4
             of 96 x 96 crops (``Testing/benchmarks/loop.py``) ran 600 iterations in 51 s on one thread
             (~12 it/s), so 1500 take ~2 min; the trainer's default batch 8 of 128 x 128 is ~3.6x the
-            pixels per step (pass ``train_options`` to size it). (The trainer's own
-            default, 200, is sized for a quick check: it left a 4-case specialist proposing Dice
-            0.45-0.67 where the cases needed 0.62-0.75.)
+            pixels per step (pass ``train_options`` to size it). (The trainer's own default follows
+            the labeled set within a 10-minute budget: ``semisam.training.TrainConfig``.)
         seed: case order, box jitter and training seed.
         baseline: also run the prompts-only baseline on the same cases.
         generalist: ``NAME[:CHECKPOINT]`` of the generalist the prompts go to.
