@@ -1,6 +1,7 @@
 """Auto-segmentation end to end: mamba_unet vs unet3d, same preprocessing, same run.
 
-For each case ((a) lung1, (b) a synthetic 512x512x300 CT) and each model, a fresh child process does
+For each case ((a) lung1, (b) a synthetic 512x512x300 CT, (c) ``colin27``: the whole-head Colin27 T1 MRI,
+181x217x181 at 1 mm) and each model, a fresh child process does
 read -> preprocess -> infer -> post-process -> write (the mask, .nii.gz) and reports its stage times and
 peak resident memory (``resource.getrusage``, so each model's peak is its own). Models run interleaved
 (A, B, A, B, ...) so load from other users of the CPU hits both alike; medians of the repeats and the
@@ -15,7 +16,7 @@ when idle): on a shared machine wall-clock times swing 2-4x between runs, CPU ti
 ``--threads 1`` makes CPU time a clean measure of work; wall-clock on an idle 2-core machine is then
 roughly CPU time / 1.8 with 2 threads.
 
-Run: ``python Testing/benchmarks/autoseg.py [--repeats 3] [--cases lung1,synthetic] [--threads 1]``.
+Run: ``python Testing/benchmarks/autoseg.py [--repeats 3] [--cases lung1,synthetic,colin27] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def main() -> None:
             if not p.exists():
                 make_synthetic(p)
             images[case] = p
+        elif case == "colin27":  # a whole head, as a user loads it
+            images[case] = SHARED_DATA / "ch2.nii.gz"
         else:
             images[case] = SHARED_DATA / f"{case}_image.nrrd"
     runs: dict = {c: {m: [] for m in names} for c in images}
