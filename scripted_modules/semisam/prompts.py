@@ -17,7 +17,7 @@ axis          slice index              column (box x, 1st)    row (box y, 2nd)
 ``sagittal``  ``i`` (1st axis)         ``j``                  ``k``
 ============  =======================  =====================  ==========================
 
-So for the usual axial case ``box = [i0, j0, i1, j1]`` and ``point = [i, j]``, exactly as in the issue.
+So for the usual axial case ``box = [i0, j0, i1, j1]`` and ``point = [i, j]``, as in Slicer's IJK indices.
 Boxes are inclusive voxel corners (``i0 <= i1``, ``j0 <= j1``); a box one voxel wide is allowed, an
 inverted one is not. ``positive`` defaults to ``true``.
 
@@ -180,3 +180,22 @@ def load_prompts(path: str | os.PathLike, shape_zyx: tuple[int, int, int] | None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # Recursion: absurd nesting
         raise PromptError(f"{p}: not valid JSON: {exc}") from exc
     return parse_prompts(data, shape_zyx, source=str(p))
+
+
+def make_prompt(
+    axis: str,
+    shape: tuple[int, int, int],
+    slice_index: int,
+    box: tuple[int, int, int, int] | None = None,
+    point: tuple[int, int] | None = None,
+    positive: bool = True,
+) -> Prompt:
+    """One validated :class:`Prompt` on ``axis`` of a volume of ``shape`` ``(Z, Y, X)`` (slice pixel
+    coordinates ``(column, row)``); raises :class:`PromptError` for a slice, box or point outside it."""
+    item: dict[str, Any] = {"slice": int(slice_index)}
+    if box is not None:
+        item["box"] = [int(v) for v in box]
+    if point is not None:
+        item["point"] = [int(v) for v in point]
+        item["positive"] = bool(positive)
+    return parse_prompts({"axis": axis, "prompts": [item]}, shape).prompts[0]

@@ -4,15 +4,7 @@ these for every slice they touch; the prompt form (:mod:`semisam.prompts`) uses 
 
 ``axis`` names the voxel axis the slices are taken across (or its index 0/1/2 in the array); inside a
 slice, ``(row, column)`` index the 2D array :func:`take_slice` returns and boxes and points are given as
-``(column, row)``:
-
-============  =======================  =====================  ==========================
-axis          slice index              column (box x, 1st)    row (box y, 2nd)
-============  =======================  =====================  ==========================
-``axial``     ``k`` (file's 3rd axis)  ``i``                  ``j``
-``coronal``   ``j`` (2nd axis)         ``i``                  ``k``
-``sagittal``  ``i`` (1st axis)         ``j``                  ``k``
-============  =======================  =====================  ==========================
+``(column, row)``; which voxel index each is per axis: the table in :mod:`semisam.prompts`.
 """
 
 from __future__ import annotations

@@ -100,15 +100,9 @@ class EditingSession:
         """A validated :class:`~semisam.prompts.Prompt` on this session's axis (slice pixel coordinates
         ``(column, row)``); raises :class:`~semisam.prompts.PromptError` for a slice, box or point
         outside the volume."""
-        from semisam.prompts import parse_prompts
+        from semisam.prompts import make_prompt
 
-        item: dict = {"slice": int(slice_index)}
-        if box is not None:
-            item["box"] = [int(v) for v in box]
-        if point is not None:
-            item["point"] = [int(v) for v in point]
-            item["positive"] = bool(positive)
-        return parse_prompts({"axis": self.axis, "prompts": [item]}, self.volume.shape).prompts[0]
+        return make_prompt(self.axis, self.volume.shape, slice_index, box, point, positive)
 
     def ensure_state(self):
         """The propagation state (a fresh one, nothing encoded yet, when there is none)."""

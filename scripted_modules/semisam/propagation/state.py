@@ -254,15 +254,9 @@ def add_prompt(
     Raises:
         PromptError: bad slice, box or point.
     """
-    from semisam.prompts import parse_prompts
+    from semisam.prompts import make_prompt
 
-    item: dict = {"slice": int(slice_index)}
-    if box is not None:
-        item["box"] = [int(v) for v in box]
-    if point is not None:
-        item["point"] = [int(v) for v in point]
-        item["positive"] = bool(positive)
-    prompt = parse_prompts({"axis": state.axis, "prompts": [item]}, state.volume.shape).prompts[0]
+    prompt = make_prompt(state.axis, state.volume.shape, slice_index, box, point, positive)
     return add_prompts(state, [prompt])
 
 
