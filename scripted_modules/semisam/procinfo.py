@@ -108,6 +108,10 @@ def identity(pid: int | None = None) -> ProcessIdentity | None:
     return None if start is None else ProcessIdentity(pid, start)
 
 
+#: Whether this system's process table shows command lines (Linux ``/proc``).
+_SHOWS_COMMAND_LINES = Path("/proc/self/cmdline").is_file()
+
+
 def command_line(pid: int) -> list[str] | None:
     """The argument vector of process ``pid`` where the process table shows it (Linux ``/proc``), else
     ``None`` (not readable here: callers then rely on pid and start time alone)."""
@@ -126,6 +130,8 @@ def is_same(ident: ProcessIdentity | None, argv: list[str] | None = None) -> boo
         return False
     if argv:
         seen = command_line(ident.pid)
+        if seen is None and _SHOWS_COMMAND_LINES:
+            return False  # shown here, but not for it now (a process between fork and exec): unverified
         if seen is not None and seen[-len(argv) :] != list(argv):
             return False
     return True
