@@ -315,9 +315,11 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             if self._parameterNode is not None:  # the panel is shown: go to the most uncertain slice
                 self.onNextUncertainSlice()
             centres = out.review_order[:5]
-            self._precomputeSlices(
-                self.logic.slicesAroundProposal(request.volume_node, centres, PRECOMPUTE_LIMIT), encoding
-            )
+            slices = self.logic.slicesAroundProposal(request.volume_node, centres, PRECOMPUTE_LIMIT)
+            # The closer views a key slice is answered through, on the slices nearest the uncertain ones
+            # (where the user is sent to prompt first); tracks answer on whole slices.
+            views = self.logic.viewsAroundProposal(request.volume_node, slices[: PRECOMPUTE_LIMIT // 4])
+            self._precomputeSlices(slices[: PRECOMPUTE_LIMIT - len(views)], encoding, views)
 
         self._startWork(
             _("Auto-segment"),
@@ -338,10 +340,10 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
         if k is not None and settings is not None:
             self._precomputeSlices(self.logic.slicesAround(node, [k], PRECOMPUTE_RADIUS), settings)
 
-    def _precomputeSlices(self, slices, settings) -> None:
-        """Encode ``slices`` (nearest first) in the background with ``settings`` (``encoding_settings``); a
-        best effort: a failure is logged and shown under the status line, and the next Propagate simply
-        encodes what it needs."""
+    def _precomputeSlices(self, slices, settings, views=None) -> None:
+        """Encode ``slices`` (nearest first), then the closer ``views`` of them, in the background with
+        ``settings`` (``encoding_settings``); a best effort: a failure is logged and shown under the status
+        line, and the next Propagate simply encodes what it needs."""
         if settings is None or not settings["volumeNode"] or not slices:
             return
         if self.logic.generalistProblem(settings["generalist"], settings["checkpoint"]):
@@ -350,7 +352,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
             self._precompute.cancel()
         self._precompute = None
         try:
-            self._precompute = self.logic.precomputeEmbeddings(slices=slices, **settings)
+            self._precompute = self.logic.precomputeEmbeddings(slices=slices, views=views, **settings)
         except (ValueError, OSError) as exc:  # CheckpointError, VolumeError, MrmlIOError are ValueErrors
             self._showProblem(_("No background slice encoding: {error}").format(error=exc))
             return

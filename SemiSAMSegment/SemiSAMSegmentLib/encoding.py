@@ -47,11 +47,13 @@ class BackgroundEncoding:
     Args:
         setup: see :data:`Setup`; it runs on the thread and gets ``cancelled()`` to stop early.
         indices: slices to encode, nearest first.
+        views: closer views to encode after them (slice index -> ``semisam.generalists.view.View``).
     """
 
-    def __init__(self, setup: Setup, indices: Iterable[int]) -> None:
+    def __init__(self, setup: Setup, indices: Iterable[int], views: dict | None = None) -> None:
         self._setup = setup
         self.indices = [int(i) for i in indices]
+        self.views = dict(views or {})
         self._error: BaseException | None = None
         self._job = None  # the core's Precompute once the encoder exists
         self._cancel = threading.Event()
@@ -99,7 +101,8 @@ class BackgroundEncoding:
                 return
             n = encoder.num_slices
             self.indices = [i for i in self.indices if 0 <= i < n]
-            job = self._job = encoder.precompute(self.indices, start=False)
+            views = {k: v for k, v in self.views.items() if 0 <= k < n}
+            job = self._job = encoder.precompute(self.indices, start=False, views=views)
             if self._cancel.is_set():  # cancel() may have run before the job existed
                 job.cancel()
             job.start()

@@ -285,9 +285,12 @@ class CaseLogic:
         intensityPreset="auto",
         device="auto",
         axis="axial",
+        views=None,
     ):
         """Start encoding ``slices`` (indices along ``axis``) in the background, e.g. the most uncertain
-        slices after auto-segment, so that the first *Propagate* there answers without encoding.
+        slices after auto-segment, so that the first *Propagate* there answers without encoding; then the
+        closer views in ``views`` (slice index -> ``semisam.generalists.view.View``, from
+        :meth:`viewsAroundProposal`).
 
         On the calling (main) thread only cheap reads: the generalist's settings, the volume's identity and
         a view of its voxels. The thread of the returned job imports torch, builds the generalist (once),
@@ -325,7 +328,7 @@ class CaseLogic:
                     self._sessions[snapshot.node_id] = case
             return case.state.encoder
 
-        return encoding.BackgroundEncoding(setup, slices).start()
+        return encoding.BackgroundEncoding(setup, slices, views).start()
 
     def slicesAround(self, volumeNode, centres, radius: int) -> list:
         """Slice indices (axial, ``k``) within ``radius`` of any of ``centres``, nearest first, inside the
@@ -346,6 +349,14 @@ class CaseLogic:
         wanted = {k for k in wanted if 0 <= k < case.volume.shape[0]}
         anchors = list(centres) or sorted(wanted)[:1]
         return sorted(wanted, key=lambda s: (min(abs(s - c) for c in anchors), s))[:limit] if anchors else []
+
+    def viewsAroundProposal(self, volumeNode, slices) -> dict:
+        """After auto-segment: the closer views a propagation will look through on ``slices`` (axial), around
+        the proposal's mask on each (``semisam.generalists.view.views_along``); empty without a proposal."""
+        from semisam.generalists.view import views_along
+
+        case = self.session(volumeNode)
+        return {} if case.proposal is None else views_along(case.proposal, slices)
 
     @staticmethod
     def sliceIndexAt(volumeNode, sliceNode=None):

@@ -206,3 +206,25 @@ def test_the_widgets_encoding_settings_are_precompute_arguments(scan_node):
     assert settings["volumeNode"] is scan_node
     logic = segment_module.SemiSAMSegmentLogic()
     inspect.signature(logic.precomputeEmbeddings).bind(slices=[1], **settings)  # raises TypeError if not
+
+
+def test_after_auto_segment_the_closer_views_around_the_proposal_are_encoded_too(mrml_scene, tiny_model):
+    array = np.random.default_rng(1).uniform(-100, 100, (4, 160, 170)).astype(np.float32)
+    node = mrml_io.node_from_volume(Volume(array, (0.8, 0.8, 2.0)), mrml_scene, "big")
+    logic = segment_module.SemiSAMSegmentLogic()
+    logic.generalistModel = models = GatedModels(tiny_model)
+    models.go()
+    proposal = np.zeros(array.shape, np.uint8)
+    proposal[1:3, 60:72, 80:95] = 1  # a small structure on slices 1-2
+    logic.session(node).proposal = proposal
+    slices = logic.slicesAroundProposal(node, [1], 8)
+    views = logic.viewsAroundProposal(node, slices)
+    assert sorted(views) == [1, 2]
+    job = logic.precomputeEmbeddings(node, slices, device="cpu", views=views)
+    assert job.wait(60) and job.error is None and job.done == len(slices) + 2
+    # the first Propagate's state finds them in the shared cache
+    encoder = propagate.make_state(
+        logic.session(node), tiny_model, "axial", None, logic.embeddingCache()
+    ).encoder
+    assert all(encoder.cached(k) for k in slices)
+    assert encoder.cached(1, views[1]) and encoder.cached(2, views[2]) and not encoder.cached(0, views[1])

@@ -14,7 +14,10 @@ field-of-view rules:
 * ``adaptive``: both ``whole`` and ``window2.5``, keeping the one with the higher predicted IoU (the
   model's score), per part;
 * ``adaptive_small``: ``window2.5`` when the box's longer side is below 1/8 of the slice's shorter side,
-  else ``whole`` (from the box size alone).
+  else ``whole`` (from the box size alone);
+* ``auto``: the product's rule (:mod:`semisam.generalists.view`): the whole slice and the view around the
+  box (2.5-3x the box, only where it is under half the slice), keeping the answer whose mask's bounding
+  box agrees better with the box.
 
 Each slice is encoded once per window (the whole slice once, each part's window once); the derived rules
 reuse those answers. Dice is over the case's volume (the union of the parts' masks on every truth slice).
@@ -46,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEV_TASKS = ("thalamus", "caudate", "amygdala")
 LESION_CASES = ("lung1", "brain1", "breast1")
-RULES = ("whole", "window2.5", "window4", "adaptive", "adaptive_small")
+RULES = ("whole", "window2.5", "window4", "adaptive", "adaptive_small", "auto")
 #: the smallest window side in slice pixels
 MIN_WINDOW_PX = 32
 #: ``adaptive_small`` windows a box whose longer side is below this fraction of the slice's shorter side
@@ -111,6 +114,7 @@ def run_case(model, volume, label, modality: str, rules: list[str]) -> dict:
     from scipy import ndimage as ndi
 
     from semisam.generalists import SlicePrompt
+    from semisam.generalists.view import choose, encode_view, predict, view_around
     from semisam.metrics import dice
     from semisam.propagation import init_state
     from semisam.propagation.simulate import lesion_slices
@@ -121,20 +125,23 @@ def run_case(model, volume, label, modality: str, rules: list[str]) -> dict:
     factors = {"window2.5": 2.5, "window4": 4.0}
     need = set()
     for r in rules:
-        need |= {"adaptive": {"whole", "window2.5"}, "adaptive_small": {"whole", "window2.5"}}.get(r, {r})
+        need |= {r: {"whole", "window2.5"} for r in ("adaptive", "adaptive_small")}.get(r, {r})
     seconds = dict.fromkeys(need, 0.0)
     masks = {r: np.zeros(truth.shape, bool) for r in rules}
-    sides, chosen_window = [], {"adaptive": 0, "adaptive_small": 0}
+    sides, chosen_window = [], {"adaptive": 0, "adaptive_small": 0, "auto": 0}
     n_parts = 0
     h, w = truth.shape[1:]
     for s in lesion_slices(label):
         img = state.image(s)
         parts, n = ndi.label(truth[s])
         emb_whole = None
-        if "whole" in need:
+        seconds_whole_encode = 0.0
+        if "whole" in need or "auto" in rules:
             t = time.perf_counter()
             emb_whole = net.encode(img)
-            seconds["whole"] += time.perf_counter() - t
+            seconds_whole_encode = time.perf_counter() - t
+            if "whole" in need:
+                seconds["whole"] += seconds_whole_encode
         for i in range(1, n + 1):
             ys, xs = np.nonzero(parts == i)
             y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
@@ -161,6 +168,20 @@ def run_case(model, volume, label, modality: str, rules: list[str]) -> dict:
                 full[ys_:ye_, xs_:xe_] = p.mask[ys_ - wy : ye_ - wy, xs_ - wx : xe_ - wx]
                 answers[name] = (full, p.score)
                 seconds[name] += time.perf_counter() - t
+            if "auto" in rules:  # the product's rule (semisam.generalists.view)
+                t = time.perf_counter()
+                box = (x0, y0, x1, y1)
+                whole_p = predict(net, emb_whole, SlicePrompt(box=box))
+                v = view_around(box, (h, w))
+                if v is None:
+                    answers["auto"] = (whole_p.mask, whole_p.score, False)
+                else:
+                    closer_p = predict(net, encode_view(net, img, v), SlicePrompt(box=box))
+                    use = choose(whole_p, closer_p, box)
+                    p = closer_p if use else whole_p
+                    answers["auto"] = (p.mask, p.score, use)
+                seconds["auto"] = seconds.get("auto", 0.0) + time.perf_counter() - t + seconds_whole_encode
+                seconds_whole_encode = 0.0  # the slice is encoded once for all its parts
             for r in rules:
                 if r == "adaptive":
                     use_window = answers["window2.5"][1] > answers["whole"][1]
@@ -170,10 +191,13 @@ def run_case(model, volume, label, modality: str, rules: list[str]) -> dict:
                     use_window = longer < SMALL_FRACTION * min(h, w)
                     pick = "window2.5" if use_window else "whole"
                     chosen_window[r] += use_window
+                elif r == "auto":
+                    pick = "auto"
+                    chosen_window[r] += answers["auto"][2]
                 else:
                     pick = r
                 masks[r][s] |= answers[pick][0]
-    secs = {r: round(seconds[r], 2) for r in need}
+    secs = {r: round(seconds[r], 2) for r in need | ({"auto"} & set(rules))}
     if "adaptive" in rules:
         secs["adaptive"] = round(seconds["whole"] + seconds["window2.5"], 2)
     return {
@@ -195,7 +219,9 @@ def summarise(cases: dict, rules: list[str]) -> dict:
         "median_dice": {r: round(statistics.median(c["dice"][r] for c in vals), 4) for r in rules},
         "box_px_mean": round(statistics.mean(c["box_px_mean"] for c in vals), 1),
         "slice_px": vals[0]["slice_px"],
-        "seconds": round(sum(sum(v for k, v in c["seconds"].items() if k != "adaptive") for c in vals), 1),
+        "seconds": round(
+            sum(sum(v for k, v in c["seconds"].items() if k not in ("adaptive", "auto")) for c in vals), 1
+        ),
         "cases": cases,
     }
 

@@ -52,6 +52,7 @@ from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
 from semisam.metrics import dice
 from semisam.propagation import PropagationParams, add_prompt, add_prompts, init_state, propagate
+from semisam.propagation.params import FIELDS_OF_VIEW
 from semisam.propagation.simulate import boxes_from_label, key_slices, lesion_slices, middle_slice
 from semisam.samples import find_case
 from semisam.scan.volume import read_mask, read_volume
@@ -98,8 +99,12 @@ def naive(state, label: np.ndarray, key: int, margin_px: int = 4) -> np.ndarray:
     return out
 
 
+#: what the propagations (not the oracle, always the whole slice) look at; ``--field-of-view`` sets it
+PARAMS = PropagationParams()
+
+
 def ours(model, volume, label, slices, modality, cache) -> tuple[float, object, object]:
-    state = init_state(model, volume, "axial", modality=modality, cache=cache)
+    state = init_state(model, volume, "axial", modality=modality, cache=cache, params=PARAMS)
     add_prompts(state, list(boxes_from_label(label, slices).prompts))
     result = propagate(state)
     return dice(result.mask, label), result, state
@@ -303,7 +308,7 @@ def run_structure(model, volume, label: np.ndarray, axis: str, ks, cache, seed: 
     out["oracle_s"] = round(time.perf_counter() - t, 1)
     for k in ks:
         keys = key_slices(label, k, axis)
-        st = init_state(model, volume, axis, modality="MR", cache=cache)
+        st = init_state(model, volume, axis, modality="MR", cache=cache, params=PARAMS)
         for s in keys:
             add_prompt(st, s, box=jittered_box(take_slice(label, axis, s) > 0, seed * 1000 + s))
         t = time.perf_counter()
@@ -450,11 +455,19 @@ def main(argv: list[str] | None = None) -> int:
         help="jitter draws of the boxes per structure and axis (each a run of the summary)",
     )
     ap.add_argument(
+        "--field-of-view",
+        default=PropagationParams().field_of_view,
+        choices=FIELDS_OF_VIEW,
+        help="what the propagations look at (the oracle always answers on the whole slice)",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="iteration subset: development structures, axial, k=1,3, no timing",
     )
     args = ap.parse_args(argv)
+    global PARAMS
+    PARAMS = PropagationParams(field_of_view=args.field_of_view)
     if args.draws < 1:
         ap.error(f"--draws must be at least 1, got {args.draws}")
     if args.quick:
@@ -467,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "litemedsam",
         "build_s": round(time.perf_counter() - t, 2),
     }
-    report["params"] = PropagationParams().to_json()
+    report["params"] = PARAMS.to_json()
     # One cache for the whole run: every slice is encoded once, whatever the case, structure, axis or k.
     cache = (
         DiskEmbeddingCache(Path(args.embedding_cache))

@@ -408,22 +408,34 @@ def _track_extent(n_slices: int, keys: Iterable[int]) -> tuple[list[int], int, i
     return ks, min(ks[0], reach), min(n_slices - 1 - ks[-1], reach), gaps
 
 
-def propagation_encoder_calls(n_slices: int, keys: Iterable[int], video: bool = False) -> int:
+def propagation_encoder_calls(
+    n_slices: int, keys: Iterable[int], video: bool = False, views: bool = False
+) -> int:
     """Most encoder calls a propagation from key slices ``keys`` along an axis of ``n_slices`` can make.
 
     A 2D generalist encodes each key slice, then each slice a track visits: from the outermost key
     slices to the ends of the axis (with two or more key slices, at most half the largest gap plus one
     beyond them, as :func:`semisam.propagation.engine._outward_reach` bounds it), and between two key
     slices both tracks may visit every slice (counted twice when the gap is longer than the
-    :data:`CACHED_SLICES` the embedding cache holds). A SAM 2-family model (``video``) encodes every
-    slice of the axis once.
+    :data:`CACHED_SLICES` the embedding cache holds). With closer ``views``
+    (:mod:`semisam.generalists.view`) a key slice is encoded twice: whole and through a view. A SAM
+    2-family model (``video``) encodes every slice of the axis once.
     """
     if video:
         return n_slices
     ks, below, above, gaps = _track_extent(n_slices, keys)
     if not ks:
         return 0
-    return len(ks) + below + above + sum(g if g <= CACHED_SLICES else 2 * g for g in gaps)
+    calls = len(ks) + below + above + sum(g if g <= CACHED_SLICES else 2 * g for g in gaps)
+    return calls + len(ks) if views else calls
+
+
+def views_possible(volume_shape: Sequence[int], axis_index: int, field_of_view: str) -> bool:
+    """Whether a propagation across ``axis_index`` may look through closer views: ``field_of_view`` is
+    ``"auto"`` and a slice is large enough for one (:func:`semisam.generalists.view.view_around`: a view
+    of at least 32 px must be under half the slice's longer side)."""
+    in_plane = [int(s) for i, s in enumerate(volume_shape) if i != axis_index]
+    return field_of_view == "auto" and max(in_plane) > 64
 
 
 def check_propagation(
@@ -432,6 +444,7 @@ def check_propagation(
     keys: Iterable[int],
     *,
     video: bool = False,
+    views: bool = False,
     scan: str | None = None,
     prompts: str | None = None,
     available: int | None | str = "ask",
@@ -443,6 +456,7 @@ def check_propagation(
         axis_index: array axis the slices are taken across (axial 0, coronal 1, sagittal 2).
         keys: the prompted slice indices along that axis.
         video: a SAM 2-family model (encodes and stacks every slice).
+        views: closer views may be encoded besides the whole slices (:func:`views_possible`).
         scan, prompts: the files, for the message.
         available: bytes free; ``"ask"``: :func:`available_memory` (CPU); ``None``: unchecked.
 
@@ -453,7 +467,7 @@ def check_propagation(
     n = shape[axis_index]
     pixels = math.prod(shape) // max(1, n)
     keys = sorted({int(k) for k in keys})
-    calls = propagation_encoder_calls(n, keys, video)
+    calls = propagation_encoder_calls(n, keys, video, views)
     what = f"{scan}: " if scan else ""
     src = f" from {prompts}" if prompts else ""
     if calls > MAX_ENCODER_CALLS:

@@ -1,7 +1,7 @@
 """Slice embeddings: a memory-bounded LRU cache, a per-volume slice encoder and a background precompute.
 
-Keys are :class:`EmbeddingKey` ``(model, scan, axis, index, window)``: the same slice under another
-intensity window or another model is another embedding. Everything here is thread-safe: the GUI thread
+Keys are :class:`EmbeddingKey` ``(model, scan, axis, index, window, view)``: the same slice under another
+intensity window, another model or another field of view is another embedding. Everything here is thread-safe: the GUI thread
 asks :meth:`SliceEncoder.embedding` while a :class:`Precompute` worker fills the cache.
 """
 
@@ -22,6 +22,7 @@ from ..scan.intensity import IntensityWindow, apply_window
 # One slicing rule for the whole package (axis name -> numpy axis of a (Z, Y, X) array; axial = array[k]).
 from ..slices import AXES, take_slice
 from .base import PromptableModel, SliceEmbedding, model_identity
+from .view import View, encode_view
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class EmbeddingKey:
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         index: slice index along ``axis`` (voxels).
         window: the intensity window the slice was scaled with.
+        view: ``(y0, x0, side)`` of the square part of the slice that was encoded
+            (:class:`~semisam.generalists.view.View`), ``None`` for the whole slice.
     """
 
     model: str
@@ -54,6 +57,7 @@ class EmbeddingKey:
     axis: str
     index: int
     window: IntensityWindow
+    view: tuple[int, int, int] | None = None
 
 
 class EmbeddingCache:
@@ -175,24 +179,32 @@ class SliceEncoder:
     def num_slices(self) -> int:
         return int(self.volume_array.shape[AXES[self.axis]])
 
-    def key(self, index: int) -> EmbeddingKey:
-        return EmbeddingKey(model_identity(self.model), self.scan_id, self.axis, int(index), self.window)
+    def key(self, index: int, view: View | None = None) -> EmbeddingKey:
+        return EmbeddingKey(
+            model_identity(self.model),
+            self.scan_id,
+            self.axis,
+            int(index),
+            self.window,
+            None if view is None else view.key(),
+        )
 
     def image(self, index: int) -> np.ndarray:
         """Slice ``index`` scaled to float32 ``[0, 1]``, shape as :func:`take_slice`."""
         return apply_window(take_slice(self.volume_array, self.axis, index), self.window)
 
-    def cached(self, index: int) -> bool:
-        return self.key(index) in self.cache
+    def cached(self, index: int, view: View | None = None) -> bool:
+        return self.key(index, view) in self.cache
 
-    def embedding_if_cached(self, index: int) -> SliceEmbedding | None:
+    def embedding_if_cached(self, index: int, view: View | None = None) -> SliceEmbedding | None:
         """The cached embedding, or ``None`` (never encodes) — one atomic look-up, so a caller can count
         misses without a ``cached()`` + ``embedding()`` pair racing the background precompute."""
-        return self.cache.get(self.key(index))
+        return self.cache.get(self.key(index, view))
 
-    def embedding(self, index: int) -> SliceEmbedding:
-        """The slice's embedding: from the cache, or encoded now (under ``torch.inference_mode``) and cached."""
-        key = self.key(index)
+    def embedding(self, index: int, view: View | None = None) -> SliceEmbedding:
+        """The embedding of the slice (or of ``view`` of it, :mod:`semisam.generalists.view`): from the
+        cache, or encoded now (under ``torch.inference_mode``) and cached."""
+        key = self.key(index, view)
         emb = self.cache.get(key)
         if emb is not None:
             return emb
@@ -200,28 +212,35 @@ class SliceEncoder:
             emb = self.cache.get(key)
             if emb is None:
                 with torch.inference_mode():
-                    emb = self.model.encode(self.image(index))
+                    emb = encode_view(self.model, self.image(index), view)
                 self.cache.put(key, emb)
         return emb
 
-    def precompute(self, indices: Iterable[int], start: bool = True) -> Precompute:
-        """A background worker that encodes ``indices`` into the cache (see :class:`Precompute`)."""
-        job = Precompute(self, indices)
+    def precompute(
+        self, indices: Iterable[int], start: bool = True, views: dict[int, View] | None = None
+    ) -> Precompute:
+        """A background worker that encodes ``indices`` into the cache (see :class:`Precompute`), then the
+        views of ``views`` (slice index -> the view of it a propagation will look through)."""
+        job = Precompute(self, indices, views)
         if start:
             job.start()
         return job
 
 
 class Precompute:
-    """Encode a range of slices into the cache on a daemon thread; cancellable between slices.
+    """Encode a range of slices (and views of them) into the cache on a daemon thread; cancellable between
+    slices.
 
-    ``done`` counts slices that are now cached (including ones that already were); ``error`` holds the
-    exception that stopped the worker, if any.
+    ``done`` counts embeddings that are now cached (including ones that already were: whole slices, then
+    views); ``error`` holds the exception that stopped the worker, if any.
     """
 
-    def __init__(self, encoder: SliceEncoder, indices: Iterable[int]) -> None:
+    def __init__(
+        self, encoder: SliceEncoder, indices: Iterable[int], views: dict[int, View] | None = None
+    ) -> None:
         self.encoder = encoder
         self.indices = [int(i) for i in indices]
+        self.views = dict(views or {})
         self.done = 0
         self.error: BaseException | None = None
         self._cancel = threading.Event()
@@ -248,13 +267,21 @@ class Precompute:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        work: list = []
         try:
-            for index in self.indices:
+            # Whole slices first (every key slice needs one), then the views, in the same order.
+            listed = set(self.indices)
+            work = [(i, None) for i in self.indices] + [
+                (i, self.views[i]) for i in self.indices if i in self.views
+            ]
+            work += [(i, v) for i, v in self.views.items() if i not in listed]
+            for index, view in work:
                 if self._cancel.is_set():
-                    log.info("precompute cancelled after %d/%d slices", self.done, len(self.indices))
+                    log.info("precompute cancelled after %d/%d encodings", self.done, len(work))
                     return
-                self.encoder.embedding(index)
+                self.encoder.embedding(index, view)
                 self.done += 1
         except BaseException as exc:  # reported to the owner through .error; a worker must not die silently
-            log.exception("precompute failed at slice %d", self.indices[self.done])
+            failed = work[self.done] if self.done < len(work) else (None, None)
+            log.exception("precompute failed at slice %s (view %s)", *failed)
             self.error = exc

@@ -234,8 +234,9 @@ def error_point(mask2d: np.ndarray, truth2d: np.ndarray) -> tuple[tuple[int, int
 
 
 def new_cache(volume: Volume) -> EmbeddingCache:
-    """An embedding cache that holds every slice of ``volume`` (one per case, shared by its sessions)."""
-    return EmbeddingCache(max(512 * 2**20, (max(volume.shape) + 8) * EMBEDDING_BYTES))
+    """An embedding cache that holds every slice of ``volume`` and as many key-slice views
+    (:mod:`semisam.generalists.view`), one per case, shared by its sessions."""
+    return EmbeddingCache(max(512 * 2**20, 2 * (max(volume.shape) + 8) * EMBEDDING_BYTES))
 
 
 def start_session(

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 
 from semisam.propagation.continuity import REBOUND_RATIO
 
+#: what a generalist may look at (:attr:`PropagationParams.field_of_view`)
+FIELDS_OF_VIEW = ("auto", "whole")
+
 
 @dataclass(frozen=True)
 class PropagationParams:
@@ -58,6 +61,10 @@ class PropagationParams:
             caudate R axial 0.44 -> 0.67; the non-convex insula unchanged, its tracks end before the
             rule acts); confidence-vs-Dice rank correlation 0.32 -> 0.47. Lesion scans are not thin and
             never use it.
+        field_of_view: ``"auto"``: a key slice's box is answered on the whole slice and on a view around
+            it, and the answer that fills the box better is kept (:mod:`semisam.generalists.view`); tracks
+            answer on whole slices (why: :func:`semisam.propagation.engine._track_step`). ``"whole"``: the
+            whole slice only (one encode per slice; the model's normal path).
     """
 
     min_score: float = 0.5
@@ -72,6 +79,13 @@ class PropagationParams:
     min_ncc: float = 0.5
     max_carried_mm: float = 3.0
     rebound_ratio: float = REBOUND_RATIO
+    field_of_view: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.field_of_view not in FIELDS_OF_VIEW:
+            raise ValueError(
+                f"field_of_view must be one of {', '.join(FIELDS_OF_VIEW)}, got {self.field_of_view!r}"
+            )
 
     def max_carried(self, slice_mm: float) -> int:
         """``max_carried_mm`` in slices ``slice_mm`` apart (at least 1)."""

@@ -26,6 +26,8 @@ import numpy as np
 
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache, SliceEncoder, array_fingerprint
+from semisam.generalists.view import View, view_around
+from semisam.generalists.view import predict as predict_in_view
 from semisam.prompts import Prompt, PromptError
 from semisam.propagation.isotropic import SquarePixels
 from semisam.propagation.lesion import LesionModel
@@ -49,12 +51,15 @@ class KeySlice:
         result: the model's answer (``None`` until computed, or when the prompts mark no structure).
         lesion: intensity model fitted on ``result`` (``None`` when empty).
         fresh: ``False`` when the prompts changed since ``result`` was computed.
+        closer: whether a view around the box answered better than the whole slice
+            (:func:`semisam.generalists.view.choose`); its tracks answer on whole slices either way.
     """
 
     prompts: list[Prompt] = field(default_factory=list)
     result: SliceResult | None = None
     lesion: LesionModel | None = None
     fresh: bool = False
+    closer: bool = False
 
 
 @dataclass
@@ -116,19 +121,27 @@ class PropagationState:
         """``(rows, columns)`` of one slice."""
         return slice_shape(self.volume.shape, self.axis)
 
-    def embedding(self, index: int):
-        """The slice's embedding, encoded at most once per cache lifetime."""
-        if not self.encoder.cached(index):
+    def embedding(self, index: int, view: View | None = None):
+        """The embedding of the slice (or of ``view`` of it), encoded at most once per cache lifetime."""
+        if not self.encoder.cached(index, view):
             self.n_encode += 1
-        return self.encoder.embedding(index)
+        return self.encoder.embedding(index, view)
+
+    def view(self, box) -> View | None:
+        """The closer view around ``box`` (slice pixels) that :attr:`params` allow, or ``None``."""
+        if self.params.field_of_view == "whole" or box is None:
+            return None
+        return view_around(box, self.slice_shape)
 
     def image(self, index: int) -> np.ndarray:
         """``(rows, columns)`` windowed slice in [0, 1]."""
         return self.encoder.image(index)
 
     def predict(self, embedding, prompt):
+        """The model's answer to ``prompt`` (slice pixels) on a whole-slice or view embedding; logits are
+        ``(rows, columns)`` of the slice either way."""
         self.n_predict += 1
-        return self.model.predict(embedding, prompt)
+        return predict_in_view(self.model, embedding, prompt)
 
 
 def slice_geometry(volume: Volume, axis: str) -> tuple[tuple[float, float], float]:
