@@ -93,7 +93,7 @@ def test_a_time_budget_plans_fewer_iterations_and_the_run_ends_done(tmp_path):
     assert result.status == "done", result.message
     budget = [e for e in events if e["event"] == "budget"]
     assert budget and budget[0]["planned"] == 1_000_000 and budget[-1]["iterations"] == result.iterations
-    assert 25 < result.iterations < 1_000_000
+    assert cfg.warmup < result.iterations < 1_000_000  # how many fit in 4 s depends on the load
     last = [e for e in events if e["event"] == "iteration"][-1]
     assert last["iteration"] == last["iterations"] == result.iterations
     training = model_folder.read_manifest(LabeledStore(store.root).models.get(result.version).path).training

@@ -15,7 +15,18 @@ from semisam import __version__
 from semisam.samples import SampleUnavailableError
 
 #: Sub-command modules under ``semisam.cli``, in the order ``--help`` lists them.
-COMMAND_MODULES = ("info", "samples", "demo", "propagate", "segment", "model", "store", "train", "simulate")
+COMMAND_MODULES = (
+    "info",
+    "samples",
+    "demo",
+    "propagate",
+    "segment",
+    "model",
+    "store",
+    "train",
+    "adapt",
+    "simulate",
+)
 
 log = logging.getLogger("semisam")
 

@@ -22,6 +22,7 @@ from semisam.store import LabeledStore, Provenance, StoreError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("store", help="the labeled-set store: cases, unlabeled scans, split, model versions")
+    # Long: one parser per store sub-command, a few flat lines each, in the order `semisam store -h` lists them.
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
     ss = p.add_subparsers(dest="store_command", metavar="ACTION")
 
@@ -95,10 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("root")
     a.add_argument("version")
     a.add_argument("--force", action="store_true")
+    a.add_argument("--generalist", action="store_true", help="a generalist version (semisam adapt)")
     a.set_defaults(func=_friendly_os_errors(cmd_promote))
 
     a = ss.add_parser("rollback", help="make the previously active model version active again")
     a.add_argument("root")
+    a.add_argument("--generalist", action="store_true", help="the generalist's versions (semisam adapt)")
     a.set_defaults(func=_friendly_os_errors(cmd_rollback))
 
 
@@ -191,6 +194,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     scans = store.unlabeled()
     versions = store.models.versions()
     active = store.models.active()
+    from semisam.adapt.versions import GeneralistRegistry
+
+    generalists = GeneralistRegistry(store)
+    g_versions, g_active = generalists.versions(), generalists.active()
     if args.json:
         out = {
             "root": str(store.root),
@@ -199,6 +206,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             "unlabeled": [s.to_json() for s in scans],
             "models": [v.to_json() for v in versions],
             "active_model": active.version if active else None,
+            "generalists": [v.to_json() for v in g_versions],
+            "active_generalist": g_active.version if g_active else None,
         }
         out["damaged"] = damaged
         print(json.dumps(out, indent=2))
@@ -238,6 +247,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         mark = "*" if active and v.version == active.version else " "
         metrics = " ".join(f"{k}={x:.4f}" for k, x in v.metrics.items()) or "not evaluated"
         print(f"model {mark}{v.version}: {v.arch} (parent {v.parent or '-'}) {metrics}")
+    for v in g_versions:
+        mark = "*" if g_active and v.version == g_active.version else " "
+        metrics = " ".join(f"{k}={x:.4f}" for k, x in v.metrics.items()) or "not evaluated"
+        print(f"generalist {mark}{v.version}: adapted {v.arch} decoder {metrics}")
+    if g_versions and g_active is None:
+        print("generalist: the frozen one answers (no adapted version promoted)")
     return _report_damaged(damaged)
 
 
@@ -290,13 +305,25 @@ def cmd_add_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    """``(registry, what)``: the specialist's model versions, or with ``--generalist`` the generalist's."""
+    store = LabeledStore(args.root)
+    if getattr(args, "generalist", False):
+        from semisam.adapt.versions import GeneralistRegistry
+
+        return GeneralistRegistry(store), "generalist"
+    return store.models, "model"
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
-    v = LabeledStore(args.root).models.promote(args.version, require_better=not args.force)
-    print(f"active model: {v.version}")
+    reg, what = _registry(args)
+    v = reg.promote(args.version, require_better=not args.force)
+    print(f"active {what}: {v.version}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    v = LabeledStore(args.root).models.rollback()
-    print(f"active model: {v.version} (rolled back)")
+    reg, what = _registry(args)
+    v = reg.rollback()
+    print(f"active {what}: {v.version} (rolled back)")
     return 0

@@ -100,10 +100,17 @@ def verify_model_folder(folder: Path) -> dict[str, Any]:
 class ModelRegistry:
     """Model versions of a :class:`~semisam.store.labeled.LabeledStore` (shares its lock)."""
 
+    #: the registry's folder under the store
+    SUBDIR = "models"
+
     def __init__(self, store: LabeledStore):
         self.store = store
-        self.root = store.root / "models"
+        self.root = store.root / self.SUBDIR
         self.versions_dir = self.root / "versions"
+
+    def verify_folder(self, folder: Path) -> dict[str, Any]:
+        """Check a version folder's files; return its manifest (:func:`verify_model_folder`)."""
+        return verify_model_folder(folder)
 
     # ----------------------------------------------------------------- reading
     def versions(self) -> list[ModelVersion]:
@@ -149,7 +156,7 @@ class ModelRegistry:
         """:meth:`get` plus a check that the version's files are intact: manifest valid, weights present
         and their sha256 equal to the one recorded at registration (what promote and rollback need)."""
         rec = self.get(version)
-        verify_model_folder(rec.path)
+        self.verify_folder(rec.path)
         actual = sha256_file(rec.path / WEIGHTS)
         if actual != rec.sha256:
             raise RegistryError(
@@ -182,7 +189,7 @@ class ModelRegistry:
         validation split now).
         """
         src = Path(model_dir)
-        manifest = verify_model_folder(src)
+        manifest = self.verify_folder(src)
         with self.store.lock:
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             numbers = [

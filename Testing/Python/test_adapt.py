@@ -1,0 +1,242 @@
+"""``semisam adapt``: the generalist's decoder learns the store's structure (tiny real LiteMedSAM
+architecture, random weights: the pipeline, the files and the refusals; quality is a benchmark's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tiny_generalists import tiny_litemedsam
+from training_synth import child_env, make_store, synthetic_case
+
+from semisam.adapt.decoder import bce_term, dice_term, iou_term, sample_loss, trainable_parameters
+from semisam.adapt.job import AdaptConfig, AdaptError, Embeddings, adapt, fine_tune, make_samples, open_cases
+from semisam.adapt.samples import EMPTY_NEIGHBOURS, case_samples, jitter_box
+from semisam.adapt.versions import GeneralistRegistry, GeneralistVersionError, apply_version, read_manifest
+from semisam.generalists import SlicePrompt
+from semisam.store import LabeledStore
+from semisam.training.methods.semi.embedding_store import EmbeddingStore
+
+FAST = AdaptConfig(steps_per_case=2, min_steps=2, max_steps=4, batch=2, device="cpu")
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return tiny_litemedsam(seed=0)
+
+
+def test_samples_are_user_boxes_on_every_structure_slice_and_empty_neighbours():
+    _, label = synthetic_case(1, (24, 160, 160))
+    samples = case_samples(0, label, np.random.default_rng(0))
+    on = {int(k) for k in np.flatnonzero(label.reshape(24, -1).any(1))}
+    assert {s.slice for s in samples if not s.empty} == on
+    empty = [s for s in samples if s.empty]
+    assert {s.slice for s in empty} == {min(on) - d for d in range(1, EMPTY_NEIGHBOURS + 1)} | {
+        max(on) + d for d in range(1, EMPTY_NEIGHBOURS + 1)
+    }
+    # small structure in a 160 px slice: every box is also taught through the product's view
+    assert any(s.view is not None for s in samples) and any(s.view is None for s in samples)
+    for s in samples:
+        if not s.empty:
+            ys, xs = np.nonzero(s.target)
+            x0, y0, x1, y1 = s.box
+            w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+            assert abs(x0 - xs.min()) <= max(1, round(0.1 * w)) and abs(y1 - ys.max()) <= max(
+                1, round(0.1 * h)
+            )
+
+
+def test_jitter_stays_in_the_slice_and_keeps_a_box():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x0, y0, x1, y1 = jitter_box((0, 0, 3, 2), (10, 12), rng)
+        assert 0 <= x0 <= x1 <= 11 and 0 <= y0 <= y1 <= 9
+
+
+def test_loss_terms():
+    t = torch.zeros(8, 8)
+    t[2:6, 2:6] = 1
+    good, bad = (t * 20 - 10), -(t * 20 - 10)
+    assert bce_term(good, t) < bce_term(bad, t)
+    assert dice_term(good, t) < 0.05 < 0.9 < dice_term(bad, t)
+    assert float(dice_term(bad, torch.zeros(8, 8))) == 0.0  # empty target: cross-entropy alone
+    assert float(iou_term(torch.tensor(1.0), good, t)) == pytest.approx(0.0)
+    assert float(iou_term(torch.tensor(1.0), bad, t)) == pytest.approx(1.0)
+    assert float(iou_term(torch.tensor(1.0), -torch.ones(8, 8), torch.zeros(8, 8))) == pytest.approx(0.0)
+
+
+def test_only_the_decoder_learns_and_the_loss_falls(tmp_path, tiny):
+    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+    _, train, _ = open_cases(store.root)
+    samples = make_samples(train, 0)[train[0].case_id][:3]
+    emb = Embeddings(tiny, train, EmbeddingStore(tmp_path / "cache"))
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    first = sum(float(sample_loss(tiny, emb(s), s)[0].detach()) for s in samples)
+    cfg = AdaptConfig(steps_per_case=40, min_steps=40, max_steps=40, batch=3, lr=5e-3, device="cpu")
+    fine_tune(tiny, samples, emb, cfg, 40, lambda e: None)
+    last = sum(float(sample_loss(tiny, emb(s), s)[0].detach()) for s in samples)
+    assert last < 0.7 * first, (first, last)
+    after = tiny.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("mask_decoder.") for k in changed)
+    assert not any(p.requires_grad for p in tiny.parameters())
+
+
+def test_a_run_registers_a_version_that_loads_back(tmp_path, tiny):
+    store = make_store(tmp_path / "s", n_train=2, n_val=1)
+    events = []
+    done = adapt(store.root, FAST, emit=events.append, model=tiny)
+    assert [e["event"] for e in events][0] == "start" and events[-1] is done and done["event"] == "done"
+    assert done["version"] == "v0001" and isinstance(done["promoted"], bool) and done["reason"]
+    assert set(done["validation"]) == {"frozen", "adapted"}
+    assert {"dice", "empty_fp_px", "spearman"} <= set(done["validation"]["adapted"])
+    reg = GeneralistRegistry(LabeledStore(store.root))
+    rec = reg.get("v0001")
+    man = read_manifest(rec.path)
+    assert man["arch"] == "litemedsam" and man["trained_on"] == store.train_ids()
+    assert rec.evaluated_on == store.validation_ids()
+    # the caller's model is left answering as the frozen generalist
+    fresh = tiny_litemedsam(seed=0)
+    img = np.random.default_rng(2).random((48, 48), dtype=np.float32)
+    p = SlicePrompt(box=(10, 10, 30, 30))
+    np.testing.assert_allclose(
+        tiny.predict(tiny.encode(img), p).logits, fresh.predict(fresh.encode(img), p).logits
+    )
+    # applying the version changes the answers, not the embeddings' identity
+    ident = fresh.identity
+    apply_version(fresh, rec.path)
+    assert fresh.identity == ident and fresh.generalist_version == "v0001"
+    assert not np.allclose(
+        tiny.predict(tiny.encode(img), p).logits, fresh.predict(fresh.encode(img), p).logits
+    )
+
+
+def test_a_version_from_another_base_or_damaged_is_refused(tmp_path, tiny):
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
+    adapt(store.root, FAST, model=tiny)
+    folder = GeneralistRegistry(LabeledStore(store.root)).get("v0001").path
+    other = tiny_litemedsam(seed=1)
+    with pytest.raises(GeneralistVersionError, match="another litemedsam checkpoint"):
+        apply_version(other, folder)
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(folder, copy)
+    with open(copy / "weights.safetensors", "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(GeneralistVersionError, match="sha256 differs"):
+        apply_version(tiny, copy)
+    (copy / "manifest.json").write_text("{")
+    with pytest.raises(GeneralistVersionError, match="manifest.json: unreadable"):
+        apply_version(tiny, copy)
+
+
+def test_a_store_without_labeled_cases_is_one_clear_error(tmp_path):
+    store = LabeledStore.create(tmp_path / "s", {1: "x"}, modality="CT")
+    with pytest.raises(AdaptError, match="no labeled training case") as err:
+        adapt(store.root, FAST)
+    assert err.value.code == "no_labeled_case"
+    out = subprocess.run(
+        [sys.executable, "-m", "semisam", "adapt", str(store.root)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert out.returncode == 1
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (
+        last["event"] == "error" and last["code"] == "no_labeled_case" and "accept a case" in last["message"]
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"lr": 0.0}, "lr"), ({"batch": 0}, "batch"), ({"min_steps": 9, "max_steps": 3}, "min_steps")],
+)
+def test_bad_settings_are_named(kwargs, field):
+    with pytest.raises(AdaptError, match=field):
+        AdaptConfig(**kwargs)
+
+
+def test_only_sam_family_generalists_adapt(tmp_path):
+    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+
+    class Opaque:
+        name = "other"
+
+    with pytest.raises(AdaptError, match="no SAM mask decoder"):
+        adapt(store.root, FAST, model=Opaque())
+    assert trainable_parameters  # imported for the decoder tests above
+
+
+def _cli(*argv, timeout=180):
+    return subprocess.run(
+        [sys.executable, "-m", "semisam", *argv],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
+
+
+def test_store_list_promote_and_rollback_of_generalist_versions(tmp_path, tiny):
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
+    adapt(store.root, FAST, model=tiny)
+    adapt(store.root, FAST, model=tiny)
+    out = _cli("store", "list", str(store.root))
+    assert out.returncode == 0, out.stderr
+    assert "generalist  v0001: adapted litemedsam decoder dice=" in out.stdout.replace("*", " ")
+    listed = json.loads(_cli("store", "list", str(store.root), "--json").stdout)
+    assert [v["version"] for v in listed["generalists"]] == ["v0001", "v0002"]
+    for v in ("v0001", "v0002"):
+        out = _cli("store", "promote", str(store.root), v, "--generalist", "--force")
+        assert out.returncode == 0 and f"active generalist: {v}" in out.stdout, out.stderr
+    out = _cli("store", "rollback", str(store.root), "--generalist")
+    assert out.returncode == 0 and "active generalist: v0001 (rolled back)" in out.stdout
+    assert GeneralistRegistry(LabeledStore(store.root)).active().version == "v0001"
+    assert LabeledStore(store.root).models.active() is None  # the specialist's registry is untouched
+
+
+def test_propagate_refuses_a_version_made_for_another_checkpoint(tmp_path, tiny, lung1):
+    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+    adapt(store.root, FAST, model=tiny)
+    folder = GeneralistRegistry(LabeledStore(store.root)).get("v0001").path
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"axis": "axial", "prompts": [{"slice": 33, "box": [206, 347, 229, 368]}]}))
+    out = _cli(
+        "propagate",
+        str(lung1.image),
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(tmp_path / "m.nii.gz"),
+        "--generalist-version",
+        str(folder),
+        "--device",
+        "cpu",
+    )
+    assert out.returncode == 1 and not (tmp_path / "m.nii.gz").exists()
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "made for another litemedsam checkpoint" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
+    from semisam.adapt.evaluate import evaluate
+    from semisam.adapt.job import Case
+    from semisam.scan.intensity import IntensityWindow
+
+    vol, label = synthetic_case(3, (24, 160, 160))
+    case = Case("c", vol, IntensityWindow(-500.0, 300.0), label > 0)
+    samples = make_samples([case], 0)["c"]
+    assert any(s.view is not None for s in samples)
+    emb = Embeddings(tiny, [case], EmbeddingStore(tmp_path / "cache"))
+    scores = evaluate(tiny, {"c": (case.label, samples)}, emb)
+    assert 0.0 <= scores["dice"] <= 1.0 and scores["empty_fp_px"] is not None

@@ -1,0 +1,101 @@
+"""The differentiable decoder pass of a SAM-family generalist, and the loss terms that adapt it.
+
+Only the mask decoder (with its IoU head) learns; the image embeddings are computed once, frozen, by the
+same encoder the product uses, so an adapted decoder keeps every cached embedding valid. The pass mirrors
+:meth:`semisam.generalists.sam_family.SamLikeModel.predict` for one box (no ``inference_mode``): the box
+goes through the model frame's transform, and the low-resolution logits come back onto the pixel grid of
+what the model saw (the whole slice, or the view), where the loss compares them with the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semisam.generalists.base import SliceEmbedding
+from semisam.generalists.geometry import ResizeLongestSide
+
+from .samples import Sample
+
+
+def adaptable(model) -> bool:
+    """Whether ``model`` has the parts this module trains (a SAM-family ``SamLikeModel``)."""
+    return all(hasattr(model, a) for a in ("mask_decoder", "prompt_encoder", "dense_pe", "image_size"))
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """The mask decoder's parameters (its IoU head included); everything else stays frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.mask_decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def seen_target(sample: Sample) -> np.ndarray:
+    """The sample's target on the grid the model saw: the view's ``(side, side)`` or the whole slice."""
+    if sample.view is None:
+        return sample.target
+    return sample.view.crop(sample.target.astype(np.float32)) > 0.5
+
+
+def seen_box(sample: Sample) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = sample.box
+    if sample.view is None:
+        return float(x0), float(y0), float(x1), float(y1)
+    v = sample.view
+    return float(x0 - v.x0), float(y0 - v.y0), float(x1 - v.x0), float(y1 - v.y0)
+
+
+def forward(model, embedding: SliceEmbedding, box: tuple[float, float, float, float]):
+    """``(logits (h, w), predicted IoU ())`` for one box on an embedding of an ``(h, w)`` image."""
+    h, w = embedding.slice_shape
+    tf = ResizeLongestSide((h, w), model.image_size)
+    dev = embedding.features.device
+    boxes = torch.as_tensor(tf.coords_to_model(np.asarray(box, np.float64))[None], device=dev)
+    sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+    low_res, iou = model.mask_decoder(
+        image_embeddings=embedding.features,
+        image_pe=model.dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    return tf.logits_to_slice(low_res[:, :1].float())[0, 0], iou[0, 0]
+
+
+def bce_term(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the pixels (the only term an empty target has)."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def dice_term(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice; 0 for an empty target (nothing to overlap; the cross-entropy teaches "not here")."""
+    if not bool(target.any()):
+        return logits.new_zeros(())
+    p = torch.sigmoid(logits)
+    return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+
+
+def iou_term(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of the IoU head against the true IoU of the mask it answers (1 when both are empty):
+    its score is the confidence that orders review, so it must rank answers by their real quality."""
+    with torch.no_grad():
+        m, t = logits > 0, target > 0.5
+        union = (m | t).sum()
+        true_iou = (m & t).sum() / union if union > 0 else torch.ones((), device=logits.device)
+    return (iou_pred - true_iou.float()) ** 2
+
+
+def sample_loss(model, embedding: SliceEmbedding, sample: Sample) -> tuple[torch.Tensor, dict]:
+    """The loss of one sample (cross-entropy + Dice + IoU head) and its terms as floats."""
+    logits, iou = forward(model, embedding, seen_box(sample))
+    target = torch.as_tensor(seen_target(sample), dtype=torch.float32, device=logits.device)
+    terms = {
+        "bce": bce_term(logits, target),
+        "dice": dice_term(logits, target),
+        "iou": iou_term(iou, logits, target),
+    }
+    return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}

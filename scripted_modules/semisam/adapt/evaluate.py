@@ -1,0 +1,76 @@
+"""How well a generalist answers a store's cases: what adaptation is validated and promoted on.
+
+On each case, every structure slice's parts get a user-like box (:mod:`.samples`, a fixed seed per case
+so that the frozen and the adapted decoder answer the same boxes), answered the way the product answers
+a key slice (:func:`semisam.generalists.view.choose` between the whole slice and the view). Reported:
+
+* ``dice``: per case, the Dice of the union of the slice answers with the structure (box per slice);
+* ``empty_fp_px``: mean foreground pixels answered on the empty slices next to the structure;
+* ``spearman``: rank correlation of the model's predicted IoU with each answer's true Dice, over all
+  answered parts (how well its confidence orders review).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semisam.generalists.base import SlicePrompt
+from semisam.generalists.view import choose
+from semisam.generalists.view import predict as predict_in_view
+from semisam.metrics import dice
+
+from .samples import Sample
+
+
+def _answer(model, embeddings, whole: Sample, closer: Sample | None):
+    w = predict_in_view(model, embeddings(whole), SlicePrompt(box=whole.box))
+    if closer is None:
+        return w
+    c = predict_in_view(model, embeddings(closer), SlicePrompt(box=closer.box))
+    return c if choose(w, c, whole.box) else w
+
+
+def _pairs(samples: list[Sample]) -> list[tuple[Sample, Sample | None]]:
+    """Each whole-slice sample with its view twin (the next sample with the same slice and box)."""
+    out = []
+    for i, s in enumerate(samples):
+        if s.view is not None:
+            continue
+        twin = samples[i + 1] if i + 1 < len(samples) else None
+        ok = twin is not None and twin.view is not None and twin.slice == s.slice and twin.box == s.box
+        out.append((s, twin if ok else None))
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embeddings) -> dict:
+    """Scores of ``model`` on ``cases`` (case id -> ``(label (Z, Y, X), samples)``); ``embeddings(sample)``
+    gives the sample's (cached) embedding."""
+    per_case: dict[str, float] = {}
+    fp: list[int] = []
+    scores: list[float] = []
+    dices: list[float] = []
+    for cid, (label, samples) in cases.items():
+        truth = np.asarray(label) > 0
+        answer = np.zeros(truth.shape, bool)
+        for whole, closer in _pairs(samples):
+            pred = _answer(model, embeddings, whole, closer)
+            if whole.empty:
+                fp.append(int(pred.mask.sum()))
+                continue
+            answer[whole.slice] |= pred.mask
+            scores.append(float(pred.score))
+            dices.append(dice(pred.mask, whole.target))
+        per_case[cid] = round(float(dice(answer, truth)), 4)
+    return {
+        "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
+        "per_case": per_case,
+        "empty_fp_px": round(float(np.mean(fp)), 1) if fp else None,
+        "spearman": None if (r := spearman(scores, dices)) is None else round(r, 3),
+    }

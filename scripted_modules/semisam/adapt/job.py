@@ -1,0 +1,289 @@
+"""One adaptation run: the named steps of ``semisam adapt STORE``.
+
+``open_cases`` -> ``make_samples`` -> ``score_current`` (the frozen generalist, and the active version if
+any, on the validation cases) -> ``fine_tune`` (the mask decoder on the training cases' samples, within a
+step and time budget) -> ``score_adapted`` -> ``register`` (a new generalist version, promoted only when it
+beats the generalist answering today, case by case: :func:`semisam.training.promote.compare`).
+
+Embeddings come from the store's disk cache (``STORE/cache/embeddings``, shared with pseudo-labelling),
+so a second run on the same cases encodes nothing. Events are dicts (``semisam adapt`` prints them as
+JSON lines); the last one is ``done`` (``version``, ``promoted``, ``reason``, ``validation``) or ``error``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semisam.generalists.view import EXTRAS_KEY as VIEW_KEY
+
+from .samples import Sample, case_samples
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict], None]
+
+
+class AdaptError(ValueError):
+    """An adaptation that cannot run; ``code`` names the kind (``no_labeled_case``, ``not_adaptable``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Budget and optimiser of one adaptation run.
+
+    Attributes:
+        steps_per_case: optimiser steps per training case (the budget follows the labeled set).
+        min_steps, max_steps: the clamp of that budget.
+        max_minutes: wall-clock budget of the fine-tuning step (it ends early, never overruns).
+        batch: samples per step.
+        lr: AdamW learning rate of the decoder (weight decay 0.01).
+        seed: samples' jitter and order, and torch's initial state.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    steps_per_case: int = 50
+    min_steps: int = 100
+    max_steps: int = 400
+    max_minutes: float = 5.0
+    batch: int = 4
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps_per_case", "min_steps", "max_steps", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AdaptError("bad_config", f"{name} must be a positive whole number, got {v!r}")
+        if self.min_steps > self.max_steps:
+            raise AdaptError("bad_config", f"min_steps {self.min_steps} > max_steps {self.max_steps}")
+        for name in ("max_minutes", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < float(v) < 1e6:
+                raise AdaptError("bad_config", f"{name} must be a positive finite number, got {v!r}")
+
+    def steps(self, n_cases: int) -> int:
+        return int(min(self.max_steps, max(self.min_steps, self.steps_per_case * n_cases)))
+
+
+@dataclass
+class Case:
+    """A labeled case ready to sample: axial slices scaled to [0, 1] on demand."""
+
+    case_id: str
+    volume: object  # semisam.scan.volume.Volume
+    window: object  # semisam.scan.intensity.IntensityWindow
+    label: np.ndarray
+
+    def image(self, k: int) -> np.ndarray:
+        from semisam.scan.intensity import apply_window
+
+        return apply_window(self.volume.array[k], self.window)
+
+
+def _rng(case_id: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(case_id.encode()), seed])
+
+
+# --- steps --------------------------------------------------------------------------------------------
+
+
+def open_cases(store_root, modality: str | None = None) -> tuple[object, list[Case], list[Case]]:
+    """``(store, training cases, validation cases)``; refuses a store without a labeled training case."""
+    from semisam.propagation.state import resolve_window
+    from semisam.store import LabeledStore
+
+    store = LabeledStore(store_root)
+    train_ids, val_ids = store.train_ids(), store.validation_ids()
+    if not train_ids:
+        raise AdaptError(
+            "no_labeled_case",
+            f"{store.root}: no labeled training case to adapt the generalist on; accept a case first",
+        )
+    mod = modality or store.modality
+
+    def load(cid: str) -> Case:
+        c = store.read_case(cid)
+        return Case(cid, c.image, resolve_window(c.image, None, mod), np.asarray(c.mask.array) > 0)
+
+    return store, [load(c) for c in train_ids], [load(c) for c in val_ids]
+
+
+def make_samples(cases: list[Case], seed: int) -> dict[str, list[Sample]]:
+    return {c.case_id: case_samples(i, c.label, _rng(c.case_id, seed)) for i, c in enumerate(cases)}
+
+
+class Embeddings:
+    """``(case, slice, view)`` -> embedding: memory, then the store's disk cache, then the encoder."""
+
+    def __init__(self, model, cases: list[Case], disk) -> None:
+        self.model, self.disk = model, disk
+        self.cases = {i: c for i, c in enumerate(cases)}
+        self._memo: dict = {}
+
+    def __call__(self, s: Sample):
+        key = (s.case, s.slice, None if s.view is None else s.view.key())
+        emb = self._memo.get(key)
+        if emb is None:
+            image = self.cases[s.case].image(s.slice)
+            emb = self.disk.get_or_encode(self.model, image if s.view is None else s.view.crop(image))
+            if s.view is not None:  # as encode_view marks it: predict() maps prompts and answers
+                emb.extras[VIEW_KEY] = (s.view.key(), tuple(int(v) for v in image.shape))
+            self._memo[key] = emb
+        return emb
+
+
+def fine_tune(
+    model, samples: list[Sample], embeddings: Embeddings, cfg: AdaptConfig, steps: int, emit: Emit
+) -> dict:
+    """Train the mask decoder for ``steps`` (or until ``cfg.max_minutes``); returns a summary."""
+    import torch
+
+    from .decoder import sample_loss, trainable_parameters
+
+    torch.manual_seed(cfg.seed)
+    order = random.Random(cfg.seed)
+    params = trainable_parameters(model)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    model.mask_decoder.train()
+    t0, done, last = time.perf_counter(), 0, {}
+    try:
+        for step in range(1, steps + 1):
+            if time.perf_counter() - t0 > 60 * cfg.max_minutes:
+                log.info(
+                    "adaptation stopped at step %d of %d: the %.1f min budget",
+                    step - 1,
+                    steps,
+                    cfg.max_minutes,
+                )
+                break
+            opt.zero_grad(set_to_none=True)
+            terms_sum: dict[str, float] = {}
+            total = 0.0
+            for s in order.sample(samples, min(cfg.batch, len(samples))):
+                loss, terms = sample_loss(model, embeddings(s), s)
+                (loss / cfg.batch).backward()
+                total += float(loss.detach())
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.batch
+            opt.step()
+            done = step
+            last = {"loss": round(total / cfg.batch, 4), **{k: round(v, 4) for k, v in terms_sum.items()}}
+            if step == 1 or step % 25 == 0 or step == steps:
+                emit({"event": "iteration", "step": step, "steps": steps, **last})
+    finally:
+        model.mask_decoder.eval()
+        for p in params:
+            p.requires_grad_(False)
+    return {"steps": done, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+
+
+def register(store, model, train_ids, val_ids, scores: dict, base_sha256: str) -> tuple[str, bool, str]:
+    """Register the adapted decoder; promote it when it beats the generalist answering today."""
+    from semisam.training.promote import compare
+
+    from .versions import GeneralistRegistry, save_version
+
+    reg = GeneralistRegistry(store)
+    with tempfile.TemporaryDirectory(prefix=".semisam-adapt-", dir=store.root) as tmp:
+        folder = save_version(Path(tmp) / "version", model, train_ids, scores, base_sha256)
+        metrics = {"dice": scores["adapted"]["dice"]} if scores["adapted"]["dice"] is not None else None
+        rec = reg.add(folder, metrics=metrics, evaluated_on=val_ids)
+    current = scores.get("active") or scores["frozen"]
+    if not val_ids:
+        return rec.version, False, "no validation case to compare it with the generalist answering today"
+    cmp = compare(scores["adapted"]["per_case"], current["per_case"], more_labels=False)
+    if cmp.better:
+        reg.promote(rec.version, require_better=False)
+    return rec.version, bool(cmp.better), cmp.reason
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, model=None) -> dict:
+    """Run every step; returns the ``done`` event (also emitted). ``model``: a built generalist (default:
+    LiteMedSAM's embedded weights on ``cfg.device``)."""
+    from semisam.device import resolve_device
+    from semisam.training.methods.semi.embedding_store import EmbeddingStore
+
+    from .decoder import adaptable
+    from .versions import GeneralistRegistry, apply_version, base_digest
+
+    cfg = cfg or AdaptConfig()
+    emit = emit or (lambda e: None)
+    t0 = time.perf_counter()
+    store, train, val = open_cases(store_root)
+    emit(
+        {
+            "event": "start",
+            "store": str(store.root),
+            "train": len(train),
+            "validation": len(val),
+            "config": asdict(cfg),
+        }
+    )
+    if model is None:
+        from semisam.generalists import build_generalist
+
+        model = build_generalist("litemedsam", device=resolve_device(cfg.device))
+    if not adaptable(model):
+        raise AdaptError("not_adaptable", f"the generalist {model.name!r} has no SAM mask decoder to adapt")
+    base = base_digest(model)
+    frozen_state = copy.deepcopy(model.mask_decoder.state_dict())
+    disk = EmbeddingStore(store.root / "cache" / "embeddings")
+    train_samples, val_samples = make_samples(train, cfg.seed), make_samples(val, cfg.seed + 1)
+    train_emb, val_emb = Embeddings(model, train, disk), Embeddings(model, val, disk)
+    val_cases = {c.case_id: (c.label, val_samples[c.case_id]) for c in val}
+
+    from .evaluate import evaluate
+
+    scores: dict = {}
+    if val:
+        scores["frozen"] = evaluate(model, val_cases, val_emb)
+        active = GeneralistRegistry(store).active()
+        if active is not None:
+            apply_version(model, active.path)
+            scores["active"] = {"version": active.version, **evaluate(model, val_cases, val_emb)}
+            model.mask_decoder.load_state_dict(frozen_state)
+        emit({"event": "validation", "which": "before", **{k: v.get("dice") for k, v in scores.items()}})
+    else:
+        scores["frozen"] = {"dice": None, "per_case": {}}
+    samples = [s for c in train for s in train_samples[c.case_id]]
+    steps = cfg.steps(len(train))
+    emit({"event": "budget", "steps": steps, "samples": len(samples), "max_minutes": cfg.max_minutes})
+    t_enc = time.perf_counter()
+    for s in samples:  # encode (or read) every embedding once, before the clock of the fine-tuning runs
+        train_emb(s)
+    emit({"event": "embeddings", "encoded": disk.encoded, "seconds": round(time.perf_counter() - t_enc, 1)})
+    summary = fine_tune(model, samples, train_emb, cfg, steps, emit)
+    scores["adapted"] = evaluate(model, val_cases, val_emb) if val else {"dice": None, "per_case": {}}
+    version, promoted, reason = register(
+        store, model, [c.case_id for c in train], [c.case_id for c in val], scores, base
+    )
+    model.mask_decoder.load_state_dict(frozen_state)  # the caller's model answers as before
+    done = {
+        "event": "done",
+        "version": version,
+        "promoted": promoted,
+        "reason": reason,
+        "validation": {k: {kk: vv for kk, vv in v.items() if kk != "per_case"} for k, v in scores.items()},
+        "training": summary,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    emit(done)
+    return done

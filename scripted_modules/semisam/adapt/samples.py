@@ -1,0 +1,104 @@
+"""What the generalist's decoder is taught: one prompt on one slice of a labeled case, and its target.
+
+For every axial slice of a case's structure, each connected part (at least :data:`MIN_PART_PX` pixels)
+gives a box as a user draws it: the part's tight box with each side moved by up to ``jitter`` of its
+length (at least one pixel), since LiteMedSAM was trained on perturbed boxes and users draw loose ones.
+The box is taught twice, as the product asks it (:mod:`semisam.generalists.view`): on the whole slice
+and through the view around it. Slices just beyond the structure's ends (:data:`EMPTY_NEIGHBOURS` on each
+side) are taught with the nearest structure slice's box and an **empty** target: a propagation track
+asks exactly that when the structure has ended, and a frozen model answers it with a mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from semisam.generalists.view import View, view_around
+
+#: parts smaller than this are partial-volume specks, not something a user boxes
+MIN_PART_PX = 4
+#: empty slices taught on each side of the structure
+EMPTY_NEIGHBOURS = 2
+#: a box side moves by up to this fraction of its length (at least one pixel)
+JITTER = 0.1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prompt on one slice.
+
+    Attributes:
+        case: the case's index in the caller's list.
+        slice: axial slice index ``k`` (array axis 0).
+        box: ``(x0, y0, x1, y1)`` inclusive slice pixels.
+        view: the part of the slice the model sees (``None``: the whole slice).
+        target: ``(H, W)`` bool target on the whole slice (all False on an empty neighbour).
+    """
+
+    case: int
+    slice: int
+    box: tuple[int, int, int, int]
+    view: View | None
+    target: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not self.target.any()
+
+
+def jitter_box(box, shape: tuple[int, int], rng: np.random.Generator, jitter: float = JITTER):
+    """``box`` with each side moved by up to ``jitter`` x its side length (>= 1 px), inside ``shape``."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = shape
+    jx, jy = max(1, round(jitter * (x1 - x0 + 1))), max(1, round(jitter * (y1 - y0 + 1)))
+    d = rng.integers(-1, 2, 4) * rng.integers(0, [jx, jy, jx, jy], endpoint=True)
+    nx0, ny0 = int(np.clip(x0 + d[0], 0, w - 1)), int(np.clip(y0 + d[1], 0, h - 1))
+    nx1, ny1 = int(np.clip(x1 + d[2], nx0, w - 1)), int(np.clip(y1 + d[3], ny0, h - 1))
+    return nx0, ny0, nx1, ny1
+
+
+def parts(label2d: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """``(mask, tight box)`` of each connected part of at least :data:`MIN_PART_PX` pixels."""
+    lab, n = ndi.label(label2d)
+    for i in range(1, n + 1):
+        part = lab == i
+        if part.sum() < MIN_PART_PX:
+            continue
+        ys, xs = np.nonzero(part)
+        yield part, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def case_samples(
+    case: int, label: np.ndarray, rng: np.random.Generator, jitter: float = JITTER, views: bool = True
+) -> list[Sample]:
+    """Every sample of one case: ``label`` is the ``(Z, Y, X)`` structure mask (axial slices are ``[k]``)."""
+    label = np.asarray(label) > 0
+    shape = label.shape[1:]
+    on = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+    out: list[Sample] = []
+    for k in on:
+        for part, tight in parts(label[k]):
+            box = jitter_box(tight, shape, rng, jitter)
+            out.append(Sample(case, int(k), box, None, part))
+            v = view_around(box, shape) if views else None
+            if v is not None:
+                out.append(Sample(case, int(k), box, v, part))
+    if on.size:
+        empty = np.zeros(shape, bool)
+        for end, step in ((int(on.min()), -1), (int(on.max()), 1)):
+            tight = next(iter(parts(label[end])), (None, None))[1]
+            if tight is None:
+                continue
+            for d in range(1, EMPTY_NEIGHBOURS + 1):
+                k = end + step * d
+                if 0 <= k < label.shape[0] and not label[k].any():
+                    box = jitter_box(tight, shape, rng, jitter)
+                    out.append(Sample(case, k, box, None, empty))
+                    v = view_around(box, shape) if views else None
+                    if v is not None:
+                        out.append(Sample(case, k, box, v, empty))
+    return out
