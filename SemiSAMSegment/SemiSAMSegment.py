@@ -405,7 +405,10 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
         def finish(request):
             out = self.logic.applyPropagate(request)
-            text = "\n".join(filter(None, (out.describe(request.segment_name), problem)))
+            who = request.generalist_version and _("Answered by the store's adapted generalist {v}.").format(
+                v=request.generalist_version
+            )
+            text = "\n".join(filter(None, (out.describe(request.segment_name), who, problem)))
             self._showResult(_("Propagate"), text)
 
         self._startWork(
@@ -422,6 +425,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
                 p.device,
                 keepAgreeingSlices=p.keepAgreeingSlices,
                 propagateAcrossSlices=p.propagateAcrossSlices,
+                storeFolder=p.storeFolder,
             ),
             finish,
         )

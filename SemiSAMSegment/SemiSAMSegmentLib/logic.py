@@ -11,6 +11,7 @@ names follow Slicer's camelCase like the rest of the module's Logic.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -24,6 +25,8 @@ from . import autoseg, encoding, markup_prompts, mrml_io
 from . import propagate as propagate_lib
 from . import session as session_lib
 from .texts import _
+
+log = logging.getLogger(__name__)
 
 
 class CaseLogic:
@@ -243,18 +246,39 @@ class CaseLogic:
         return autoseg.show_slice(sliceNode, volumeNode, k)
 
     # ------------------------------------------------------------------ propagate
-    def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto"):
-        """The generalist, built once per (name, checkpoint, device)."""
+    def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto", version=None):
+        """The generalist, built once per (name, checkpoint, device, adapted version): ``version`` is a
+        generalist version folder (``semisam adapt``) whose decoder it answers with, or ``None``."""
         from semisam.device import resolve_device
         from semisam.generalists import build_generalist
 
         name = getattr(generalist, "value", generalist)
         dev = resolve_device(getattr(device, "value", device))
-        key = (name, str(checkpoint or ""), str(dev))
+        key = (name, str(checkpoint or ""), str(dev), _version_key(version))
         with self._buildLock:  # a caller asking while the background encoding builds it waits for that one
             if key not in self._generalists:
-                self._generalists[key] = build_generalist(name, checkpoint=checkpoint or None, device=dev)
+                model = build_generalist(name, checkpoint=checkpoint or None, device=dev)
+                if version is not None:
+                    from semisam.adapt.versions import apply_version
+
+                    apply_version(model, version)  # GeneralistVersionError (a ValueError) names the folder
+                self._generalists[key] = model
             return self._generalists[key]
+
+    @staticmethod
+    def activeGeneralistVersion(storeFolder):
+        """The store's active generalist version folder (``semisam adapt``), or ``None``: no store, none
+        promoted, or a store that cannot be read (Propagate then answers with the frozen generalist)."""
+        if not storeFolder:
+            return None
+        from semisam.adapt.versions import active_version_path
+        from semisam.store.errors import StoreError
+
+        try:
+            return active_version_path(Path(storeFolder).expanduser())
+        except (StoreError, OSError) as exc:
+            log.warning("no adapted generalist from %s: %s", storeFolder, exc)
+            return None
 
     def embeddingCache(self):
         """The slice-embedding cache all cases share (made at first use, on whichever thread)."""
@@ -265,15 +289,19 @@ class CaseLogic:
                 self._embeddings = EmbeddingCache(max_bytes=propagate_lib.EMBEDDING_CACHE_BYTES)
             return self._embeddings
 
-    def _engine(self, generalist, checkpoint, intensityPreset, device, axis):
-        """``(model, window argument, state key)`` for a propagation; raises when the generalist cannot run."""
+    def _engine(self, generalist, checkpoint, intensityPreset, device, axis, version=None):
+        """``(model, window argument, state key)`` for a propagation; raises when the generalist cannot run.
+        ``version``: an adapted generalist version folder to answer with (its embeddings are the frozen
+        generalist's, shared through the cache; its answers and so its propagation states are its own)."""
         name = getattr(generalist, "value", generalist)
         problem = self.generalistProblem(Generalist(name), checkpoint)
         if problem:
             raise ValueError(problem)
-        model = self.generalistModel(name, checkpoint, device)
+        model = self.generalistModel(name, checkpoint, device, version)
         window = propagate_lib.window_argument(intensityPreset)
         key = (name, str(checkpoint or ""), window, axis, str(getattr(device, "value", device)))
+        if version is not None:
+            key += (_version_key(version),)
         return model, window, key
 
     def precomputeEmbeddings(
@@ -458,14 +486,17 @@ class CaseLogic:
         axis=None,
         keepAgreeingSlices=True,
         propagateAcrossSlices=True,
+        storeFolder="",
     ):
         """Main thread: read the scan and the markups, get the generalist; returns a ``PropagateRequest``.
         Errors in the prompts (``MarkupPromptError``) and the generalist's settings are raised here, before
-        any computation starts."""
+        any computation starts. With ``storeFolder`` the store's active generalist version answers
+        (:meth:`activeGeneralistVersion`; the request's ``generalist_version`` names it)."""
         case = self.session(volumeNode)
         markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
+        version = self.activeGeneralistVersion(storeFolder)
         model, window, key = self._engine(
-            generalist, checkpoint, intensityPreset, device, markups.prompts.axis
+            generalist, checkpoint, intensityPreset, device, markups.prompts.axis, version
         )
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
         current = None
@@ -486,6 +517,7 @@ class CaseLogic:
             keep_agreeing=bool(keepAgreeingSlices),
             across_slices=bool(propagateAcrossSlices),
             current=current,
+            generalist_version=None if version is None else version.name,
         )
 
     @staticmethod
@@ -544,3 +576,17 @@ class CaseLogic:
         record = accept_lib.accept_case(volumeNode, segmentationNode, storeDir, provenance, case, segmentIds)
         self.endSession(volumeNode)
         return record.case_id
+
+
+def _version_key(version) -> str:
+    """A cache key part for an adapted generalist version folder: its path and manifest's weights sha256
+    (a version re-registered under the same path is another model); ``""`` for none."""
+    if version is None:
+        return ""
+    import json
+
+    try:
+        sha = json.loads((Path(version) / "manifest.json").read_text(encoding="utf-8")).get("sha256", "")
+    except (OSError, ValueError):
+        sha = ""  # apply_version then says what is wrong with the folder
+    return f"{Path(version).resolve()}:{sha}"

@@ -232,6 +232,7 @@ class PropagateRequest:
         across_slices: ``False``: answer and write the prompted slices only.
         current: with ``across_slices`` off, the segment's mask when the request was made (anchors
             slices prompted with points only); ``None`` otherwise.
+        generalist_version: the store's adapted generalist version that answers (``None``: the frozen one).
         result: the core's ``PropagationResult`` once :func:`compute` finished (``None`` before).
         added, rebuilt: prompts added to the kept state and whether it was started afresh.
         seconds: wall-clock seconds of :func:`compute`.
@@ -249,6 +250,7 @@ class PropagateRequest:
     keep_agreeing: bool = True
     across_slices: bool = True
     current: np.ndarray | None = None
+    generalist_version: str | None = None
     result: object = None
     added: int = 0
     rebuilt: bool = False
