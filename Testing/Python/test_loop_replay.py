@@ -231,3 +231,24 @@ def test_a_killed_simulation_resumes_without_redoing_cases(dataset, tiny_general
     base = [r["case_id"] for r in read_jsonl(work / BASELINE_FILE)]
     assert sorted(base) == sorted(ids)
     assert printed[-1]["event"] == "summary" and printed[-1]["cases"] == 8
+
+
+def test_with_adapt_the_loop_prompts_the_stores_adapted_generalist(dataset, tiny_generalist, tmp_path):
+    from semisam.adapt.versions import GeneralistRegistry
+
+    work = tmp_path / "work"
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=2, adapt=True)).run()
+    store = LabeledStore(work / "store")
+    fast = {"min_steps": 2, "max_steps": 2, "batch": 2}
+    sim = Simulation(_config(dataset, work, tiny_generalist, adapt=True, adapt_options=fast))
+    assert sim.loop_generalist(store) is sim.generalist()  # nothing adapted yet: the frozen one
+    record = sim.adapt(store, 2)
+    assert record["event"] == "adapt" and record["status"] == "done" and record["version"] == "v0001", record
+    assert set(record["validation"]) >= {"frozen", "adapted"}
+    reg = GeneralistRegistry(store)
+    reg.promote("v0001", require_better=False)
+    adapted = sim.loop_generalist(store)
+    assert adapted is not sim.generalist() and adapted.generalist_version == "v0001"
+    assert sim.loop_generalist(store) is adapted  # built once per version
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=3, adapt=True)).run()
+    assert len([r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]) == 3

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="case order, box jitter and training seed")
     p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="every retrain also adapts the generalist (semisam adapt); the loop prompts its active version",
+    )
+    p.add_argument(
         "--target", type=float, default=0.9, help="done at this fraction of the oracle Dice (%(default)s)"
     )
     p.add_argument(
@@ -136,6 +141,7 @@ def config_from_args(args: argparse.Namespace):
         target_dice=args.target_dice,
         device=args.device,
         train_options=train_options,
+        adapt=args.adapt,
         annotator=AnnotatorConfig(
             target_fraction=args.target,
             budget=args.budget,

@@ -108,6 +108,10 @@ class SimulationConfig:
             size, crop size, model kwargs...; ``method``, ``iterations``, ``seed``, ``device`` come from
             the fields above). Without a ``warmup`` here, the warm-up is :data:`WARMUP_FRACTION` of the
             iterations (see :meth:`Simulation.train_config`).
+        adapt: every retrain also adapts the generalist (:func:`semisam.adapt.job.adapt`); the loop's
+            annotator then prompts the store's active generalist version, the baseline the frozen one.
+        adapt_options: further :class:`semisam.adapt.job.AdaptConfig` fields (``seed`` and ``device``
+            come from the fields above).
         annotator: :class:`AnnotatorConfig`.
         time_model: :class:`TimeModel`.
     """
@@ -125,6 +129,8 @@ class SimulationConfig:
     target_dice: float | None = None
     device: str = "cpu"
     train_options: dict[str, Any] = field(default_factory=dict)
+    adapt: bool = False
+    adapt_options: dict[str, Any] = field(default_factory=dict)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     time_model: TimeModel = field(default_factory=TimeModel)
 
@@ -138,6 +144,7 @@ class SimulationConfig:
             "generalist": self.generalist,
             "target_dice": self.target_dice,
             "train_options": dict(self.train_options),
+            **({"adapt": True} if self.adapt else {}),
             "annotator": dataclasses.asdict(self.annotator),
             "time_model": self.time_model.to_json(),
         }
@@ -303,6 +310,53 @@ class Simulation:
             self._generalist = build_generalist(name, ckpt, device=self.config.device)
         return self._generalist
 
+    def loop_generalist(self, store: LabeledStore):
+        """The generalist the loop's annotator prompts: the store's active adapted version (built once per
+        version), else the frozen one the baseline uses."""
+        if not self.config.adapt:
+            return self.generalist()
+        from semisam.adapt.versions import active_version_path, apply_version
+
+        version = active_version_path(store.root)
+        if version is None:
+            return self.generalist()
+        if getattr(self, "_adapted", (None, None))[0] != version:
+            from semisam.generalists import build_generalist, parse_model_spec
+
+            name, ckpt = parse_model_spec(self.config.generalist)
+            self._adapted = (
+                version,
+                apply_version(build_generalist(name, ckpt, device=self.config.device), version),
+            )
+        return self._adapted[1]
+
+    def adapt(self, store: LabeledStore, after: int) -> dict:
+        """Adapt the generalist on the store's cases (after a retrain); a failure is recorded, the loop goes on."""
+        from semisam.adapt.job import AdaptConfig, AdaptError, adapt
+
+        t0 = time.perf_counter()
+        try:
+            done = adapt(
+                store.root,
+                AdaptConfig(
+                    **{**self.config.adapt_options, "seed": self.config.seed, "device": self.config.device}
+                ),
+                model=self.generalist(),
+            )
+        except (AdaptError, ValueError, OSError) as exc:
+            log.error("adapting the generalist after %d cases: %s", after, exc)
+            return {"event": "adapt", "after_cases": after, "status": "error", "message": str(exc)}
+        return {
+            "event": "adapt",
+            "after_cases": after,
+            "status": "done",
+            "version": done["version"],
+            "promoted": done["promoted"],
+            "reason": done["reason"],
+            "validation": done["validation"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
     def propose(
         self, store: LabeledStore, image
     ) -> tuple[np.ndarray | None, np.ndarray | None, str | None, float]:
@@ -392,10 +446,19 @@ class Simulation:
                 if before not in retrained:
                     record = self.retrain(store, before)
                     append_jsonl(self.work / CASES_FILE, record)
-                    retrained.add(before)
                     self.emit(record)
+                    if cfg.adapt:
+                        record = self.adapt(store, before)
+                        append_jsonl(self.work / CASES_FILE, record)
+                        self.emit(record)
+                    retrained.add(before)
             image, truth = self.dataset.read(cid, self.label)
             annotator = SimulatedAnnotator(self.generalist(), annotator_cfg, modality=self.dataset.modality)
+            loop_annotator = annotator
+            if cfg.adapt and self.loop_generalist(store) is not self.generalist():
+                loop_annotator = SimulatedAnnotator(
+                    self.loop_generalist(store), annotator_cfg, modality=self.dataset.modality
+                )
             cache = new_cache(image)
             rng_seed = [cfg.seed, index]
             if not loop_done:
@@ -406,7 +469,7 @@ class Simulation:
                     proposal, order_k, version, propose_s = self.propose(store, image)
                 masks = [truth] if proposal is None else [truth, proposal]
                 pre_s, oracle, oracle_s, target = self._prepare(image, truth, masks, cache)
-                res = annotator.annotate(
+                res = loop_annotator.annotate(
                     image, truth, target, np.random.default_rng(rng_seed), proposal, order_k, cache, propose_s
                 )
                 record = self._record("loop", index, cid, res, oracle, version, propose_s, pre_s, oracle_s)
