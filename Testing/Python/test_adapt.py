@@ -240,3 +240,19 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     emb = Embeddings(tiny, [case], EmbeddingStore(tmp_path / "cache"))
     scores = evaluate(tiny, {"c": (case.label, samples)}, emb)
     assert 0.0 <= scores["dice"] <= 1.0 and scores["empty_fp_px"] is not None
+
+
+def test_an_exported_decoder_is_set_aside_while_adapting_and_comes_back(tmp_path, tiny):
+    """The onnxruntime decoder holds the frozen weights: validating through it would score the frozen
+    generalist as the adapted one."""
+    calls = []
+
+    def exported(*args):  # stands in for the exported graph; must not answer during the run
+        calls.append(args)
+        raise AssertionError("the exported decoder answered while adapting")
+
+    tiny.set_fast_decoder(exported, "onnxruntime")
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
+    done = adapt(store.root, FAST, model=tiny)
+    assert done["event"] == "done" and calls == []
+    assert tiny._fast_decoder is exported and tiny.decoder_backend == "onnxruntime"

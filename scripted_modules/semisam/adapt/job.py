@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict], None]
 
+#: at least this share of each batch is an empty neighbour ("not here"): they are 5-10 % of the samples,
+#: and at that share the adapted decoder answered them with more pixels than the frozen one (validation,
+#: whole-head thalamus: 105 -> 141-162 px), while a track asks that question at both ends of every structure
+EMPTY_SHARE = 0.25
+
 
 class AdaptError(ValueError):
     """An adaptation that cannot run; ``code`` names the kind (``no_labeled_case``, ``not_adaptable``)."""
@@ -157,6 +162,9 @@ def fine_tune(
 
     torch.manual_seed(cfg.seed)
     order = random.Random(cfg.seed)
+    empty = [s for s in samples if s.empty]
+    full = [s for s in samples if not s.empty] or empty
+    share = max(EMPTY_SHARE, len(empty) / max(1, len(samples))) if empty else 0.0
     params = trainable_parameters(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     model.mask_decoder.train()
@@ -174,7 +182,8 @@ def fine_tune(
             opt.zero_grad(set_to_none=True)
             terms_sum: dict[str, float] = {}
             total = 0.0
-            for s in order.sample(samples, min(cfg.batch, len(samples))):
+            batch = [order.choice(empty if order.random() < share else full) for _ in range(cfg.batch)]
+            for s in batch:
                 loss, terms = sample_loss(model, embeddings(s), s)
                 (loss / cfg.batch).backward()
                 total += float(loss.detach())
@@ -219,10 +228,9 @@ def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, 
     """Run every step; returns the ``done`` event (also emitted). ``model``: a built generalist (default:
     LiteMedSAM's embedded weights on ``cfg.device``)."""
     from semisam.device import resolve_device
-    from semisam.training.methods.semi.embedding_store import EmbeddingStore
 
     from .decoder import adaptable
-    from .versions import GeneralistRegistry, apply_version, base_digest
+    from .versions import base_digest
 
     cfg = cfg or AdaptConfig()
     emit = emit or (lambda e: None)
@@ -245,13 +253,30 @@ def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, 
         raise AdaptError("not_adaptable", f"the generalist {model.name!r} has no SAM mask decoder to adapt")
     base = base_digest(model)
     frozen_state = copy.deepcopy(model.mask_decoder.state_dict())
+    # An exported decoder graph (onnxruntime) holds the frozen weights: scoring the adapted decoder through
+    # it would score the frozen one. The eager decoder answers during the run; the caller's comes back.
+    fast = (getattr(model, "_fast_decoder", None), getattr(model, "decoder_backend", "eager"))
+    if fast[0] is not None:
+        model.set_fast_decoder(None)
+    try:
+        return _run(store, train, val, cfg, model, base, frozen_state, emit, t0)
+    finally:
+        model.mask_decoder.load_state_dict(frozen_state)  # the caller's model answers as before
+        if fast[0] is not None:
+            model.set_fast_decoder(*fast)
+
+
+def _run(store, train, val, cfg: AdaptConfig, model, base: str, frozen_state, emit: Emit, t0: float) -> dict:
+    """The steps after the set-up of :func:`adapt` (which restores the caller's model whatever happens)."""
+    from semisam.training.methods.semi.embedding_store import EmbeddingStore
+
+    from .evaluate import evaluate
+    from .versions import GeneralistRegistry, apply_version
+
     disk = EmbeddingStore(store.root / "cache" / "embeddings")
     train_samples, val_samples = make_samples(train, cfg.seed), make_samples(val, cfg.seed + 1)
     train_emb, val_emb = Embeddings(model, train, disk), Embeddings(model, val, disk)
     val_cases = {c.case_id: (c.label, val_samples[c.case_id]) for c in val}
-
-    from .evaluate import evaluate
-
     scores: dict = {}
     if val:
         scores["frozen"] = evaluate(model, val_cases, val_emb)
@@ -260,6 +285,7 @@ def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, 
             apply_version(model, active.path)
             scores["active"] = {"version": active.version, **evaluate(model, val_cases, val_emb)}
             model.mask_decoder.load_state_dict(frozen_state)
+            model.generalist_version = None
         emit({"event": "validation", "which": "before", **{k: v.get("dice") for k, v in scores.items()}})
     else:
         scores["frozen"] = {"dice": None, "per_case": {}}
@@ -275,7 +301,6 @@ def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, 
     version, promoted, reason = register(
         store, model, [c.case_id for c in train], [c.case_id for c in val], scores, base
     )
-    model.mask_decoder.load_state_dict(frozen_state)  # the caller's model answers as before
     done = {
         "event": "done",
         "version": version,
