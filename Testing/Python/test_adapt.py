@@ -256,3 +256,28 @@ def test_an_exported_decoder_is_set_aside_while_adapting_and_comes_back(tmp_path
     done = adapt(store.root, FAST, model=tiny)
     assert done["event"] == "done" and calls == []
     assert tiny._fast_decoder is exported and tiny.decoder_backend == "onnxruntime"
+
+
+def test_training_teaches_with_the_active_version_and_keys_pseudo_labels_on_it(tmp_path, tiny, caplog):
+    from semisam.training.methods.base import _with_active_version
+    from semisam.training.methods.semi.pseudo_labels import PseudoLabeler
+
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
+    frozen_key = PseudoLabeler([tiny_litemedsam(seed=0)], EmbeddingStore(tmp_path / "e"), None).settings_sha
+    assert (
+        _with_active_version(tiny_litemedsam(seed=0), LabeledStore(store.root)).__dict__.get(
+            "generalist_version"
+        )
+        is None
+    )  # nothing promoted: the frozen generalist teaches
+    adapt(store.root, FAST, model=tiny)
+    reg = GeneralistRegistry(LabeledStore(store.root))
+    reg.promote("v0001", require_better=False)
+    taught = _with_active_version(tiny_litemedsam(seed=0), LabeledStore(store.root))
+    assert taught.generalist_version == "v0001"
+    # its pseudo-labels are cached apart from the frozen generalist's (same encoder, other decoder)
+    assert PseudoLabeler([taught], EmbeddingStore(tmp_path / "e"), None).settings_sha != frozen_key
+    other = _with_active_version(tiny_litemedsam(seed=1), LabeledStore(store.root))
+    assert (
+        getattr(other, "generalist_version", None) is None and "the frozen generalist teaches" in caplog.text
+    )

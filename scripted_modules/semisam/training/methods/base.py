@@ -15,6 +15,7 @@ the :class:`~semisam.training.trainer.Trainer` owns the loop and calls every par
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from semisam.model_folder import ModelManifest
     from semisam.store import LabeledStore
     from semisam.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +124,8 @@ class TrainContext:
         """The ``index``-th generalist from ``--generalist``, built on first use (frozen, eval mode).
 
         Built with :func:`semisam.generalists.build_generalist` (name, checkpoint, device) and shared
-        by every part. Raises
+        by every part; it answers with the store's active adapted generalist version (``semisam adapt``)
+        when that version was made for it (else the frozen one, with a warning). Raises
         ``ValueError`` when fewer generalists were given.
         """
         if index >= len(self.generalists):
@@ -131,8 +135,25 @@ class TrainContext:
         if key not in self._generalist_objects:
             from semisam.generalists import build_generalist
 
-            self._generalist_objects[key] = build_generalist(name, ckpt, self.device)
+            model = build_generalist(name, ckpt, self.device)
+            self._generalist_objects[key] = _with_active_version(model, self.store)
         return self._generalist_objects[key]
+
+
+def _with_active_version(model, store):
+    """``model`` answering with ``store``'s active adapted generalist version when one was made for it."""
+    if store is None or not hasattr(model, "mask_decoder"):
+        return model
+    from semisam.adapt.versions import GeneralistVersionError, active_version_path, apply_version
+
+    version = active_version_path(store.root)
+    if version is None:
+        return model
+    try:
+        return apply_version(model, version)
+    except GeneralistVersionError as exc:
+        log.warning("the frozen generalist teaches: %s", exc)
+        return model
 
 
 @dataclass

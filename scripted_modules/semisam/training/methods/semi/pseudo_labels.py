@@ -188,6 +188,11 @@ class PseudoLabeler:
         self.presence: PresenceProbe | None = None
         settings = {
             "generalists": [model_identity(g) for g in self.generalists],
+            # the identity names the encoder (embeddings are shared); an adapted decoder answers otherwise
+            "decoders": [
+                weights_sha(g.mask_decoder)[:16] if hasattr(g, "mask_decoder") else None
+                for g in self.generalists
+            ],
             "prompt": self.prompt.to_json(),
             "confidence": self.confidence.to_json(),
             "seed": self.seed,
