@@ -13,7 +13,7 @@ import torch
 from tiny_generalists import tiny_litemedsam
 from training_synth import child_env, make_store, synthetic_case
 
-from semisam.adapt.decoder import bce_term, dice_term, iou_term, sample_loss, trainable_parameters
+from semisam.adapt.decoder import bce_term, dice_term, empty_term, iou_term, sample_loss, trainable_parameters
 from semisam.adapt.job import AdaptConfig, AdaptError, Embeddings, adapt, fine_tune, make_samples, open_cases
 from semisam.adapt.samples import EMPTY_NEIGHBOURS, case_samples, jitter_box
 from semisam.adapt.versions import GeneralistRegistry, GeneralistVersionError, apply_version, read_manifest
@@ -64,7 +64,11 @@ def test_loss_terms():
     good, bad = (t * 20 - 10), -(t * 20 - 10)
     assert bce_term(good, t) < bce_term(bad, t)
     assert dice_term(good, t) < 0.05 < 0.9 < dice_term(bad, t)
-    assert float(dice_term(bad, torch.zeros(8, 8))) == 0.0  # empty target: cross-entropy alone
+    assert float(dice_term(bad, torch.zeros(8, 8))) == 0.0  # empty target: no overlap to score
+    # an empty target: the box's mean foreground probability, whatever the frame's size
+    assert float(empty_term(good, torch.zeros(8, 8), (2, 2, 5, 5))) > 0.99
+    assert float(empty_term(bad, torch.zeros(8, 8), (2, 2, 5, 5))) < 0.01
+    assert float(empty_term(good, t, (2, 2, 5, 5))) == 0.0  # not an empty target
     assert float(iou_term(torch.tensor(1.0), good, t)) == pytest.approx(0.0)
     assert float(iou_term(torch.tensor(1.0), bad, t)) == pytest.approx(1.0)
     assert float(iou_term(torch.tensor(1.0), -torch.ones(8, 8), torch.zeros(8, 8))) == pytest.approx(0.0)

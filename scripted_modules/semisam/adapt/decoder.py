@@ -79,6 +79,21 @@ def dice_term(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
 
 
+def empty_term(logits: torch.Tensor, target: torch.Tensor, box) -> torch.Tensor:
+    """For an empty target: the mean foreground probability inside the box (``(x0, y0, x1, y1)`` on the
+    seen grid), 0 for a non-empty one. The cross-entropy alone is a mean over the whole frame, where a
+    50 px answer on a 217 x 181 slice weighs 0.1 %: validated on whole heads, the adapted decoder then drew
+    more on the empty neighbours than the frozen one (105 -> 146-175 px)."""
+    if bool(target.any()):
+        return logits.new_zeros(())
+    h, w = logits.shape
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)
+    if x1 < x0 or y1 < y0:
+        return logits.new_zeros(())
+    return torch.sigmoid(logits[y0 : y1 + 1, x0 : x1 + 1]).mean()
+
+
 def iou_term(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared error of the IoU head against the true IoU of the mask it answers (1 when both are empty):
     its score is the confidence that orders review, so it must rank answers by their real quality."""
@@ -90,12 +105,15 @@ def iou_term(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor)
 
 
 def sample_loss(model, embedding: SliceEmbedding, sample: Sample) -> tuple[torch.Tensor, dict]:
-    """The loss of one sample (cross-entropy + Dice + IoU head) and its terms as floats."""
-    logits, iou = forward(model, embedding, seen_box(sample))
+    """The loss of one sample (cross-entropy + Dice, or the box's foreground for an empty target, + IoU
+    head) and its terms as floats."""
+    box = seen_box(sample)
+    logits, iou = forward(model, embedding, box)
     target = torch.as_tensor(seen_target(sample), dtype=torch.float32, device=logits.device)
     terms = {
         "bce": bce_term(logits, target),
         "dice": dice_term(logits, target),
+        "empty": empty_term(logits, target, box),
         "iou": iou_term(iou, logits, target),
     }
     return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
