@@ -41,7 +41,7 @@ class GatedModels:
         self.threads: list[threading.Thread] = []
         self._go = threading.Event()
 
-    def __call__(self, generalist="litemedsam", checkpoint="", device="auto"):
+    def __call__(self, generalist="litemedsam", checkpoint="", device="auto", version=None):
         self.threads.append(threading.current_thread())
         assert self._go.wait(60), "the test never let the build finish"
         if self.error is not None:

@@ -364,7 +364,9 @@ def test_a_new_point_adds_one_prompt_to_the_kept_state(lung_flow):
     assert dice(lung_flow["again_mask"][lo : hi + 1], label[lo : hi + 1]) > 0.6
     assert np.array_equal(lung_flow["again_mask"][0], lung_flow["before"][0])
     assert moved.rebuilt and moved.added_prompts == 2
-    assert moved.slices_encoded == 0  # a new state, every slice from the Logic's embedding cache
+    # a new state: every whole slice from the Logic's embedding cache; at most a key slice's closer view
+    # is new (its box comes from the segment, which the last propagation changed)
+    assert moved.slices_encoded <= len(moved.key_slices)
 
 
 @pytest.mark.parametrize("at", ["propagating", "writing"])

@@ -87,7 +87,8 @@ def _answer_seen(state: PropagationState, index: int, image: np.ndarray, prompt:
     """``(answer, closer)``: the key slice's answer to ``prompt`` from the whole slice, or from a view around
     its box when that answer fills the box better (:func:`semisam.generalists.view.choose`)."""
     whole = _answer_prompt(state, state.embedding(index), image, prompt)
-    view = state.view(_prompt_extent(prompt))
+    # The user's box alone places the view when there is one (points inside it move nothing)
+    view = state.view(prompt.box if prompt.box is not None else _prompt_extent(prompt))
     if view is None:
         return whole, False
     closer = _answer_prompt(state, state.embedding(index, view), image, prompt)
