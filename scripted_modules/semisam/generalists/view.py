@@ -9,17 +9,17 @@ structure).
 Which one answers is decided per box by :func:`choose`: both are asked, and the answer whose mask fills
 the user's box better (the IoU of the mask's bounding box with the prompt box) is kept. A box is what the
 user says the structure spans; an answer that leaks out of it or covers only part of it contradicts that.
-Measured with ``Testing/benchmarks/field_of_view.py`` (a ground-truth box on every slice, LiteMedSAM;
-whole slice -> view 2.5x -> this rule): whole heads thalamus 0.625 -> 0.814 -> 0.811 (one subject), the
-lesion samples lung1 0.852 -> 0.855 -> 0.863, brain1 0.886 -> 0.820 -> 0.887, breast1 0.504 -> 0.612 ->
-0.637. The model's own predicted IoU as the chooser loses 0.08 on breast1 (it prefers the whole slice's
-worse answer), and a rule from the box size alone keeps only part of the gain (the brain1 lesion and a
-whole-head thalamus are both ~30 px at the model's input, and only one gains from a closer look).
+Measured with ``Testing/benchmarks/field_of_view.py`` (a ground-truth box on every slice, LiteMedSAM,
+median of 3 subjects; whole slice -> this rule): whole heads thalamus 0.625 -> 0.781, caudate 0.633 ->
+0.710, amygdala 0.576 -> 0.707; the lesion samples lung1 0.852 -> 0.852, brain1 0.886 -> 0.886, breast1
+0.504 -> 0.620. The model's own predicted IoU as the chooser lost 0.08 on breast1 (it prefers the whole
+slice's worse answer), and a rule from the box size alone kept only part of the gain (the brain1 lesion
+and a whole-head thalamus are both ~30 px at the model's input, and only one gains from a closer look).
 
 The view's side is 2.5 x the box's longer side (a 4 x view kept more context and less of the gain:
-thalamus 0.77 vs 0.81), at least :data:`MIN_SIDE` px, rounded up to a quarter-octave ladder of sides and its origin
-snapped to a grid of a quarter side, so that nearby boxes (a track moving from slice to slice, a box the
-user nudges) share one view and its cached embeddings.
+thalamus 0.77 vs 0.81), at least :data:`MIN_SIDE` px, rounded up to a quarter-octave ladder of sides, and
+its origin snapped to a grid of a quarter side, so that nearby boxes (a box the user nudges, the same
+structure on neighbouring slices) share one view and its cached embeddings.
 """
 
 from __future__ import annotations
