@@ -35,7 +35,7 @@ def test_simulate_arguments_make_the_config(tmp_path):
     )
     cfg = config_from_args(args)
     assert (cfg.retrain_every, cfg.iterations, cfg.baseline) == (3, 7, True)
-    assert (cfg.annotator.budget, cfg.annotator.target_fraction) == (5, 0.8)
+    assert (cfg.annotator.budget, cfg.annotator.target_fraction) == (5, 0.8) and cfg.target_dice is None
     assert cfg.train_options == {"batch_size": 2} and cfg.time_model.box_s == 6
     assert cfg.time_model.point_s == 2 and cfg.generalist == "litemedsam" and cfg.device == "cpu"
 
@@ -46,6 +46,7 @@ def test_simulate_arguments_make_the_config(tmp_path):
         (["--target", "1.5"], "--target"),
         (["--retrain-every", "-1"], "--retrain-every"),
         (["--target-dice", "0"], "--target-dice"),
+        (["--target-dice", "0.8", "--target", "0.9"], "not both"),
         (["--train-config", "/no/such.json"], "--train-config"),
     ],
 )
@@ -53,3 +54,14 @@ def test_bad_simulate_arguments_are_named(extra, message):
     args = build_parser().parse_args(["simulate", "DS", "--work", "W", *extra])
     with pytest.raises(ValueError, match=message):
         config_from_args(args)
+
+
+def test_the_default_target_is_an_absolute_dice_against_the_truth():
+    from semisam.cli.simulate import DEFAULT_TARGET_DICE
+
+    cfg = config_from_args(build_parser().parse_args(["simulate", "DS", "--work", "W"]))
+    assert cfg.target_dice == DEFAULT_TARGET_DICE == 0.85
+    cfg = config_from_args(
+        build_parser().parse_args(["simulate", "DS", "--work", "W", "--target-dice", "0.9"])
+    )
+    assert cfg.target_dice == 0.9
