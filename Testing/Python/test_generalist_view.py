@@ -195,3 +195,25 @@ def test_the_encoder_call_bound_counts_the_views():
     assert not views_possible((10_000, 16, 16), 0, "auto")  # 16 px slices: no view is under half of them
     one = propagation_encoder_calls(40, [20])
     assert propagation_encoder_calls(40, [20], views=True) == one + 1 == 41  # the key slice's view
+
+
+def test_propagate_answers_a_small_structures_key_slice_through_the_view(litemedsam):
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.scan.volume import Volume
+
+    img, disc = _small_structure_slice()
+    vol = Volume(np.stack([img * 1000.0] * 3).astype(np.float32), (1.0, 1.0, 3.0))
+    ys, xs = np.nonzero(disc)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    got = {}
+    for fov in ("whole", "auto"):
+        state = init_state(
+            litemedsam, vol, "axial", modality="MR", params=PropagationParams(field_of_view=fov)
+        )
+        add_prompt(state, 1, box=box)
+        res = propagate(state)
+        got[fov] = (state.keys[1].closer, dice(res.mask[1] > 0, disc), state.n_encode)
+    assert got["whole"][0] is False and got["auto"][0] is True, got
+    # the view's answer, mapped back onto the slice, is as good here (both fill the box; ties go to the view)
+    assert got["auto"][1] > 0.9 and got["auto"][1] >= got["whole"][1] - 0.02, got
+    assert got["auto"][2] == got["whole"][2] + 1  # the key slice's view; the tracks use whole slices
