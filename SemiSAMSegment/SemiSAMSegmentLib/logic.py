@@ -249,12 +249,13 @@ class CaseLogic:
     def generalistModel(self, generalist="litemedsam", checkpoint="", device="auto", version=None):
         """The generalist, built once per (name, checkpoint, device, adapted version): ``version`` is a
         generalist version folder (``semisam adapt``) whose decoder it answers with, or ``None``."""
+        from semisam.adapt.versions import version_key
         from semisam.device import resolve_device
         from semisam.generalists import build_generalist
 
         name = getattr(generalist, "value", generalist)
         dev = resolve_device(getattr(device, "value", device))
-        key = (name, str(checkpoint or ""), str(dev), _version_key(version))
+        key = (name, str(checkpoint or ""), str(dev), version_key(version))
         with self._buildLock:  # a caller asking while the background encoding builds it waits for that one
             if key not in self._generalists:
                 model = build_generalist(name, checkpoint=checkpoint or None, device=dev)
@@ -266,16 +267,18 @@ class CaseLogic:
             return self._generalists[key]
 
     @staticmethod
-    def activeGeneralistVersion(storeFolder):
-        """The store's active generalist version folder (``semisam adapt``), or ``None``: no store, none
-        promoted, or a store that cannot be read (Propagate then answers with the frozen generalist)."""
+    def activeGeneralistVersion(storeFolder, generalist="litemedsam"):
+        """The store's active version of ``generalist`` (``semisam adapt``), or ``None``: no store, none
+        promoted for this generalist, or a store that cannot be read (the frozen generalist answers)."""
         if not storeFolder:
             return None
         from semisam.adapt.versions import active_version_path
         from semisam.store.errors import StoreError
 
         try:
-            return active_version_path(Path(storeFolder).expanduser())
+            return active_version_path(
+                Path(storeFolder).expanduser(), getattr(generalist, "value", generalist)
+            )
         except (StoreError, OSError) as exc:
             log.warning("no adapted generalist from %s: %s", storeFolder, exc)
             return None
@@ -297,11 +300,13 @@ class CaseLogic:
         problem = self.generalistProblem(Generalist(name), checkpoint)
         if problem:
             raise ValueError(problem)
+        from semisam.adapt.versions import version_key
+
         model = self.generalistModel(name, checkpoint, device, version)
         window = propagate_lib.window_argument(intensityPreset)
         key = (name, str(checkpoint or ""), window, axis, str(getattr(device, "value", device)))
         if version is not None:
-            key += (_version_key(version),)
+            key += (version_key(version),)
         return model, window, key
 
     def precomputeEmbeddings(
@@ -494,7 +499,7 @@ class CaseLogic:
         (:meth:`activeGeneralistVersion`; the request's ``generalist_version`` names it)."""
         case = self.session(volumeNode)
         markups = markup_prompts.markups_to_prompts(case.volume, pointsNode, roiNode, axis)
-        version = self.activeGeneralistVersion(storeFolder)
+        version = self.activeGeneralistVersion(storeFolder, generalist)
         model, window, key = self._engine(
             generalist, checkpoint, intensityPreset, device, markups.prompts.axis, version
         )
@@ -576,17 +581,3 @@ class CaseLogic:
         record = accept_lib.accept_case(volumeNode, segmentationNode, storeDir, provenance, case, segmentIds)
         self.endSession(volumeNode)
         return record.case_id
-
-
-def _version_key(version) -> str:
-    """A cache key part for an adapted generalist version folder: its path and manifest's weights sha256
-    (a version re-registered under the same path is another model); ``""`` for none."""
-    if version is None:
-        return ""
-    import json
-
-    try:
-        sha = json.loads((Path(version) / "manifest.json").read_text(encoding="utf-8")).get("sha256", "")
-    except (OSError, ValueError):
-        sha = ""  # apply_version then says what is wrong with the folder
-    return f"{Path(version).resolve()}:{sha}"

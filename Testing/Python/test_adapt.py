@@ -277,6 +277,15 @@ def test_training_teaches_with_the_active_version_and_keys_pseudo_labels_on_it(t
     adapt(store.root, FAST, model=tiny)
     reg = GeneralistRegistry(LabeledStore(store.root))
     reg.promote("v0001", require_better=False)
+    from semisam.adapt.versions import active_version_path
+
+    # a LiteMedSAM version is not another generalist's: SAM keeps answering as it is
+    assert active_version_path(store.root, "sam") is None
+    assert (
+        active_version_path(store.root, "litemedsam")
+        == reg.get("v0001").path
+        == active_version_path(store.root)
+    )
     taught = _with_active_version(tiny_litemedsam(seed=0), LabeledStore(store.root))
     assert taught.generalist_version == "v0001"
     # its pseudo-labels are cached apart from the frozen generalist's (same encoder, other decoder)

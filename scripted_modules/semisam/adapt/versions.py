@@ -147,9 +147,28 @@ class GeneralistRegistry(ModelRegistry):
             raise RegistryError(f"not a valid generalist version: {exc}", folder) from exc
 
 
-def active_version_path(store_root: str | Path) -> Path | None:
-    """The store's active generalist version folder, or ``None`` (the frozen generalist answers)."""
+def active_version_path(store_root: str | Path, generalist: str | None = None) -> Path | None:
+    """The store's active generalist version folder, or ``None`` (the frozen generalist answers).
+
+    With ``generalist`` (a registry name), only a version adapted from that generalist: a store whose
+    LiteMedSAM was adapted still lets SAM answer as it is, instead of refusing it.
+    """
     from semisam.store import LabeledStore
 
     v = GeneralistRegistry(LabeledStore(store_root)).active()
-    return None if v is None else v.path
+    if v is None or (generalist is not None and v.arch != generalist):
+        return None
+    return v.path
+
+
+def version_key(folder: str | Path | None) -> str:
+    """A cache key of a version folder: its resolved path and its manifest's weights sha256 (a version
+    replaced under the same path is another model); ``""`` for ``None``. Cheap: nothing is hashed here;
+    :func:`apply_version` checks the files."""
+    if folder is None:
+        return ""
+    try:
+        sha = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("sha256", "")
+    except (OSError, ValueError, AttributeError):
+        sha = ""  # apply_version then says what is wrong with the folder
+    return f"{Path(folder).resolve()}:{sha}"

@@ -71,15 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _generalist_version(args: argparse.Namespace) -> Path | None:
-    """The adapted generalist version to answer with: ``--generalist-version``, else the active one of
-    ``--store``, else ``None`` (the frozen generalist)."""
+def _generalist_version(args: argparse.Namespace, name: str) -> Path | None:
+    """The adapted generalist version to answer with: ``--generalist-version``, else ``--store``'s active
+    version of the generalist ``name``, else ``None`` (the frozen generalist)."""
     if args.generalist_version:
         return Path(args.generalist_version)
     if args.store:
         from semisam.adapt.versions import active_version_path
 
-        return active_version_path(args.store)
+        return active_version_path(args.store, name)
     return None
 
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     name, checkpoint = parse_model_spec(args.model)
     out = Path(args.output)
     model = build_generalist(name, checkpoint=checkpoint, device=args.device)
-    version = _generalist_version(args)
+    version = _generalist_version(args, name)
     if version is not None:
         from semisam.adapt.versions import apply_version
 

@@ -316,14 +316,15 @@ class Simulation:
         if not self.config.adapt:
             return self.generalist()
         from semisam.adapt.versions import active_version_path, apply_version
+        from semisam.generalists import parse_model_spec
 
-        version = active_version_path(store.root)
+        name, ckpt = parse_model_spec(self.config.generalist)
+        version = active_version_path(store.root, name)
         if version is None:
             return self.generalist()
         if getattr(self, "_adapted", (None, None))[0] != version:
-            from semisam.generalists import build_generalist, parse_model_spec
+            from semisam.generalists import build_generalist
 
-            name, ckpt = parse_model_spec(self.config.generalist)
             self._adapted = (
                 version,
                 apply_version(build_generalist(name, ckpt, device=self.config.device), version),

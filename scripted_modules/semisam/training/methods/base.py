@@ -146,7 +146,7 @@ def _with_active_version(model, store):
         return model
     from semisam.adapt.versions import GeneralistVersionError, active_version_path, apply_version
 
-    version = active_version_path(store.root)
+    version = active_version_path(store.root, model.name)
     if version is None:
         return model
     try:
