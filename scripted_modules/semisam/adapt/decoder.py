@@ -1,9 +1,9 @@
 """The differentiable decoder pass of a SAM-family generalist, and the loss terms that adapt it.
 
 Only the mask decoder (with its IoU head) learns; the image embeddings are computed once, frozen, by the
-same encoder the product uses, so an adapted decoder keeps every cached embedding valid. The pass mirrors
-:meth:`semisam.generalists.sam_family.SamLikeModel.predict` for one box (no ``inference_mode``): the box
-goes through the model frame's transform, and the low-resolution logits come back onto the pixel grid of
+same encoder the product uses, so an adapted decoder keeps every cached embedding valid. The pass is
+:meth:`semisam.generalists.sam_family.SamLikeModel.decode`, the one ``predict`` runs, for one box (no
+``inference_mode``): the box goes through the model frame's transform, and the low-resolution logits come back onto the pixel grid of
 what the model saw (the whole slice, or the view), where the loss compares them with the target.
 """
 
@@ -21,7 +21,7 @@ from .samples import Sample
 
 def adaptable(model) -> bool:
     """Whether ``model`` has the parts this module trains (a SAM-family ``SamLikeModel``)."""
-    return all(hasattr(model, a) for a in ("mask_decoder", "prompt_encoder", "dense_pe", "image_size"))
+    return all(hasattr(model, a) for a in ("mask_decoder", "decode", "image_size"))
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -55,14 +55,7 @@ def forward(model, embedding: SliceEmbedding, box: tuple[float, float, float, fl
     tf = ResizeLongestSide((h, w), model.image_size)
     dev = embedding.features.device
     boxes = torch.as_tensor(tf.coords_to_model(np.asarray(box, np.float64))[None], device=dev)
-    sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
-    low_res, iou = model.mask_decoder(
-        image_embeddings=embedding.features,
-        image_pe=model.dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
+    low_res, iou = model.decode(embedding.features, boxes=boxes)
     return tf.logits_to_slice(low_res[:, :1].float())[0, 0], iou[0, 0]
 
 

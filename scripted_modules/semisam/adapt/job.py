@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.generalists.view import EXTRAS_KEY as VIEW_KEY
+from semisam.generalists.view import mark
 
 from .samples import Sample, case_samples
 
@@ -147,7 +147,7 @@ class Embeddings:
             image = self.cases[s.case].image(s.slice)
             emb = self.disk.get_or_encode(self.model, image if s.view is None else s.view.crop(image))
             if s.view is not None:  # as encode_view marks it: predict() maps prompts and answers
-                emb.extras[VIEW_KEY] = (s.view.key(), tuple(int(v) for v in image.shape))
+                mark(emb, s.view, image.shape)
             self._memo[key] = emb
         return emb
 

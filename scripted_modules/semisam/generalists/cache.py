@@ -269,12 +269,8 @@ class Precompute:
     def _run(self) -> None:
         work: list = []
         try:
-            # Whole slices first (every key slice needs one), then the views, in the same order.
-            listed = set(self.indices)
-            work = [(i, None) for i in self.indices] + [
-                (i, self.views[i]) for i in self.indices if i in self.views
-            ]
-            work += [(i, v) for i, v in self.views.items() if i not in listed]
+            # Whole slices first (every key slice needs one), then the views in the caller's order.
+            work = [(i, None) for i in self.indices] + list(self.views.items())
             for index, view in work:
                 if self._cancel.is_set():
                     log.info("precompute cancelled after %d/%d encodings", self.done, len(work))

@@ -220,6 +220,19 @@ class SamLikeModel(nn.Module):
             pe = self._dense_pe = self.prompt_encoder.get_dense_pe()
         return pe
 
+    def decode(self, features, points=None, boxes=None, masks=None, multimask: bool = False):
+        """The eager prompt encoder + mask decoder on model-frame prompts: ``(low-res logits (B, C, m, m),
+        predicted IoU (B, C))``. Differentiable (no ``inference_mode`` here): :mod:`semisam.adapt`
+        trains the decoder through it; :meth:`predict` calls it under ``inference_mode``."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return self.mask_decoder(
+            image_embeddings=features,
+            image_pe=self.dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
     @torch.inference_mode()
     def predict(self, embedding: SliceEmbedding, prompt: SlicePrompt) -> SlicePrediction:
         """Answer one prompt from a cached embedding; logits ``(H, W)`` exactly at the slice's pixel grid.
@@ -272,14 +285,7 @@ class SamLikeModel(nn.Module):
             # the graph returns all four masks: 0 = single-mask output, 1..3 = the multimask outputs
             low_res, iou = (low_res[:, 1:], iou[:, 1:]) if multimask else (low_res[:, :1], iou[:, :1])
         else:
-            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-            low_res, iou = self.mask_decoder(
-                image_embeddings=embedding.features,
-                image_pe=self.dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            low_res, iou = self.decode(embedding.features, points, boxes, masks, multimask)
         best = int(torch.argmax(iou[0])) if multimask else 0
         logits = tf.logits_to_slice(low_res[:, best : best + 1].float())[0, 0]
         score = float(iou[0, best].clamp(0, 1))

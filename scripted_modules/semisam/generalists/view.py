@@ -136,10 +136,15 @@ def encode_view(model, image: np.ndarray, view: View | None) -> SliceEmbedding:
     The embedding remembers the view and the slice's shape, for :func:`predict`."""
     if view is None:
         return model.encode(image)
-    emb = model.encode(view.crop(image))
+    return mark(model.encode(view.crop(image)), view, image.shape)
+
+
+def mark(embedding: SliceEmbedding, view: View, slice_shape) -> SliceEmbedding:
+    """Record on an embedding of ``view.crop(slice)`` which view of an ``(H, W)`` slice it holds, so that
+    :func:`predict` maps prompts in and answers out; returns it."""
     # Plain numbers (not the View): embeddings saved to disk are read back with weights_only=True.
-    emb.extras[EXTRAS_KEY] = (view.key(), tuple(int(v) for v in image.shape))
-    return emb
+    embedding.extras[EXTRAS_KEY] = (view.key(), tuple(int(v) for v in slice_shape))
+    return embedding
 
 
 def predict(model, embedding: SliceEmbedding, prompt: SlicePrompt) -> SlicePrediction:

@@ -88,30 +88,25 @@ def _answer_seen(state: PropagationState, index: int, image: np.ndarray, prompt:
     its box when that answer fills the box better (:func:`semisam.generalists.view.choose`)."""
     whole = _answer_prompt(state, state.embedding(index), image, prompt)
     # The user's box alone places the view when there is one (points inside it move nothing)
-    view = state.view(prompt.box if prompt.box is not None else _prompt_extent(prompt))
+    extent = prompt.box if prompt.box is not None else _positive_extent(prompt)
+    view = state.view(extent)
     if view is None:
         return whole, False
     closer = _answer_prompt(state, state.embedding(index, view), image, prompt)
-    if choose(whole, closer, prompt.box if prompt.box is not None else _prompt_extent(prompt)):
+    if choose(whole, closer, extent):
         log.debug("key slice %d: a %d px view answers better than the whole slice", index, view.side)
         return closer, True
     return whole, False
 
 
-def _prompt_extent(prompt: SlicePrompt) -> tuple[float, float, float, float] | None:
-    """The box around a prompt's box and positive points (slice pixels), or ``None``."""
-    xs: list[float] = []
-    ys: list[float] = []
-    if prompt.box is not None:
-        xs += [prompt.box[0], prompt.box[2]]
-        ys += [prompt.box[1], prompt.box[3]]
-    if prompt.points is not None and prompt.point_labels is not None:
-        pts = np.asarray(prompt.points, np.float32).reshape(-1, 2)[np.asarray(prompt.point_labels) > 0]
-        xs += pts[:, 0].tolist()
-        ys += pts[:, 1].tolist()
-    if not xs:
+def _positive_extent(prompt: SlicePrompt) -> tuple[float, float, float, float] | None:
+    """The box around a prompt's positive points (slice pixels), or ``None``."""
+    if prompt.points is None or prompt.point_labels is None:
         return None
-    return (min(xs), min(ys), max(xs), max(ys))
+    pts = np.asarray(prompt.points, np.float32).reshape(-1, 2)[np.asarray(prompt.point_labels) > 0]
+    if not len(pts):
+        return None
+    return (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
 
 
 def _track_step(state: PropagationState, key: KeySlice, s: int, prev, thin: bool, outward: bool):
