@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from semisam.loop import Effort, SimulationConfig, TimeModel
@@ -26,12 +27,30 @@ def test_effort_prices_interactions_with_the_time_model():
         "points_pos": 1,
         "points_neg": 2,
         "hand_slices": 1,
+        "hand_work": 1.0,
         "simulated_s": 44.0,
         "compute_s": 1.5,
         "effort_s": 45.5,
     }
     assert e.prompt_counts() == {"box": 2, "point+": 1, "point-": 2, "hand_slice": 1}
     assert Effort().prompt_counts() == {} and Effort().total_s(tm) == 0
+
+
+def test_a_hand_fix_is_priced_by_how_wrong_the_slice_was():
+    """Touching up a nearly right slice costs its wrong share of a drawn slice, never under the floor;
+    a slice drawn from nothing (Dice 0) costs the whole slice; ``touch_up_min=1`` is the flat price."""
+    tm = TimeModel()
+    e = Effort()
+    for d in (0.0, 0.7, 0.95):  # drawn from nothing, 30 % wrong, nearly right (floor 0.2)
+        e.add_hand_slice(d)
+    assert e.hand_slices == 3
+    assert e.hand_work(tm) == pytest.approx(1.0 + 0.3 + 0.2)
+    assert e.interaction_s(tm) == pytest.approx(1.5 * 30)
+    assert e.interaction_s(TimeModel(touch_up_min=1.0)) == pytest.approx(3 * 30)
+    assert e.to_json(tm)["hand_work"] == 1.5
+    # A better slice never costs more, and no slice costs more than drawing it.
+    shares = [tm.hand_share(d) for d in np.linspace(0, 1, 21)]
+    assert all(a >= b for a, b in zip(shares, shares[1:], strict=False)) and max(shares) == 1.0
 
 
 def _case(index: int, effort: float, proposal: float, cid: str | None = None) -> dict:

@@ -38,7 +38,8 @@ where the annotator clicks. What it does, per case:
    one slice say nothing about the next one (stopping there drew every remaining slice by hand, 30 s
    each, where a box would have done). Then
    every slice still wrong is drawn by hand (the truth's slice copied), largest error first, until the
-   target is reached; each counts as a hand-drawn slice.
+   target is reached; each counts as a hand-drawn slice, priced by how wrong it was
+   (:meth:`semisam.loop.effort.TimeModel.hand_share`).
 
 Everything is seeded (the jitter) so a resumed simulation redoes a case identically.
 """
@@ -415,12 +416,12 @@ class SimulatedAnnotator:
         largest error first, until ``target_dice``; returns the final Dice."""
         current = dice(mask, truth)
         while current < target_dice:
-            _, err = per_slice_errors(mask, truth)
+            slice_dice, err = per_slice_errors(mask, truth)
             s = int(np.argmax(err))
             if err[s] <= 0:
                 break
             mask[s] = truth[s]
-            effort.hand_slices += 1
+            effort.add_hand_slice(slice_dice[s])  # priced by how wrong it was (loop.effort)
             current = dice(mask, truth)
             actions.append(Action("hand", s, current))
         return current

@@ -7,7 +7,11 @@ interaction                   seconds    why
 ============================  =========  ==================================================================
 box on a slice                4          find the slice, drag a rectangle around the structure
 +/- point                     2          one click (the slice is already on screen)
-slice drawn by hand           30         paint / outline one slice in Segment Editor
+slice fixed by hand           30 x f     paint / outline one slice in Segment Editor: drawing it from
+                                         nothing costs 30 s; touching up a nearly right slice costs the
+                                         share of it that is wrong, f = 1 - the slice's Dice before the
+                                         fix, at least ``touch_up_min`` (0.2: a 6 s brush stroke and a
+                                         look, however small the error)
 compute                       measured   seconds the user waits: the specialist's auto-segment and every
                                          propagation (slice embeddings are precomputed in the background
                                          while the user looks at the scan, as the product does, and are
@@ -15,12 +19,17 @@ compute                       measured   seconds the user waits: the specialist'
 ============================  =========  ==================================================================
 
 The constants are assumptions, not measurements of people; change them with :class:`TimeModel` (the CLI
-prints the model it used in its summary line).
+prints the model it used in its summary line). Pricing a hand fix by the slice's error credits a proposal
+that is nearly right on a slice (it is touched up, not redrawn) but never below ``touch_up_min`` of a
+drawn slice, so a slice a proposal gets wrong costs what drawing it costs; ``touch_up_min=1`` restores the
+flat price of every hand-drawn slice. Edit time growing with the share of the contour that must be changed
+is how editing tools are usually compared (a slice at Dice 0.9 needs a tenth of its outline redrawn); the
+linear form and the floor are this model's assumptions.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,11 @@ class TimeModel:
     box_s: float = 4.0
     point_s: float = 2.0
     hand_slice_s: float = 30.0
+    touch_up_min: float = 0.2
+
+    def hand_share(self, slice_dice: float) -> float:
+        """Share of :attr:`hand_slice_s` that fixing a slice whose Dice was ``slice_dice`` costs."""
+        return min(1.0, max(self.touch_up_min, 1.0 - float(slice_dice)))
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -43,6 +57,8 @@ class Effort:
         boxes: boxes placed (one per prompted slice at most).
         points_pos, points_neg: positive / negative points placed.
         hand_slices: slices the annotator drew by hand (what prompts did not fix within the budget).
+        hand_dice: each hand-fixed slice's Dice before the fix (what :meth:`TimeModel.hand_share`
+            prices); a record without it (an older run) prices every hand slice in full.
         compute_s: measured wall-clock seconds of auto-segment and propagation.
     """
 
@@ -50,6 +66,7 @@ class Effort:
     points_pos: int = 0
     points_neg: int = 0
     hand_slices: int = 0
+    hand_dice: list[float] = field(default_factory=list)
     compute_s: float = 0.0
 
     @property
@@ -61,9 +78,20 @@ class Effort:
         """Boxes and points (what the prompt budget counts)."""
         return self.boxes + self.points
 
+    def add_hand_slice(self, slice_dice: float) -> None:
+        """Count one slice fixed by hand whose Dice was ``slice_dice`` before the fix."""
+        self.hand_slices += 1
+        self.hand_dice.append(float(slice_dice))
+
+    def hand_work(self, model: TimeModel) -> float:
+        """Hand-fixed slices in units of a slice drawn from nothing (see :meth:`TimeModel.hand_share`)."""
+        unpriced = self.hand_slices - len(self.hand_dice)  # counted without their Dice: full price
+        return sum(model.hand_share(d) for d in self.hand_dice) + max(0, unpriced)
+
     def interaction_s(self, model: TimeModel) -> float:
-        """Simulated human seconds: boxes, points and hand-drawn slices priced by ``model``."""
-        return self.boxes * model.box_s + self.points * model.point_s + self.hand_slices * model.hand_slice_s
+        """Simulated human seconds: boxes, points and hand-fixed slices priced by ``model``."""
+        hand = self.hand_work(model) * model.hand_slice_s
+        return self.boxes * model.box_s + self.points * model.point_s + hand
 
     def total_s(self, model: TimeModel) -> float:
         """Human seconds plus the measured compute seconds: the case's effort."""
@@ -82,6 +110,7 @@ class Effort:
             "points_pos": self.points_pos,
             "points_neg": self.points_neg,
             "hand_slices": self.hand_slices,
+            "hand_work": round(self.hand_work(model), 4),
             "simulated_s": round(self.interaction_s(model), 3),
             "compute_s": round(self.compute_s, 3),
             "effort_s": round(self.total_s(model), 3),
