@@ -48,6 +48,10 @@ def test_simulate_arguments_make_the_config(tmp_path):
         (["--target-dice", "0"], "--target-dice"),
         (["--target-dice", "0.8", "--target", "0.9"], "not both"),
         (["--train-config", "/no/such.json"], "--train-config"),
+        (["--held-out", "-1"], "--held-out"),
+        (["--touch-up-min", "0"], "--touch-up-min"),
+        (["--touch-up-min", "1.5"], "--touch-up-min"),
+        (["--iterations", "0"], "--iterations"),
     ],
 )
 def test_bad_simulate_arguments_are_named(extra, message):
@@ -65,3 +69,20 @@ def test_the_default_target_is_an_absolute_dice_against_the_truth():
         build_parser().parse_args(["simulate", "DS", "--work", "W", "--target-dice", "0.9"])
     )
     assert cfg.target_dice == 0.9
+
+
+def test_by_default_a_retrain_runs_what_the_products_retrain_runs():
+    """No ``--iterations``: the trainer's plan that follows the labeled set (not a fixed count), with a
+    warm-up of a tenth of the planned iterations; the hand-fix price floor and held-out cases are set."""
+    args = build_parser().parse_args(
+        ["simulate", "DS", "--work", "W", "--held-out", "4", "--touch-up-min", "0.5"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.iterations is None and cfg.held_out == 4 and cfg.time_model.touch_up_min == 0.5
+    from semisam.loop import Simulation
+
+    sim = Simulation.__new__(Simulation)  # train_config reads only the config
+    sim.config = cfg
+    four, twelve = sim.train_config(4), sim.train_config(12)
+    assert four.iterations is None and twelve.iterations is None  # the trainer resolves them
+    assert (four.warmup, twelve.warmup) == (200, 600)  # 500 per case: 2,000 and 6,000 planned

@@ -252,3 +252,47 @@ def test_with_adapt_the_loop_prompts_the_stores_adapted_generalist(dataset, tiny
     assert sim.loop_generalist(store) is adapted  # built once per version
     Simulation(_config(dataset, work, tiny_generalist, max_cases=3, adapt=True)).run()
     assert len([r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]) == 3
+
+
+def test_held_out_cases_stay_out_of_the_loop_and_score_every_retrain(dataset, tiny_generalist, tmp_path):
+    """Cases held out are never replayed nor pooled; each retrain scores its new version there, and the
+    version it replaced from the second retrain on; the summary says whether a promotion made it worse."""
+    work = tmp_path / "work"
+    train = {"batch_size": 2, "crop_size": [32, 32], "amp": False, "max_minutes": None, "augment": False}
+    cfg = _config(dataset, work, tiny_generalist, held_out=2, max_cases=4, iterations=3, train_options=train)
+    cfg.retrain_every = 2
+    summary = Simulation(cfg).run()
+    order = Dataset.open(dataset).order(0)
+    held = order[-2:]
+    lines = read_jsonl(work / CASES_FILE)
+    cases = [r["case_id"] for r in lines if r["event"] == "case"]
+    assert cases == order[:4] and not set(cases) & set(held)
+    store = LabeledStore(work / "store")
+    assert not {s.scan_id for s in store.unlabeled()} & set(held)  # not in the pool either
+    retrains = [r for r in lines if r["event"] == "retrain"]
+    assert [r["after_cases"] for r in retrains] == [2], retrains
+    h = retrains[0]["held_out"]
+    assert h["cases"] == held and h["new_version"] == retrains[0]["version"] and h["previous_version"] is None
+    assert 0.0 <= h["new"] <= 1.0 and len(h["new_per_case"]) == 2 and "previous" not in h
+    ds = Dataset.open(dataset)
+    # The score is the version's Auto-segment against the truth of the held-out cases.
+    from semisam.inference import segment
+    from semisam.model_folder import load_model
+
+    model, manifest = load_model(store.models.get(h["new_version"]).path)
+    image, truth = ds.read(held[0], 1)
+    assert dice((segment(image, model, manifest).labels == 1).astype(np.uint8), truth) == pytest.approx(
+        h["new_per_case"][0], abs=1e-4
+    )
+    assert summary["promotions_never_worse_held_out"] is None  # nothing was replaced yet
+    assert summary["retrains"][0]["held_out_new"] == h["new"]
+    # More cases: the second retrain also scores the version it would replace.
+    cfg.max_cases = 6
+    summary = Simulation(cfg).run()
+    second = [r for r in read_jsonl(work / CASES_FILE) if r["event"] == "retrain"][1]
+    assert second["held_out"]["previous_version"] == retrains[0]["active"]
+    assert isinstance(second["held_out"]["previous"], float)
+    expected = None if not second["promoted"] else second["held_out"]["new"] >= second["held_out"]["previous"]
+    assert summary["promotions_never_worse_held_out"] == expected
+    with pytest.raises(ValueError, match="--held-out 8: the dataset holds 8 cases"):
+        Simulation(_config(dataset, tmp_path / "w2", tiny_generalist, held_out=8)).run()

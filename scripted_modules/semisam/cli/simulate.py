@@ -39,7 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", default="supervised", help="training method (default %(default)s)")
     p.add_argument(
-        "--iterations", type=int, default=1500, help="training iterations per retrain (%(default)s)"
+        "--iterations",
+        type=int,
+        default=None,
+        help="training iterations per retrain (default: as the product's Retrain, following the labeled "
+        "set within its time budget)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the last N cases of the order aside (never replayed, not in the unlabeled pool): every "
+        "retrain scores the new version and the one before it there",
     )
     p.add_argument(
         "--train-config",
@@ -109,7 +121,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--hand-slice-s",
         type=float,
         default=30.0,
-        help="seconds per hand-drawn slice (time model, %(default)s)",
+        help="seconds per slice drawn by hand from nothing (time model, %(default)s)",
+    )
+    p.add_argument(
+        "--touch-up-min",
+        type=float,
+        default=0.2,
+        help="a slice fixed by hand costs its wrong share (1 - slice Dice) of --hand-slice-s, at least this "
+        "share (time model, %(default)s; 1: every hand slice at full price)",
     )
     p.set_defaults(func=run)
 
@@ -133,8 +152,12 @@ def config_from_args(args: argparse.Namespace):
     target_dice = None if relative else (args.target_dice or DEFAULT_TARGET_DICE)
     if args.budget is not None and args.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {args.budget}")
-    if args.iterations < 1:
+    if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.held_out < 0:
+        raise ValueError(f"--held-out must be >= 0, got {args.held_out}")
+    if not 0 < args.touch_up_min <= 1:
+        raise ValueError(f"--touch-up-min must be in (0, 1], got {args.touch_up_min}")
     train_options = {}
     if args.train_config:
         try:
@@ -153,6 +176,7 @@ def config_from_args(args: argparse.Namespace):
         baseline=args.baseline,
         generalist=args.generalist,
         max_cases=args.max_cases,
+        held_out=args.held_out,
         label=args.label,
         target_dice=target_dice,
         device=args.device,
@@ -164,7 +188,12 @@ def config_from_args(args: argparse.Namespace):
             merge_rule=args.merge,
             slice_after_undo=args.slice_after_undo,
         ),
-        time_model=TimeModel(box_s=args.box_s, point_s=args.point_s, hand_slice_s=args.hand_slice_s),
+        time_model=TimeModel(
+            box_s=args.box_s,
+            point_s=args.point_s,
+            hand_slice_s=args.hand_slice_s,
+            touch_up_min=args.touch_up_min,
+        ),
     )
 
 

@@ -89,17 +89,18 @@ class SimulationConfig:
         work: work folder (created; holds the store and the outputs).
         retrain_every: retrain after every this many accepted cases (0: never).
         method, iterations: the training method and its iterations (:class:`semisam.training.TrainConfig`).
-            1500 by default, sized by time: the retrain runs in the background while the user works
-            on the next ``retrain_every`` cases, and should be done within about one case's time (1-2
-            min by the time model) on one CPU thread. ``mamba_unet`` with the development runs' batch 4
-            of 96 x 96 crops (``Testing/benchmarks/loop.py``) ran 600 iterations in 51 s on one thread
-            (~12 it/s), so 1500 take ~2 min; the trainer's default batch 8 of 128 x 128 is ~3.6x the
-            pixels per step (pass ``train_options`` to size it). (The trainer's own default follows
-            the labeled set within a 10-minute budget: ``semisam.training.TrainConfig``.)
+            ``None`` (the default): what the product's Retrain runs, iterations that follow the labeled
+            set within the trainer's time budget (``TrainConfig.iterations``, ``max_minutes``). A fixed
+            count that does not grow with the cases starves the later retrains (200 iterations reached
+            0.61-0.73 of what 12 labeled cases allow: ``docs/benchmarks.md``).
         seed: case order, box jitter and training seed.
         baseline: also run the prompts-only baseline on the same cases.
         generalist: ``NAME[:CHECKPOINT]`` of the generalist the prompts go to.
         max_cases: replay only the first this many cases of the order (``None``: all).
+        held_out: the last this many cases of the order are kept aside: never replayed and not in the
+            unlabeled pool; every retrain scores its new version and the version it would replace there
+            (mean Dice of the product's Auto-segment against the truth), so a promotion that made the
+            specialist worse shows.
         label: dataset label value to segment (``None``: the smallest declared one).
         target_dice: an absolute target Dice for every case instead of ``annotator.target_fraction`` x
             the oracle (the oracle, a box on every truth slice, is then not computed).
@@ -120,11 +121,12 @@ class SimulationConfig:
     work: Path
     retrain_every: int = 4
     method: str = "supervised"
-    iterations: int = 1500
+    iterations: int | None = None
     seed: int = 0
     baseline: bool = False
     generalist: str = "litemedsam"
     max_cases: int | None = None
+    held_out: int = 0
     label: int | None = None
     target_dice: float | None = None
     device: str = "cpu"
@@ -145,6 +147,7 @@ class SimulationConfig:
             "target_dice": self.target_dice,
             "train_options": dict(self.train_options),
             **({"adapt": True} if self.adapt else {}),
+            **({"held_out": self.held_out} if self.held_out else {}),
             "annotator": dataclasses.asdict(self.annotator),
             "time_model": self.time_model.to_json(),
         }
@@ -153,6 +156,8 @@ class SimulationConfig:
 #: Annotator options added after simulations were first saved, and how a saved plan without one ran (so
 #: an older work folder resumes with the behaviour it started with, e.g. ``--no-slice-after-undo``).
 LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False}
+#: The same for the time model: a saved plan without ``touch_up_min`` priced every hand slice in full.
+LEGACY_TIME_MODEL: dict[str, Any] = {"touch_up_min": 1.0}
 
 
 def option_differences(saved: Any, given: dict[str, Any], prefix: str = "") -> list[str]:
@@ -210,6 +215,7 @@ class Simulation:
                 f"--label {self.label}: the dataset declares labels {labels}; choose one of {sorted(labels)}"
             )
         self._generalist = None
+        self.held_out_ids: list[str] = []  # set by run(): the last ``held_out`` cases of the order
         self._specialists: dict = {}  # semisam.store.active's cache: the active version, loaded once
 
     # ------------------------------------------------------------------ plan and state
@@ -222,7 +228,9 @@ class Simulation:
             plan = self._read_plan(path)
             saved = plan.get("options")
             if isinstance(saved, dict) and isinstance(saved.get("annotator"), dict):
-                plan["options"] = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
+                plan["options"] = saved = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
+            if isinstance(saved, dict) and isinstance(saved.get("time_model"), dict):
+                plan["options"] = {**saved, "time_model": {**LEGACY_TIME_MODEL, **saved["time_model"]}}
             for key, value in (("dataset", dataset), ("label", self.label)):
                 if plan.get(key) != value:
                     raise ValueError(
@@ -378,17 +386,19 @@ class Simulation:
         proposal = (result.labels == value).astype(np.uint8)
         return proposal, np.asarray(result.review_order), active.version, time.perf_counter() - t0
 
-    def train_config(self):
-        """The :class:`semisam.training.TrainConfig` of every retrain."""
+    def train_config(self, n_train: int = 1):
+        """The :class:`semisam.training.TrainConfig` of a retrain on ``n_train`` training cases."""
         from semisam.training import TrainConfig
 
         cfg = self.config
         base = {"method": cfg.method, "iterations": cfg.iterations, "seed": cfg.seed, "device": cfg.device}
+        plain = TrainConfig.from_dict({**cfg.train_options, **base}, where="train options")
+        planned = plain.resolved(n_train).iterations  # the iterations the trainer will plan
         # Every retrain after the first warm-starts from the active version with a fresh AdamW: its first
         # steps (second-moment estimates from one or two batches) are the largest, and at the full rate
         # they undo what the parent learned. A warm-up of a tenth of the run lets the estimates settle
         # first (the trainer's fixed 10 iterations are 0.7 % of 1500).
-        warm = {"warmup": max(10, int(WARMUP_FRACTION * cfg.iterations))}
+        warm = {"warmup": max(10, int(WARMUP_FRACTION * planned))}
         return TrainConfig.from_dict({**warm, **cfg.train_options, **base}, where="train options")
 
     def retrain(self, store: LabeledStore, after: int) -> dict:
@@ -399,10 +409,12 @@ class Simulation:
         from semisam.training import train
 
         t0 = time.perf_counter()
-        result = train(store.root, self.train_config(), events=None)
+        before = store.models.active()
+        result = train(store.root, self.train_config(len(store.train_ids())), events=None)
         if result.status != "done":
             log.error("retrain after %d cases: %s (%s)", after, result.status, result.message)
         active = store.models.active()
+        held = self._score_held_out(store, result.version, before.version if before else None)
         return {
             "event": "retrain",
             "after_cases": after,
@@ -417,7 +429,45 @@ class Simulation:
             "unlabeled": len(store.unlabeled()),
             "iterations": result.iterations,
             "seconds": round(time.perf_counter() - t0, 3),
+            **({"held_out": held} if held else {}),
         }
+
+    def _score_held_out(self, store: LabeledStore, new: str | None, previous: str | None) -> dict | None:
+        """Mean Dice of Auto-segment with the ``new`` and the ``previous`` version on the held-out cases
+        (``None`` without held-out cases or a new version); ``previous`` is ``None`` before the first."""
+        if not self.held_out_ids or new is None:
+            return None
+        t0 = time.perf_counter()
+        scores = {"new": self._version_dice(store, new)}
+        if previous is not None:
+            scores["previous"] = self._version_dice(store, previous)
+        out: dict[str, Any] = {
+            "cases": list(self.held_out_ids),
+            "new_version": new,
+            "previous_version": previous,
+        }
+        for key, per_case in scores.items():
+            out[key] = round(float(np.mean(per_case)), 4)
+            out[f"{key}_per_case"] = [round(d, 4) for d in per_case]
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        return out
+
+    def _version_dice(self, store: LabeledStore, version: str) -> list[float]:
+        """Dice against the truth of ``version``'s Auto-segment on each held-out case."""
+        from semisam.device import resolve_device
+        from semisam.inference import segment
+        from semisam.metrics import dice
+        from semisam.store.active import load_specialist
+
+        device = resolve_device(self.config.device)
+        model, manifest = load_specialist(store.models.get(version).path, device)
+        value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
+        out = []
+        for cid in self.held_out_ids:
+            image, truth = self.dataset.read(cid, self.label)
+            labels = segment(image, model, manifest, device=device).labels
+            out.append(float(dice((labels == value).astype(np.uint8), truth)))
+        return out
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -426,6 +476,14 @@ class Simulation:
         if cfg.retrain_every > 0:
             self.train_config()  # a bad option fails now, not after the first cases
         order = self._plan()
+        n_held = int(cfg.held_out)
+        if n_held and n_held >= len(order):
+            raise ValueError(
+                f"--held-out {n_held}: the dataset holds {len(order)} cases; keep fewer aside so that some "
+                "are replayed"
+            )
+        self.held_out_ids = order[len(order) - n_held :] if n_held else []
+        order = order[: len(order) - n_held]
         store = self._open_store(order)  # the pool: every case not yet seen, also past --max-cases
         if cfg.max_cases is not None:
             order = order[: int(cfg.max_cases)]

@@ -6,6 +6,8 @@ baseline's numbers are over the same case ids. ``proposal_dice_blocks`` is the m
 block of ``window`` cases (the first block has no specialist: 0); ``proposal_dice_blocks_proposed`` the
 same over the cases a specialist proposed for (``None`` where none did), leaving out the validation cases
 drawn blind, whose empty proposal says nothing about the model. All means are plain means over cases.
+With cases held out (``held_out``), each retrain lists the new and the previous version's mean Dice there,
+and ``promotions_never_worse_held_out`` says whether no promotion made the specialist worse on them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ def run_stats(records: list[dict], window: int) -> dict[str, Any]:
     }
 
 
+def _held_out(retrain: dict) -> dict[str, Any]:
+    """The held-out scores of one retrain record (``{}`` when it has none)."""
+    h = retrain.get("held_out")
+    if not h:
+        return {}
+    return {"held_out_new": h.get("new"), "held_out_previous": h.get("previous")}
+
+
 def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], config) -> dict[str, Any]:
     """The ``summary`` record (see the module docstring) from the case and retrain records."""
     window = config.retrain_every if config.retrain_every > 0 else 4
@@ -92,12 +102,22 @@ def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], conf
                     "promoted",
                     "validation_dice",
                     "train_cases",
+                    "iterations",
                     "seconds",
                 )
             }
+            | _held_out(r)
             for r in retrains
         ],
     }
+    scored = [
+        r["held_out"] for r in retrains if r.get("promoted") and (r.get("held_out") or {}).get("previous")
+    ]
+    # Held out: every promoted version at least as good as the one it replaced on the cases kept aside
+    # (None when no promotion replaced a version there).
+    out["promotions_never_worse_held_out"] = (
+        all(h["new"] >= h["previous"] for h in scored) if scored else None
+    )
     blocks = [b for b in stats["proposal_dice_blocks_proposed"] if b is not None]
     # Rises: the last block's proposals beat those of the first block that had a specialist; read it with
     # ``proposing_versions``: one version proposing throughout moves only with the cases.
