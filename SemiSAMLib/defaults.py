@@ -94,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
     "iterations": 0,  # optimiser steps of one retraining run; 0: follow the labeled set (semisam train)
     "maxMinutes": 10,  # wall-clock budget of a retraining run's loop (semisam train --max-minutes); 0: none
     "promoteIfBetter": True,  # False: the run registers its version but never promotes it (--no-promote)
+    # After retraining, the same job teaches LiteMedSAM the structure (semisam train --adapt-generalist):
+    # on two whole-head development tasks its box-per-slice Dice rose 0.779 -> 0.875 and 0.716 -> 0.843
+    # after 4 cases (docs/benchmarks.md); a version is promoted only when it answers better on validation.
+    "adaptGeneralist": True,
     "retrainEvery": 0,  # SemiSAMSegment starts a retraining run every N accepted cases; 0: never
     # Propagate replaces the segment from each prompted slice only up to the first slice the new answer
     # agrees with (semisam.merge, rule keep_agreeing); False: the whole propagated range (rule replace).

@@ -184,6 +184,7 @@ def train_settings():
         generalist=setting(read, "generalist").value,
         generalist_checkpoint=setting(read, "generalistCheckpoint"),
         promote_if_better=setting(read, "promoteIfBetter"),
+        adapt_generalist=setting(read, "adaptGeneralist"),
     )
 
 

@@ -79,6 +79,8 @@ class TrainSettings:
         generalist: generalist registry name for methods that use one (``litemedsam``, ``sam``, ...).
         generalist_checkpoint: its checkpoint file ("" for LiteMedSAM's bundled weights).
         promote_if_better: promote the new version when it beats the active one (else ``--no-promote``).
+        adapt_generalist: after a finished run, teach the generalist (LiteMedSAM's decoder) the store's
+            structure in the same job (``--adapt-generalist``; its events are ``generalist`` events).
         resume: continue the run found in the store's work folder from its last checkpoint.
         extra: further command-line arguments (e.g. ``["--seed", "1"]``).
     """
@@ -90,6 +92,7 @@ class TrainSettings:
     generalist: str = "litemedsam"
     generalist_checkpoint: str = ""
     promote_if_better: bool = True
+    adapt_generalist: bool = True
     resume: bool = False
     extra: list[str] = field(default_factory=list)
 
@@ -115,6 +118,8 @@ class TrainSettings:
             args += ["--generalist", spec]
         if not self.promote_if_better:
             args.append("--no-promote")
+        if self.adapt_generalist:
+            args.append("--adapt-generalist")
         if self.resume:
             args.append("--resume")
         return args + [str(a) for a in self.extra]

@@ -35,6 +35,7 @@ PHASE_TEXT = {
     "training": "training",
     "validating": "validating",
     "saving": "saving the new version",
+    "generalist": "teaching the generalist",
 }
 #: Series colours (RGB 0..1), in the order loss terms first appear; validation Dice is black.
 COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74))
@@ -57,6 +58,9 @@ class TrainingProgress:
         budget_note: what the time budget changed (fewer iterations planned), or "".
         version: the version the run registered (after ``done``).
         promoted: whether that version became the active model.
+        generalist: the adaptation phase that follows a finished run (``generalist`` events), ``{}``
+            without one: ``step`` / ``steps`` while it trains, then ``outcome`` (``done``, ``error``,
+            ``cancelled``) with ``version``, ``promoted`` and ``message``.
     """
 
     phase: str = ""
@@ -73,6 +77,7 @@ class TrainingProgress:
     budget_note: str = ""
     version: str | None = None
     promoted: bool = False
+    generalist: dict = field(default_factory=dict)
 
     def apply(self, event: dict) -> None:
         """Fold one event into the progress (unknown kinds and fields are ignored)."""
@@ -115,16 +120,50 @@ class TrainingProgress:
         elif kind == "error":
             self.outcome = "error"
             self.message = f"{event.get('message', 'unknown error')} ({event.get('kind', 'internal')})"
+        elif kind == "generalist":
+            self._apply_generalist(event)
+
+    def _apply_generalist(self, event: dict) -> None:
+        """One event of the adaptation phase (``semisam train --adapt-generalist``)."""
+        self.phase = "generalist"
+        g = self.generalist
+        what = event.get("kind")
+        if what == "budget":
+            g["steps"] = int(event.get("steps") or 0)
+        elif what == "iteration":
+            g["step"], g["steps"] = int(event.get("step") or 0), int(event.get("steps") or g.get("steps", 0))
+        elif what == "done":
+            g.update(outcome="done", version=event.get("version"), promoted=bool(event.get("promoted")))
+            g["message"] = str(event.get("reason") or "")
+        elif what in ("error", "cancelled"):
+            g.update(outcome=what, message=str(event.get("message") or what))
+
+    def generalist_text(self) -> str:
+        """One sentence on the adaptation phase's outcome, or ``""`` when the job had none."""
+        g = self.generalist
+        if g.get("outcome") == "done":
+            state = "now answers Propagate" if g.get("promoted") else "not promoted"
+            return f"Generalist {g.get('version')} ({state}). {g.get('message', '')}".strip()
+        if g.get("outcome") in ("error", "cancelled"):
+            return f"The generalist was not adapted: {g.get('message', '')}"
+        return ""
 
     @property
     def fraction(self) -> float:
-        """Progress in [0, 1] (iterations done / asked for)."""
+        """Progress in [0, 1] (iterations done / asked for; during the adaptation phase, its steps)."""
+        if self.phase == "generalist" and self.generalist.get("steps"):
+            return min(1.0, self.generalist.get("step", 0) / self.generalist["steps"])
         return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
 
     def describe(self) -> str:
         """One line for the panel, e.g. ``"training: iteration 40/200, 1:05 elapsed, about 4:20 left;
         loss 0.412, validation Dice 0.713"``."""
         phase = PHASE_TEXT.get(self.phase, self.phase or "starting")
+        if self.phase == "generalist":
+            g = self.generalist
+            step = f": step {g.get('step', 0)}/{g.get('steps') or '?'}" if not g.get("outcome") else ""
+            done = f"retrained {self.version} ({'active' if self.promoted else 'not promoted'}); "
+            return f"{done}{phase}{step}, {_clock(self.elapsed_s)} elapsed"
         if self.phase_total:
             phase += f" ({self.phase_done or 0}/{self.phase_total})"
         parts = [

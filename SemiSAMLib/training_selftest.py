@@ -56,12 +56,36 @@ def make_store(root: Path, n: int = 4):
 
 
 def fast_settings(tmp: Path, iterations: int, **kwargs) -> training_job.TrainSettings:
-    """Supervised CPU settings with the :data:`FAST` config file."""
+    """Supervised CPU settings with the :data:`FAST` config file; no adaptation phase unless asked
+    (``adapt_generalist=True``: then with a few seconds' budget)."""
     config = Path(tmp) / "fast.json"
     config.write_text(json.dumps(FAST))
-    return training_job.TrainSettings(
-        method="supervised", iterations=iterations, device="cpu", extra=["--config", str(config)], **kwargs
+    kwargs.setdefault("adapt_generalist", False)
+    extra = ["--config", str(config)] + (
+        ["--adapt-max-minutes", "0.05"] if kwargs["adapt_generalist"] else []
     )
+    return training_job.TrainSettings(
+        method="supervised", iterations=iterations, device="cpu", extra=extra, **kwargs
+    )
+
+
+def adapt_flow(test, scene, train_logic, tmp: Path, idle: Callable[[], None]) -> None:
+    """Retrain with the adaptation phase on: after the specialist's ``done`` the same job teaches the real
+    LiteMedSAM the store's structure; the panel's progress names the generalist version it registered."""
+    from semisam.adapt.versions import GeneralistRegistry
+    from semisam.store import LabeledStore
+
+    store = make_store(Path(tmp) / "store")
+    train_logic.startTraining(str(store.root), fast_settings(tmp, iterations=2, adapt_generalist=True), scene)
+    wait_for(train_logic, train_logic.trainingFinished, idle, timeout=600)
+    progress = train_logic.progress
+    test.assertEqual(progress.outcome, "done", (progress, train_logic.lastLogLines()))
+    test.assertEqual(
+        progress.generalist.get("outcome"), "done", (progress.generalist, train_logic.lastLogLines())
+    )
+    versions = [v.version for v in GeneralistRegistry(LabeledStore(store.root)).versions()]
+    test.assertEqual(versions, [progress.generalist["version"]])
+    test.assertTrue(progress.generalist_text().startswith(f"Generalist {versions[0]} ("))
 
 
 def registry(store) -> tuple[list[str], str | None]:

@@ -93,6 +93,8 @@ class SemiSAMTrainParameterNode:
     generalist - the generalist SemiSAM+ and distillation ask (LiteMedSAM ships with the extension).
     generalistCheckpoint - its checkpoint file, for generalists without bundled weights.
     promoteIfBetter - make the new version active when it beats the active one on the validation split.
+    adaptGeneralist - after retraining, teach the generalist (LiteMedSAM) the structure in the same job;
+        its version is promoted only when it answers better on the validation split.
     """
 
     storeFolder: str = DEFAULTS["storeFolder"]
@@ -103,6 +105,7 @@ class SemiSAMTrainParameterNode:
     generalist: Generalist = DEFAULTS["generalist"]
     generalistCheckpoint: str = DEFAULTS["generalistCheckpoint"]
     promoteIfBetter: bool = DEFAULTS["promoteIfBetter"]
+    adaptGeneralist: bool = DEFAULTS["adaptGeneralist"]
 
 
 #
@@ -153,7 +156,7 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     #: Parameter-node fields remembered across sessions in the application settings (SemiSAM/<field>).
     PREFERENCES = (
         "storeFolder", "trainingMethod", "iterations", "maxMinutes", "device", "generalist",
-        "generalistCheckpoint", "promoteIfBetter",
+        "generalistCheckpoint", "promoteIfBetter", "adaptGeneralist",
     )  # fmt: skip
 
     def _askToStop(self, when: str) -> None:
@@ -281,6 +284,8 @@ class SemiSAMTrainWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                 promoted=_("now the active model") if progress.promoted else _("not promoted"),
                 why=progress.message,
             )
+            if progress.generalist_text():
+                text += " " + progress.generalist_text()
         elif progress.outcome == "cancelled":
             text = _("Retraining cancelled; the registry is unchanged ({detail}).").format(
                 detail=progress.message
@@ -409,6 +414,7 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
                 self.test_ParameterNode,
                 self.test_PromoteRollback,
                 self.test_RetrainAndAutoSegment,
+                self.test_RetrainTeachesTheGeneralist,
                 self.test_CancelAndReattach,
             ),
             self.setUp,
@@ -433,6 +439,9 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
         node.iterations = 7
         self.assertEqual(node.iterations, 7)
         self.assertEqual(SemiSAMTrainLogic.settingsFrom(node).iterations, 7)
+        self.assertTrue(node.adaptGeneralist)  # on by default: every retrain also teaches the generalist
+        node.adaptGeneralist = False
+        self.assertFalse(SemiSAMTrainLogic.settingsFrom(node).adapt_generalist)
         self.delayDisplay("Test passed")
 
     def test_PromoteRollback(self) -> None:
@@ -493,6 +502,21 @@ class SemiSAMTrainTest(ScriptedLoadableModuleTest):
                 slicer.app.processEvents,
             )
         self.delayDisplay(f"Retrain passed: {version}")
+
+    def test_RetrainTeachesTheGeneralist(self) -> None:
+        """Mirrors test_retrain_with_the_generalist_phase_... of Testing/Python/test_slicer_train_job.py."""
+        import tempfile
+
+        from SemiSAMLib import training_selftest
+        from SemiSAMLib.selftest_runner import require_packages
+
+        require_packages(self)
+        self.delayDisplay("Retrain with the generalist phase (real LiteMedSAM, about a minute)")
+        with tempfile.TemporaryDirectory() as tmp:
+            training_selftest.adapt_flow(
+                self, slicer.mrmlScene, SemiSAMTrainLogic(), Path(tmp), slicer.app.processEvents
+            )
+        self.delayDisplay("Generalist phase passed")
 
     def test_CancelAndReattach(self) -> None:
         """Mirrors test_cancel_ends_the_real_child_... of Testing/Python/test_slicer_train_job.py."""

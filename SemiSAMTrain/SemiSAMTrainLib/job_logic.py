@@ -42,6 +42,7 @@ class JobLogic:
             generalist=getattr(p.generalist, "value", p.generalist),
             generalist_checkpoint=p.generalistCheckpoint,
             promote_if_better=bool(p.promoteIfBetter),
+            adapt_generalist=bool(getattr(p, "adaptGeneralist", True)),
         )
 
     def startTraining(self, folder: str, settings, scene=None):

@@ -66,22 +66,26 @@ def test_settings_become_the_documented_command_line(tmp_path):
     assert s.arguments(store, events) == [
         "train", str(store), "--method", "semisam_plus", "--iterations", "50", "--max-minutes", "10",
         "--device", "cuda", "--events", str(events), "--no-progress", "--generalist", "litemedsam",
-        "--no-promote",
+        "--no-promote", "--adapt-generalist",
     ]  # fmt: skip
+    # The generalist is taught the structure after every retrain unless the user turned it off.
+    off = training_job.TrainSettings(adapt_generalist=False).arguments(store, events)
+    assert "--adapt-generalist" not in off
     # Iterations 0 follow the labeled set (semisam train's default rule); a time budget of 0 is none.
     auto = training_job.TrainSettings(iterations=0, max_minutes=0).arguments(store, events)
     assert "--iterations" not in auto and auto[auto.index("--max-minutes") + 1] == "0"
     s = training_job.TrainSettings(generalist="sam", generalist_checkpoint="/w/sam.pth", method="distill")
-    assert s.arguments(store, events)[-2:] == ["--generalist", "sam:/w/sam.pth"]
+    assert s.arguments(store, events)[-3:-1] == ["--generalist", "sam:/w/sam.pth"]
     assert "--generalist" not in training_job.TrainSettings(method="mean_teacher").arguments(store, events)
     with pytest.raises(training_job.TrainingJobError, match="iterations must be 0"):
         training_job.TrainSettings(iterations=-1).arguments(store, events)
     node = train_module.SemiSAMTrainLogic.settingsFrom(
         type("P", (), dict(trainingMethod=train_module.TrainingMethod.distill, iterations=7,
                            device=train_module.Device.cpu, generalist=train_module.Generalist.litemedsam,
-                           generalistCheckpoint="", promoteIfBetter=True))
+                           generalistCheckpoint="", promoteIfBetter=True, adaptGeneralist=False))
     )  # fmt: skip
     assert (node.method, node.iterations, node.device, node.promote_if_better) == ("distill", 7, "cpu", True)
+    assert node.adapt_generalist is False
 
 
 def test_events_are_read_incrementally_and_only_complete_lines(tmp_path):
@@ -164,6 +168,15 @@ def test_a_real_run_reaches_done_the_plot_fills_and_auto_segment_uses_the_new_ve
     )  # fmt: skip
 
 
+@pytest.mark.slow  # real LiteMedSAM encodes the store's slices: ~1 min on one thread; `-m slow`
+@needs_engine
+def test_retrain_with_the_generalist_phase_reports_the_generalist_version(mrml_scene, tmp_path):
+    """The adaptation phase of the background job, as SemiSAMTrainTest runs it inside Slicer."""
+    training_selftest.adapt_flow(
+        unittest.TestCase(), mrml_scene, train_module.SemiSAMTrainLogic(), tmp_path, lambda: time.sleep(0.1)
+    )
+
+
 @needs_engine
 def test_cancel_ends_the_real_child_and_leaves_the_registry_as_it_was(mrml_scene, tmp_path):
     """Cancel (SIGTERM to the process group) during training, from a Logic that re-attached through the
@@ -221,3 +234,33 @@ def test_accept_starts_retraining_every_n_cases(mrml_scene, tmp_path):
             job.stop(30.0)  # SIGTERM to the group (before the job's handler is set up it simply ends)
             assert not job.running() and job.returncode in (training_job.EXIT_CANCELLED, -signal.SIGTERM)
     assert started == [False, False, True, False]
+
+
+def test_progress_follows_the_generalist_phase_after_the_run(mrml_scene):
+    """After ``done``, the adaptation phase's ``generalist`` events move the bar by its steps, and the
+    finish text names the generalist version (or why there is none); the plot ignores them."""
+    progress, plot = TrainingProgress(), TrainingPlot(mrml_scene)
+    events = [
+        {"event": "start", "iterations": 4, "elapsed_s": 0.0},
+        {"event": "done", "version": "v0003", "promoted": True, "promotion": "better", "iterations": 4,
+         "elapsed_s": 30.0},
+        {"event": "generalist", "kind": "start", "train": 3, "validation": 1, "elapsed_s": 31.0},
+        {"event": "generalist", "kind": "budget", "steps": 200, "elapsed_s": 32.0},
+        {"event": "generalist", "kind": "iteration", "step": 50, "steps": 200, "loss": 0.3, "elapsed_s": 95.0},
+    ]  # fmt: skip
+    for event in events:
+        progress.apply(event)
+        plot.add(event)
+    assert progress.outcome == "done" and progress.fraction == 0.25
+    assert (
+        progress.describe() == "retrained v0003 (active); teaching the generalist: step 50/200, 1:35 elapsed"
+    )
+    assert progress.generalist_text() == "" and plot.rows() == []
+    progress.apply({"event": "generalist", "kind": "done", "version": "v0001", "promoted": True,
+                    "reason": "better on 1 of 1 validation case (weak)", "elapsed_s": 120.0})  # fmt: skip
+    assert progress.generalist_text() == (
+        "Generalist v0001 (now answers Propagate). better on 1 of 1 validation case (weak)"
+    )
+    failed = TrainingProgress()
+    failed.apply({"event": "generalist", "kind": "error", "code": "no_labeled_case", "message": "no case"})
+    assert failed.generalist_text() == "The generalist was not adapted: no case"

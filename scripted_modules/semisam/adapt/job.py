@@ -152,10 +152,26 @@ class Embeddings:
         return emb
 
 
+def _check_cancel(cancel) -> None:
+    """Raise :class:`AdaptError` ``cancelled`` once ``cancel`` (a ``threading.Event``) is set."""
+    if cancel is not None and cancel.is_set():
+        raise AdaptError("cancelled", "adaptation cancelled; no generalist version was registered")
+
+
 def fine_tune(
-    model, samples: list[Sample], embeddings: Embeddings, cfg: AdaptConfig, steps: int, emit: Emit
+    model,
+    samples: list[Sample],
+    embeddings: Embeddings,
+    cfg: AdaptConfig,
+    steps: int,
+    emit: Emit,
+    cancel=None,
 ) -> dict:
-    """Train the mask decoder for ``steps`` (or until ``cfg.max_minutes``); returns a summary."""
+    """Train the mask decoder for ``steps`` (or until ``cfg.max_minutes``); returns a summary.
+
+    Raises:
+        AdaptError: ``cancelled`` when ``cancel`` (a ``threading.Event``) is set between two steps.
+    """
     import torch
 
     from .decoder import sample_loss, trainable_parameters
@@ -171,6 +187,7 @@ def fine_tune(
     t0, done, last = time.perf_counter(), 0, {}
     try:
         for step in range(1, steps + 1):
+            _check_cancel(cancel)
             if time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 log.info(
                     "adaptation stopped at step %d of %d: the %.1f min budget",
@@ -224,9 +241,12 @@ def register(store, model, train_ids, val_ids, scores: dict, base_sha256: str) -
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, model=None) -> dict:
+def adapt(
+    store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, model=None, cancel=None
+) -> dict:
     """Run every step; returns the ``done`` event (also emitted). ``model``: a built generalist (default:
-    LiteMedSAM's embedded weights on ``cfg.device``)."""
+    LiteMedSAM's embedded weights on ``cfg.device``); ``cancel``: a ``threading.Event`` that stops the run
+    before anything is registered (:class:`AdaptError` ``cancelled``)."""
     from semisam.device import resolve_device
 
     from .decoder import adaptable
@@ -259,14 +279,16 @@ def adapt(store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, 
     if fast[0] is not None:
         model.set_fast_decoder(None)
     try:
-        return _run(store, train, val, cfg, model, base, frozen_state, emit, t0)
+        return _run(store, train, val, cfg, model, base, frozen_state, emit, t0, cancel)
     finally:
         model.mask_decoder.load_state_dict(frozen_state)  # the caller's model answers as before
         if fast[0] is not None:
             model.set_fast_decoder(*fast)
 
 
-def _run(store, train, val, cfg: AdaptConfig, model, base: str, frozen_state, emit: Emit, t0: float) -> dict:
+def _run(
+    store, train, val, cfg: AdaptConfig, model, base: str, frozen_state, emit: Emit, t0: float, cancel=None
+) -> dict:
     """The steps after the set-up of :func:`adapt` (which restores the caller's model whatever happens)."""
     from semisam.training.methods.semi.embedding_store import EmbeddingStore
 
@@ -294,9 +316,11 @@ def _run(store, train, val, cfg: AdaptConfig, model, base: str, frozen_state, em
     emit({"event": "budget", "steps": steps, "samples": len(samples), "max_minutes": cfg.max_minutes})
     t_enc = time.perf_counter()
     for s in samples:  # encode (or read) every embedding once, before the clock of the fine-tuning runs
+        _check_cancel(cancel)
         train_emb(s)
     emit({"event": "embeddings", "encoded": disk.encoded, "seconds": round(time.perf_counter() - t_enc, 1)})
-    summary = fine_tune(model, samples, train_emb, cfg, steps, emit)
+    summary = fine_tune(model, samples, train_emb, cfg, steps, emit, cancel)
+    _check_cancel(cancel)
     scores["adapted"] = evaluate(model, val_cases, val_emb) if val else {"dice": None, "per_case": {}}
     version, promoted, reason = register(
         store, model, [c.case_id for c in train], [c.case_id for c in val], scores, base

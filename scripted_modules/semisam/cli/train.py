@@ -5,6 +5,11 @@ a terminal. The first event, ``process``, names this interpreter (pid and start 
 started it through a launcher (Slicer's ``PythonSlicer``) learns which process the job really is.
 Exit 0 after ``done``, 1 after ``error``, 3 after ``cancelled`` (SIGTERM, Ctrl-C or ``--cancel-file``
 appearing: the run checkpoints first; ``--resume`` continues it).
+
+``--adapt-generalist``: after a ``done`` run, the same process teaches the generalist the store's structure
+(``semisam adapt``'s job, :mod:`semisam.adapt.job`); its events follow as ``{"event": "generalist",
+"kind": <the adapt event>, ...}``, the last of kind ``done``, ``error`` or ``cancelled``. The specialist's
+``done`` and the exit status stand whatever the adaptation does: a new specialist is never lost to it.
 """
 
 from __future__ import annotations
@@ -64,6 +69,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE.json", help="TrainConfig fields as JSON (options override it)")
     p.add_argument("--work-dir", metavar="DIR", help="run folder (default STORE/training/run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--adapt-generalist",
+        action="store_true",
+        help="after the run, also fine-tune the generalist's decoder on the store's cases (semisam adapt); "
+        "its events follow as 'generalist' events",
+    )
+    p.add_argument(
+        "--adapt-max-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="time budget of that fine-tuning in minutes (default 5)",
+    )
     p.add_argument(
         "--cancel-file",
         metavar="FILE",
@@ -224,4 +242,52 @@ def _run(args: argparse.Namespace, cancel: threading.Event) -> int:
         cancel=cancel,
     )
     log.debug("result %s", json.dumps({"status": result.status, "version": result.version}))
+    if args.adapt_generalist and result.status == "done" and not cancel.is_set():
+        _adapt_phase(args, config, cancel)
     return result.exit_code
+
+
+def _adapt_phase(args: argparse.Namespace, config, cancel: threading.Event) -> None:
+    """Adapt the generalist after a finished run; every outcome is a ``generalist`` event, none raises."""
+    from semisam.adapt.job import AdaptConfig, AdaptError, adapt
+    from semisam.adapt.versions import GeneralistVersionError
+    from semisam.store.errors import StoreError
+    from semisam.training.events import EventSink
+
+    try:
+        sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
+    except OSError:
+        sink = EventSink(streams=[sys.stdout], files=[])
+
+    def emit(event: dict) -> None:
+        sink(
+            {
+                "event": "generalist",
+                "kind": event["event"],
+                **{k: v for k, v in event.items() if k != "event"},
+            }
+        )
+
+    try:
+        budget = {} if args.adapt_max_minutes is None else {"max_minutes": args.adapt_max_minutes}
+        adapt(
+            args.store,
+            AdaptConfig(seed=config.seed, device=config.device, **budget),
+            emit=emit,
+            cancel=cancel,
+        )
+    except AdaptError as exc:
+        emit(
+            {
+                "event": "cancelled" if exc.code == "cancelled" else "error",
+                "code": exc.code,
+                "message": str(exc),
+            }
+        )
+    except (StoreError, GeneralistVersionError, OSError) as exc:
+        emit({"event": "error", "code": "bad_store", "message": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - the specialist's run is done and saved: report, never crash
+        log.exception("adapting the generalist failed")
+        emit({"event": "error", "code": "internal", "message": f"{type(exc).__name__}: {exc}"})
+    finally:
+        sink.close()
