@@ -325,6 +325,8 @@ def test_built_in_geometry_agrees_with_the_networks():
         ("unet3d", {}),
         ("unet3d", {"channels": [4, 8, 8], "strides": [2, 2, 2, 2]}),
         ("unet3d", {"strides": [2, 2, 1, 2]}),
+        ("unet2d", {}),
+        ("unet2d", {"channels": [8, 16, 32], "strides": [2, 2]}),
     ]:
         model = build_specialist(arch, n_classes=2, **kwargs)
         assert mf.arch_geometry(arch, kwargs) == (model.input_kind, model.pad_multiple), (arch, kwargs)

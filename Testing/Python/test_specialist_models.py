@@ -51,6 +51,22 @@ def test_mamba_unet_trains_a_step():
     assert m.mamba[0].A_log.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("hw", [(64, 64), (45, 70)])
+def test_unet2d_is_a_25d_specialist_of_similar_size(hw):
+    """The plain 2D U-Net (MONAI) takes the same 2.5D stacks as mamba_unet, any slice size (padded), and
+    is of a similar size (0.3-1 M parameters), so the two compare at equal CPU time."""
+    torch.manual_seed(0)
+    m = build_specialist("unet2d", in_slices=5, n_classes=3)
+    assert m.input_kind == "2.5d" and 3e5 < count_parameters(build_specialist("unet2d")) < 1e6
+    x = torch.randn(2, 5, *hw)
+    y = m(x)
+    assert y.shape == (2, 3, *hw) and torch.isfinite(y).all()
+    torch.nn.functional.cross_entropy(y, torch.randint(0, 3, (2, *hw))).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    with pytest.raises(ValueError, match="in_slices must be odd"):
+        build_specialist("unet2d", in_slices=4)
+
+
 def test_unet3d_shape():
     m = build_specialist("unet3d", n_classes=3).eval()
     with torch.inference_mode():

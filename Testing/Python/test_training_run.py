@@ -246,6 +246,17 @@ def test_unet3d_and_mean_teacher_run(tmp_path):
     assert load_model(res.model_dir)[1].arch == "unet3d"
 
 
+def test_unet2d_trains_registers_and_segments(tmp_path):
+    """The 2D U-Net goes through the same trainer, registry and Auto-segment as mamba_unet."""
+    store = make_store(tmp_path / "store", n_train=2, n_val=1)
+    res = train(store.root, TrainConfig(arch="unet2d", iterations=3, device="cpu", **FAST))
+    assert res.status == "done", res.message
+    model, man = load_model(res.model_dir)
+    assert man.arch == "unet2d" and model.input_kind == "2.5d"
+    vol, _ = synthetic_case(900)
+    assert segment(vol, model, man, "cpu").labels.shape == vol.shape
+
+
 def test_bad_store_and_device_are_error_results(tmp_path):
     res = train(tmp_path / "nowhere", TrainConfig(iterations=1, device="cpu"))
     assert res.status == "error" and res.error_kind == "bad_config" and "not a SemiSAM store" in res.message

@@ -22,6 +22,10 @@ Usage::
 
     python Testing/benchmarks/learning_curve.py DATASET_DIR [--counts 1 2 4 8 12] [--test 4]
         [--recipes default fixed200 long] [--seed 0] [--work DIR] [--plot curve.png]
+        [--arch mamba_unet|unet2d|unet3d] [--batch 8] [--crop 128 128] [--patch 32 96 96]
+
+Architectures compare at equal CPU time with the ``default`` recipe: each trains inside the same 10-minute
+budget, at its own speed.
 """
 
 from __future__ import annotations
@@ -90,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-iterations", type=int, default=8000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, nargs=2, default=[128, 128])
+    p.add_argument(
+        "--arch",
+        default="mamba_unet",
+        help="specialist architecture (mamba_unet, unet2d: 2.5D crops of --crop; unet3d: patches of --patch)",
+    )
+    p.add_argument("--patch", type=int, nargs=3, default=[32, 96, 96], help="unet3d's training patch (D H W)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--nice", type=int, default=10)
@@ -98,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     labels, modality, pairs = dataset_cases(args.dataset)
     test, pool = split_cases(pairs, args.test, max(args.counts), args.seed, None)
     work = args.work or Path(tempfile.mkdtemp(prefix="learning_curve_"))
-    base = {"batch_size": args.batch, "crop_size": list(args.crop), "log_every": 1}
+    base = {"batch_size": args.batch, "crop_size": list(args.crop), "log_every": 1, "arch": args.arch}
+    if args.arch == "unet3d":
+        base["patch_size"] = list(args.patch)
     report: dict = {
         "benchmark": "learning_curve",
         "dataset": str(args.dataset),

@@ -53,7 +53,8 @@ NETWORK_BYTES_PER_VOXEL = {"2.5d": 96, "3d": 200}
 #: First-level width of the measured networks: a manifest whose ``kwargs.channels`` starts wider or
 #: narrower scales :data:`NETWORK_BYTES_PER_VOXEL` by the ratio (activations grow with the width), by no
 #: less than :data:`MIN_WIDTH_SCALE` (the input, output and skip tensors do not shrink with it).
-MEASURED_FIRST_WIDTH = {"mamba_unet": 8, "unet3d": 16}
+# (``unet2d`` is not measured: counted as ``mamba_unet``, so its first width of 16 doubles the estimate.)
+MEASURED_FIRST_WIDTH = {"mamba_unet": 8, "unet3d": 16, "unet2d": 8}
 MIN_WIDTH_SCALE = 0.25
 #: Slices per post-processing chunk in :mod:`semisam.inference.segment` (bounds its temporaries).
 POST_CHUNK = 16

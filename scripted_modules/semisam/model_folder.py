@@ -300,23 +300,26 @@ def arch_geometry(arch: str, kwargs: dict[str, Any]) -> tuple[str, int] | None:
     """``(input kind, downsampling factor)`` of a built-in architecture, without importing torch.
 
     The factor is what every window side must be a multiple of: ``mamba_unet`` halves a slice 5 times
-    (32); ``unet3d`` by the product of its ``strides`` (16 by default). ``None`` for other architectures
+    (32); ``unet3d`` and ``unet2d`` by the product of their ``strides`` (16 by default). ``None`` for other architectures
     (their module's ``input_kind`` and ``pad_multiple`` attributes say it once built). A test checks both
     agree with the built networks.
     """
     if arch == "mamba_unet":
         return "2.5d", 32
-    if arch == "unet3d":
+    if arch in ("unet3d", "unet2d"):
+        kind = "3d" if arch == "unet3d" else "2.5d"
         strides = kwargs.get("strides", (2, 2, 2, 2))
-        channels = kwargs.get("channels", (16, 32, 64, 128, 256))
+        channels = kwargs.get(
+            "channels", (16, 32, 64, 128, 256) if arch == "unet3d" else (16, 32, 64, 128, 128)
+        )
         if not (
             isinstance(strides, list | tuple)
             and isinstance(channels, list | tuple)
             and all(_is_int(s) and s >= 1 for s in strides)
         ):
-            return "3d", 16  # the constructor refuses such values with its own message
+            return kind, 16  # the constructor refuses such values with its own message
         # MONAI's UNet uses the first len(channels) - 1 strides, one per downsampling level.
-        return "3d", max(1, math.prod(strides[: max(0, len(channels) - 1)]))
+        return kind, max(1, math.prod(strides[: max(0, len(channels) - 1)]))
     return None
 
 
@@ -398,7 +401,7 @@ def check_inference(inference: dict[str, Any], kind: str, multiple: int, where: 
 
 #: Architectures of :data:`semisam.specialists.SPECIALIST_REGISTRY` known without importing torch
 #: (a test checks both agree); any other name is looked up in the registry itself.
-BUILTIN_ARCHS = ("mamba_unet", "unet3d")
+BUILTIN_ARCHS = ("mamba_unet", "unet3d", "unet2d")
 
 
 def check_arch_known(arch: str, where: str | os.PathLike) -> None:

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
     i = msub.add_parser("init", help="create a new untrained task model directory")
-    i.add_argument("--arch", default="mamba_unet", help="specialist architecture (%(default)s; also unet3d)")
+    i.add_argument(
+        "--arch", default="mamba_unet", help="specialist architecture (%(default)s; also unet2d, unet3d)"
+    )
     i.add_argument(
         "--labels", required=True, help="comma-separated label names, e.g. 'lesion' or 'liver,tumour'"
     )

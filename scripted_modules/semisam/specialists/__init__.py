@@ -7,7 +7,7 @@ Every specialist is an ``nn.Module`` whose ``forward`` maps a float tensor to lo
 background) and which carries two class attributes the inference code reads:
 
 * ``input_kind = "2.5d"``: ``(B, in_slices, H, W) -> (B, n_classes, H, W)``, the centre slice's logits
-  (``mamba_unet``);
+  (``mamba_unet``, ``unet2d``);
 * ``input_kind = "3d"``: ``(B, 1, D, H, W) -> (B, n_classes, D, H, W)`` (``unet3d``);
 
 plus ``n_classes`` and ``in_slices`` attributes on the instance.
@@ -20,12 +20,14 @@ from collections.abc import Callable
 from torch import nn
 
 from .mamba_unet import MambaUNet
+from .unet2d import UNet2D
 from .unet3d import UNet3D
 
 #: Architecture name -> build function taking the constructor's keyword arguments.
 SPECIALIST_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mamba_unet": MambaUNet,
     "unet3d": UNet3D,
+    "unet2d": UNet2D,
 }
 
 DEFAULT_ARCH = "mamba_unet"
@@ -60,5 +62,6 @@ __all__ = [
     "build_specialist",
     "count_parameters",
     "MambaUNet",
+    "UNet2D",
     "UNet3D",
 ]

@@ -39,7 +39,7 @@ class TrainConfig:
             that is reproducible bit for bit).
         seed: seeds weights of a new model, sampling, augmentation and every part.
         device: ``auto``, ``cpu`` or ``cuda[:N]`` (:func:`semisam.device.resolve_device`).
-        arch: architecture of a new model when the store has none (``mamba_unet``/``unet3d``).
+        arch: architecture of a new model when the store has none (``mamba_unet``/``unet2d``/``unet3d``).
         model_kwargs: constructor arguments of such a new model (e.g. narrower ``channels``); a warm
             start keeps its parent's.
         batch_size: labeled samples per step (per process under DDP).
@@ -191,7 +191,7 @@ class TrainConfig:
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if not isinstance(self.arch, str):
             raise bad(f"arch must be a string, got {self.arch!r}")
-        if self.arch not in ("mamba_unet", "unet3d"):
+        if self.arch not in ("mamba_unet", "unet3d", "unet2d"):
             from semisam.specialists import SPECIALIST_REGISTRY
 
             if self.arch not in SPECIALIST_REGISTRY:
