@@ -111,6 +111,31 @@ def test_pseudo_label_from_real_litemedsam_and_cache_hit(tmp_path, unlabeled_cas
     assert not third.from_cache and lab3.decoder_calls > 0 and emb2.encoded == 0 and emb2.hits >= 2
 
 
+def test_a_small_structure_is_answered_through_a_closer_view(tmp_path, litemedsam):
+    """On a 256 px slice a 14 x 10 px structure is a few cells of the whole slice's embedding: with
+    ``views`` (the default) the specialist's box is also answered through a view around it, as
+    Propagate's key slices are, and the answer that fills the box better is the pseudo-label."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:256, :256]
+    inside = ((yy - 120) / 7.0) ** 2 + ((xx - 140) / 5.0) ** 2 <= 1.0
+    image = np.stack(
+        [np.clip(np.where(inside, 0.8, 0.3) + rng.normal(0, 0.03, (256, 256)), 0, 1) for _ in "ab"]
+    )
+    prob = np.zeros((2, 2, 256, 256), dtype=np.float32)
+    prob[1][:, inside] = 0.95
+    prob[0] = 1 - prob[1]
+    out = {}
+    for views in (False, True):
+        emb = EmbeddingStore(tmp_path / f"emb{views}")
+        lab = PseudoLabeler([litemedsam], emb, None, PromptConfig(rounds=1, views=views))
+        pl = lab.label_case("u0", "sha", image.astype(np.float32), prob, "spec")
+        d = 2 * np.logical_and(pl.label[0] > 0, inside).sum() / ((pl.label[0] > 0).sum() + inside.sum())
+        out[views] = (float(d), emb.encoded, lab.decoder_calls)
+    assert out[False][1] == 2 and out[True][1] == 4, out  # one view per slice, encoded once
+    assert out[True][2] == 2 * out[False][2], out  # the view's answer is a second decoder call
+    assert out[True][0] >= out[False][0] and out[True][0] > 0.8, out
+
+
 def test_semisam_plus_loss_sends_gradient_into_the_student(tmp_path, unlabeled_cases, litemedsam):
     student = ThresholdStudent()
     ctx = _ctx(tmp_path, student, unlabeled_cases, litemedsam)
@@ -193,7 +218,7 @@ class _Encoder:
 
     def get_or_encode(self, g, image):
         g.encodes += 1
-        return None
+        return types.SimpleNamespace(extras={})  # an embedding with nothing in it: the stub ignores it
 
     def predict(self, emb, prompt):
         return types.SimpleNamespace(logits=np.where(self.disc, 8.0, -8.0).astype(np.float32), score=0.9)

@@ -191,6 +191,21 @@ def choose(whole: SlicePrediction, closer: SlicePrediction, box) -> bool:
     return box_agreement(closer.mask, box) >= box_agreement(whole.mask, box)
 
 
+def answer_box(
+    model, whole: SliceEmbedding, view_embedding, prompt: SlicePrompt, slice_shape
+) -> SlicePrediction:
+    """The answer to a box ``prompt`` (slice pixels) as a key slice of Propagate gets it: from the whole
+    slice's embedding ``whole``, or from the view around the box when that answer fills the box better
+    (:func:`choose`). ``view_embedding(view)`` returns the view's embedding (encoded or cached; marked
+    with :func:`mark`) and is called only when the box has a view. Logits are ``(H, W)`` of the slice."""
+    first = predict(model, whole, prompt)
+    v = view_around(prompt.box, slice_shape) if prompt.box is not None else None
+    if v is None:
+        return first
+    closer = predict(model, view_embedding(v), prompt)
+    return closer if choose(first, closer, prompt.box) else first
+
+
 def views_along(mask: np.ndarray, indices) -> dict[int, View]:
     """The views a propagation through a ``(Z, Y, X)`` mask (e.g. the specialist's proposal) would look
     through on axial slices ``indices``: around each slice's mask, where there is one and a view helps."""

@@ -116,6 +116,7 @@ PART_OPTIONS: dict[str, dict[str, Opt]] = {
         "absent_weight": _WEIGHT,
         "consensus": _FLAG,
         "presence": _FLAG,
+        "views": _FLAG,
         "refresh_every": Opt("int", 1, 10_000_000, optional=True),
         "start": Opt("iters", optional=True),
         "rampup": Opt("iters", optional=True),

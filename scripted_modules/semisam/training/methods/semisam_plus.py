@@ -25,7 +25,8 @@ Options (``config.parts["semisam_plus"]``): ``weight`` (1.0), ``start`` (int or 
 :mod:`semisam.training.methods.semi.pseudo_labels`: a case teaches only once the specialist localises the
 structure in it and the generalist's answer agrees with where it was pointed), ``min_rel_volume_3d`` (0.25)
 and ``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
-``n_neg`` (1), ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share foreground is
+``n_neg`` (1), ``views`` (true: boxes also answered through a closer view, as Propagate does),
+``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share foreground is
 not prompted), ``embedding_cache_bytes`` (2 GiB), ``presence`` (false; true: a slice where the specialist
 predicts the structure but a probe of the generalist's embedding fitted on the labeled cases says it is absent
 is not prompted, :mod:`semisam.training.methods.semi.presence`; off by default because on the pallidum
@@ -129,6 +130,7 @@ class SemiSAMPlus(PartBase):
             max_fg_fraction=float(o.get("max_fg_fraction", 0.3)),
             min_rel_volume_3d=float(o.get("min_rel_volume_3d", 0.25)),
             min_slices_3d=int(o.get("min_slices_3d", 2)),
+            views=bool(o.get("views", True)),
         )
         self.confidence = ConfidenceConfig(
             min_score=float(o.get("min_score", 0.5)),

@@ -51,6 +51,10 @@ class PromptConfig:
             specialist's stray blobs are a few per cent of its main answer).
         min_slices_3d: a kept 3D component spans at least this many slices (at most the volume's
             depth): a structure is coherent across slices, a blob on one slice of a weak specialist is not.
+        views: a prompt's box is answered as Propagate answers a key slice: on the whole slice, and
+            through a closer view around it where that fills the box better
+            (:func:`semisam.generalists.view.answer_box`; a structure of 15 px is four cells of the whole
+            slice's embedding). ``False``: the whole slice only.
     """
 
     threshold: float = 0.5
@@ -69,6 +73,7 @@ class PromptConfig:
     max_components_3d: int = 4
     min_rel_volume_3d: float = 0.25
     min_slices_3d: int = 2
+    views: bool = True
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

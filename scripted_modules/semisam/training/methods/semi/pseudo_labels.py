@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from semisam.generalists.base import PromptableModel, model_identity
+from semisam.generalists.view import answer_box, mark
 from semisam.metrics import dice
 
 from .embedding_store import EmbeddingStore
@@ -201,6 +202,20 @@ class PseudoLabeler:
         self.settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         self.cache_dir = Path(cache_dir) / self.settings_sha[:16] if cache_dir is not None else None
 
+    def _answer(self, g, whole, prompt, image2d: np.ndarray):
+        """``g``'s answer to ``prompt`` on the ``(H, W)`` slice ``image2d``, through a closer view where the
+        product's Propagate would look closer (:attr:`PromptConfig.views`); counts decoder calls."""
+        if not self.prompt.views:
+            self.decoder_calls += 1
+            return g.predict(whole, prompt)
+
+        def view_embedding(v):
+            self.decoder_calls += 1  # the view's answer is a second decoder call
+            return mark(self.embeddings.get_or_encode(g, v.crop(image2d)), v, image2d.shape)
+
+        self.decoder_calls += 1
+        return answer_box(g, whole, view_embedding, prompt, image2d.shape)
+
     def set_presence(self, probe: PresenceProbe | None) -> None:
         """Use a fitted presence probe from now on (``None``: none); it is part of the cache key."""
         self.presence = probe
@@ -321,8 +336,7 @@ class PseudoLabeler:
                         p = np.zeros(image.shape[1:], dtype=np.float32)
                         sc = []
                         for pr in prompts:
-                            pred = g.predict(emb, pr)
-                            self.decoder_calls += 1
+                            pred = self._answer(g, emb, pr, image[z])
                             p = np.maximum(p, _sigmoid(pred.logits.astype(np.float32)))
                             sc.append(float(pred.score))
                         answers.append(p)
