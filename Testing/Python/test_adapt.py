@@ -170,13 +170,18 @@ def test_bad_settings_are_named(kwargs, field):
 
 
 def test_only_sam_family_generalists_adapt(tmp_path):
-    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
 
     class Opaque:
         name = "other"
 
     with pytest.raises(AdaptError, match="no SAM mask decoder"):
         adapt(store.root, FAST, model=Opaque())
+    # No validation case: nothing could promote a version, so nothing is encoded or trained.
+    bare = make_store(tmp_path / "b", n_train=2, n_val=0)
+    with pytest.raises(AdaptError, match="no validation case") as err:
+        adapt(bare.root, FAST, model=Opaque())
+    assert err.value.code == "no_validation_case" and not (bare.root / "generalists").exists()
     assert trainable_parameters  # imported for the decoder tests above
 
 
@@ -209,7 +214,7 @@ def test_store_list_promote_and_rollback_of_generalist_versions(tmp_path, tiny):
 
 
 def test_propagate_refuses_a_version_made_for_another_checkpoint(tmp_path, tiny, lung1):
-    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
     adapt(store.root, FAST, model=tiny)
     folder = GeneralistRegistry(LabeledStore(store.root)).get("v0001").path
     prompts = tmp_path / "p.json"

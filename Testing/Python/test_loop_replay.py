@@ -237,12 +237,16 @@ def test_with_adapt_the_loop_prompts_the_stores_adapted_generalist(dataset, tiny
     from semisam.adapt.versions import GeneralistRegistry
 
     work = tmp_path / "work"
-    Simulation(_config(dataset, work, tiny_generalist, max_cases=2, adapt=True)).run()
-    store = LabeledStore(work / "store")
     fast = {"min_steps": 2, "max_steps": 2, "batch": 2}
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=4, adapt=True)).run()
+    store = LabeledStore(work / "store")
     sim = Simulation(_config(dataset, work, tiny_generalist, adapt=True, adapt_options=fast))
+    # No validation case yet: nothing could promote a version, so the loop records why and goes on.
+    early = sim.adapt(store, 4)
+    assert early["status"] == "error" and "no validation case" in early["message"], early
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=5, adapt=True)).run()  # the 5th validates
     assert sim.loop_generalist(store) is sim.generalist()  # nothing adapted yet: the frozen one
-    record = sim.adapt(store, 2)
+    record = sim.adapt(store, 5)
     assert record["event"] == "adapt" and record["status"] == "done" and record["version"] == "v0001", record
     assert set(record["validation"]) >= {"frozen", "adapted"}
     reg = GeneralistRegistry(store)
@@ -250,8 +254,8 @@ def test_with_adapt_the_loop_prompts_the_stores_adapted_generalist(dataset, tiny
     adapted = sim.loop_generalist(store)
     assert adapted is not sim.generalist() and adapted.generalist_version == "v0001"
     assert sim.loop_generalist(store) is adapted  # built once per version
-    Simulation(_config(dataset, work, tiny_generalist, max_cases=3, adapt=True)).run()
-    assert len([r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]) == 3
+    Simulation(_config(dataset, work, tiny_generalist, max_cases=6, adapt=True)).run()
+    assert len([r for r in read_jsonl(work / CASES_FILE) if r["event"] == "case"]) == 6
 
 
 def test_held_out_cases_stay_out_of_the_loop_and_score_every_retrain(dataset, tiny_generalist, tmp_path):

@@ -39,7 +39,8 @@ EMPTY_SHARE = 0.25
 
 
 class AdaptError(ValueError):
-    """An adaptation that cannot run; ``code`` names the kind (``no_labeled_case``, ``not_adaptable``)."""
+    """An adaptation that cannot run; ``code`` names the kind (``no_labeled_case``, ``no_validation_case``,
+    ``not_adaptable``, ``bad_config``, ``cancelled``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -256,6 +257,14 @@ def adapt(
     emit = emit or (lambda e: None)
     t0 = time.perf_counter()
     store, train, val = open_cases(store_root)
+    if not val:
+        # Nothing could promote it (it must beat the generalist answering today on validation cases), and
+        # encoding + fine-tuning take minutes (533 s for 4 whole-head cases on one thread): refuse first.
+        raise AdaptError(
+            "no_validation_case",
+            f"{store.root}: no validation case to compare an adapted generalist with the one answering "
+            "today; accept more cases until one joins the validation split",
+        )
     emit(
         {
             "event": "start",

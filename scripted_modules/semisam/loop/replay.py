@@ -353,7 +353,9 @@ class Simulation:
                 model=self.generalist(),
             )
         except (AdaptError, ValueError, OSError) as exc:
-            log.error("adapting the generalist after %d cases: %s", after, exc)
+            # no validation case yet (the first retrain) is expected; anything else is a failure
+            quiet = getattr(exc, "code", "") == "no_validation_case"
+            (log.info if quiet else log.error)("adapting the generalist after %d cases: %s", after, exc)
             return {"event": "adapt", "after_cases": after, "status": "error", "message": str(exc)}
         return {
             "event": "adapt",
