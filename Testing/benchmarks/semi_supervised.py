@@ -19,6 +19,12 @@ Usage::
 
     python Testing/benchmarks/semi_supervised.py DATASET_DIR [--budgets 1 2] [--iterations 300] [--test 8]
         [--methods supervised mean_teacher semisam_plus semisam_plus+distill] [--seed 0] [--work DIR]
+        [--adapt]
+
+``--adapt``: before the methods of a budget run, the generalist is adapted on that budget's labeled cases
+(``semisam adapt``'s job) and its version made active whatever it scores, so the methods that ask the
+generalist ask the adapted one and the test cases select nothing; the adaptation's own scores on the test
+cases (box-per-slice Dice, frozen vs adapted) are reported under ``adapt``.
 
 ``DATASET_DIR`` is any MSD-layout folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``), e.g.
 Task04_Hippocampus or one built by ``Testing/benchmarks/dev_datasets.py``.
@@ -147,7 +153,6 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     import torch
 
     from semisam import model_folder
-    from semisam.generalists import build_generalist
     from semisam.generalists.base import SlicePrompt
     from semisam.store import LabeledStore
     from semisam.training.data import load_labeled
@@ -168,7 +173,7 @@ def generalist_dice(store_root: Path, model_dir: Path, cfg, n_cases: int | None)
     model, manifest = model_folder.load_model(model_dir)
     store = LabeledStore(store_root)
     cases = load_labeled(store, store.validation_ids()[:n_cases], manifest)
-    g = build_generalist("litemedsam", device="cpu")
+    g = _active_generalist(store_root)  # the adapted version when the store has one (--adapt)
     labeler = PseudoLabeler(
         [g],
         EmbeddingStore(store_root / "cache" / "embeddings"),
@@ -256,6 +261,31 @@ def pseudo_label_dice(store_root: Path, model_dir: str | None, unlabeled) -> dic
     }
 
 
+def _active_generalist(store_root: Path):
+    """LiteMedSAM answering with the store's active adapted version, if any (as the training parts do)."""
+    from semisam.generalists import build_generalist
+    from semisam.store import LabeledStore
+    from semisam.training.methods.base import _with_active_version
+
+    return _with_active_version(build_generalist("litemedsam", device="cpu"), LabeledStore(store_root))
+
+
+def adapt_store(root: Path, seed: int) -> dict:
+    """Adapt the generalist on the store's labeled cases and make the version active (no selection on
+    the test cases, which are the store's validation split); returns the adaptation's ``done`` event."""
+    from semisam.adapt.job import AdaptConfig, adapt
+    from semisam.adapt.versions import GeneralistRegistry
+    from semisam.store import LabeledStore
+
+    t0 = time.perf_counter()
+    done = adapt(root, AdaptConfig(seed=seed, device="cpu"))
+    GeneralistRegistry(LabeledStore(root)).promote(done["version"], require_better=False)
+    return {
+        **{k: done[k] for k in ("version", "validation", "training")},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def run_child(store: Path, cfg: dict, generalist: int | None, nice: int) -> dict:
     """One training run in a child process; ``generalist``: also measure the prompted generalist's
     Dice on that many test cases (``None``: not)."""
@@ -304,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "--speed-iterations", type=int, default=8, help="iterations of the mamba_unet/unet3d speed runs"
     )
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument(
+        "--adapt", action="store_true", help="adapt the generalist on each budget's labeled cases first"
+    )
     p.add_argument("--nice", type=int, default=10)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", type=str, help=argparse.SUPPRESS)
@@ -360,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         make_store(root, labels, modality, labeled, unlabeled, test, shared)
         entry = {"labeled": [c for c, _, _ in labeled], "unlabeled": len(unlabeled), "methods": {}}
         report["results"][str(k)] = entry
+        if args.adapt:
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("SSL_THREADS", "1")))
+            entry["adapt"] = adapt_store(root, args.seed)
+            log.info("budget %d: adapted %s", k, json.dumps(entry["adapt"]["validation"]))
+            print(json.dumps({"budget": k, "adapt": entry["adapt"]}), file=sys.stderr, flush=True)
         for m in args.methods:
             log.info("budget %d: %s ...", k, m)
             gen = (args.generalist_test or args.test) if m == "semisam_plus" else None
