@@ -312,31 +312,25 @@ def test_versions_are_compared_on_blind_validation_cases_when_there_are_any(tmp_
     assert store.models.get(result.version).evaluated_on == [blind]
 
 
+def _train_then_adapt(tmp_path, adapt_minutes: float):
+    """``(store, events)`` of ``semisam train --adapt-generalist`` (2 iterations) on a 2 + 1 case store;
+    the run must exit 0 whatever the adaptation does."""
+    store = make_store(tmp_path / "store", n_train=2, n_val=1)
+    events = tmp_path / "events.jsonl"
+    args = ["--iterations", 2, "--config", _config_file(tmp_path), "--events", events, "--no-progress"]
+    args += ["--adapt-generalist", "--adapt-max-minutes", adapt_minutes]
+    r = _cli("train", store.root, *args, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return store, read_events(events)
+
+
 @pytest.mark.slow  # real LiteMedSAM encodes ~40 slices: ~60 s on one thread; `-m slow`
 def test_cli_adapt_generalist_phase_follows_the_run_and_registers_a_generalist_version(tmp_path):
     """``--adapt-generalist``: after ``done``, the same process adapts the real LiteMedSAM on the store's
     cases; its events follow as ``generalist`` events ending in ``done`` with a registered version."""
     from semisam.adapt.versions import GeneralistRegistry
 
-    store = make_store(tmp_path / "store", n_train=2, n_val=1)
-    events = tmp_path / "events.jsonl"
-    r = _cli(
-        "train",
-        store.root,
-        "--iterations",
-        3,
-        "--config",
-        _config_file(tmp_path),
-        "--events",
-        events,
-        "--no-progress",
-        "--adapt-generalist",
-        "--adapt-max-minutes",
-        0.05,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    logged = read_events(events)
+    store, logged = _train_then_adapt(tmp_path, 0.05)
     kinds = [e["event"] for e in logged]
     done_at = kinds.index("done")
     after = logged[done_at + 1 :]
@@ -351,24 +345,7 @@ def test_cli_adapt_generalist_phase_follows_the_run_and_registers_a_generalist_v
 def test_cli_adapt_generalist_with_a_bad_budget_reports_and_keeps_the_specialist(tmp_path):
     """A bad adaptation budget ends the phase with one ``generalist`` error; the specialist's run is done
     and registered, and the exit status is the run's."""
-    store = make_store(tmp_path / "store", n_train=2, n_val=1)
-    events = tmp_path / "events.jsonl"
-    r = _cli(
-        "train",
-        store.root,
-        "--iterations",
-        2,
-        "--config",
-        _config_file(tmp_path),
-        "--events",
-        events,
-        "--no-progress",
-        "--adapt-generalist",
-        "--adapt-max-minutes",
-        -1,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    logged = read_events(events)
+    store, logged = _train_then_adapt(tmp_path, -1)
     assert [e["event"] for e in logged][-2:] == ["done", "generalist"]
     last = logged[-1]
     assert last["kind"] == "error" and last["code"] == "bad_config" and "max_minutes" in last["message"]

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from monai.networks.nets import UNet
 from torch import nn
+
+from .unet3d import monai_unet
 
 
 class UNet2D(nn.Module):
@@ -38,20 +37,9 @@ class UNet2D(nn.Module):
         super().__init__()
         if in_slices < 1 or in_slices % 2 == 0:
             raise ValueError(f"in_slices must be odd and >= 1, got {in_slices}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2 (background + labels), got {n_classes}")
         self.in_slices = in_slices
         self.n_classes = n_classes
-        used = list(strides)[: max(0, len(channels) - 1)]
-        self.pad_multiple = math.prod(int(s) for s in used) if used else 1
-        self.net = UNet(
-            spatial_dims=2,
-            in_channels=in_slices,
-            out_channels=n_classes,
-            channels=tuple(channels),
-            strides=tuple(strides),
-            num_res_units=num_res_units,
-        )
+        self.net, self.pad_multiple = monai_unet(2, in_slices, n_classes, channels, strides, num_res_units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
