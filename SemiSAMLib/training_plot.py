@@ -161,8 +161,10 @@ class TrainingProgress:
         phase = PHASE_TEXT.get(self.phase, self.phase or "starting")
         if self.phase == "generalist":
             g = self.generalist
-            step = f": step {g.get('step', 0)}/{g.get('steps') or '?'}" if not g.get("outcome") else ""
             done = f"retrained {self.version} ({'active' if self.promoted else 'not promoted'}); "
+            if g.get("outcome"):
+                return done + self.generalist_text()
+            step = f": step {g.get('step', 0)}/{g.get('steps') or '?'}"
             return f"{done}{phase}{step}, {_clock(self.elapsed_s)} elapsed"
         if self.phase_total:
             phase += f" ({self.phase_done or 0}/{self.phase_total})"

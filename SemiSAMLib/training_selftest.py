@@ -76,6 +76,7 @@ def adapt_flow(test, scene, train_logic, tmp: Path, idle: Callable[[], None]) ->
     from semisam.store import LabeledStore
 
     store = make_store(Path(tmp) / "store")
+    store.add_case(*synthetic_case(4), split="validation")  # nothing can promote a version without one
     train_logic.startTraining(str(store.root), fast_settings(tmp, iterations=2, adapt_generalist=True), scene)
     wait_for(train_logic, train_logic.trainingFinished, idle, timeout=600)
     progress = train_logic.progress

@@ -211,6 +211,11 @@ def test_store_list_promote_and_rollback_of_generalist_versions(tmp_path, tiny):
     assert out.returncode == 0 and "active generalist: v0001 (rolled back)" in out.stdout
     assert GeneralistRegistry(LabeledStore(store.root)).active().version == "v0001"
     assert LabeledStore(store.root).models.active() is None  # the specialist's registry is untouched
+    # Promotion off (semisam train --no-promote --adapt-generalist): registered, never made active.
+    done = adapt(store.root, FAST, model=tiny, promote=False)
+    assert not done["promoted"] and done["reason"].startswith("registered only")
+    assert GeneralistRegistry(LabeledStore(store.root)).active().version == "v0001"
+    assert done["version"] == "v0003"
 
 
 def test_propagate_refuses_a_version_made_for_another_checkpoint(tmp_path, tiny, lung1):

@@ -85,4 +85,4 @@ def test_by_default_a_retrain_runs_what_the_products_retrain_runs():
     sim.config = cfg
     four, twelve = sim.train_config(4), sim.train_config(12)
     assert four.iterations is None and twelve.iterations is None  # the trainer resolves them
-    assert (four.warmup, twelve.warmup) == (200, 600)  # 500 per case: 2,000 and 6,000 planned
+    assert (four.warmup, twelve.warmup) == (200, 200)  # a tenth of 2,000; 6,000 planned: the cap

@@ -261,6 +261,7 @@ def test_progress_follows_the_generalist_phase_after_the_run(mrml_scene):
     assert progress.generalist_text() == (
         "Generalist v0001 (now answers Propagate). better on 1 of 1 validation case (weak)"
     )
+    assert progress.describe() == "retrained v0003 (active); " + progress.generalist_text()
     failed = TrainingProgress()
     failed.apply({"event": "generalist", "kind": "error", "code": "no_labeled_case", "message": "no case"})
     assert failed.generalist_text() == "The generalist was not adapted: no case"

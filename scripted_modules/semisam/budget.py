@@ -53,8 +53,10 @@ NETWORK_BYTES_PER_VOXEL = {"2.5d": 96, "3d": 200}
 #: First-level width of the measured networks: a manifest whose ``kwargs.channels`` starts wider or
 #: narrower scales :data:`NETWORK_BYTES_PER_VOXEL` by the ratio (activations grow with the width), by no
 #: less than :data:`MIN_WIDTH_SCALE` (the input, output and skip tensors do not shrink with it).
-# (``unet2d`` is not measured: counted as ``mamba_unet``, so its first width of 16 doubles the estimate.)
+# (``unet2d`` is not measured: counted as ``mamba_unet``, so its default first width of 16 doubles it.)
 MEASURED_FIRST_WIDTH = {"mamba_unet": 8, "unet3d": 16, "unet2d": 8}
+#: First-level width of each architecture's default ``channels`` (a manifest without ``channels`` has it).
+DEFAULT_FIRST_WIDTH = {"mamba_unet": 8, "unet3d": 16, "unet2d": 16}
 MIN_WIDTH_SCALE = 0.25
 #: Slices per post-processing chunk in :mod:`semisam.inference.segment` (bounds its temporaries).
 POST_CHUNK = 16
@@ -253,8 +255,10 @@ def _windows_along(size: int, roi: int, overlap: float) -> int:
 def _width_scale(manifest: ModelManifest) -> float:
     base = MEASURED_FIRST_WIDTH.get(manifest.arch)
     channels = manifest.kwargs.get("channels") if isinstance(manifest.kwargs, dict) else None
-    if base is None or not isinstance(channels, list | tuple) or not channels:
+    if base is None:
         return 1.0
+    if not isinstance(channels, list | tuple) or not channels:
+        channels = [DEFAULT_FIRST_WIDTH.get(manifest.arch, base)]
     first = channels[0]
     ok = isinstance(first, int | float) and not isinstance(first, bool) and first > 0
     return max(MIN_WIDTH_SCALE, float(first) / base) if ok else 1.0

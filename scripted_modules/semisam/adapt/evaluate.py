@@ -49,9 +49,10 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embeddings) -> dict:
+def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embeddings, cancel=None) -> dict:
     """Scores of ``model`` on ``cases`` (case id -> ``(label (Z, Y, X), samples)``); ``embeddings(sample)``
-    gives the sample's (cached) embedding."""
+    gives the sample's (cached) embedding. ``cancel`` (a ``threading.Event``) ends it early between two
+    answers (the scores are then partial; the caller stops)."""
     per_case: dict[str, float] = {}
     fp: list[int] = []
     scores: list[float] = []
@@ -60,6 +61,8 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         truth = np.asarray(label) > 0
         answer = np.zeros(truth.shape, bool)
         for whole, closer in _pairs(samples):
+            if cancel is not None and cancel.is_set():
+                break
             pred = _answer(model, embeddings, whole, closer)
             if whole.empty:
                 fp.append(int(pred.mask.sum()))

@@ -219,8 +219,11 @@ def fine_tune(
     return {"steps": done, "seconds": round(time.perf_counter() - t0, 1), "last": last}
 
 
-def register(store, model, train_ids, val_ids, scores: dict, base_sha256: str) -> tuple[str, bool, str]:
-    """Register the adapted decoder; promote it when it beats the generalist answering today."""
+def register(
+    store, model, train_ids, val_ids, scores: dict, base_sha256: str, promote: bool = True
+) -> tuple[str, bool, str]:
+    """Register the adapted decoder; promote it when it beats the generalist answering today (and
+    ``promote``)."""
     from semisam.training.promote import compare
 
     from .versions import GeneralistRegistry, save_version
@@ -231,9 +234,9 @@ def register(store, model, train_ids, val_ids, scores: dict, base_sha256: str) -
         metrics = {"dice": scores["adapted"]["dice"]} if scores["adapted"]["dice"] is not None else None
         rec = reg.add(folder, metrics=metrics, evaluated_on=val_ids)
     current = scores.get("active") or scores["frozen"]
-    if not val_ids:
-        return rec.version, False, "no validation case to compare it with the generalist answering today"
     cmp = compare(scores["adapted"]["per_case"], current["per_case"], more_labels=False)
+    if not promote:
+        return rec.version, False, f"registered only (promotion off); {cmp.reason}"
     if cmp.better:
         reg.promote(rec.version, require_better=False)
     return rec.version, bool(cmp.better), cmp.reason
@@ -243,11 +246,17 @@ def register(store, model, train_ids, val_ids, scores: dict, base_sha256: str) -
 
 
 def adapt(
-    store_root, cfg: AdaptConfig | None = None, emit: Emit | None = None, model=None, cancel=None
+    store_root,
+    cfg: AdaptConfig | None = None,
+    emit: Emit | None = None,
+    model=None,
+    cancel=None,
+    promote: bool = True,
 ) -> dict:
     """Run every step; returns the ``done`` event (also emitted). ``model``: a built generalist (default:
     LiteMedSAM's embedded weights on ``cfg.device``); ``cancel``: a ``threading.Event`` that stops the run
-    before anything is registered (:class:`AdaptError` ``cancelled``)."""
+    before anything is registered (:class:`AdaptError` ``cancelled``); ``promote=False`` registers the
+    version without promoting it."""
     from semisam.device import resolve_device
 
     from .decoder import adaptable
@@ -288,7 +297,7 @@ def adapt(
     if fast[0] is not None:
         model.set_fast_decoder(None)
     try:
-        return _run(store, train, val, cfg, model, base, frozen_state, emit, t0, cancel)
+        return _run(store, train, val, cfg, model, base, frozen_state, emit, t0, cancel, promote)
     finally:
         model.mask_decoder.load_state_dict(frozen_state)  # the caller's model answers as before
         if fast[0] is not None:
@@ -296,7 +305,17 @@ def adapt(
 
 
 def _run(
-    store, train, val, cfg: AdaptConfig, model, base: str, frozen_state, emit: Emit, t0: float, cancel=None
+    store,
+    train,
+    val,
+    cfg: AdaptConfig,
+    model,
+    base: str,
+    frozen_state,
+    emit: Emit,
+    t0: float,
+    cancel=None,
+    promote: bool = True,
 ) -> dict:
     """The steps after the set-up of :func:`adapt` (which restores the caller's model whatever happens)."""
     from semisam.training.methods.semi.embedding_store import EmbeddingStore
@@ -308,18 +327,14 @@ def _run(
     train_samples, val_samples = make_samples(train, cfg.seed), make_samples(val, cfg.seed + 1)
     train_emb, val_emb = Embeddings(model, train, disk), Embeddings(model, val, disk)
     val_cases = {c.case_id: (c.label, val_samples[c.case_id]) for c in val}
-    scores: dict = {}
-    if val:
-        scores["frozen"] = evaluate(model, val_cases, val_emb)
-        active = GeneralistRegistry(store).active()
-        if active is not None:
-            apply_version(model, active.path)
-            scores["active"] = {"version": active.version, **evaluate(model, val_cases, val_emb)}
-            model.mask_decoder.load_state_dict(frozen_state)
-            model.generalist_version = None
-        emit({"event": "validation", "which": "before", **{k: v.get("dice") for k, v in scores.items()}})
-    else:
-        scores["frozen"] = {"dice": None, "per_case": {}}
+    scores: dict = {"frozen": evaluate(model, val_cases, val_emb, cancel)}
+    active = GeneralistRegistry(store).active()
+    if active is not None:
+        apply_version(model, active.path)
+        scores["active"] = {"version": active.version, **evaluate(model, val_cases, val_emb, cancel)}
+        model.mask_decoder.load_state_dict(frozen_state)
+        model.generalist_version = None
+    emit({"event": "validation", "which": "before", **{k: v.get("dice") for k, v in scores.items()}})
     samples = [s for c in train for s in train_samples[c.case_id]]
     steps = cfg.steps(len(train))
     emit({"event": "budget", "steps": steps, "samples": len(samples), "max_minutes": cfg.max_minutes})
@@ -329,10 +344,10 @@ def _run(
         train_emb(s)
     emit({"event": "embeddings", "encoded": disk.encoded, "seconds": round(time.perf_counter() - t_enc, 1)})
     summary = fine_tune(model, samples, train_emb, cfg, steps, emit, cancel)
+    scores["adapted"] = evaluate(model, val_cases, val_emb, cancel)
     _check_cancel(cancel)
-    scores["adapted"] = evaluate(model, val_cases, val_emb) if val else {"dice": None, "per_case": {}}
     version, promoted, reason = register(
-        store, model, [c.case_id for c in train], [c.case_id for c in val], scores, base
+        store, model, [c.case_id for c in train], [c.case_id for c in val], scores, base, promote
     )
     done = {
         "event": "done",

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from semisam.device import DEVICE_CHOICES
@@ -64,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-promote", action="store_true", help="register the new version but never promote it")
     p.add_argument("--seed", type=_number, help="random seed (default 0)")
-    p.add_argument("--arch", help="architecture of a new model when the store has none (mamba_unet, unet3d)")
+    p.add_argument(
+        "--arch", help="architecture of a new model when the store has none (mamba_unet, unet2d, unet3d)"
+    )
     p.add_argument("--batch-size", type=_number, help="labeled samples per step (default 8)")
     p.add_argument("--config", metavar="FILE.json", help="TrainConfig fields as JSON (options override it)")
     p.add_argument("--work-dir", metavar="DIR", help="run folder (default STORE/training/run)")
@@ -189,6 +192,7 @@ def _announce(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
+    args.started = time.monotonic()  # the adaptation phase's events count elapsed seconds from here too
 
     def on_signal(signum, frame) -> None:
         log.warning("received %s: checkpointing and stopping", signal.Signals(signum).name)
@@ -242,7 +246,10 @@ def _run(args: argparse.Namespace, cancel: threading.Event) -> int:
         cancel=cancel,
     )
     log.debug("result %s", json.dumps({"status": result.status, "version": result.version}))
-    if args.adapt_generalist and result.status == "done" and not cancel.is_set():
+    from semisam.training import ddp
+
+    # One adaptation per run: under torchrun every rank returns "done", only rank 0 writes.
+    if args.adapt_generalist and result.status == "done" and not cancel.is_set() and ddp.from_env().is_main:
         _adapt_phase(args, config, cancel)
     return result.exit_code
 
@@ -258,6 +265,7 @@ def _adapt_phase(args: argparse.Namespace, config, cancel: threading.Event) -> N
         sink = EventSink(streams=[sys.stdout], files=[args.events] if args.events else [])
     except OSError:
         sink = EventSink(streams=[sys.stdout], files=[])
+    sink.t0 = getattr(args, "started", sink.t0)  # one clock for the whole job (the panel's elapsed time)
 
     def emit(event: dict) -> None:
         sink(
@@ -270,12 +278,8 @@ def _adapt_phase(args: argparse.Namespace, config, cancel: threading.Event) -> N
 
     try:
         budget = {} if args.adapt_max_minutes is None else {"max_minutes": args.adapt_max_minutes}
-        adapt(
-            args.store,
-            AdaptConfig(seed=config.seed, device=config.device, **budget),
-            emit=emit,
-            cancel=cancel,
-        )
+        cfg = AdaptConfig(seed=config.seed, device=config.device, **budget)
+        adapt(args.store, cfg, emit=emit, cancel=cancel, promote=not args.no_promote)
     except AdaptError as exc:
         emit(
             {

@@ -111,7 +111,9 @@ def summarize(loop: list[dict], baseline: list[dict], retrains: list[dict], conf
         ],
     }
     scored = [
-        r["held_out"] for r in retrains if r.get("promoted") and (r.get("held_out") or {}).get("previous")
+        r["held_out"]
+        for r in retrains
+        if r.get("promoted") and (r.get("held_out") or {}).get("previous") is not None
     ]
     # Held out: every promoted version at least as good as the one it replaced on the cases kept aside
     # (None when no promotion replaced a version there).
