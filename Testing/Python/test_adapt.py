@@ -254,6 +254,11 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     emb = Embeddings(tiny, [case], EmbeddingStore(tmp_path / "cache"))
     scores = evaluate(tiny, {"c": (case.label, samples)}, emb)
     assert 0.0 <= scores["dice"] <= 1.0 and scores["empty_fp_px"] is not None
+    # The empty neighbours are the 1st and 2nd slices beyond each end; their mean is the overall mean.
+    by = scores["empty_fp_px_by_distance"]
+    n = sum(1 for s in samples if s.empty and s.view is None)
+    assert set(by) == {"1", "2"} and n == 4
+    assert scores["empty_fp_px"] == pytest.approx((by["1"] + by["2"]) / 2, abs=0.06)
 
 
 def test_an_exported_decoder_is_set_aside_while_adapting_and_comes_back(tmp_path, tiny):

@@ -5,7 +5,9 @@ so that the frozen and the adapted decoder answer the same boxes), answered the 
 a key slice (:func:`semisam.generalists.view.choose` between the whole slice and the view). Reported:
 
 * ``dice``: per case, the Dice of the union of the slice answers with the structure (box per slice);
-* ``empty_fp_px``: mean foreground pixels answered on the empty slices next to the structure;
+* ``empty_fp_px``: mean foreground pixels answered on the empty slices next to the structure, and
+  ``empty_fp_px_by_distance`` the same per distance in slices from the structure's end (the first
+  neighbour of a 1 mm scan looks almost like the last structure slice: what "not here" can mean there);
 * ``spearman``: rank correlation of the model's predicted IoU with each answer's true Dice, over all
   answered parts (how well its confidence orders review).
 """
@@ -55,17 +57,21 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     answers (the scores are then partial; the caller stops)."""
     per_case: dict[str, float] = {}
     fp: list[int] = []
+    fp_at: dict[int, list[int]] = {}
     scores: list[float] = []
     dices: list[float] = []
     for cid, (label, samples) in cases.items():
         truth = np.asarray(label) > 0
         answer = np.zeros(truth.shape, bool)
+        on = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
         for whole, closer in _pairs(samples):
             if cancel is not None and cancel.is_set():
                 break
             pred = _answer(model, embeddings, whole, closer)
             if whole.empty:
                 fp.append(int(pred.mask.sum()))
+                d = int(np.abs(on - whole.slice).min()) if on.size else 0
+                fp_at.setdefault(d, []).append(fp[-1])
                 continue
             answer[whole.slice] |= pred.mask
             scores.append(float(pred.score))
@@ -75,5 +81,6 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
         "per_case": per_case,
         "empty_fp_px": round(float(np.mean(fp)), 1) if fp else None,
+        "empty_fp_px_by_distance": {str(d): round(float(np.mean(v)), 1) for d, v in sorted(fp_at.items())},
         "spearman": None if (r := spearman(scores, dices)) is None else round(r, 3),
     }
