@@ -62,6 +62,10 @@ def test_crop_paste_and_prompt_mapping_are_exact():
     assert (back[12:, :] == OUTSIDE_LOGIT).all() and (back[:, :60] == OUTSIDE_LOGIT).all()
     p = v.prompt_in(SlicePrompt(box=(62, 1, 65, 5), points=np.array([[63, 2]]), point_labels=np.array([1])))
     assert p.box == (2, 5, 5, 9) and p.points.tolist() == [[3.0, 6.0]]
+    # A point outside the view (a negative point on a false positive elsewhere) is left out, with its label.
+    two = SlicePrompt(points=np.array([[63.0, 2.0], [10.0, 30.0]]), point_labels=np.array([1, 0]))
+    p = v.prompt_in(two)
+    assert p.points.tolist() == [[3.0, 6.0]] and p.point_labels.tolist() == [1]
 
 
 def test_box_agreement_and_choice():
@@ -217,3 +221,20 @@ def test_propagate_answers_a_small_structures_key_slice_through_the_view(litemed
     # the view's answer, mapped back onto the slice, is as good here (both fill the box; ties go to the view)
     assert got["auto"][1] > 0.9 and got["auto"][1] >= got["whole"][1] - 0.02, got
     assert got["auto"][2] == got["whole"][2] + 1  # the key slice's view; the tracks use whole slices
+
+
+def test_a_point_prompt_with_a_negative_point_far_from_the_structure_propagates(registry_models):
+    """The simulated annotator's +/- points: a positive point on a small structure (its view placed around
+    it) and a negative point on a false positive far away; the view's prompt leaves the far point out
+    instead of handing the model a point outside its input (a real loop stopped on that)."""
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.scan.volume import Volume
+
+    model = registry_models["litemedsam"]
+    img = np.random.default_rng(5).random((3, 120, 120), dtype=np.float32)
+    state = init_state(model, Volume(img * 1000.0, (1.0, 1.0, 3.0)), "axial", modality="MR")
+    add_prompt(state, 1, point=(60, 60))
+    add_prompt(state, 1, point=(5, 110), positive=False)
+    res = propagate(state)
+    assert state.n_encode == 3 + 1  # the three slices, and the view the positive point placed
+    assert res.mask.shape == img.shape

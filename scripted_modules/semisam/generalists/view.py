@@ -79,22 +79,29 @@ class View:
         return out
 
     def prompt_in(self, prompt: SlicePrompt) -> SlicePrompt:
-        """``prompt`` (slice pixels) in the view's pixels."""
+        """``prompt`` (slice pixels) in the view's pixels. Points outside the view are left out: the view's
+        answer is background there whatever they say (a negative point on a false positive elsewhere on
+        the slice would otherwise be a point outside the model's input)."""
         box = None
         if prompt.box is not None:
             x0, y0, x1, y1 = prompt.box
             box = (x0 - self.x0, y0 - self.y0, x1 - self.x0, y1 - self.y0)
-        points = None
+        points, labels = None, prompt.point_labels
         if prompt.points is not None:
             points = np.asarray(prompt.points, np.float32).reshape(-1, 2) - np.array(
                 [self.x0, self.y0], np.float32
             )
+            inside = np.all((points >= 0) & (points <= self.side - 1), axis=1)
+            if not inside.all():
+                labels = None if labels is None else np.asarray(labels).reshape(-1)[inside]
+                points = points[inside] if inside.any() else None
+                labels = labels if points is not None else None
         mask = None
         if prompt.mask is not None:
             m = np.asarray(prompt.mask, np.float32)
             # A binary mask reads 0 outside; logits read clearly-background.
             mask = self.crop(m, fill=0.0 if m.min() >= 0 else OUTSIDE_LOGIT)
-        return SlicePrompt(box=box, points=points, point_labels=prompt.point_labels, mask=mask)
+        return SlicePrompt(box=box, points=points, point_labels=labels, mask=mask)
 
     def key(self) -> tuple[int, int, int]:
         return (self.y0, self.x0, self.side)
