@@ -309,3 +309,34 @@ def test_training_teaches_with_the_active_version_and_keys_pseudo_labels_on_it(t
     assert (
         getattr(other, "generalist_version", None) is None and "the frozen generalist teaches" in caplog.text
     )
+
+
+def test_a_decoder_that_propagates_worse_is_not_promoted(tmp_path, tiny):
+    """Better on every slice's box is not enough: a version whose 1-box propagation Dice on validation
+    falls below the generalist answering today stays registered, not active."""
+    from semisam.adapt.job import PROPAGATION_TOLERANCE, register
+    from semisam.adapt.versions import base_digest
+
+    store = LabeledStore(make_store(tmp_path / "s", n_train=1, n_val=1).root)
+    val = store.validation_ids()
+
+    def scores(box: float, prop: float) -> dict:
+        return {"dice": box, "per_case": {val[0]: box}, "propagation_1box": prop}
+
+    worse = {"frozen": scores(0.75, 0.49), "adapted": scores(0.84, 0.10)}
+    version, promoted, reason = register(store, tiny, store.train_ids(), val, worse, base_digest(tiny))
+    assert not promoted and "1-box propagation Dice 0.49 -> 0.1" in reason
+    assert GeneralistRegistry(store).active() is None and GeneralistRegistry(store).get(version)
+    within = {"frozen": scores(0.75, 0.49), "adapted": scores(0.84, 0.49 - PROPAGATION_TOLERANCE / 2)}
+    version, promoted, _ = register(store, tiny, store.train_ids(), val, within, base_digest(tiny))
+    assert promoted and GeneralistRegistry(store).active().version == version
+
+
+def test_validation_scores_the_one_box_propagation_of_each_decoder(tmp_path, tiny):
+    store = make_store(tmp_path / "s", n_train=1, n_val=1)
+    done = adapt(store.root, AdaptConfig(min_steps=2, max_steps=2, batch=2, device="cpu"), model=tiny)
+    for which in ("frozen", "adapted"):
+        p = done["validation"][which]["propagation_1box"]
+        assert p is not None and 0.0 <= p <= 1.0, done["validation"]
+    man = read_manifest(GeneralistRegistry(LabeledStore(store.root)).get(done["version"]).path)
+    assert json.dumps(man)  # the scores it records stay plain JSON
