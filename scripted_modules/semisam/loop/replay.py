@@ -262,6 +262,17 @@ class Simulation:
         )
         return order
 
+    def _hold_out(self, order: list[str]) -> list[str]:
+        """The order without its last ``held_out`` cases, which become :attr:`held_out_ids`."""
+        n_held = int(self.config.held_out)
+        if n_held and n_held >= len(order):
+            raise ValueError(
+                f"--held-out {n_held}: the dataset holds {len(order)} cases; keep fewer aside so that some "
+                "are replayed"
+            )
+        self.held_out_ids = order[len(order) - n_held :] if n_held else []
+        return order[: len(order) - n_held]
+
     def _read_plan(self, path: Path) -> dict:
         """``simulation.json`` as written by an earlier run; raises ``ValueError`` naming the file when it
         is damaged (unreadable JSON, no case order, cases the dataset does not hold)."""
@@ -485,15 +496,7 @@ class Simulation:
         cfg = self.config
         if cfg.retrain_every > 0:
             self.train_config()  # a bad option fails now, not after the first cases
-        order = self._plan()
-        n_held = int(cfg.held_out)
-        if n_held and n_held >= len(order):
-            raise ValueError(
-                f"--held-out {n_held}: the dataset holds {len(order)} cases; keep fewer aside so that some "
-                "are replayed"
-            )
-        self.held_out_ids = order[len(order) - n_held :] if n_held else []
-        order = order[: len(order) - n_held]
+        order = self._hold_out(self._plan())
         store = self._open_store(order)  # the pool: every case not yet seen, also past --max-cases
         if cfg.max_cases is not None:
             order = order[: int(cfg.max_cases)]
