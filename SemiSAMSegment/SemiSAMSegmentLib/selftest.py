@@ -52,6 +52,25 @@ def roi_around(scene, volume, box, k: int, name: str = "box"):
     return roi
 
 
+def lesion_crop(case):
+    """``(crop, label)``: the sample ``case``'s scan cropped around its lesion (2 slices, 24 px of margin)
+    and its ``(Z, Y, X)`` label on the crop, the small scene the flows and their pytest twins run on."""
+    from semisam.propagation.simulate import crop_around
+    from semisam.scan.volume import read_mask, read_volume
+
+    full = read_volume(case.image)
+    return crop_around(full, read_mask(case.label, reference=full).array, (2, 24, 24))
+
+
+def middle_roi(scene, crop, label) -> tuple[int, object]:
+    """``(k, ROI node)``: the label's middle slice and an ROI around its box there, as a user draws it."""
+    from semisam.propagation.simulate import middle_slice
+    from semisam.slices import box_from_mask
+
+    key = middle_slice(label)
+    return key, roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+
+
 def mask_round_trip_flow(test, scene, logic, tmp: Path) -> None:
     """test_mask_file_round_trip_through_segment_logic (test_slicer_logic.py): lung1's label -> segment ->
     file -> the same voxels."""
@@ -88,21 +107,16 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     they_had (and, with Propagate across slices off, every slice but the prompted one),
     test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_provenance,
     on a lung1 crop with the bundled LiteMedSAM."""
-    from semisam.propagation.simulate import crop_around, middle_slice
-    from semisam.scan.volume import read_mask, read_volume
-    from semisam.slices import box_from_mask
     from semisam.store import LabeledStore
 
     case = sample_or_skip(test, "lung1")
-    full = read_volume(case.image)
-    crop, label = crop_around(full, read_mask(case.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(case)
     node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
     before = np.zeros(crop.shape, np.uint8)
     before[0, :5, :5] = before[-1, -5:, -5:] = 1  # marks on slices the nodule is not on
     mrml_io.import_mask(before, node, seg, {1: "lesion"})
-    key = middle_slice(label)
-    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    key, roi = middle_roi(scene, crop, label)
     out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")
     after = mrml_io.export_mask(seg, node, [out.segment_id])
     lo, hi = out.slice_range
@@ -142,18 +156,13 @@ def worker_propagate_flow(test, scene, logic, tmp: Path, idle=None) -> None:
     worker writes nothing to the scene itself. ``idle`` runs between polls (``slicer.app.processEvents``)."""
     import time
 
-    from semisam.propagation.simulate import crop_around, middle_slice
-    from semisam.scan.volume import read_mask, read_volume
-    from semisam.slices import box_from_mask
     from SemiSAMLib.worker import WorkerState
 
     case = sample_or_skip(test, "lung1")
-    full = read_volume(case.image)
-    crop, label = crop_around(full, read_mask(case.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(case)
     node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "worker vs sync")
-    key = middle_slice(label)
-    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    key, roi = middle_roi(scene, crop, label)
     worker = logic.startPropagate(node, seg, "lesion worker", None, roi, device="cpu")
     while not worker.poll().finished:
         test.assertEqual(mrml_io.segment_ids(seg), [])

@@ -15,8 +15,7 @@ from semisam.generalists import build_generalist
 from semisam.loop.annotator import AnnotatorConfig, SimulatedAnnotator, structure_boxes
 from semisam.metrics import dice
 from semisam.propagation.session import EditingSession
-from semisam.propagation.simulate import crop_around, middle_slice
-from semisam.scan.volume import read_mask, read_volume
+from semisam.propagation.simulate import middle_slice
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,8 +27,10 @@ def litemedsam():
 
 @pytest.fixture(scope="module")
 def case(lung1):
-    full = read_volume(lung1.image)
-    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    sys.path.insert(0, str(REPO / "SemiSAMSegment"))
+    from SemiSAMSegmentLib.selftest import lesion_crop
+
+    crop, label = lesion_crop(lung1)
     return crop, (label > 0).astype(np.uint8)
 
 

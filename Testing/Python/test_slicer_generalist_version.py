@@ -18,13 +18,10 @@ sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
 from SemiSAMSegmentLib import propagate as propagate_lib  # noqa: E402
-from SemiSAMSegmentLib.selftest import roi_around  # noqa: E402
+from SemiSAMSegmentLib.selftest import lesion_crop, middle_roi  # noqa: E402
 
 from semisam.adapt.versions import GeneralistRegistry, base_digest, save_version  # noqa: E402
 from semisam.generalists import SlicePrompt, build_generalist  # noqa: E402
-from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
-from semisam.scan.volume import read_mask, read_volume  # noqa: E402
-from semisam.slices import box_from_mask  # noqa: E402
 from semisam.store import LabeledStore  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
@@ -38,12 +35,10 @@ def _version(store: LabeledStore, model, tmp: Path, name: str):
 
 
 def test_propagate_uses_the_stores_active_generalist_version(lung1, mrml_scene, tmp_path):
-    full = read_volume(lung1.image)
-    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(lung1)
     node = mrml_io.node_from_volume(crop, mrml_scene, "lung1 crop")
     seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
-    key = middle_slice(label)
-    roi = roi_around(mrml_scene, crop, box_from_mask(label[key] > 0), key)
+    key, roi = middle_roi(mrml_scene, crop, label)
     store = LabeledStore.create(tmp_path / "store", {1: "lesion"}, modality="CT")
     adapted = build_generalist("litemedsam", device="cpu")
     with torch.no_grad():  # a decoder that answers differently: its IoU head is shifted

@@ -22,23 +22,17 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import mrml_io  # noqa: E402
-from SemiSAMSegmentLib.selftest import roi_around  # noqa: E402
-
-from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
-from semisam.scan.volume import read_mask, read_volume  # noqa: E402
-from semisam.slices import box_from_mask  # noqa: E402
+from SemiSAMSegmentLib.selftest import lesion_crop, middle_roi  # noqa: E402
 
 segment_module = importlib.import_module("SemiSAMSegment")
 
 
 def test_propagate_keeps_agreeing_slices_unless_told_to_replace(mrml_scene, lung1):
-    full = read_volume(lung1.image)
-    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(lung1)
     node = mrml_io.node_from_volume(crop, mrml_scene, "lung1 crop")
     seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
     logic = segment_module.SemiSAMSegmentLogic()
-    key = middle_slice(label)
-    roi = roi_around(mrml_scene, crop, box_from_mask(label[key] > 0), key)
+    key, roi = middle_roi(mrml_scene, crop, label)
 
     first = logic.propagate(node, seg, "lesion", roiNode=roi, device="cpu")  # into an empty segment
     answer = mrml_io.export_mask(seg, node, [first.segment_id])

@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
 from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
-from SemiSAMSegmentLib.selftest import roi_around, tiny_model_dir  # noqa: E402
+from SemiSAMSegmentLib.selftest import lesion_crop, middle_roi, roi_around, tiny_model_dir  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
-from semisam.propagation.simulate import crop_around, middle_slice  # noqa: E402
-from semisam.scan.volume import Volume, read_mask, read_volume  # noqa: E402
+from semisam.propagation.simulate import middle_slice  # noqa: E402
+from semisam.scan.volume import Volume, read_volume  # noqa: E402
 from semisam.slices import box_from_mask  # noqa: E402
 from semisam.store import LabeledStore  # noqa: E402
 from SemiSAMLib.worker import Cancelled, WorkerState  # noqa: E402
@@ -255,8 +255,7 @@ def lung_flow(lung1, tmp_path_factory):
     changes the case happens here and its result is kept, so the tests below only look at results and
     pass alone and in any order."""
     tmp = tmp_path_factory.mktemp("lung_flow")
-    full = read_volume(lung1.image)
-    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(lung1)
     scene = make_scene()
     node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
@@ -523,8 +522,7 @@ def test_the_logic_runs_on_cuda(lung1, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    full = read_volume(lung1.image)
-    crop, label = crop_around(full, read_mask(lung1.label, reference=full).array, (2, 24, 24))
+    crop, label = lesion_crop(lung1)
     scene = make_scene()
     node = mrml_io.node_from_volume(crop, scene, "lung1 crop")
     model_dir = tiny_model_dir(tmp_path / "model")
@@ -535,8 +533,7 @@ def test_the_logic_runs_on_cuda(lung1, tmp_path):
         logic.autoSegment(node, model_dir, seg, device)
         masks[device] = mrml_io.export_mask(seg, node)
     assert dice(masks["cpu"], masks["cuda"]) > 0.99
-    key = middle_slice(label)
-    roi = roi_around(scene, crop, box_from_mask(label[key] > 0), key)
+    key, roi = middle_roi(scene, crop, label)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "propagated")
     out = logic.propagate(node, seg, "lesion", roiNode=roi, device="cuda")
     assert dice(mrml_io.export_mask(seg, node, [out.segment_id]), label) > 0.6
