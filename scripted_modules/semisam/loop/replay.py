@@ -68,6 +68,7 @@ from semisam.loop.files import (  # noqa: F401 - the file names are part of repl
     append_jsonl,
     read_jsonl,
 )
+from semisam.loop.plan import check_work_folder, plan_order
 from semisam.loop.summary import summarize
 from semisam.store import LabeledStore, Provenance
 
@@ -156,47 +157,6 @@ class SimulationConfig:
         }
 
 
-#: Annotator options added after simulations were first saved, and how a saved plan without one ran (so
-#: an older work folder resumes with the behaviour it started with, e.g. ``--no-slice-after-undo``).
-LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False}
-#: The same for the time model: a saved plan without ``touch_up_min`` priced every hand slice in full.
-LEGACY_TIME_MODEL: dict[str, Any] = {"touch_up_min": 1.0}
-
-
-def option_differences(saved: Any, given: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"name: saved X, given Y"`` for every option (nested dicts by dotted name, e.g.
-    ``annotator.slice_after_undo``) whose saved value differs from the given one."""
-    if not isinstance(saved, dict):
-        return [f"{prefix or 'options'}: saved {saved!r}, given {given!r}"]
-    out = []
-    for key in sorted(set(saved) | set(given)):
-        a, b = saved.get(key), given.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += option_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: saved {a!r}, given {b!r}")
-    return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_json(path, data)
-
-
-def check_work_folder(work: Path) -> None:
-    """Refuse a work folder that is a file, or lies under a file, before anything is read or written.
-
-    Raises:
-        ValueError: one line naming the file (``mkdir`` would only say ``[Errno 17] File exists``).
-    """
-    for p in (work, *work.parents):
-        if p.exists() and not p.is_dir():
-            what = "is a file" if p == work else f"lies inside {p}, which is a file"
-            raise ValueError(
-                f"work folder {work}: {what}, not a folder; choose a folder for the store and the results "
-                "(it is created if missing)"
-            )
-
-
 class Simulation:
     """One simulation in its work folder (see the module docstring).
 
@@ -224,43 +184,14 @@ class Simulation:
     # ------------------------------------------------------------------ plan and state
     def _plan(self) -> list[str]:
         """The case order, from ``simulation.json`` (written on the first run, checked on a resume)."""
-        path = self.work / PLAN_FILE
-        options = self.config.plan_options()
-        dataset = str(Path(self.config.dataset).resolve())
-        if path.is_file():
-            plan = self._read_plan(path)
-            saved = plan.get("options")
-            if isinstance(saved, dict) and isinstance(saved.get("annotator"), dict):
-                plan["options"] = saved = {**saved, "annotator": {**LEGACY_ANNOTATOR, **saved["annotator"]}}
-            if isinstance(saved, dict) and isinstance(saved.get("time_model"), dict):
-                plan["options"] = {**saved, "time_model": {**LEGACY_TIME_MODEL, **saved["time_model"]}}
-            for key, value in (("dataset", dataset), ("label", self.label)):
-                if plan.get(key) != value:
-                    raise ValueError(
-                        f"{path}: this work folder holds a simulation with {key} {plan.get(key)!r}, not "
-                        f"{value!r}; resume it with the same options or choose another --work folder"
-                    )
-            differ = option_differences(plan.get("options"), options)
-            if differ:
-                raise ValueError(
-                    f"{path}: this work folder holds a simulation with other options: {'; '.join(differ)}; "
-                    "resume it with the same options or choose another --work folder"
-                )
-            return list(plan["order"])
-        order = self.dataset.order(self.config.seed)
-        self.work.mkdir(parents=True, exist_ok=True)
-        write_json(
-            path,
-            {
-                "kind": "semisam-simulation",
-                "dataset": dataset,
-                "label": self.label,
-                "order": order,
-                "options": options,
-                "created": dt.datetime.now(dt.UTC).isoformat(),
-            },
+        return plan_order(
+            self.work / PLAN_FILE,
+            str(Path(self.config.dataset).resolve()),
+            self.label,
+            self.config.plan_options(),
+            {c.case_id for c in self.dataset.cases},
+            lambda: self.dataset.order(self.config.seed),
         )
-        return order
 
     def _hold_out(self, order: list[str]) -> list[str]:
         """The order without its last ``held_out`` cases, which become :attr:`held_out_ids`."""
@@ -272,28 +203,6 @@ class Simulation:
             )
         self.held_out_ids = order[len(order) - n_held :] if n_held else []
         return order[: len(order) - n_held]
-
-    def _read_plan(self, path: Path) -> dict:
-        """``simulation.json`` as written by an earlier run; raises ``ValueError`` naming the file when it
-        is damaged (unreadable JSON, no case order, cases the dataset does not hold)."""
-        try:
-            plan = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(
-                f"{path}: damaged ({exc}); choose another --work folder or remove this one"
-            ) from None
-        order = plan.get("order") if isinstance(plan, dict) else None
-        known = {c.case_id for c in self.dataset.cases}
-        if (
-            not isinstance(order, list)
-            or not all(isinstance(c, str) and c in known for c in order)
-            or len(set(order)) != len(order)
-        ):
-            raise ValueError(
-                f"{path}: damaged (no case order of this dataset); choose another --work folder or remove "
-                "this one"
-            )
-        return plan
 
     def _open_store(self, order: list[str]) -> LabeledStore:
         store = LabeledStore.open_or_create(
@@ -459,9 +368,10 @@ class Simulation:
         if not self.held_out_ids or new is None:
             return None
         t0 = time.perf_counter()
-        scores = {"new": self._version_dice(store, new)}
+        cases = [self.dataset.read(cid, self.label) for cid in self.held_out_ids]  # read once, scored twice
+        scores = {"new": self._version_dice(store, new, cases)}
         if previous is not None:
-            scores["previous"] = self._version_dice(store, previous)
+            scores["previous"] = self._version_dice(store, previous, cases)
         out: dict[str, Any] = {
             "cases": list(self.held_out_ids),
             "new_version": new,
@@ -473,8 +383,8 @@ class Simulation:
         out["seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
-    def _version_dice(self, store: LabeledStore, version: str) -> list[float]:
-        """Dice against the truth of ``version``'s Auto-segment on each held-out case."""
+    def _version_dice(self, store: LabeledStore, version: str, cases) -> list[float]:
+        """Dice against the truth of ``version``'s Auto-segment on each ``(image, truth)`` of ``cases``."""
         from semisam.device import resolve_device
         from semisam.inference import segment
         from semisam.metrics import dice
@@ -484,8 +394,7 @@ class Simulation:
         model, manifest = load_specialist(store.models.get(version).path, device)
         value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
         out = []
-        for cid in self.held_out_ids:
-            image, truth = self.dataset.read(cid, self.label)
+        for image, truth in cases:
             labels = segment(image, model, manifest, device=device).labels
             out.append(float(dice((labels == value).astype(np.uint8), truth)))
         return out
@@ -557,7 +466,7 @@ class Simulation:
                 baseline[cid] = record
                 self.emit(record)
         summary = self.summary(order)
-        write_json(self.work / SUMMARY_FILE, summary)
+        atomic_write_json(self.work / SUMMARY_FILE, summary)
         try:
             from semisam.loop.plot import plot_run
 
@@ -618,7 +527,7 @@ class Simulation:
             tool=TOOL,
             notes=f"simulated annotator; Dice vs truth {res.final_dice:.4f} (target {res.target_dice:.4f})",
         )
-        write_json(self.work / PENDING_FILE, record)
+        atomic_write_json(self.work / PENDING_FILE, record)
         rec = store.add_case(None, res.mask, provenance, case_id=cid, from_unlabeled=cid, proposal=proposal)
         record["split"] = rec.split
         append_jsonl(self.work / CASES_FILE, record)
