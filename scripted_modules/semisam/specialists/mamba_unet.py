@@ -99,6 +99,14 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``(..., H, W)`` padded at the bottom and right (edge values repeated) to multiples of ``m``; the
+    caller crops the output back to ``[..., :H, :W]``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
 class MambaUNet(nn.Module):
     """2.5D U-Net with depthwise-separable stages and Mamba blocks at the bottleneck.
 
@@ -159,10 +167,7 @@ class MambaUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.pad_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = pad_to_multiple(x, self.pad_multiple)
         # Channels-last (NHWC) memory: oneDNN's depthwise 3x3 is ~10x faster there than in NCHW on CPU
         # (measured 2.2 vs 24.5 ms for (8, 8, 192, 192)), and tokens for Mamba are then a free view.
         x = x.contiguous(memory_format=torch.channels_last)

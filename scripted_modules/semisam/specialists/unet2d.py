@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mamba_unet import pad_to_multiple
 from .unet3d import monai_unet
 
 
@@ -43,8 +44,4 @@ class UNet2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.pad_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.net(x)[..., :h, :w]
+        return self.net(pad_to_multiple(x, self.pad_multiple))[..., :h, :w]
