@@ -405,6 +405,7 @@ class SemiSAMSegmentWidget(ModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
 
         def finish(request):
             out = self.logic.applyPropagate(request)
+            self._reviewSlice = None  # the review order now starts with the slices just answered
             who = request.generalist_version and _("Answered by the store's adapted generalist {v}.").format(
                 v=request.generalist_version
             )

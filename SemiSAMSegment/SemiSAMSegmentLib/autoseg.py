@@ -1,11 +1,8 @@
-"""Auto-segment for SemiSAMSegment's Logic: which specialist to run, running it, and the review order.
+"""Auto-segment for SemiSAMSegment's Logic: which specialist to run, running it, and where slice ``k`` is.
 
 The specialist is the store's *active* model version when a store folder is set and has one, otherwise
-the model folder the user picked. The per-slice uncertainty ranking (:attr:`semisam.inference.
-SegmentationResult.review_order`) is kept twice: as a ``vtkMRMLTableNode`` (rank, slice k, uncertainty)
-referenced from the segmentation node, which the user can look at and which is saved with the scene, and
-as the segmentation node attribute :data:`REVIEW_ATTRIBUTE` (comma-separated ``k``, most uncertain first)
-that :func:`review_order` reads back. No qt, no ``slicer.app``.
+the model folder the user picked. Its per-slice uncertainty ranking is kept on the segmentation node by
+:mod:`SemiSAMSegmentLib.review_table`. No qt, no ``slicer.app``.
 """
 
 from __future__ import annotations
@@ -16,17 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import vtk
 
 from . import mrml_io
 from .texts import _
 
 log = logging.getLogger(__name__)
-
-#: Segmentation-node attribute: slice indices ``k`` of the input volume, most uncertain first.
-REVIEW_ATTRIBUTE = "SemiSAM.ReviewOrder"
-#: Node-reference role from the segmentation node to its review table.
-REVIEW_TABLE_ROLE = "SemiSAM.ReviewTable"
 
 
 class ModelChoiceError(ValueError):
@@ -131,35 +122,6 @@ class AutoSegmentRequest:
     segmentation_node: object
     result: object = None
     manifest: object = None
-
-
-def write_review_table(segmentation_node, order: np.ndarray, slice_uncertainty: np.ndarray):
-    """Store the ranking in a table node referenced by ``segmentation_node`` (created or reused)."""
-    scene = segmentation_node.GetScene()
-    table = segmentation_node.GetNodeReference(REVIEW_TABLE_ROLE)
-    if table is None:
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{segmentation_node.GetName()} review order")
-        segmentation_node.SetNodeReferenceID(REVIEW_TABLE_ROLE, table.GetID())
-    vtable = vtk.vtkTable()
-    columns = (
-        ("rank", vtk.vtkIntArray(), np.arange(1, len(order) + 1)),
-        ("slice", vtk.vtkIntArray(), order),
-        ("uncertainty", vtk.vtkDoubleArray(), slice_uncertainty[order]),
-    )
-    for name, array, values in columns:
-        array.SetName(name)
-        for v in values:
-            array.InsertNextValue(v.item())
-        vtable.AddColumn(array)
-    table.SetAndObserveTable(vtable)
-    segmentation_node.SetAttribute(REVIEW_ATTRIBUTE, ",".join(str(int(k)) for k in order))
-    return table
-
-
-def review_order(segmentation_node) -> list[int]:
-    """The ranking stored by :func:`write_review_table` (empty when there is none)."""
-    text = segmentation_node.GetAttribute(REVIEW_ATTRIBUTE) if segmentation_node is not None else None
-    return [int(v) for v in text.split(",") if v.strip()] if text else []
 
 
 def slice_centre_ras(volume_node, k: int) -> tuple[float, float, float]:

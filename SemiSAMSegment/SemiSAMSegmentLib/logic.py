@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from semisam.review import ReviewOrder
 from SemiSAMLib.defaults import NEEDS_CHECKPOINT, Generalist
 
 from . import accept as accept_lib
-from . import autoseg, encoding, markup_prompts, mrml_io
+from . import autoseg, encoding, markup_prompts, mrml_io, review_table
 from . import propagate as propagate_lib
 from . import session as session_lib
 from .texts import _
@@ -191,7 +192,8 @@ class CaseLogic:
         self.prepareOutputSegmentation(volumeNode, segmentationNode)
         names = {int(value): name for name, value in manifest.labels.items()}
         ids = mrml_io.import_mask(result.labels, volumeNode, segmentationNode, names)
-        table = autoseg.write_review_table(segmentationNode, result.review_order, result.slice_uncertainty)
+        order = ReviewOrder.from_specialist(result.review_order, result.slice_uncertainty)
+        table = review_table.write_review_table(segmentationNode, order)
         case.proposal = result.labels
         case.proposal_version = request.model_version
         case.modality = manifest.modality
@@ -220,19 +222,15 @@ class CaseLogic:
 
     @staticmethod
     def reviewOrder(segmentationNode) -> list:
-        """Slices ``k`` most uncertain first, as stored by :meth:`autoSegment` (empty when none)."""
-        return autoseg.review_order(segmentationNode)
+        """Slices ``k`` most uncertain first, as stored by :meth:`autoSegment` and re-ranked by each
+        axial :meth:`propagate` across slices (empty when none; :mod:`semisam.review`)."""
+        return review_table.review_order(segmentationNode)
 
     @staticmethod
     def nextUncertainSlice(segmentationNode, current=None):
         """The slice after ``current`` in the review order (the first when ``current`` is not in it;
         wraps around), or ``None`` when there is no ranking."""
-        order = autoseg.review_order(segmentationNode)
-        if not order:
-            return None
-        if current not in order:
-            return order[0]
-        return order[(order.index(current) + 1) % len(order)]
+        return ReviewOrder(review_table.review_order(segmentationNode)).next_after(current)
 
     @staticmethod
     def sliceCentreRAS(volumeNode, k: int):
@@ -527,8 +525,16 @@ class CaseLogic:
 
     @staticmethod
     def applyPropagate(request):
-        """Main thread: write a computed ``PropagateRequest`` into its segment; returns the outcome."""
-        return propagate_lib.apply(request)
+        """Main thread: write a computed ``PropagateRequest`` into its segment and put the slices it
+        answered first in the review order, by the generalist's confidence (axial propagations across
+        slices); returns the outcome."""
+        outcome = propagate_lib.apply(request)
+        if request.across_slices and request.markups.prompts.axis == "axial":
+            node = request.segmentation_node
+            review_table.write_review_table(
+                node, review_table.read_review(node).after_propagation(request.result)
+            )
+        return outcome
 
     def startPropagate(self, *args, **kwargs):
         """:meth:`preparePropagate` now (same arguments), the propagation on a worker thread; returns the

@@ -104,7 +104,8 @@ def auto_segment_flow(test, scene, logic, tmp: Path) -> None:
 
 def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     """test_propagate_from_an_roi_segments_the_nodule, test_slices_outside_the_propagated_range_keep_what_
-    they_had (and, with Propagate across slices off, every slice but the prompted one),
+    they_had, the review order after it (test_next_uncertain_slice_goes_first_to_the_least_confident_
+    propagated_slice) (and, with Propagate across slices off, every slice but the prompted one),
     test_a_point_outside_the_volume_is_a_clear_error and test_accept_stores_the_case_with_its_provenance,
     on a lung1 crop with the bundled LiteMedSAM."""
     from semisam.store import LabeledStore
@@ -124,6 +125,10 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     test.assertTrue(
         np.array_equal(after[:lo], before[:lo]) and np.array_equal(after[hi + 1 :], before[hi + 1 :])
     )
+    # Next uncertain slice: the propagated slices, least confident (predicted IoU) first.
+    answered = sorted((s for s in out.slices if s not in out.key_slices), key=lambda s: out.confidence[s])
+    test.assertEqual(logic.reviewOrder(seg), answered)
+    test.assertEqual(logic.nextUncertainSlice(seg), answered[0])
     # Propagate across slices off: the prompted slice alone is answered; an edit elsewhere stays.
     edited = after.copy()
     edited[key] = 0
@@ -134,6 +139,7 @@ def propagate_and_accept_flow(test, scene, logic, tmp: Path) -> None:
     again = mrml_io.export_mask(seg, node, [only.segment_id])
     test.assertTrue(np.array_equal(again[key], after[key]))
     test.assertTrue(np.array_equal(np.delete(again, key, 0), np.delete(edited, key, 0)))
+    test.assertEqual(logic.reviewOrder(seg), answered)  # a slice-only answer does not re-rank
     mrml_io.import_mask(after, node, seg, {1: "lesion"})
 
     far = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "far")

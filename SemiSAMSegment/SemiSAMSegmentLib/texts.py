@@ -28,7 +28,10 @@ ENABLED_TIPS = {
         "Run the specialist (the store's active model, else the model folder) on the input volume; "
         "ranks slices by uncertainty."
     ),
-    "nextUncertainButton": _("Show the next most uncertain slice of the last auto-segmentation."),
+    "nextUncertainButton": _(
+        "Show the next slice to check: the slices the last axial Propagate answered first, least confident "
+        "first (the generalist's predicted IoU), then the rest by the specialist's uncertainty."
+    ),
     "propagateButton": _(
         "Segment the prompted slices with the generalist and propagate through the structure; replaces "
         "the segment only in the propagated slice range."
@@ -43,7 +46,10 @@ WHY_DISABLED = {
     "model": _("Choose a model folder, or a store folder with an active model version."),
     "prompts": _("Choose prompt points and/or a prompt box (place at least one)."),
     "store": _("Choose a store folder to accept the case into."),
-    "review": _("Auto-segment first: the review order comes from the specialist's uncertainty."),
+    "review": _(
+        "Auto-segment or Propagate (axial) first: the review order comes from the specialist's uncertainty "
+        "and the generalist's confidence."
+    ),
 }
 
 

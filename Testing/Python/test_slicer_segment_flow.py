@@ -20,7 +20,7 @@ slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (Slicer's M
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SemiSAMSegment"))
 
-from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io  # noqa: E402
+from SemiSAMSegmentLib import autoseg, markup_prompts, mrml_io, review_table  # noqa: E402
 from SemiSAMSegmentLib.selftest import lesion_crop, middle_roi, roi_around, tiny_model_dir  # noqa: E402
 
 from semisam.metrics import dice  # noqa: E402
@@ -282,6 +282,7 @@ def lung_flow(lung1, tmp_path_factory):
         node, seg, "lesion", roiNode=roi, device="cpu", progress=lambda f, s: stages.append((f, s))
     )
     after = mrml_io.export_mask(seg, node, [out.segment_id])
+    review = review_table.read_review(seg)  # re-ranked by this propagation
     # A positive point on the nodule one slice up, then the same point moved by one voxel.
     encoded_before_point = out.slices_encoded
     points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "corrections")
@@ -313,6 +314,7 @@ def lung_flow(lung1, tmp_path_factory):
         key=key,
         roi=roi,
         out=out,
+        review=review,
         auto=auto,
         proposal=proposal,
         before=before,
@@ -338,6 +340,21 @@ def test_propagate_from_an_roi_segments_the_nodule(lung_flow):
     assert out.slices_encoded == 0  # all five came from the background precompute
     lo, hi = out.slice_range
     assert f"segment 'lesion' replaced in {len(out.replaced)} of slices {lo}..{hi}" in out.describe("lesion")
+
+
+def test_next_uncertain_slice_goes_first_to_the_least_confident_propagated_slice(lung_flow):
+    """After an axial Propagate the review order starts with the slices it answered (key slices aside),
+    lowest predicted IoU first, then the specialist's ranking of the other slices, in its order."""
+    out, auto, review, seg = (lung_flow[k] for k in ("out", "auto", "review", "seg"))
+    answered = sorted((s for s in out.slices if s not in out.key_slices), key=lambda s: out.confidence[s])
+    assert len(answered) == 2
+    assert review.slices == answered + [k for k in auto.review_order if k not in answered]
+    assert review.source[:2] == ["generalist", "generalist"] and set(review.source[2:]) == {"specialist"}
+    assert review.uncertainty[:2] == pytest.approx([1 - out.confidence[s] for s in answered], abs=1e-6)
+    assert review.uncertainty[0] >= review.uncertainty[1]
+    assert np.isfinite(review.uncertainty).all()  # the specialist's values were read back from the table
+    table = seg.GetNodeReference(review_table.REVIEW_TABLE_ROLE).GetTable()
+    assert table.GetValueByName(0, "source").ToString() == "generalist"
 
 
 def test_slices_outside_the_propagated_range_keep_what_they_had(lung_flow):

@@ -6,8 +6,11 @@ where the annotator clicks. What it does, per case:
 1. **Target**: ``target_fraction`` (0.9) x the *oracle* Dice, what a box on every truth slice reaches
    with the same generalist through the same propagation engine (:func:`oracle_dice`).
 2. **Correct**: while the case's Dice is below the target and the prompt budget lasts, it goes through
-   the slices in the product's review order (the specialist's per-slice uncertainty ranking; without a
-   specialist it looks where the mask is most wrong first, as a radiologist scrolling the scan would) and
+   the slices in the product's review order (:class:`semisam.review.ReviewOrder`: the specialist's
+   per-slice uncertainty ranking, and after each propagation across slices the slices it answered first,
+   least confident first by the generalist's predicted IoU, as SemiSAMSegment's *Next uncertain slice*
+   offers them; without a specialist it looks where the mask is most wrong first, as a radiologist
+   scrolling the scan would) and
    on the first *clearly wrong* slice (per-slice Dice below the target and at least ``clearly_wrong`` of
    the worst slice's wrong pixels) it places
 
@@ -61,6 +64,7 @@ from semisam.merge import MergeRule
 from semisam.metrics import dice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.propagation.session import EditingSession
+from semisam.review import ReviewOrder
 from semisam.scan.volume import Volume
 from semisam.slices import box_from_mask, take_slice
 
@@ -351,6 +355,7 @@ class SimulatedAnnotator:
         )
         boxed: set[int] = set()
         points: dict[int, int] = {}
+        review = None if review_order is None else ReviewOrder.from_specialist(review_order)
         best, unimproved = start, 0
         current = start
         stop = "target"
@@ -367,7 +372,8 @@ class SimulatedAnnotator:
             if again is not None:
                 (kind, s, group), again = again, None
             else:
-                choice = self._next_prompt(mask, truth, review_order, boxed, points, slice_dice)
+                order = None if review is None else review.slices
+                choice = self._next_prompt(mask, truth, order, boxed, points, slice_dice)
                 if choice is None:
                     stop = "nothing_to_prompt"
                     break
@@ -390,6 +396,8 @@ class SimulatedAnnotator:
                     across, again = False, (kind, s, group)
             else:
                 mask, current = new_mask, new_dice
+                if review is not None and across:  # the product re-ranks what the propagation answered
+                    review = review.after_propagation(result)
             if current > best + 1e-4:
                 best, unimproved = current, 0
             else:
