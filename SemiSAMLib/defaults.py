@@ -38,6 +38,7 @@ class TrainingMethod(enum.Enum):
     mean_teacher = "mean_teacher"
     semisam_plus = "semisam_plus"  # generalist pseudo-labels with confidence weighting
     distill = "distill"  # generalist -> student distillation with perturbation consistency
+    semisam_plus_cotrain = "semisam_plus+cotrain"  # SemiSAM+, and the specialist teaches the generalist
 
     def label(self) -> str:
         """Combo-box text."""
@@ -66,6 +67,7 @@ _LABELS: dict[enum.Enum, str] = {
     TrainingMethod.mean_teacher: "Mean teacher",
     TrainingMethod.semisam_plus: "SemiSAM+ (generalist pseudo-labels)",
     TrainingMethod.distill: "Generalist-to-student distillation",
+    TrainingMethod.semisam_plus_cotrain: "SemiSAM+ with co-training (the generalist learns too)",
     Device.auto: "auto (CUDA when present)",
     Device.cpu: "CPU",
     Device.cuda: "CUDA",

@@ -57,7 +57,7 @@ EXIT_DONE, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 #: Events after which the job has ended (always its last line).
 FINAL_EVENTS = ("done", "cancelled", "error")
 #: Methods whose parts ask the generalist (``--generalist`` is passed only to them).
-GENERALIST_METHODS = ("semisam_plus", "distill")
+GENERALIST_METHODS = ("semisam_plus", "distill", "cotrain")
 
 _WINDOWS = sys.platform == "win32"
 

@@ -84,7 +84,8 @@ class SemiSAMTrainParameterNode:
     """State of the module (stored in the scene).
 
     storeFolder - folder of the labeled-set store shared with SemiSAM Segment and the training process.
-    trainingMethod - supervised, mean teacher, SemiSAM+ (generalist pseudo-labels) or distillation.
+    trainingMethod - supervised, mean teacher, SemiSAM+ (generalist pseudo-labels), SemiSAM+ with
+        co-training, or distillation.
     iterations - optimiser steps of one retraining run; 0: follow the labeled set (500 per case, 1,000
         to 20,000).
     maxMinutes - wall-clock budget of a retraining run's loop in minutes (fewer iterations are planned

@@ -76,6 +76,10 @@ def test_parse_method():
         with pytest.raises(MethodError):
             parse_method(bad)
     assert {"supervised", "mean_teacher", "semisam_plus", "distill"} <= set(METHOD_PARTS)
+    assert parse_method("semisam_plus+cotrain") == ["supervised", "semisam_plus", "cotrain"]
+    for bad in ["cotrain", "cotrain+semisam_plus", "mean_teacher+cotrain"]:  # it needs semisam_plus first
+        with pytest.raises(MethodError, match="use 'semisam_plus\\+cotrain'"):
+            parse_method(bad)
 
 
 def test_missing_part_module_is_a_clear_error(monkeypatch):

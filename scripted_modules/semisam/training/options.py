@@ -122,6 +122,14 @@ PART_OPTIONS: dict[str, dict[str, Opt]] = {
         "rampup": Opt("iters", optional=True),
         "embedding_cache_bytes": Opt("int", 0, 2**50),
     },
+    "cotrain": {
+        "steps": Opt("int", 1, 100_000),
+        "batch": Opt("int", 1, 256),
+        "lr": Opt("float", 1e-12, 1),
+        "max_minutes": Opt("float", 0.01, 60 * 24),
+        "min_confidence": _FRACTION,
+        "labeled": _FLAG,
+    },
     "distill": {
         "weight": _WEIGHT,
         "pert_weight": _WEIGHT,

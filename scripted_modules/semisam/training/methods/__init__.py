@@ -22,7 +22,11 @@ METHOD_PARTS: dict[str, BuildFn | str] = {
     "mean_teacher": "semisam.training.methods.mean_teacher:build",
     "semisam_plus": "semisam.training.methods.semisam_plus:build",
     "distill": "semisam.training.methods.distill:build",
+    "cotrain": "semisam.training.methods.cotrain:build",
 }
+
+#: Parts that work on another part's results, which must come before them in the method.
+NEEDS_PART: dict[str, str] = {"cotrain": "semisam_plus"}
 
 
 class MethodError(ValueError):
@@ -35,7 +39,8 @@ def parse_method(text: str) -> list[str]:
     ``supervised`` always comes first (added when absent); duplicates are dropped, order kept.
 
     Raises:
-        MethodError: an empty name or one not in :data:`METHOD_PARTS`.
+        MethodError: an empty name, one not in :data:`METHOD_PARTS`, or a part without the part it
+            needs before it (:data:`NEEDS_PART`).
     """
     if not isinstance(text, str) or not text.strip():
         raise MethodError(f"method must be part names joined by '+', e.g. 'supervised', got {text!r}")
@@ -52,6 +57,9 @@ def parse_method(text: str) -> list[str]:
     for n in names:
         if n not in out:
             out.append(n)
+    for n, needed in NEEDS_PART.items():
+        if n in out and (needed not in out or out.index(needed) > out.index(n)):
+            raise MethodError(f"method part {n!r} works on {needed!r}'s results: use '{needed}+{n}'")
     return out
 
 

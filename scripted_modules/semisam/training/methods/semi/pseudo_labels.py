@@ -187,6 +187,12 @@ class PseudoLabeler:
         self.decoder_calls = 0
         #: set by the caller (:meth:`set_presence`): refuses prompts on slices without the structure
         self.presence: PresenceProbe | None = None
+        self._cache_root = None if cache_dir is None else Path(cache_dir)
+        self.rekey()
+
+    def rekey(self) -> None:
+        """Name the cache folder after the generalists as they answer now: call it after a decoder was
+        trained in place (the ``cotrain`` part), so no pseudo-label of the previous decoder is read back."""
         settings = {
             "generalists": [model_identity(g) for g in self.generalists],
             # the identity names the encoder (embeddings are shared); an adapted decoder answers otherwise
@@ -200,7 +206,7 @@ class PseudoLabeler:
             "format": 2,
         }
         self.settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-        self.cache_dir = Path(cache_dir) / self.settings_sha[:16] if cache_dir is not None else None
+        self.cache_dir = None if self._cache_root is None else self._cache_root / self.settings_sha[:16]
 
     def _answer(self, g, whole, prompt, image2d: np.ndarray):
         """``g``'s answer to ``prompt`` on the ``(H, W)`` slice ``image2d``, through a closer view where the
