@@ -259,6 +259,8 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     n = sum(1 for s in samples if s.empty and s.view is None)
     assert set(by) == {"1", "2"} and n == 4
     assert scores["empty_fp_px"] == pytest.approx((by["1"] + by["2"]) / 2, abs=0.06)
+    # What a track keeps of it: answers with a predicted IoU under the engine's min_score count 0.
+    assert 0.0 <= scores["empty_fp_px_kept"] <= scores["empty_fp_px"]
 
 
 def test_an_exported_decoder_is_set_aside_while_adapting_and_comes_back(tmp_path, tiny):

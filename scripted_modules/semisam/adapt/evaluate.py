@@ -8,6 +8,8 @@ a key slice (:func:`semisam.generalists.view.choose` between the whole slice and
 * ``empty_fp_px``: mean foreground pixels answered on the empty slices next to the structure, and
   ``empty_fp_px_by_distance`` the same per distance in slices from the structure's end (the first
   neighbour of a 1 mm scan looks almost like the last structure slice: what "not here" can mean there);
+  ``empty_fp_px_kept`` counts only answers a propagation track would keep (predicted IoU at least the
+  engine's ``min_score``; a track ends at a lower one), what the user would see drawn there;
 * ``spearman``: rank correlation of the model's predicted IoU with each answer's true Dice, over all
   answered parts (how well its confidence orders review).
 
@@ -60,8 +62,14 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     """Scores of ``model`` on ``cases`` (case id -> ``(label (Z, Y, X), samples)``); ``embeddings(sample)``
     gives the sample's (cached) embedding. ``cancel`` (a ``threading.Event``) ends it early between two
     answers (the scores are then partial; the caller stops)."""
+    from semisam.propagation.params import PropagationParams
+
+    # A propagation track refuses an answer whose predicted IoU is below this and ends there: what such an
+    # answer draws on an empty slice never reaches the user's mask.
+    min_score = PropagationParams().min_score
     per_case: dict[str, float] = {}
     fp: list[int] = []
+    kept: list[int] = []
     fp_at: dict[int, list[int]] = {}
     scores: list[float] = []
     dices: list[float] = []
@@ -75,6 +83,7 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
             pred = _answer(model, embeddings, whole, closer)
             if whole.empty:
                 fp.append(int(pred.mask.sum()))
+                kept.append(fp[-1] if float(pred.score) >= min_score else 0)
                 d = int(np.abs(on - whole.slice).min()) if on.size else 0
                 fp_at.setdefault(d, []).append(fp[-1])
                 continue
@@ -86,6 +95,7 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
         "per_case": per_case,
         "empty_fp_px": round(float(np.mean(fp)), 1) if fp else None,
+        "empty_fp_px_kept": round(float(np.mean(kept)), 1) if kept else None,
         "empty_fp_px_by_distance": {str(d): round(float(np.mean(v)), 1) for d, v in sorted(fp_at.items())},
         "spearman": None if (r := spearman(scores, dices)) is None else round(r, 3),
     }
