@@ -94,3 +94,22 @@ def test_cotrain_teaches_the_decoder_and_a_resumed_run_continues_from_it(tmp_pat
     assert any(e["event"] == "phase" and e["phase"] == "cotrain" and e.get("steps") for e in events)
     folders = [p for p in (store.root / "cache" / "pseudo_labels").iterdir() if p.is_dir()]
     assert len(folders) == 3, sorted(p.name for p in folders)
+
+
+def test_the_trained_decoder_is_the_one_that_answers():
+    """LiteMedSAM on CPU answers through an exported decoder graph holding the bundled weights; cotrain
+    sets it aside, so the decoder it trains is the one that answers the next pseudo-labels."""
+    from types import SimpleNamespace
+
+    from semisam.generalists import build_generalist
+    from semisam.training.methods.cotrain import CoTrain
+
+    model = build_generalist("litemedsam", device="cpu")
+    if getattr(model, "_fast_decoder", None) is None:
+        pytest.skip("no exported decoder on this machine (onnxruntime missing): nothing to set aside")
+    plus = SimpleNamespace(labeler=SimpleNamespace(generalists=[model]))
+    ctx = SimpleNamespace(extra={"semisam_plus": plus})
+    CoTrain({}).setup(ctx)
+    assert model._fast_decoder is None and ctx.extra["cotrain"].model is model
+    with pytest.raises(ValueError, match="semisam_plus\\+cotrain"):
+        CoTrain({}).setup(SimpleNamespace(extra={}))

@@ -110,6 +110,10 @@ class CoTrain(PartBase):
         model = plus.labeler.generalists[0]
         if not adaptable(model):
             raise ValueError(f"cotrain trains a SAM-family mask decoder; generalist {model.name!r} has none")
+        if getattr(model, "_fast_decoder", None) is not None:
+            # An exported decoder graph (onnxruntime, LiteMedSAM's default on CPU) holds the frozen weights:
+            # through it the trained decoder would never answer. The eager decoder answers for the run.
+            model.set_fast_decoder(None)
         self.plus, self.model = plus, model
         ctx.extra["cotrain"] = self
 
