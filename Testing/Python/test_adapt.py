@@ -71,7 +71,9 @@ def test_loss_terms():
     assert float(empty_term(good, t, (2, 2, 5, 5))) == 0.0  # not an empty target
     assert float(iou_term(torch.tensor(1.0), good, t)) == pytest.approx(0.0)
     assert float(iou_term(torch.tensor(1.0), bad, t)) == pytest.approx(1.0)
-    assert float(iou_term(torch.tensor(1.0), -torch.ones(8, 8), torch.zeros(8, 8))) == pytest.approx(0.0)
+    # Nothing to find: the head is taught 0 (a track then refuses the answer and ends), empty answer or not.
+    assert float(iou_term(torch.tensor(0.0), -torch.ones(8, 8), torch.zeros(8, 8))) == pytest.approx(0.0)
+    assert float(iou_term(torch.tensor(1.0), torch.ones(8, 8), torch.zeros(8, 8))) == pytest.approx(1.0)
 
 
 def test_only_the_decoder_learns_and_the_loss_falls(tmp_path, tiny):
