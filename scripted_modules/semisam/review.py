@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semisam.propagation.result import PropagationResult
+if TYPE_CHECKING:  # only the type: SemiSAMSegment's Logic reads review orders before torch is installed
+    from semisam.propagation.result import PropagationResult
 
 #: The source of a slice's rank.
 SPECIALIST = "specialist"
