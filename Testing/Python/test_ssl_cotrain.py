@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from training_synth import FAST, make_store, one_thread, synthetic_case  # noqa: F401
+from training_synth import FAST, add_small_unlabeled, make_store, one_thread  # noqa: F401
 
 from semisam.training.methods.cotrain import confident_samples
 from semisam.training.methods.semi.pseudo_labels import PseudoLabel
@@ -49,9 +49,7 @@ def test_cotrain_teaches_the_decoder_and_a_resumed_run_continues_from_it(tmp_pat
     from semisam.training import TrainConfig, train
 
     store = make_store(tmp_path / "store", n_train=2, n_val=0)
-    for i in range(2):
-        vol, _ = synthetic_case(70 + i, shape=(16, 48, 48))
-        store.add_unlabeled(vol)
+    add_small_unlabeled(store)
     cfg = TrainConfig(
         method="semisam_plus+cotrain",
         iterations=60,

@@ -4,7 +4,7 @@ labels at all; the second identical run finds its pseudo-labels in the store's c
 from __future__ import annotations
 
 import pytest
-from training_synth import FAST, make_store, one_thread, synthetic_case  # noqa: F401
+from training_synth import FAST, add_small_unlabeled, make_store, one_thread  # noqa: F401
 
 from semisam.training import TrainConfig, train
 
@@ -13,9 +13,7 @@ pytestmark = pytest.mark.slow  # ~1-2 min: real LiteMedSAM encodes the unlabeled
 
 def test_semisam_plus_trains_from_unlabeled_scans_and_reuses_its_cache(tmp_path, one_thread):  # noqa: F811
     store = make_store(tmp_path / "store", n_train=2, n_val=0)
-    for i in range(2):  # unlabeled scans: images only (16 slices each, to keep the encoder work small)
-        vol, _ = synthetic_case(70 + i, shape=(16, 48, 48))
-        store.add_unlabeled(vol)
+    add_small_unlabeled(store)
     cfg = TrainConfig(
         method="semisam_plus",
         iterations=50,

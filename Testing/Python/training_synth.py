@@ -49,6 +49,14 @@ def make_store(
     return store
 
 
+def add_small_unlabeled(store: LabeledStore, n: int = 2) -> None:
+    """``n`` unlabeled scans of 16 slices (images only) in ``store``: few slices keep the real
+    generalist's encoder work small in the semi-supervised tests."""
+    for i in range(n):
+        vol, _ = synthetic_case(70 + i, shape=(16, 48, 48))
+        store.add_unlabeled(vol)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on a busy 2-core machine two threads ran these tiny models 30x slower
