@@ -89,3 +89,26 @@ def test_real_litemedsam_encodes_once_and_fp16_keeps_the_mask(tmp_path, brain1):
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_the_runs_cache_holds_every_slice_of_its_cases_twice(tmp_path):
+    """A semi-supervised run sizes the store's embedding cache to its cases (whole slice + view each), so a
+    refresh does not evict what the next one reads; small runs keep the 2 GiB floor; an option overrides."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from semisam.training.methods.base import CaseData
+    from semisam.training.methods.semi.embedding_store import DEFAULT_MAX_BYTES
+    from semisam.training.methods.semisam_plus import EMBEDDING_FILE_BYTES, embedding_store, run_cache_bytes
+
+    def case(z: int) -> CaseData:
+        return CaseData(case_id=f"c{z}", image=torch.zeros((z, 4, 4)), mask=None)
+
+    whole_heads = SimpleNamespace(labeled=[case(181)], unlabeled=[case(181)] * 6, cache=tmp_path, extra={})
+    assert run_cache_bytes(whole_heads) == 2 * 7 * 181 * EMBEDDING_FILE_BYTES > DEFAULT_MAX_BYTES
+    assert embedding_store(whole_heads).max_bytes == run_cache_bytes(whole_heads)
+    small = SimpleNamespace(labeled=[case(16)], unlabeled=[case(16)], cache=tmp_path, extra={})
+    assert run_cache_bytes(small) == DEFAULT_MAX_BYTES
+    given = SimpleNamespace(labeled=[], unlabeled=[], cache=tmp_path, extra={})
+    assert embedding_store(given, 12345).max_bytes == 12345

@@ -27,7 +27,8 @@ structure in it and the generalist's answer agrees with where it was pointed), `
 and ``min_slices_3d`` (2) (which 3D components of the prediction prompt), ``rounds`` (3), ``n_pos`` (2),
 ``n_neg`` (1), ``views`` (true: boxes also answered through a closer view, as Propagate does),
 ``max_fg_fraction`` (0.3: a slice where the specialist calls more than this share foreground is
-not prompted), ``embedding_cache_bytes`` (2 GiB), ``presence`` (false; true: a slice where the specialist
+not prompted), ``embedding_cache_bytes`` (every slice of the run twice, at least 2 GiB:
+:func:`run_cache_bytes`), ``presence`` (false; true: a slice where the specialist
 predicts the structure but a probe of the generalist's embedding fitted on the labeled cases says it is absent
 is not prompted, :mod:`semisam.training.methods.semi.presence`; off by default because on the pallidum
 development task it removed the empty teaching slices, 36 of 88 -> 3 of 53, and yet lowered the one-label test
@@ -69,11 +70,25 @@ def _iters(value: Any, total: int, default: float) -> int:
     return int(v)
 
 
-def embedding_store(ctx: TrainContext, max_bytes: int = DEFAULT_MAX_BYTES) -> EmbeddingStore:
-    """The run's shared :class:`EmbeddingStore` (``STORE/cache/embeddings``), made once per context."""
+#: bytes of one cached SAM-family slice embedding (256 x 64 x 64 fp16, plus the file's overhead)
+EMBEDDING_FILE_BYTES = 2 * 2**20 + 4096
+
+
+def run_cache_bytes(ctx: TrainContext) -> int:
+    """The embedding cache bound a run needs: every slice of its cases twice (the whole slice and the view
+    a box is also answered through), never below :data:`DEFAULT_MAX_BYTES`. At the fixed 2 GiB, a run on
+    6 whole-head unlabeled scans (6 x 181 slices) evicted and re-encoded 116-452 slices at every refresh."""
+    slices = sum(int(c.image.shape[0]) for c in [*ctx.labeled, *ctx.unlabeled])
+    return max(DEFAULT_MAX_BYTES, 2 * slices * EMBEDDING_FILE_BYTES)
+
+
+def embedding_store(ctx: TrainContext, max_bytes: int | None = None) -> EmbeddingStore:
+    """The run's shared :class:`EmbeddingStore` (``STORE/cache/embeddings``), made once per context;
+    bounded by ``max_bytes``, else by :func:`run_cache_bytes`."""
     store = ctx.extra.get("embedding_store")
     if store is None:
-        store = ctx.extra["embedding_store"] = EmbeddingStore(ctx.cache / "embeddings", max_bytes)
+        bound = run_cache_bytes(ctx) if max_bytes is None else int(max_bytes)
+        store = ctx.extra["embedding_store"] = EmbeddingStore(ctx.cache / "embeddings", bound)
     return store
 
 
@@ -159,7 +174,8 @@ class SemiSAMPlus(PartBase):
             start = -(-start // self.refresh_every) * self.refresh_every
         self.start = start
         self.rampup = _iters(self.options.get("rampup"), total, 0.2)
-        store = embedding_store(ctx, int(self.options.get("embedding_cache_bytes", DEFAULT_MAX_BYTES)))
+        bound = self.options.get("embedding_cache_bytes")
+        store = embedding_store(ctx, None if bound is None else int(bound))
         self.labeler = PseudoLabeler(
             generalists(ctx),
             store,
