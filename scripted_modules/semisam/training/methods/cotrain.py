@@ -114,6 +114,7 @@ class CoTrain(PartBase):
             # An exported decoder graph (onnxruntime, LiteMedSAM's default on CPU) holds the frozen weights:
             # through it the trained decoder would never answer. The eager decoder answers for the run.
             model.set_fast_decoder(None)
+        plus.keep_prob = True  # the refresh's predictions, not a second pass over every unlabeled case
         self.plus, self.model = plus, model
         ctx.extra["cotrain"] = self
 
@@ -177,12 +178,15 @@ class CoTrain(PartBase):
         for c, pl in zip(ctx.unlabeled, pseudo, strict=True):
             if pl.stats.get("gated") or not pl.stats.get("teaching_slices", 0):
                 continue  # semisam_plus's case gates held it back: the specialist is not sure there
-            prob = predict_volume(ctx.student, c.image, ctx.device)
+            prob = self.plus.prob.get(c.case_id)
+            if prob is None:  # its pseudo-label came from the cache: predict it now
+                prob = predict_volume(ctx.student, c.image, ctx.device)
             for cls in classes:
                 main = main_components_mask(prob[cls], prompt)
                 rng = rng_for(int(ctx.config.seed), iteration, len(cases), cls)
                 samples += confident_samples(len(cases), prob[cls], pl, cls, self.min_confidence, rng, main)
             cases.append(GridCase(c.image))
+        self.plus.prob = {}  # held only until this round has read them
         return cases, samples, len(samples) - n_labeled
 
     def state_dict(self) -> dict[str, Any]:

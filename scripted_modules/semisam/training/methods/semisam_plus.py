@@ -164,6 +164,10 @@ class SemiSAMPlus(PartBase):
         self.rampup = 0
         self.refresh_every = 100
         self.history: list[dict[str, Any]] = []
+        #: set by a part that reads the specialist's probabilities right after a refresh (``cotrain``):
+        #: :attr:`prob` then holds ``case_id -> (C, Z, Y, X)`` of the refresh, predicted once for both
+        self.keep_prob = False
+        self.prob: dict[str, np.ndarray] = {}
 
     def setup(self, ctx: TrainContext) -> None:
         total = int(getattr(ctx.config, "iterations", 100))
@@ -207,6 +211,7 @@ class SemiSAMPlus(PartBase):
             probe = PresenceProbe(self.labeler.generalists[0], self.labeler.embeddings)
             probe.fit(ctx.labeled, ctx.n_classes)
             self.labeler.set_presence(probe)
+        self.prob = {}
         self.pseudo = label_cases(
             self.labeler,
             ctx.student,
@@ -215,6 +220,7 @@ class SemiSAMPlus(PartBase):
             progress=lambda d, n: ctx.emit(
                 {"event": "phase", "phase": "pseudo_labels", "done": d, "total": n}
             ),
+            keep=self.prob if self.keep_prob else None,
         )
         self.refreshed_at = iteration
         # Unlabeled samples then centre (foreground_fraction of the time) on where pseudo-labels teach

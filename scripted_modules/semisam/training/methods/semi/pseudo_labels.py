@@ -406,8 +406,12 @@ def label_cases(
     cases: Sequence[Any],
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    keep: dict[str, np.ndarray] | None = None,
 ) -> list[PseudoLabel]:
-    """Pseudo-labels for ``cases`` (:class:`~semisam.training.methods.base.CaseData`; ``mask`` is never read)."""
+    """Pseudo-labels for ``cases`` (:class:`~semisam.training.methods.base.CaseData`; ``mask`` is never read).
+
+    ``keep``: when given, receives ``case_id -> (C, Z, Y, X)`` the specialist's probabilities of each case
+    it predicted (not those read from the cache), for a caller that needs them next (``cotrain``)."""
     sha = weights_sha(student)
     out = []
     for i, case in enumerate(cases):
@@ -419,6 +423,8 @@ def label_cases(
         else:
             prob = predict_volume(student, case.image, device)
             out.append(labeler.label_case(case.case_id, case.sha256, image, prob, sha))
+            if keep is not None:
+                keep[case.case_id] = prob
         if progress is not None:
             progress(i + 1, len(cases))
     return out
