@@ -61,11 +61,11 @@ def main() -> None:
 
     from semisam.adapt.versions import apply_version
     from semisam.generalists import build_generalist
-    from semisam.inference import segment
     from semisam.loop import AnnotatorConfig, SimulatedAnnotator
     from semisam.loop.annotator import new_cache
     from semisam.loop.dataset import Dataset
     from semisam.loop.effort import TimeModel
+    from semisam.loop.replay import propose_with
     from semisam.store.active import load_specialist
 
     sim = json.loads((args.work / "simulation.json").read_text(encoding="utf-8"))
@@ -91,8 +91,8 @@ def main() -> None:
             model, manifest = load_specialist(
                 store / "models" / "versions" / line["model_version"], "cpu", {}
             )
-            result = segment(image, model, manifest, device="cpu")
-            proposal, order = (result.labels > 0).astype(np.uint8), result.review_order
+            label_name = dataset.labels[int(sim["label"])]
+            proposal, order = propose_with(model, manifest, image, label_name, "cpu")
         propose_s = time.perf_counter() - t0
         res = SimulatedAnnotator(generalists[version], config, modality=dataset.modality).annotate(
             image,

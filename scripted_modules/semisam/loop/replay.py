@@ -157,6 +157,16 @@ class SimulationConfig:
         }
 
 
+def propose_with(model, manifest, image, label_name: str, device) -> tuple[np.ndarray, np.ndarray]:
+    """``(proposal (Z, Y, X) uint8, review order)``: Auto-segment of ``image`` by a loaded specialist,
+    its label ``label_name`` (else its first) as the case's proposal."""
+    from semisam.inference import segment
+
+    result = segment(image, model, manifest, device=device)
+    value = int(manifest.labels.get(label_name, min(manifest.labels.values())))
+    return (result.labels == value).astype(np.uint8), np.asarray(result.review_order)
+
+
 class Simulation:
     """One simulation in its work folder (see the module docstring).
 
@@ -297,7 +307,6 @@ class Simulation:
         """``(proposal, review_order, version, seconds)`` from the store's active specialist, or
         ``(None, None, None, 0)`` when there is none."""
         from semisam.device import resolve_device
-        from semisam.inference import segment
         from semisam.store.active import load_active
 
         t0 = time.perf_counter()
@@ -306,10 +315,8 @@ class Simulation:
         if loaded is None:
             return None, None, None, 0.0
         active, model, manifest = loaded
-        result = segment(image, model, manifest, device=device)
-        value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
-        proposal = (result.labels == value).astype(np.uint8)
-        return proposal, np.asarray(result.review_order), active.version, time.perf_counter() - t0
+        proposal, order = propose_with(model, manifest, image, self.dataset.labels[self.label], device)
+        return proposal, order, active.version, time.perf_counter() - t0
 
     def train_config(self, n_train: int = 1):
         """The :class:`semisam.training.TrainConfig` of a retrain on ``n_train`` training cases."""
@@ -386,18 +393,16 @@ class Simulation:
     def _version_dice(self, store: LabeledStore, version: str, cases) -> list[float]:
         """Dice against the truth of ``version``'s Auto-segment on each ``(image, truth)`` of ``cases``."""
         from semisam.device import resolve_device
-        from semisam.inference import segment
         from semisam.metrics import dice
         from semisam.store.active import load_specialist
 
         device = resolve_device(self.config.device)
         model, manifest = load_specialist(store.models.get(version).path, device)
-        value = int(manifest.labels.get(self.dataset.labels[self.label], min(manifest.labels.values())))
-        out = []
-        for image, truth in cases:
-            labels = segment(image, model, manifest, device=device).labels
-            out.append(float(dice((labels == value).astype(np.uint8), truth)))
-        return out
+        name = self.dataset.labels[self.label]
+        return [
+            float(dice(propose_with(model, manifest, image, name, device)[0], truth))
+            for image, truth in cases
+        ]
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
