@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from training_synth import FAST, add_small_unlabeled, make_store, one_thread  # noqa: F401
+from training_synth import one_thread, semi_store_and_config  # noqa: F401
 
 from semisam.training.methods.cotrain import confident_samples
 from semisam.training.methods.semi.pseudo_labels import PseudoLabel
@@ -46,22 +46,14 @@ def test_cotrain_teaches_the_decoder_and_a_resumed_run_continues_from_it(tmp_pat
     import torch
 
     from semisam.generalists import build_generalist
-    from semisam.training import TrainConfig, train
+    from semisam.training import train
 
-    store = make_store(tmp_path / "store", n_train=2, n_val=0)
-    add_small_unlabeled(store)
-    cfg = TrainConfig(
-        method="semisam_plus+cotrain",
-        iterations=60,
-        seed=0,
-        device="cpu",
-        refresh_every=10,
-        checkpoint_every=50,
-        parts={
-            "semisam_plus": {"start": 40, "rampup": 0, "rounds": 1},
-            "cotrain": {"steps": 3, "batch": 2, "min_confidence": 0.6},
-        },
-        **FAST,
+    parts = {
+        "semisam_plus": {"start": 40, "rampup": 0, "rounds": 1},
+        "cotrain": {"steps": 3, "batch": 2, "min_confidence": 0.6},
+    }
+    store, cfg = semi_store_and_config(
+        tmp_path / "store", "semisam_plus+cotrain", 60, parts, checkpoint_every=50
     )
     stop = threading.Event()
     events: list[dict] = []

@@ -4,25 +4,16 @@ labels at all; the second identical run finds its pseudo-labels in the store's c
 from __future__ import annotations
 
 import pytest
-from training_synth import FAST, add_small_unlabeled, make_store, one_thread  # noqa: F401
+from training_synth import one_thread, semi_store_and_config  # noqa: F401
 
-from semisam.training import TrainConfig, train
+from semisam.training import train
 
 pytestmark = pytest.mark.slow  # ~1-2 min: real LiteMedSAM encodes the unlabeled slices; run with -m slow
 
 
 def test_semisam_plus_trains_from_unlabeled_scans_and_reuses_its_cache(tmp_path, one_thread):  # noqa: F811
-    store = make_store(tmp_path / "store", n_train=2, n_val=0)
-    add_small_unlabeled(store)
-    cfg = TrainConfig(
-        method="semisam_plus",
-        iterations=50,
-        seed=0,
-        device="cpu",
-        refresh_every=10,
-        parts={"semisam_plus": {"start": 40, "rampup": 0, "rounds": 2}},
-        **FAST,
-    )
+    parts = {"semisam_plus": {"start": 40, "rampup": 0, "rounds": 2}}
+    store, cfg = semi_store_and_config(tmp_path / "store", "semisam_plus", 50, parts)
     runs = []
     for _ in range(2):
         events: list[dict] = []

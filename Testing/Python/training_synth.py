@@ -49,6 +49,26 @@ def make_store(
     return store
 
 
+def semi_store_and_config(root: Path, method: str, iterations: int, parts: dict, **extra):
+    """``(store, TrainConfig)`` of a small semi-supervised run with the real generalist: 2 training cases,
+    2 small unlabeled scans (:func:`add_small_unlabeled`), seed 0 on CPU, a refresh every 10 iterations."""
+    from semisam.training import TrainConfig
+
+    store = make_store(root, n_train=2, n_val=0)
+    add_small_unlabeled(store)
+    cfg = TrainConfig(
+        method=method,
+        iterations=iterations,
+        seed=0,
+        device="cpu",
+        refresh_every=10,
+        parts=parts,
+        **FAST,
+        **extra,
+    )
+    return store, cfg
+
+
 def add_small_unlabeled(store: LabeledStore, n: int = 2) -> None:
     """``n`` unlabeled scans of 16 slices (images only) in ``store``: few slices keep the real
     generalist's encoder work small in the semi-supervised tests."""
