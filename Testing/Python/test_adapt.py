@@ -82,15 +82,46 @@ def test_only_the_decoder_learns_and_the_loss_falls(tmp_path, tiny):
     samples = make_samples(train, 0)[train[0].case_id][:3]
     emb = Embeddings(tiny, train, EmbeddingStore(tmp_path / "cache"))
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    first = sum(float(sample_loss(tiny, emb(s), s)[0].detach()) for s in samples)
+
+    def loss() -> float:  # what it is taught: boxes, and boxes + a correction click
+        return sum(float(sample_loss(tiny, emb(s), s, c)[0].detach()) for s in samples for c in (False, True))
+
+    first = loss()
     cfg = AdaptConfig(steps_per_case=40, min_steps=40, max_steps=40, batch=3, lr=5e-3, device="cpu")
     fine_tune(tiny, samples, emb, cfg, 40, lambda e: None)
-    last = sum(float(sample_loss(tiny, emb(s), s)[0].detach()) for s in samples)
-    assert last < 0.7 * first, (first, last)
+    last = loss()
+    assert last < 0.8 * first, (first, last)  # 0.72 on this seed; 1.0 when nothing learns
     after = tiny.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("mask_decoder.") for k in changed)
     assert not any(p.requires_grad for p in tiny.parameters())
+
+
+def test_a_correction_is_taught_on_the_box_and_the_annotators_click(tmp_path, tiny):
+    """With ``correct``, the loss is that of the answer to the box plus the click the simulated annotator
+    puts on the decoder's own box answer (one rule: :func:`semisam.clicks.error_point`)."""
+    from semisam.adapt.decoder import correction_click, forward, seen_box, seen_target
+    from semisam.clicks import error_point
+
+    store = make_store(tmp_path / "s", n_train=1, n_val=0)
+    _, train, _ = open_cases(store.root)
+    samples = [s for s in make_samples(train, 0)[train[0].case_id] if not s.empty][:3]
+    emb = Embeddings(tiny, train, EmbeddingStore(tmp_path / "cache"))
+    changed = 0
+    for s in samples:
+        e, box, seen = emb(s), seen_box(s), seen_target(s)
+        t = torch.as_tensor(seen, dtype=torch.float32)
+        with torch.no_grad():
+            box_only, _ = forward(tiny, e, box)
+        click = correction_click(tiny, e, box, seen)
+        assert click is not None and click == error_point(box_only.numpy() > 0, seen)
+        with torch.no_grad():
+            answered, _ = forward(tiny, e, box, click)
+        _, terms = sample_loss(tiny, e, s, correct=True)
+        assert terms["dice"] == pytest.approx(float(dice_term(answered, t)), abs=1e-5)
+        assert sample_loss(tiny, e, s)[1]["dice"] == pytest.approx(float(dice_term(box_only, t)), abs=1e-5)
+        changed += not torch.allclose(answered, box_only)
+    assert changed == len(samples)  # the click reaches the decoder
 
 
 def test_a_run_registers_a_version_that_loads_back(tmp_path, tiny):
@@ -164,7 +195,12 @@ def test_a_store_without_labeled_cases_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"lr": 0.0}, "lr"), ({"batch": 0}, "batch"), ({"min_steps": 9, "max_steps": 3}, "min_steps")],
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"batch": 0}, "batch"),
+        ({"min_steps": 9, "max_steps": 3}, "min_steps"),
+        ({"click_share": 1.5}, "click_share"),
+    ],
 )
 def test_bad_settings_are_named(kwargs, field):
     with pytest.raises(AdaptError, match=field):
@@ -263,6 +299,9 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     assert scores["empty_fp_px"] == pytest.approx((by["1"] + by["2"]) / 2, abs=0.06)
     # What a track keeps of it: answers with a predicted IoU under the engine's min_score count 0.
     assert 0.0 <= scores["empty_fp_px_kept"] <= scores["empty_fp_px"]
+    # One correction click on each part's answer: scored, and never counted for a right answer.
+    assert 0.0 <= scores["part_dice"] <= 1.0 and 0.0 <= scores["click_dice"] <= 1.0
+    assert scores["click_dice"] != scores["part_dice"]
 
 
 def test_an_exported_decoder_is_set_aside_while_adapting_and_comes_back(tmp_path, tiny):
@@ -331,6 +370,13 @@ def test_a_decoder_that_propagates_worse_is_not_promoted(tmp_path, tiny):
     version, promoted, reason = register(store, tiny, store.train_ids(), val, worse, base_digest(tiny))
     assert not promoted and "1-box propagation Dice 0.49 -> 0.1" in reason
     assert GeneralistRegistry(store).active() is None and GeneralistRegistry(store).get(version)
+    # Nor when corrections get worse: the one-click Dice of the box + the annotator's point.
+    clicks = {
+        "frozen": {**scores(0.75, 0.49), "click_dice": 0.80},
+        "adapted": {**scores(0.84, 0.5), "click_dice": 0.7},
+    }
+    version, promoted, reason = register(store, tiny, store.train_ids(), val, clicks, base_digest(tiny))
+    assert not promoted and "one-click Dice 0.8 -> 0.7" in reason
     within = {"frozen": scores(0.75, 0.49), "adapted": scores(0.84, 0.49 - PROPAGATION_TOLERANCE / 2)}
     version, promoted, _ = register(store, tiny, store.train_ids(), val, within, base_digest(tiny))
     assert promoted and GeneralistRegistry(store).active().version == version

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from loop_synth import ellipsoid_case
 
+from semisam.clicks import error_point
 from semisam.loop import AnnotatorConfig, SimulatedAnnotator
 from semisam.loop.annotator import (
-    error_point,
     jitter_box,
     new_cache,
     oracle_dice,

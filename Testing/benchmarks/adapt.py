@@ -14,7 +14,7 @@ fine-tuning step, one thread. Prints one JSON object (machine info, per budget t
 event and the test scores).
 
 Usage: ``OMP_NUM_THREADS=1 python Testing/benchmarks/adapt.py TASK_DIR [--budgets 1,2,4] [--val 2]
-[--test 2] [--max-minutes 5] [--cache DIR]``
+[--test 2] [--max-minutes 5] [--click-share F] [--cache DIR]``
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--test", type=int, default=2)
     p.add_argument("--max-minutes", type=float, default=5.0)
     p.add_argument("--steps-per-case", type=int, default=None)
+    p.add_argument(
+        "--click-share", type=float, default=None, help="AdaptConfig.click_share (default: its own)"
+    )
     p.add_argument("--cache", type=Path, default=None, help="shared embedding folder (default: temporary)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     a = p.parse_args(argv)
@@ -105,6 +108,8 @@ def main(argv=None) -> int:
             os.symlink(cache, store.root / "cache" / "embeddings")
             events = []
             kwargs = {} if args.steps_per_case is None else {"steps_per_case": args.steps_per_case}
+            if args.click_share is not None:
+                kwargs["click_share"] = args.click_share
             cfg = AdaptConfig(max_minutes=args.max_minutes, device="cpu", **kwargs)
             done = adapt(store.root, cfg, emit=events.append, model=model)
             apply_version(model, GeneralistRegistry(store).get(done["version"]).path)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semisam.clicks import error_point
 from semisam.generalists.base import SliceEmbedding
 from semisam.generalists.geometry import ResizeLongestSide
 
@@ -49,14 +50,32 @@ def seen_box(sample: Sample) -> tuple[float, float, float, float]:
     return float(x0 - v.x0), float(y0 - v.y0), float(x1 - v.x0), float(y1 - v.y0)
 
 
-def forward(model, embedding: SliceEmbedding, box: tuple[float, float, float, float]):
-    """``(logits (h, w), predicted IoU ())`` for one box on an embedding of an ``(h, w)`` image."""
+def forward(model, embedding: SliceEmbedding, box: tuple[float, float, float, float], click=None):
+    """``(logits (h, w), predicted IoU ())`` for one box on an embedding of an ``(h, w)`` image, with one
+    ``click = ((column, row), positive)`` on the same grid when given (the box + point a correction asks)."""
     h, w = embedding.slice_shape
     tf = ResizeLongestSide((h, w), model.image_size)
     dev = embedding.features.device
     boxes = torch.as_tensor(tf.coords_to_model(np.asarray(box, np.float64))[None], device=dev)
-    low_res, iou = model.decode(embedding.features, boxes=boxes)
+    points = None
+    if click is not None:
+        (col, row), positive = click
+        xy = tf.coords_to_model(np.asarray([[col, row]], np.float64))
+        points = (
+            torch.as_tensor(xy[None], dtype=torch.float32, device=dev),
+            torch.as_tensor([[1 if positive else 0]], dtype=torch.int64, device=dev),
+        )
+    low_res, iou = model.decode(embedding.features, points=points, boxes=boxes)
     return tf.logits_to_slice(low_res[:, :1].float())[0, 0], iou[0, 0]
+
+
+def correction_click(model, embedding: SliceEmbedding, box, target: np.ndarray):
+    """Where the annotator would click on the decoder's own answer to ``box`` (:func:`semisam.clicks.
+    error_point` on the seen grid), or ``None`` when that answer is right. Computed without gradient: the
+    click is part of the prompt, not of what is learned."""
+    with torch.no_grad():
+        logits, _ = forward(model, embedding, box)
+    return error_point(logits.cpu().numpy() > 0, target)
 
 
 def bce_term(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -109,12 +128,20 @@ def iou_term(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor)
     return (iou_pred - true_iou.float()) ** 2
 
 
-def sample_loss(model, embedding: SliceEmbedding, sample: Sample) -> tuple[torch.Tensor, dict]:
+def sample_loss(
+    model, embedding: SliceEmbedding, sample: Sample, correct: bool = False
+) -> tuple[torch.Tensor, dict]:
     """The loss of one sample (cross-entropy + Dice, or the box's foreground for an empty target, + IoU
-    head) and its terms as floats."""
+    head) and its terms as floats. With ``correct`` (a non-empty target), the decoder first answers the box,
+    then is taught the answer to the box plus the click the annotator puts on that answer's largest error:
+    the prompt every correction in the product asks (a frozen decoder was never taught it on this task)."""
     box = seen_box(sample)
-    logits, iou = forward(model, embedding, box)
-    target = torch.as_tensor(seen_target(sample), dtype=torch.float32, device=logits.device)
+    seen = seen_target(sample)
+    click = None
+    if correct and seen.any():
+        click = correction_click(model, embedding, box, seen)
+    logits, iou = forward(model, embedding, box, click)
+    target = torch.as_tensor(seen, dtype=torch.float32, device=logits.device)
     terms = {
         "bce": bce_term(logits, target),
         "dice": dice_term(logits, target),

@@ -10,6 +10,9 @@ a key slice (:func:`semisam.generalists.view.choose` between the whole slice and
   neighbour of a 1 mm scan looks almost like the last structure slice: what "not here" can mean there);
   ``empty_fp_px_kept`` counts only answers a propagation track would keep (predicted IoU at least the
   engine's ``min_score``; a track ends at a lower one), what the user would see drawn there;
+* ``part_dice``: mean Dice of each part's answer to its box, and ``click_dice`` the same after one
+  correction click on that answer's largest error (:func:`semisam.clicks.error_point`, the annotator's
+  click): how well the decoder answers the box + point every correction asks;
 * ``spearman``: rank correlation of the model's predicted IoU with each answer's true Dice, over all
   answered parts (how well its confidence orders review).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from semisam.clicks import error_point
 from semisam.generalists.base import SlicePrompt
 from semisam.generalists.view import choose
 from semisam.generalists.view import predict as predict_in_view
@@ -31,11 +35,16 @@ from semisam.metrics import dice
 from .samples import Sample
 
 
-def _answer(model, embeddings, whole: Sample, closer: Sample | None):
-    w = predict_in_view(model, embeddings(whole), SlicePrompt(box=whole.box))
+def _answer(model, embeddings, whole: Sample, closer: Sample | None, click=None):
+    """The key-slice answer to the sample's box (and ``click``, ``((column, row), positive)`` in slice
+    pixels), from the whole slice or the view as the propagation engine chooses."""
+    prompt = SlicePrompt(box=whole.box)
+    if click is not None:
+        prompt = SlicePrompt(box=whole.box, points=[click[0]], point_labels=[1 if click[1] else 0])
+    w = predict_in_view(model, embeddings(whole), prompt)
     if closer is None:
         return w
-    c = predict_in_view(model, embeddings(closer), SlicePrompt(box=closer.box))
+    c = predict_in_view(model, embeddings(closer), prompt)
     return c if choose(w, c, whole.box) else w
 
 
@@ -73,6 +82,7 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     fp_at: dict[int, list[int]] = {}
     scores: list[float] = []
     dices: list[float] = []
+    clicked: list[float] = []
     for cid, (label, samples) in cases.items():
         truth = np.asarray(label) > 0
         answer = np.zeros(truth.shape, bool)
@@ -90,6 +100,11 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
             answer[whole.slice] |= pred.mask
             scores.append(float(pred.score))
             dices.append(dice(pred.mask, whole.target))
+            click = error_point(pred.mask, whole.target)
+            if click is None:
+                clicked.append(dices[-1])
+            else:
+                clicked.append(dice(_answer(model, embeddings, whole, closer, click).mask, whole.target))
         per_case[cid] = round(float(dice(answer, truth)), 4)
     return {
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
@@ -97,6 +112,8 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         "empty_fp_px": round(float(np.mean(fp)), 1) if fp else None,
         "empty_fp_px_kept": round(float(np.mean(kept)), 1) if kept else None,
         "empty_fp_px_by_distance": {str(d): round(float(np.mean(v)), 1) for d, v in sorted(fp_at.items())},
+        "part_dice": round(float(np.mean(dices)), 4) if dices else None,
+        "click_dice": round(float(np.mean(clicked)), 4) if clicked else None,
         "spearman": None if (r := spearman(scores, dices)) is None else round(r, 3),
     }
 

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from semisam.clicks import error_point
 from semisam.generalists.base import PromptableModel
 from semisam.generalists.cache import EmbeddingCache
 from semisam.loop.effort import Effort
@@ -213,30 +214,6 @@ def jitter_box(
     x0, y0 = min(max(box[0] + d[0], 0), cols - 1), min(max(box[1] + d[1], 0), rows - 1)
     x1, y1 = min(max(box[2] + d[2], 0), cols - 1), min(max(box[3] + d[3], 0), rows - 1)
     return (int(min(x0, x1)), int(min(y0, y1)), int(max(x0, x1)), int(max(y0, y1)))
-
-
-def error_point(mask2d: np.ndarray, truth2d: np.ndarray) -> tuple[tuple[int, int], bool] | None:
-    """Where a radiologist clicks on a wrong slice: ``((column, row), positive)`` or ``None`` if right.
-
-    The largest connected region (8-connectivity) of missed pixels (a positive point) or of extra
-    pixels (a negative point); the point is the region's pixel farthest from its border.
-    """
-    m, t = np.asarray(mask2d, bool), np.asarray(truth2d, bool)
-    best: tuple[int, np.ndarray, bool] | None = None
-    for region, positive in ((t & ~m, True), (m & ~t, False)):
-        if not region.any():
-            continue
-        comp, n = ndimage.label(region, structure=np.ones((3, 3), bool))
-        sizes = np.bincount(comp.ravel())[1:]
-        k = int(np.argmax(sizes)) + 1
-        if best is None or sizes[k - 1] > best[0]:
-            best = (int(sizes[k - 1]), comp == k, positive)
-    if best is None:
-        return None
-    inside = np.pad(best[1], 1)  # a region touching the slice edge still has a border there
-    depth = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return (int(col), int(row)), best[2]
 
 
 def new_cache(volume: Volume) -> EmbeddingCache:
