@@ -86,6 +86,36 @@ def test_cotrain_teaches_the_decoder_and_a_resumed_run_continues_from_it(tmp_pat
     assert len(folders) == 3, sorted(p.name for p in folders)
 
 
+@pytest.mark.slow  # ~1-2 min: real LiteMedSAM; run with -m slow
+def test_a_cancel_during_a_round_ends_it_and_keeps_no_half_trained_decoder(tmp_path, one_thread):  # noqa: F811
+    import threading
+
+    import torch
+
+    from semisam.training import train
+
+    parts = {
+        "semisam_plus": {"start": 40, "rampup": 0, "rounds": 1},
+        "cotrain": {"steps": 50, "batch": 2, "min_confidence": 0.6},
+    }
+    store, cfg = semi_store_and_config(tmp_path / "store", "semisam_plus+cotrain", 60, parts)
+    stop = threading.Event()
+    events: list[dict] = []
+
+    def on_event(e: dict) -> None:
+        events.append(e)
+        if e["event"] == "phase" and e["phase"] == "cotrain" and "samples" not in e:
+            stop.set()  # the round starts: cancel it
+
+    cut = train(store.root, cfg, events=on_event, cancel=stop, promote=False)
+    assert cut.status == "cancelled", cut.message
+    rounds = [e for e in events if e["event"] == "phase" and e["phase"] == "cotrain" and "samples" in e]
+    assert len(rounds) == 1 and rounds[0].get("cancelled") and "steps" not in rounds[0], rounds
+    ckpts = sorted((store.root / "training").rglob("state.pt"))
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["parts"]["cotrain"]
+    assert "decoder" not in state and state["rounds"] == 0 and state["trained_at"] == -1, state
+
+
 def test_the_trained_decoder_is_the_one_that_answers():
     """LiteMedSAM on CPU answers through an exported decoder graph holding the bundled weights; cotrain
     sets it aside, so the decoder it trains is the one that answers the next pseudo-labels."""

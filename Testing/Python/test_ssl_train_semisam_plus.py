@@ -30,3 +30,23 @@ def test_semisam_plus_trains_from_unlabeled_scans_and_reuses_its_cache(tmp_path,
     # no slice encoded again.
     assert second[0]["cached"] == 2 and second[0]["encoded"] == 0
     assert losses2[-1]["pseudo"] == pytest.approx(losses1[-1]["pseudo"], rel=1e-4)
+
+
+def test_a_cancel_while_pseudo_labels_are_made_ends_the_refresh_between_cases(tmp_path, one_thread):  # noqa: F811
+    import threading
+
+    store, cfg = semi_store_and_config(
+        tmp_path / "store", "semisam_plus", 60, {"semisam_plus": {"start": 20}}
+    )
+    stop = threading.Event()
+    events: list[dict] = []
+
+    def on_event(e: dict) -> None:
+        events.append(e)
+        if e["event"] == "phase" and e["phase"] == "pseudo_labels" and e.get("done") == 0:
+            stop.set()  # the refresh starts: cancel it
+
+    cut = train(store.root, cfg, events=on_event, cancel=stop, promote=False)
+    assert cut.status == "cancelled", cut.message
+    made = [e["done"] for e in events if e["event"] == "phase" and e["phase"] == "pseudo_labels"]
+    assert made == [0, 1], made  # stopped after the first of the 2 unlabeled scans, no summary event

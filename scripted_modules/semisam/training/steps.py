@@ -209,6 +209,7 @@ def build_trainer(
         generalists=[parse_generalist(g) for g in config.generalists],
         rank=dist.rank,
         world_size=dist.world_size,
+        cancel=(cancel.is_set if cancel else lambda: False),
     )
     try:
         parts = build_parts(config.part_names, config.parts, ctx)

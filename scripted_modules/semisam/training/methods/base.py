@@ -82,6 +82,8 @@ class TrainContext:
             ``config.foreground_fraction`` (else uniform), like labeled crops around the structure. A
             part sets it, typically in ``refresh`` from the current predicted foreground; empty: uniform.
         extra: free room for parts to share objects (e.g. a built generalist), keyed by part name.
+        cancel: returns True once the run must stop; a part whose ``refresh`` works for minutes checks it
+            between its units of work (the trainer checks it before every iteration).
     """
 
     config: TrainConfig
@@ -99,6 +101,7 @@ class TrainContext:
     want_features: bool = False
     unlabeled_focus: list[np.ndarray | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    cancel: Callable[[], bool] = lambda: False
     _generalist_objects: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

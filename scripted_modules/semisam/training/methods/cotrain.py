@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from semisam.adapt.decoder import adaptable
-from semisam.adapt.job import AdaptConfig, Embeddings, fine_tune
+from semisam.adapt.job import AdaptConfig, AdaptError, Embeddings, fine_tune
 from semisam.adapt.samples import Sample, case_samples
 
 from .base import PartBase, TrainContext, rng_for
@@ -39,6 +39,13 @@ from .semi.prompting import main_components_mask
 from .semi.pseudo_labels import PseudoLabel, predict_volume
 
 log = logging.getLogger(__name__)
+
+
+class _Cancel:
+    """The run's cancel (a callable) as :func:`semisam.adapt.job.fine_tune` asks it (``is_set()``)."""
+
+    def __init__(self, cancelled) -> None:
+        self.is_set = cancelled
 
 
 class GridCase:
@@ -149,7 +156,24 @@ class CoTrain(PartBase):
                 device=str(ctx.device),
             )
             embeddings = Embeddings(self.model, cases, plus.labeler.embeddings)
-            summary = fine_tune(self.model, samples, embeddings, cfg, self.steps, lambda e: None)
+            before = {k: v.detach().clone() for k, v in self.model.mask_decoder.state_dict().items()}
+            try:
+                # the run's cancel ends the round between two steps (up to max_minutes otherwise)
+                summary = fine_tune(
+                    self.model, samples, embeddings, cfg, self.steps, lambda e: None, _Cancel(ctx.cancel)
+                )
+            except AdaptError as exc:
+                if exc.code != "cancelled":
+                    raise
+                # a half-trained decoder is not kept: the checkpoint the cancel writes holds the last
+                # whole round, and a resumed run makes this round again
+                self.model.mask_decoder.load_state_dict(before)
+                self.trained_at = -1
+                entry["cancelled"] = True
+                self.history.append(entry)
+                ctx.emit({"event": "phase", "phase": "cotrain", "done": 0, "total": self.steps, **entry})
+                log.info("cotrain at iteration %d: cancelled; the decoder is as before the round", iteration)
+                return
             plus.labeler.rekey()
             self.rounds += 1
             entry.update(steps=summary["steps"], seconds=summary["seconds"], last=summary["last"])

@@ -62,6 +62,10 @@ from .base import Batch, PartBase, StudentOutput, TrainContext
 log = logging.getLogger(__name__)
 
 
+class _RefreshCancelled(Exception):
+    """The run was cancelled while the pseudo-labels were being made."""
+
+
 def _iters(value: Any, total: int, default: float) -> int:
     """An option given as iterations (int) or as a fraction of the run (float < 1)."""
     v = default if value is None else value
@@ -198,7 +202,7 @@ class SemiSAMPlus(PartBase):
 
     def refresh(self, ctx: TrainContext, iteration: int) -> None:
         """Make the pseudo-labels with the current specialist when due (idempotent within an iteration)."""
-        if not ctx.unlabeled or not self._due(iteration):
+        if not ctx.unlabeled or not self._due(iteration) or ctx.cancel():
             return
         assert self.labeler is not None, "setup() was not called"
         ctx.emit({"event": "phase", "phase": "pseudo_labels", "done": 0, "total": len(ctx.unlabeled)})
@@ -211,17 +215,28 @@ class SemiSAMPlus(PartBase):
             probe = PresenceProbe(self.labeler.generalists[0], self.labeler.embeddings)
             probe.fit(ctx.labeled, ctx.n_classes)
             self.labeler.set_presence(probe)
-        self.prob = {}
-        self.pseudo = label_cases(
-            self.labeler,
-            ctx.student,
-            ctx.unlabeled,
-            ctx.device,
-            progress=lambda d, n: ctx.emit(
-                {"event": "phase", "phase": "pseudo_labels", "done": d, "total": n}
-            ),
-            keep=self.prob if self.keep_prob else None,
-        )
+
+        def progress(done: int, total: int) -> None:
+            ctx.emit({"event": "phase", "phase": "pseudo_labels", "done": done, "total": total})
+            if ctx.cancel():  # a refresh takes minutes on whole scans: the run's cancel ends it between cases
+                raise _RefreshCancelled
+
+        prob: dict = {}
+        try:
+            pseudo = label_cases(
+                self.labeler,
+                ctx.student,
+                ctx.unlabeled,
+                ctx.device,
+                progress=progress,
+                keep=prob if self.keep_prob else None,
+            )
+        except _RefreshCancelled:
+            log.info(
+                "semisam_plus: pseudo-labels at iteration %d cancelled; the previous ones stay", iteration
+            )
+            return
+        self.pseudo, self.prob = pseudo, prob
         self.refreshed_at = iteration
         # Unlabeled samples then centre (foreground_fraction of the time) on where pseudo-labels teach
         # foreground: uniform samples of a 10-slice structure in a 32-slice scan mostly see weight 0.
