@@ -51,6 +51,39 @@ def test_samples_are_user_boxes_on_every_structure_slice_and_empty_neighbours():
             )
 
 
+def test_lookalike_boxes_sit_off_the_structure_on_the_tissue_most_like_it():
+    from semisam.adapt.samples import LOOKALIKE_EVERY, LOOKALIKE_MARGIN, lookalike_box
+
+    image = np.full((80, 80), 0.1, np.float32)
+    label = np.zeros((80, 80), bool)
+    label[30:40, 30:40] = True
+    image[30:40, 30:40] = 0.6  # the structure
+    image[30:40, 52:62] = 0.62  # a look-alike, 12 px to its right
+    image[10:20, 30:40] = 0.9  # a brighter neighbour above: not alike
+    assert lookalike_box(image, label, (30, 30, 39, 39)) == (52, 30, 61, 39)
+    image[30:40, 52:62] = 0.1  # without the look-alike: the brighter neighbour is nearest in intensity
+    x0, y0, x1, y1 = lookalike_box(image, label, (30, 30, 39, 39))
+    assert (x1 - x0, y1 - y0) == (9, 9)
+    near = np.zeros_like(label)
+    near[30 - LOOKALIKE_MARGIN : 40 + LOOKALIKE_MARGIN, 30 - LOOKALIKE_MARGIN : 40 + LOOKALIKE_MARGIN] = True
+    assert not near[y0 : y1 + 1, x0 : x1 + 1].any()  # never over the structure or its margin
+    assert lookalike_box(image, np.ones_like(label), (30, 30, 39, 39)) is None  # nowhere off it
+
+    # In a case: on every LOOKALIKE_EVERY-th structure slice, an empty target, never overlapping the part.
+    vol, lab = synthetic_case(1, (24, 160, 160))
+    img = (vol.array - vol.array.min()) / np.ptp(vol.array)
+    samples = case_samples(0, lab, np.random.default_rng(0), image=lambda k: img[k])
+    alike = [s for s in samples if s.kind == "lookalike"]
+    on = np.flatnonzero(lab.reshape(24, -1).any(1))
+    assert alike and all(s.empty for s in alike)
+    assert {s.slice for s in alike} <= set(on.tolist())
+    assert len({s.slice for s in alike}) >= len(on) // LOOKALIKE_EVERY - 1
+    for s in alike:
+        x0, y0, x1, y1 = s.box
+        assert not (lab[s.slice][y0 : y1 + 1, x0 : x1 + 1] > 0).all()
+    assert not any(s.kind == "lookalike" for s in case_samples(0, lab, np.random.default_rng(0)))
+
+
 def test_jitter_stays_in_the_slice_and_keeps_a_box():
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -294,8 +327,10 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     assert 0.0 <= scores["dice"] <= 1.0 and scores["empty_fp_px"] is not None
     # The empty neighbours are the 1st and 2nd slices beyond each end; their mean is the overall mean.
     by = scores["empty_fp_px_by_distance"]
-    n = sum(1 for s in samples if s.empty and s.view is None)
+    n = sum(1 for s in samples if s.kind == "beyond" and s.view is None)
     assert set(by) == {"1", "2"} and n == 4
+    # The look-alike boxes (the case's slices are given) are scored apart from the ends.
+    assert any(s.kind == "lookalike" for s in samples) and scores["lookalike_fp_px"] is not None
     assert scores["empty_fp_px"] == pytest.approx((by["1"] + by["2"]) / 2, abs=0.06)
     # What a track keeps of it: answers with a predicted IoU under the engine's min_score count 0.
     assert 0.0 <= scores["empty_fp_px_kept"] <= scores["empty_fp_px"]

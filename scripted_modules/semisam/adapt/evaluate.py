@@ -10,6 +10,8 @@ a key slice (:func:`semisam.generalists.view.choose` between the whole slice and
   neighbour of a 1 mm scan looks almost like the last structure slice: what "not here" can mean there);
   ``empty_fp_px_kept`` counts only answers a propagation track would keep (predicted IoU at least the
   engine's ``min_score``; a track ends at a lower one), what the user would see drawn there;
+* ``lookalike_fp_px``: mean foreground pixels answered to the boxes on look-alike tissue off the
+  structure (:func:`.samples.lookalike_box`);
 * ``part_dice``: mean Dice of each part's answer to its box, and ``click_dice`` the same after one
   correction click on that answer's largest error (:func:`semisam.clicks.error_point`, the annotator's
   click): how well the decoder answers the box + point every correction asks;
@@ -83,6 +85,7 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     scores: list[float] = []
     dices: list[float] = []
     clicked: list[float] = []
+    alike: list[int] = []
     for cid, (label, samples) in cases.items():
         truth = np.asarray(label) > 0
         answer = np.zeros(truth.shape, bool)
@@ -91,6 +94,9 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
             if cancel is not None and cancel.is_set():
                 break
             pred = _answer(model, embeddings, whole, closer)
+            if whole.kind == "lookalike":
+                alike.append(int(pred.mask.sum()))
+                continue
             if whole.empty:
                 fp.append(int(pred.mask.sum()))
                 kept.append(fp[-1] if float(pred.score) >= min_score else 0)
@@ -112,6 +118,7 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         "empty_fp_px": round(float(np.mean(fp)), 1) if fp else None,
         "empty_fp_px_kept": round(float(np.mean(kept)), 1) if kept else None,
         "empty_fp_px_by_distance": {str(d): round(float(np.mean(v)), 1) for d, v in sorted(fp_at.items())},
+        "lookalike_fp_px": round(float(np.mean(alike)), 1) if alike else None,
         "part_dice": round(float(np.mean(dices)), 4) if dices else None,
         "click_dice": round(float(np.mean(clicked)), 4) if clicked else None,
         "spearman": None if (r := spearman(scores, dices)) is None else round(r, 3),

@@ -147,7 +147,9 @@ def open_cases(store_root, modality: str | None = None) -> tuple[object, list[Ca
 
 
 def make_samples(cases: list[Case], seed: int) -> dict[str, list[Sample]]:
-    return {c.case_id: case_samples(i, c.label, _rng(c.case_id, seed)) for i, c in enumerate(cases)}
+    return {
+        c.case_id: case_samples(i, c.label, _rng(c.case_id, seed), image=c.image) for i, c in enumerate(cases)
+    }
 
 
 class Embeddings:

@@ -6,7 +6,11 @@ length (at least one pixel), since LiteMedSAM was trained on perturbed boxes and
 The box is taught twice, as the product asks it (:mod:`semisam.generalists.view`): on the whole slice
 and through the view around it. Slices just beyond the structure's ends (:data:`EMPTY_NEIGHBOURS` on each
 side) are taught with the nearest structure slice's box and an **empty** target: a propagation track
-asks exactly that when the structure has ended, and a frozen model answers it with a mask.
+asks exactly that when the structure has ended, and a frozen model answers it with a mask. Given the
+slices' intensities, every :data:`LOOKALIKE_EVERY`-th structure slice also gives a **look-alike** box: the
+part's box moved off the structure, near it, onto the tissue whose intensities look most like the part's
+(:func:`lookalike_box`), with an empty target: where a track slides onto neighbouring tissue, or a
+specialist's false positive prompts the generalist, "not here" is the answer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ MIN_PART_PX = 4
 EMPTY_NEIGHBOURS = 2
 #: a box side moves by up to this fraction of its length (at least one pixel)
 JITTER = 0.1
+#: one look-alike box per this many structure slices of a case
+LOOKALIKE_EVERY = 2
+#: a look-alike box stays this many pixels off the structure
+LOOKALIKE_MARGIN = 2
+#: and its centre within this many box sizes of the part's (the tissue a track can slide onto)
+LOOKALIKE_REACH = 3.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class Sample:
         box: ``(x0, y0, x1, y1)`` inclusive slice pixels.
         view: the part of the slice the model sees (``None``: the whole slice).
         target: ``(H, W)`` bool target on the whole slice (all False on an empty neighbour).
+        kind: ``"structure"`` (a part's box), ``"beyond"`` (an empty slice beyond the structure's end) or
+            ``"lookalike"`` (a box on look-alike tissue off the structure).
     """
 
     case: int
@@ -44,6 +56,7 @@ class Sample:
     box: tuple[int, int, int, int]
     view: View | None
     target: np.ndarray
+    kind: str = "structure"
 
     @property
     def empty(self) -> bool:
@@ -72,21 +85,70 @@ def parts(label2d: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, int, int
         yield part, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
 
 
+def _box_sums(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Sum of ``a`` over every ``h x w`` window, indexed by the window's top-left ``(row, column)``."""
+    c = np.pad(np.cumsum(np.cumsum(a, axis=0, dtype=np.float64), axis=1), ((1, 0), (1, 0)))
+    return c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+
+
+def lookalike_box(image2d: np.ndarray, label2d: np.ndarray, tight) -> tuple[int, int, int, int] | None:
+    """A box of the ``tight`` box's size (``(x0, y0, x1, y1)``, inclusive) at least :data:`LOOKALIKE_MARGIN`
+    px off the structure (``label2d``), its centre within :data:`LOOKALIKE_REACH` box sizes of the part's,
+    whose pixels' mean and spread of intensity (``image2d``) are nearest the part box's; ``None`` when no
+    such place fits in the slice."""
+    x0, y0, x1, y1 = (int(v) for v in tight)
+    h, w = y1 - y0 + 1, x1 - x0 + 1
+    rows, cols = image2d.shape
+    if h >= rows or w >= cols:
+        return None
+    img = np.asarray(image2d, np.float64)
+    n = float(h * w)
+    mean = _box_sums(img, h, w) / n
+    std = np.sqrt(np.maximum(_box_sums(img * img, h, w) / n - mean**2, 0.0))
+    near = ndi.binary_dilation(np.asarray(label2d) > 0, iterations=LOOKALIKE_MARGIN)
+    free = _box_sums(near.astype(np.float64), h, w) < 0.5
+    ty, tx = np.mgrid[0 : rows - h + 1, 0 : cols - w + 1]
+    free &= (np.abs(ty - y0) <= LOOKALIKE_REACH * h) & (np.abs(tx - x0) <= LOOKALIKE_REACH * w)
+    if not free.any():
+        return None
+    cost = np.abs(mean - mean[y0, x0]) + np.abs(std - std[y0, x0])
+    cost[~free] = np.inf
+    r, c = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    return int(c), int(r), int(c) + w - 1, int(r) + h - 1
+
+
 def case_samples(
-    case: int, label: np.ndarray, rng: np.random.Generator, jitter: float = JITTER, views: bool = True
+    case: int,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    jitter: float = JITTER,
+    views: bool = True,
+    image=None,
 ) -> list[Sample]:
-    """Every sample of one case: ``label`` is the ``(Z, Y, X)`` structure mask (axial slices are ``[k]``)."""
+    """Every sample of one case: ``label`` is the ``(Z, Y, X)`` structure mask (axial slices are ``[k]``);
+    ``image(k)``, when given, the ``(Y, X)`` slice in [0, 1] the model sees (for the look-alike boxes)."""
     label = np.asarray(label) > 0
     shape = label.shape[1:]
     on = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
     out: list[Sample] = []
-    for k in on:
-        for part, tight in parts(label[k]):
+    for i, k in enumerate(on):
+        found = list(parts(label[k]))
+        for part, tight in found:
             box = jitter_box(tight, shape, rng, jitter)
             out.append(Sample(case, int(k), box, None, part))
             v = view_around(box, shape) if views else None
             if v is not None:
                 out.append(Sample(case, int(k), box, v, part))
+        if image is not None and found and i % LOOKALIKE_EVERY == LOOKALIKE_EVERY // 2:
+            tight = max(found, key=lambda pb: int(pb[0].sum()))[1]
+            alike = lookalike_box(image(int(k)), label[k], tight)
+            if alike is not None:
+                box = jitter_box(alike, shape, rng, jitter)
+                empty = np.zeros(shape, bool)
+                out.append(Sample(case, int(k), box, None, empty, "lookalike"))
+                v = view_around(box, shape) if views else None
+                if v is not None:
+                    out.append(Sample(case, int(k), box, v, empty, "lookalike"))
     if on.size:
         empty = np.zeros(shape, bool)
         for end, step in ((int(on.min()), -1), (int(on.max()), 1)):
@@ -97,8 +159,8 @@ def case_samples(
                 k = end + step * d
                 if 0 <= k < label.shape[0] and not label[k].any():
                     box = jitter_box(tight, shape, rng, jitter)
-                    out.append(Sample(case, k, box, None, empty))
+                    out.append(Sample(case, k, box, None, empty, "beyond"))
                     v = view_around(box, shape) if views else None
                     if v is not None:
-                        out.append(Sample(case, k, box, v, empty))
+                        out.append(Sample(case, k, box, v, empty, "beyond"))
     return out

@@ -192,11 +192,11 @@ class CoTrain(PartBase):
             for c in ctx.labeled:
                 if c.mask is None:
                     continue
-                mask = c.mask.numpy()
+                mask, grid = c.mask.numpy(), GridCase(c.image)
                 for cls in classes:
                     rng = rng_for(int(ctx.config.seed), iteration, len(cases), cls)
-                    samples += case_samples(len(cases), mask == cls, rng)
-                cases.append(GridCase(c.image))
+                    samples += case_samples(len(cases), mask == cls, rng, image=grid.image)
+                cases.append(grid)
         n_labeled = len(samples)
         prompt = self.plus.prompt
         for c, pl in zip(ctx.unlabeled, pseudo, strict=True):
