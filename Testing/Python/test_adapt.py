@@ -81,7 +81,27 @@ def test_lookalike_boxes_sit_off_the_structure_on_the_tissue_most_like_it():
     for s in alike:
         x0, y0, x1, y1 = s.box
         assert not (lab[s.slice][y0 : y1 + 1, x0 : x1 + 1] > 0).all()
-    assert not any(s.kind == "lookalike" for s in case_samples(0, lab, np.random.default_rng(0)))
+    # Without the slices: no look-alike, and every other box exactly as with them (the same jitter draws).
+    plain = case_samples(0, lab, np.random.default_rng(0))
+    assert not any(s.kind == "lookalike" for s in plain)
+    assert [(s.slice, s.box, s.kind) for s in plain] == [
+        (s.slice, s.box, s.kind) for s in samples if s.kind != "lookalike"
+    ]
+    # Another labeled structure as alike as can be is not "not here": avoid keeps the box off it too.
+    image[30:40, 52:62] = 0.6
+    other = np.zeros_like(label)
+    other[30:40, 52:62] = True
+    x0, y0, x1, y1 = lookalike_box(image, label | other, (30, 30, 39, 39))
+    assert not other[y0 : y1 + 1, x0 : x1 + 1].any()
+    two = np.stack([label, label])
+    with_other = case_samples(
+        0, two, np.random.default_rng(0), image=lambda k: image, avoid=np.stack([other, other])
+    )
+    assert any(s.kind == "lookalike" for s in with_other)
+    for s in with_other:
+        if s.kind == "lookalike":
+            bx0, by0, bx1, by1 = s.box
+            assert not other[by0 : by1 + 1, bx0 : bx1 + 1].any()
 
 
 def test_jitter_stays_in_the_slice_and_keeps_a_box():

@@ -2,9 +2,10 @@
 
 Only the mask decoder (with its IoU head) learns; the image embeddings are computed once, frozen, by the
 same encoder the product uses, so an adapted decoder keeps every cached embedding valid. The pass is
-:meth:`semisam.generalists.sam_family.SamLikeModel.decode`, the one ``predict`` runs, for one box (no
-``inference_mode``): the box goes through the model frame's transform, and the low-resolution logits come back onto the pixel grid of
-what the model saw (the whole slice, or the view), where the loss compares them with the target.
+:meth:`semisam.generalists.sam_family.SamLikeModel.decode`, the one ``predict`` runs, for one box with or
+without one correction click (no ``inference_mode``): the prompt goes through the model frame's transform,
+and the low-resolution logits come back onto the pixel grid of what the model saw (the whole slice, or the
+view), where the loss compares them with the target.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ Emit = Callable[[dict], None]
 #: one-click Dice (``click_dice`` of :func:`.evaluate.evaluate`): corrections must not get worse
 PROPAGATION_TOLERANCE = 0.02
 
-#: at least this share of each batch is an empty neighbour ("not here"): they are 5-10 % of the samples,
+#: at least this share of each batch is an empty slice beyond the structure's end ("not here"; the boxes
+#: on look-alike tissue come on top, as often as they are among the samples): they are 5-10 % of the samples,
 #: and at that share the adapted decoder answered them with more pixels than the frozen one (validation,
 #: whole-head thalamus: 105 -> 141-162 px), while a track asks that question at both ends of every structure
 EMPTY_SHARE = 0.25
@@ -198,9 +199,12 @@ def fine_tune(
 
     torch.manual_seed(cfg.seed)
     order = random.Random(cfg.seed)
-    empty = [s for s in samples if s.empty]
-    full = [s for s in samples if not s.empty] or empty
-    share = max(EMPTY_SHARE, len(empty) / max(1, len(samples))) if empty else 0.0
+    beyond = [s for s in samples if s.empty and s.kind != "lookalike"]
+    alike = [s for s in samples if s.kind == "lookalike"]
+    full = [s for s in samples if not s.empty] or beyond or alike
+    n = max(1, len(samples))
+    share = max(EMPTY_SHARE, len(beyond) / n) if beyond else 0.0
+    alike_share = min(len(alike) / n, 1.0 - share)  # as often as they come, never at the ends' expense
     params = trainable_parameters(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     model.mask_decoder.train()
@@ -219,9 +223,12 @@ def fine_tune(
             opt.zero_grad(set_to_none=True)
             terms_sum: dict[str, float] = {}
             total = 0.0
-            batch = [order.choice(empty if order.random() < share else full) for _ in range(cfg.batch)]
+            batch = [
+                order.choice(beyond if r < share else alike if r < share + alike_share else full)
+                for r in (order.random() for _ in range(cfg.batch))
+            ]
             for s in batch:
-                correct = not s.empty and order.random() < cfg.click_share
+                correct = cfg.click_share > 0 and not s.empty and order.random() < cfg.click_share
                 loss, terms = sample_loss(model, embeddings(s), s, correct)
                 (loss / cfg.batch).backward()
                 total += float(loss.detach())

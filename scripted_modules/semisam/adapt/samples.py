@@ -46,7 +46,7 @@ class Sample:
         slice: axial slice index ``k`` (array axis 0).
         box: ``(x0, y0, x1, y1)`` inclusive slice pixels.
         view: the part of the slice the model sees (``None``: the whole slice).
-        target: ``(H, W)`` bool target on the whole slice (all False on an empty neighbour).
+        target: ``(H, W)`` bool target on the whole slice (all False on an empty neighbour or a look-alike).
         kind: ``"structure"`` (a part's box), ``"beyond"`` (an empty slice beyond the structure's end) or
             ``"lookalike"`` (a box on look-alike tissue off the structure).
     """
@@ -124,31 +124,29 @@ def case_samples(
     jitter: float = JITTER,
     views: bool = True,
     image=None,
+    avoid: np.ndarray | None = None,
 ) -> list[Sample]:
     """Every sample of one case: ``label`` is the ``(Z, Y, X)`` structure mask (axial slices are ``[k]``);
-    ``image(k)``, when given, the ``(Y, X)`` slice in [0, 1] the model sees (for the look-alike boxes)."""
+    ``image(k)``, when given, the ``(Y, X)`` slice in [0, 1] the model sees (for the look-alike boxes);
+    ``avoid``, ``(Z, Y, X)``, what no look-alike box may cover besides the structure (another labeled
+    structure: the tissue most like one thalamus is often the other one, labeled as another class).
+
+    The look-alike boxes come last, after every other box's jitter is drawn from ``rng``: with or without
+    them, the structure's and the ends' boxes are the same."""
     label = np.asarray(label) > 0
     shape = label.shape[1:]
     on = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
     out: list[Sample] = []
-    for i, k in enumerate(on):
-        found = list(parts(label[k]))
-        for part, tight in found:
-            box = jitter_box(tight, shape, rng, jitter)
-            out.append(Sample(case, int(k), box, None, part))
-            v = view_around(box, shape) if views else None
-            if v is not None:
-                out.append(Sample(case, int(k), box, v, part))
-        if image is not None and found and i % LOOKALIKE_EVERY == LOOKALIKE_EVERY // 2:
-            tight = max(found, key=lambda pb: int(pb[0].sum()))[1]
-            alike = lookalike_box(image(int(k)), label[k], tight)
-            if alike is not None:
-                box = jitter_box(alike, shape, rng, jitter)
-                empty = np.zeros(shape, bool)
-                out.append(Sample(case, int(k), box, None, empty, "lookalike"))
-                v = view_around(box, shape) if views else None
-                if v is not None:
-                    out.append(Sample(case, int(k), box, v, empty, "lookalike"))
+
+    def add(k: int, box, target: np.ndarray, kind: str) -> None:
+        out.append(Sample(case, int(k), box, None, target, kind))
+        v = view_around(box, shape) if views else None
+        if v is not None:
+            out.append(Sample(case, int(k), box, v, target, kind))
+
+    for k in on:
+        for part, tight in parts(label[k]):
+            add(k, jitter_box(tight, shape, rng, jitter), part, "structure")
     if on.size:
         empty = np.zeros(shape, bool)
         for end, step in ((int(on.min()), -1), (int(on.max()), 1)):
@@ -158,9 +156,20 @@ def case_samples(
             for d in range(1, EMPTY_NEIGHBOURS + 1):
                 k = end + step * d
                 if 0 <= k < label.shape[0] and not label[k].any():
-                    box = jitter_box(tight, shape, rng, jitter)
-                    out.append(Sample(case, k, box, None, empty, "beyond"))
-                    v = view_around(box, shape) if views else None
-                    if v is not None:
-                        out.append(Sample(case, k, box, v, empty, "beyond"))
+                    add(k, jitter_box(tight, shape, rng, jitter), empty, "beyond")
+    if image is None:
+        return out
+    for i, k in enumerate(on):
+        found = list(parts(label[k]))
+        if not found or i % LOOKALIKE_EVERY != LOOKALIKE_EVERY // 2:
+            continue
+        off = label[k] if avoid is None else label[k] | (np.asarray(avoid[k]) > 0)
+        alike = lookalike_box(image(int(k)), off, max(found, key=lambda pb: int(pb[0].sum()))[1])
+        if alike is None:
+            continue
+        box = jitter_box(alike, shape, rng, jitter)
+        x0, y0, x1, y1 = box
+        if off[y0 : y1 + 1, x0 : x1 + 1].any():  # the jitter reached the structure: the box as found
+            box = alike
+        add(k, box, np.zeros(shape, bool), "lookalike")
     return out

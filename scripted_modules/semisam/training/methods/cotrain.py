@@ -4,7 +4,8 @@ The other half of SC-SAM's co-training, on top of ``semisam_plus`` (method ``sem
 ``semisam_plus`` has the generalist, prompted by the specialist, teach the specialist on unlabeled cases;
 after each of its pseudo-label refreshes this part fine-tunes the generalist's mask decoder (and IoU head)
 for a few steps, with the same decoder training as ``semisam adapt`` (:func:`semisam.adapt.job.fine_tune`,
-the same losses, boxes, views and "not here" neighbours), on
+the same losses, boxes, views, correction clicks, "not here" neighbours, and on the labeled cases the
+look-alike boxes, kept off every labeled class), on
 
 * the labeled cases' ground truth (``labeled``: true), which anchors it, and
 * the unlabeled slices where both models are sure: the pseudo-label teaches there (the generalist's
@@ -195,7 +196,7 @@ class CoTrain(PartBase):
                 mask, grid = c.mask.numpy(), GridCase(c.image)
                 for cls in classes:
                     rng = rng_for(int(ctx.config.seed), iteration, len(cases), cls)
-                    samples += case_samples(len(cases), mask == cls, rng, image=grid.image)
+                    samples += case_samples(len(cases), mask == cls, rng, image=grid.image, avoid=mask > 0)
                 cases.append(grid)
         n_labeled = len(samples)
         prompt = self.plus.prompt
