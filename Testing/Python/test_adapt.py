@@ -445,3 +445,24 @@ def test_validation_scores_the_one_box_propagation_of_each_decoder(tmp_path, tin
         assert p is not None and 0.0 <= p <= 1.0, done["validation"]
     man = read_manifest(GeneralistRegistry(LabeledStore(store.root)).get(done["version"]).path)
     assert json.dumps(man)  # the scores it records stay plain JSON
+
+
+def test_k_box_propagation_prompts_the_products_key_slices(tmp_path, tiny):
+    """3 boxes on the key slices the product's rule picks, propagated; the per-case Dice is a real Dice
+    of the propagated mask (a perfect model would score 1)."""
+    from semisam.adapt.evaluate import propagation_dice
+    from semisam.adapt.job import Case
+    from semisam.generalists.cache import EmbeddingCache
+    from semisam.scan.intensity import IntensityWindow
+
+    vol, label = synthetic_case(3, (24, 96, 96))
+    case = Case("c", vol, IntensityWindow(-500.0, 300.0), label > 0)
+    caches = {"c": EmbeddingCache()}
+    one = propagation_dice(tiny, {"c": case}, 0, caches, k=1)
+    three = propagation_dice(tiny, {"c": case}, 0, caches, k=3)
+    for p in (one, three):
+        assert set(p["per_case"]) == {"c"} and 0.0 <= p["dice"] <= 1.0
+    assert (
+        propagation_dice(tiny, {"c": Case("c", vol, case.window, np.zeros_like(label, bool))})["per_case"]
+        == {}
+    )

@@ -6,7 +6,9 @@ as validation cases; ``semisam adapt``'s job (:func:`semisam.adapt.job.adapt`) r
 generalist and the registered version (promoted or not) answer the ``--test`` cases after those, which
 neither training nor validation saw: box-per-slice Dice through the product's field-of-view rule
 (user-like jittered boxes, :mod:`semisam.adapt.evaluate`), false-positive pixels on the empty slices next
-to the structure, and the rank correlation of the predicted IoU with each answer's Dice.
+to the structure, and the rank correlation of the predicted IoU with each answer's Dice; the one-click
+Dice (each box answer corrected by the annotator's click); 1- and 3-box propagation Dice (the product's
+engine from user-like boxes on 1 or 3 key slices, :func:`semisam.adapt.evaluate.propagation_dice`).
 
 All stores share one embedding folder (``--cache``), so each slice (and view) is encoded once over the
 budgets and across runs. Seconds: the embeddings step (encoding, or reading the cache) and the
@@ -52,10 +54,11 @@ def main(argv=None) -> int:
     import torch
     from bench_common import machine_info
 
-    from semisam.adapt.evaluate import evaluate
+    from semisam.adapt.evaluate import evaluate, propagation_dice
     from semisam.adapt.job import AdaptConfig, Case, Embeddings, adapt, make_samples
     from semisam.adapt.versions import GeneralistRegistry, apply_version
     from semisam.generalists import build_generalist
+    from semisam.generalists.cache import EmbeddingCache
     from semisam.propagation.state import resolve_window
     from semisam.scan.volume import read_mask, read_volume
     from semisam.store import LabeledStore
@@ -86,8 +89,19 @@ def main(argv=None) -> int:
     test_samples = make_samples(test_cases, seed=1234)
     test_emb = Embeddings(model, test_cases, EmbeddingStore(cache))
     test_set = {c.case_id: (c.label, test_samples[c.case_id]) for c in test_cases}
+    by_id = {c.case_id: c for c in test_cases}
+    caches = {c.case_id: EmbeddingCache() for c in test_cases}  # slices shared by every decoder
+
+    def score_test() -> dict:
+        """Box per slice (and its companions) plus 1- and 3-box propagation through the product's engine."""
+        out = evaluate(model, test_set, test_emb)
+        for k in (1, 3):
+            prop = propagation_dice(model, by_id, 0, caches, k=k)
+            out[f"propagation_{k}box"], out[f"propagation_{k}box_per_case"] = prop["dice"], prop["per_case"]
+        return out
+
     t = time.perf_counter()
-    frozen_test = evaluate(model, test_set, test_emb)
+    frozen_test = score_test()
     report = {
         "benchmark": "adapt",
         "machine": machine_info(generalist="litemedsam"),
@@ -113,7 +127,7 @@ def main(argv=None) -> int:
             cfg = AdaptConfig(max_minutes=args.max_minutes, device="cpu", **kwargs)
             done = adapt(store.root, cfg, emit=events.append, model=model)
             apply_version(model, GeneralistRegistry(store).get(done["version"]).path)
-            adapted_test = evaluate(model, test_set, test_emb)
+            adapted_test = score_test()
             model.mask_decoder.load_state_dict(frozen)
             model.set_fast_decoder(None)
         emb = next((e for e in events if e["event"] == "embeddings"), {})

@@ -18,8 +18,8 @@ a key slice (:func:`semisam.generalists.view.choose` between the whole slice and
 * ``spearman``: rank correlation of the model's predicted IoU with each answer's true Dice, over all
   answered parts (how well its confidence orders review).
 
-:func:`propagation_dice` scores what a user gets from one box: the product's propagation engine from a
-user-like box on the structure's middle slice, Dice of the 3D mask. A decoder that answers every box better
+:func:`propagation_dice` scores what a user gets from one box (or ``k``): the product's propagation engine
+from a user-like box on the structure's middle slice (or on ``k`` key slices), Dice of the 3D mask. A decoder that answers every box better
 can still propagate worse (it keeps drawing where the structure has ended and its tracks run on), so
 promotion looks at both.
 """
@@ -125,15 +125,17 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     }
 
 
-def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None) -> dict:
-    """1-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`): a
-    jittered box (:mod:`.samples`, the same for every model at a given ``seed``) around the largest part
-    of the structure's middle axial slice, propagated by the product's engine. ``caches`` (case id ->
-    :class:`semisam.generalists.cache.EmbeddingCache`) lets two decoders share one case's slice
+def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k: int = 1) -> dict:
+    """``k``-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`):
+    a jittered box (:mod:`.samples`, the same for every model at a given ``seed``) around the largest part
+    of the structure on each of ``k`` key slices (``k = 1``: the middle slice; more: the product's rule,
+    :func:`semisam.propagation.simulate.key_slices`), propagated by the product's engine. ``caches`` (case
+    id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two decoders share one case's slice
     embeddings (the encoder is the same)."""
     import zlib
 
     from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.propagation.simulate import key_slices
 
     from .samples import jitter_box, parts
 
@@ -143,16 +145,18 @@ def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None) ->
         on = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
         if not on.size:
             continue
-        mid = int(on[len(on) // 2])
-        found = sorted(parts(truth[mid]), key=lambda pb: -int(pb[0].sum()))
-        if not found:
-            continue
+        keys = [int(on[len(on) // 2])] if k == 1 else key_slices(truth, k, "axial")
         rng = np.random.default_rng([zlib.crc32(cid.encode()), seed, 7])
-        box = jitter_box(found[0][1], truth.shape[1:], rng)
         cache = None if caches is None else caches.get(cid)
         state = init_state(model, case.volume, "axial", window=case.window, cache=cache)
-        add_prompt(state, mid, box=box)
-        per_case[cid] = round(float(dice(np.asarray(propagate(state).mask) > 0, truth)), 4)
+        prompted = False
+        for key in keys:
+            found = sorted(parts(truth[key]), key=lambda pb: -int(pb[0].sum()))
+            if found:
+                add_prompt(state, key, box=jitter_box(found[0][1], truth.shape[1:], rng))
+                prompted = True
+        if prompted:
+            per_case[cid] = round(float(dice(np.asarray(propagate(state).mask) > 0, truth)), 4)
     return {
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
         "per_case": per_case,
