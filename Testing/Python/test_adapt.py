@@ -253,6 +253,7 @@ def test_a_store_without_labeled_cases_is_one_clear_error(tmp_path):
         ({"batch": 0}, "batch"),
         ({"min_steps": 9, "max_steps": 3}, "min_steps"),
         ({"click_share": 1.5}, "click_share"),
+        ({"lookalikes": "yes"}, "lookalikes"),
     ],
 )
 def test_bad_settings_are_named(kwargs, field):
@@ -351,6 +352,7 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     assert set(by) == {"1", "2"} and n == 4
     # The look-alike boxes (the case's slices are given) are scored apart from the ends.
     assert any(s.kind == "lookalike" for s in samples) and scores["lookalike_fp_px"] is not None
+    assert not any(s.kind == "lookalike" for s in make_samples([case], 0, lookalikes=False)["c"])
     assert scores["empty_fp_px"] == pytest.approx((by["1"] + by["2"]) / 2, abs=0.06)
     # What a track keeps of it: answers with a predicted IoU under the engine's min_score count 0.
     assert 0.0 <= scores["empty_fp_px_kept"] <= scores["empty_fp_px"]
