@@ -72,9 +72,10 @@ class AdaptConfig:
             alone drifts from answering them. Half is a rule, not tuned; the one-click Dice on the
             validation cases (``click_dice``) shows what it gives, and guards promotion.
         lookalikes: teach boxes on look-alike tissue off the structure as "not here"
-            (:func:`.samples.lookalike_box`). Measured on the caudate (whole heads, N = 2 / 4): false
-            positives on the empty neighbours 12.1 / 5.0 -> 0.0 / 5.8 px (frozen 18.2), for box-per-slice
-            Dice 0.832 / 0.840 -> 0.796 / 0.824 (``docs/benchmarks.md``).
+            (:func:`.samples.lookalike_box`). Measured without -> with them on two whole-head tasks (test
+            subjects, N = 2 / 4; ``docs/benchmarks.md``): px on the look-alike boxes 256-311 -> 23-115, on
+            the empty neighbours from 2 cases 22.9 / 12.1 -> 0.0 / 0.0 (thalamus / caudate); 3-box
+            propagation Dice +0.03 on average, 1-box -0.015, box-per-slice Dice -0.012, one-click -0.028.
         seed: samples' jitter and order, and torch's initial state.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
