@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from semisam.clicks import error_point
 from semisam.generalists.base import SliceEmbedding
 from semisam.generalists.geometry import ResizeLongestSide
+from semisam.generalists.sam_family import frame_prompts
 
 from .samples import Sample
 
@@ -54,18 +55,12 @@ def seen_box(sample: Sample) -> tuple[float, float, float, float]:
 def forward(model, embedding: SliceEmbedding, box: tuple[float, float, float, float], click=None):
     """``(logits (h, w), predicted IoU ())`` for one box on an embedding of an ``(h, w)`` image, with one
     ``click = ((column, row), positive)`` on the same grid when given (the box + point a correction asks)."""
-    h, w = embedding.slice_shape
-    tf = ResizeLongestSide((h, w), model.image_size)
-    dev = embedding.features.device
-    boxes = torch.as_tensor(tf.coords_to_model(np.asarray(box, np.float64))[None], device=dev)
-    points = None
+    tf = ResizeLongestSide(embedding.slice_shape, model.image_size)
+    pts = labels = None
     if click is not None:
         (col, row), positive = click
-        xy = tf.coords_to_model(np.asarray([[col, row]], np.float64))
-        points = (
-            torch.as_tensor(xy[None], dtype=torch.float32, device=dev),
-            torch.as_tensor([[1 if positive else 0]], dtype=torch.int64, device=dev),
-        )
+        pts, labels = [[col, row]], [1 if positive else 0]
+    points, boxes = frame_prompts(tf, embedding.features.device, box, pts, labels)
     low_res, iou = model.decode(embedding.features, points=points, boxes=boxes)
     return tf.logits_to_slice(low_res[:, :1].float())[0, 0], iou[0, 0]
 

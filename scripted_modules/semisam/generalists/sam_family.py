@@ -58,6 +58,27 @@ UNIT_PIXEL_NORM = PixelNorm()
 MEDSAM_PIXEL_NORM = PixelNorm(minmax=False)
 
 
+def frame_prompts(tf: ResizeLongestSide, device, box=None, points=None, labels=None):
+    """``(points, boxes)`` as SAM's prompt encoder takes them, in the model frame of ``tf``: ``box``
+    ``(x0, y0, x1, y1)`` and ``points`` ``(N, 2)`` ``(x, y)`` in pixels of the image ``tf`` resizes,
+    ``labels`` ``(N,)`` (1 positive, 0 negative); ``None`` for what is not given. One mapping for the
+    answers :meth:`SamLikeModel.predict` gives and the decoder :mod:`semisam.adapt` trains."""
+    boxes = pts = None
+    if box is not None:
+        boxes = torch.as_tensor(
+            tf.coords_to_model(np.asarray(box, np.float64).reshape(4))[None], device=device
+        )
+    if points is not None:
+        coords = torch.as_tensor(
+            tf.coords_to_model(np.asarray(points, np.float64).reshape(-1, 2))[None], device=device
+        )
+        pts = (
+            coords,
+            torch.as_tensor(np.asarray(labels).reshape(-1)[None], dtype=torch.int64, device=device),
+        )
+    return pts, boxes
+
+
 class SamLikeModel(nn.Module):
     """A promptable SAM-style model behind the generalist protocol.
 
@@ -243,7 +264,7 @@ class SamLikeModel(nn.Module):
         h, w = embedding.slice_shape
         tf = ResizeLongestSide((h, w), self.image_size)
         dev = embedding.features.device
-        points = boxes = masks = None
+        masks = box_px = pts_px = pts_labels = None
         if prompt.box is not None:
             box = np.asarray(prompt.box, dtype=np.float64).reshape(4)
             x0, y0, x1, y1 = box
@@ -251,7 +272,7 @@ class SamLikeModel(nn.Module):
                 raise PromptError(f"box {tuple(box)} must be finite with x0 <= x1 and y0 <= y1")
             if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
                 raise PromptError(f"box {tuple(box)} lies outside the slice of shape (H={h}, W={w})")
-            boxes = torch.as_tensor(tf.coords_to_model(box)[None], device=dev)
+            box_px = box
         n_points = 0
         if prompt.points is not None and len(prompt.points):
             pts = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
@@ -268,8 +289,7 @@ class SamLikeModel(nn.Module):
                 raise PromptError(
                     f"points {pts[outside].tolist()} lie outside the slice of shape (H={h}, W={w})"
                 )
-            coords = torch.as_tensor(tf.coords_to_model(pts)[None], device=dev)
-            points = (coords, torch.as_tensor(labels[None], dtype=torch.int64, device=dev))
+            pts_px, pts_labels = pts, labels
         if prompt.mask is not None:
             m = np.asarray(prompt.mask)
             if m.shape != (h, w):
@@ -277,6 +297,7 @@ class SamLikeModel(nn.Module):
             if m.dtype == bool:
                 m = np.where(m, BINARY_MASK_LOGIT, -BINARY_MASK_LOGIT).astype(np.float32)
             masks = tf.mask_to_model(m, self.mask_input_size).to(dev)
+        points, boxes = frame_prompts(tf, dev, box_px, pts_px, pts_labels)
         if points is None and boxes is None and masks is None:
             raise PromptError("an empty prompt: give a box, points or a mask")
         multimask = n_points == 1 and boxes is None and masks is None
