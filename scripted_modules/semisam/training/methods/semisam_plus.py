@@ -62,10 +62,6 @@ from .base import Batch, PartBase, StudentOutput, TrainContext
 log = logging.getLogger(__name__)
 
 
-class _RefreshCancelled(Exception):
-    """The run was cancelled while the pseudo-labels were being made."""
-
-
 def _iters(value: Any, total: int, default: float) -> int:
     """An option given as iterations (int) or as a fraction of the run (float < 1)."""
     v = default if value is None else value
@@ -216,22 +212,19 @@ class SemiSAMPlus(PartBase):
             probe.fit(ctx.labeled, ctx.n_classes)
             self.labeler.set_presence(probe)
 
-        def progress(done: int, total: int) -> None:
-            ctx.emit({"event": "phase", "phase": "pseudo_labels", "done": done, "total": total})
-            if ctx.cancel():  # a refresh takes minutes on whole scans: the run's cancel ends it between cases
-                raise _RefreshCancelled
-
         prob: dict = {}
-        try:
-            pseudo = label_cases(
-                self.labeler,
-                ctx.student,
-                ctx.unlabeled,
-                ctx.device,
-                progress=progress,
-                keep=prob if self.keep_prob else None,
-            )
-        except _RefreshCancelled:
+        pseudo = label_cases(
+            self.labeler,
+            ctx.student,
+            ctx.unlabeled,
+            ctx.device,
+            progress=lambda d, n: ctx.emit(
+                {"event": "phase", "phase": "pseudo_labels", "done": d, "total": n}
+            ),
+            keep=prob if self.keep_prob else None,
+            cancel=ctx.cancel,
+        )
+        if pseudo is None:
             log.info(
                 "semisam_plus: pseudo-labels at iteration %d cancelled; the previous ones stay", iteration
             )

@@ -407,11 +407,14 @@ def label_cases(
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
     keep: dict[str, np.ndarray] | None = None,
-) -> list[PseudoLabel]:
+    cancel: Callable[[], bool] | None = None,
+) -> list[PseudoLabel] | None:
     """Pseudo-labels for ``cases`` (:class:`~semisam.training.methods.base.CaseData`; ``mask`` is never read).
 
     ``keep``: when given, receives ``case_id -> (C, Z, Y, X)`` the specialist's probabilities of each case
-    it predicted (not those read from the cache), for a caller that needs them next (``cotrain``)."""
+    it predicted (not those read from the cache), for a caller that needs them next (``cotrain``).
+    ``cancel``: checked after each case; ``None`` is returned once it is true (a refresh over whole scans
+    takes minutes, and the run's cancel must not wait for it)."""
     sha = weights_sha(student)
     out = []
     for i, case in enumerate(cases):
@@ -427,4 +430,6 @@ def label_cases(
                 keep[case.case_id] = prob
         if progress is not None:
             progress(i + 1, len(cases))
+        if cancel is not None and cancel():
+            return None
     return out
