@@ -144,8 +144,9 @@ def case_samples(
         if v is not None:
             out.append(Sample(case, int(k), box, v, target, kind))
 
+    found_at = {int(k): list(parts(label[k])) for k in on}
     for k in on:
-        for part, tight in parts(label[k]):
+        for part, tight in found_at[int(k)]:
             add(k, jitter_box(tight, shape, rng, jitter), part, "structure")
     if on.size:
         empty = np.zeros(shape, bool)
@@ -160,7 +161,7 @@ def case_samples(
     if image is None:
         return out
     for i, k in enumerate(on):
-        found = list(parts(label[k]))
+        found = found_at[int(k)]
         if not found or i % LOOKALIKE_EVERY != LOOKALIKE_EVERY // 2:
             continue
         off = label[k] if avoid is None else label[k] | (np.asarray(avoid[k]) > 0)
