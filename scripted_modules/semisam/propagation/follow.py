@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from semisam.generalists.base import PromptableModel, SliceEmbedding, SlicePrompt
 from semisam.propagation.lesion import LesionModel, candidate_region
 from semisam.propagation.params import PropagationParams
-from semisam.propagation.step import _expand
+from semisam.propagation.step import expand_box
 from semisam.propagation.track import Carried, agreement, carry_mask
 from semisam.slices import box_from_mask
 
@@ -113,8 +113,8 @@ def follow_one(
     if not carried.mask.any():
         return StepOutcome(None, "the carried mask left the slice")
     my, mx = params.box_margin_mm / pixel_mm[0], params.box_margin_mm / pixel_mm[1]
-    cbox = _expand(box_from_mask(carried.mask), mx, my, image.shape)
-    pbox = _expand(box_from_mask(prev_mask), mx, my, image.shape)
+    cbox = expand_box(box_from_mask(carried.mask), mx, my, image.shape)
+    pbox = expand_box(box_from_mask(prev_mask), mx, my, image.shape)
     points, labels = prompt_points(carried.mask, image, lesion, cbox)
     prompts = {
         "carried": SlicePrompt(box=tuple(float(v) for v in cbox)),  # type: ignore[arg-type]
@@ -126,7 +126,7 @@ def follow_one(
         # The structure-like region grown from the carried footprint: lets the box grow back when the
         # model's previous answer was smaller than the structure (boxes from masks only ever shrink).
         sy, sx = max_shift * pixel_mm[1] / pixel_mm[0], max_shift
-        region = candidate_region(lesion, image, carried.mask, _expand(cbox, sx, sy, image.shape))
+        region = candidate_region(lesion, image, carried.mask, expand_box(cbox, sx, sy, image.shape))
         rbox = box_from_mask(region)
         if rbox is not None and tuple(rbox) not in (cbox, pbox):
             prompts["region"] = SlicePrompt(box=tuple(float(v) for v in rbox))  # type: ignore[arg-type]

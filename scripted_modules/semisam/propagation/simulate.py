@@ -10,6 +10,7 @@ spread over its length.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from semisam.prompts import Prompt, PromptSet
 from semisam.slices import axis_index, box_from_mask, take_slice
@@ -48,14 +49,32 @@ def key_slices(label: np.ndarray, k: int, axis: str = "axial") -> list[int]:
     return sorted(keys)
 
 
+def structure_boxes(truth2d: np.ndarray, min_fraction: float = 0.05) -> list[tuple[int, int, int, int]]:
+    """One tight ``(x0, y0, x1, y1)`` box per connected part of the truth on a slice (8-connectivity),
+    largest first; parts smaller than ``min_fraction`` of the largest (or 3 pixels) get none.
+
+    A radiologist boxes the left and the right thalamus separately: one box around both would hand the
+    generalist the ventricle between them too.
+    """
+    comp, n = ndi.label(np.asarray(truth2d) > 0, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    sizes = np.bincount(comp.ravel())[1:]
+    keep = [
+        k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= max(3, min_fraction * sizes.max())
+    ]
+    return [box_from_mask(comp == k) for k in keep]  # type: ignore[misc]
+
+
 def boxes_from_label(label: np.ndarray, slices: list[int], axis: str = "axial") -> PromptSet:
-    """A :class:`PromptSet` with the label's tight box on each of ``slices``."""
+    """A :class:`PromptSet` with a tight box around each part of the label (:func:`structure_boxes`) on
+    each of ``slices``."""
     prompts = []
     for i in slices:
-        box = box_from_mask(take_slice(label, axis, i) > 0)
-        if box is None:
+        boxes = structure_boxes(take_slice(label, axis, i))
+        if not boxes:
             raise ValueError(f"the label is empty on {axis} slice {i}")
-        prompts.append(Prompt(slice=int(i), box=box))
+        prompts.extend(Prompt(slice=int(i), box=box) for box in boxes)
     return PromptSet(axis=axis, prompts=tuple(prompts))
 
 

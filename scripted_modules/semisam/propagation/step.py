@@ -80,7 +80,10 @@ class StepOutcome:
     stop: str | None
 
 
-def _expand(box: tuple[int, int, int, int], mx: float, my: float, shape: tuple[int, int]) -> tuple[int, ...]:
+def expand_box(
+    box: tuple[int, int, int, int], mx: float, my: float, shape: tuple[int, int]
+) -> tuple[int, ...]:
+    """``box`` ``(x0, y0, x1, y1)`` grown by ``mx`` / ``my`` pixels each way, inside a slice of ``shape``."""
     h, w = shape
     x0, y0, x1, y1 = box
     return (
@@ -91,7 +94,8 @@ def _expand(box: tuple[int, int, int, int], mx: float, my: float, shape: tuple[i
     )
 
 
-def _union(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
+def union_box(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The box around boxes ``a`` and ``b``."""
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
@@ -127,15 +131,15 @@ def propagate_one(
     if pbox is None:
         return StepOutcome(None, "previous slice empty")
     my, mx = params.box_margin_mm / pixel_mm[0], params.box_margin_mm / pixel_mm[1]
-    boxes: dict[str, tuple[int, ...]] = {"prev": _expand(pbox, mx, my, shape)}
+    boxes: dict[str, tuple[int, ...]] = {"prev": expand_box(pbox, mx, my, shape)}
     if lesion is not None:
         search = params.search_mm(slice_mm)
         sy, sx = search / pixel_mm[0], search / pixel_mm[1]
-        region = candidate_region(lesion, image, prev_mask, _expand(pbox, sx, sy, shape))
+        region = candidate_region(lesion, image, prev_mask, expand_box(pbox, sx, sy, shape))
         rbox = box_from_mask(region)
         if rbox is not None:
             boxes["lesion"] = rbox
-            boxes["union"] = _union(rbox, boxes["prev"])
+            boxes["union"] = union_box(rbox, boxes["prev"])
     best: SliceResult | None = None
     best_q = -np.inf
     tried: set[tuple[int, ...]] = set()
