@@ -132,7 +132,8 @@ def cold_ten_slices(model, volume, label, modality, repeats: int) -> dict:
         propagate(state)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        assert state.n_encode == 10, state.n_encode
+        # Ten slices, and the view around the key slice's box where one fits (field of view "auto").
+        assert state.n_encode in (10, 11), state.n_encode
     return {
         "seconds": round(statistics.median(times), 3),
         "cpu_seconds": round(statistics.median(cpu), 3),

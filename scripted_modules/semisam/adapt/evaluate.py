@@ -127,17 +127,18 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
 
 def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k: int = 1) -> dict:
     """``k``-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`):
-    a jittered box (:mod:`.samples`, the same for every model at a given ``seed``) around the largest part
-    of the structure on each of ``k`` key slices (``k = 1``: the middle slice; more: the product's rule,
-    :func:`semisam.propagation.simulate.key_slices`), propagated by the product's engine. ``caches`` (case
-    id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two decoders share one case's slice
-    embeddings (the encoder is the same)."""
+    on each of ``k`` key slices (the product's rule, :func:`semisam.propagation.simulate.key_slices`: with
+    ``k = 1`` the slice where the structure is largest) a jittered box (:mod:`.samples`, the same for
+    every model at a given ``seed``) around each part of the structure, as a radiologist boxes the left
+    and the right thalamus apart (:func:`semisam.propagation.simulate.structure_boxes`), propagated by the
+    product's engine. ``caches`` (case id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two
+    decoders share one case's slice embeddings (the encoder is the same)."""
     import zlib
 
     from semisam.propagation import add_prompt, init_state, propagate
-    from semisam.propagation.simulate import key_slices
+    from semisam.propagation.simulate import key_slices, structure_boxes
 
-    from .samples import jitter_box, parts
+    from .samples import jitter_box
 
     per_case: dict[str, float] = {}
     for cid, case in cases.items():
@@ -145,15 +146,13 @@ def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k:
         on = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
         if not on.size:
             continue
-        keys = [int(on[len(on) // 2])] if k == 1 else key_slices(truth, k, "axial")
         rng = np.random.default_rng([zlib.crc32(cid.encode()), seed, 7])
         cache = None if caches is None else caches.get(cid)
         state = init_state(model, case.volume, "axial", window=case.window, cache=cache)
         prompted = False
-        for key in keys:
-            found = sorted(parts(truth[key]), key=lambda pb: -int(pb[0].sum()))
-            if found:
-                add_prompt(state, key, box=jitter_box(found[0][1], truth.shape[1:], rng))
+        for key in key_slices(truth, k, "axial"):
+            for box in structure_boxes(truth[key]):
+                add_prompt(state, key, box=jitter_box(box, truth.shape[1:], rng))
                 prompted = True
         if prompted:
             per_case[cid] = round(float(dice(np.asarray(propagate(state).mask) > 0, truth)), 4)

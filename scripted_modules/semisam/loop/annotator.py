@@ -52,7 +52,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from semisam.clicks import error_point
 from semisam.generalists.base import PromptableModel
@@ -62,9 +61,10 @@ from semisam.merge import MergeRule
 from semisam.metrics import dice
 from semisam.propagation import PropagationState, add_prompt, init_state, propagate
 from semisam.propagation.session import EditingSession
+from semisam.propagation.simulate import structure_boxes
 from semisam.review import ReviewOrder
 from semisam.scan.volume import Volume
-from semisam.slices import box_from_mask, take_slice
+from semisam.slices import take_slice
 
 log = logging.getLogger(__name__)
 
@@ -186,23 +186,6 @@ def per_slice_errors(mask: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, n
     total = m.sum(axis=1) + t.sum(axis=1)
     d = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
     return d, total - 2 * inter
-
-
-def structure_boxes(truth2d: np.ndarray, min_fraction: float = 0.05) -> list[tuple[int, int, int, int]]:
-    """One tight ``(x0, y0, x1, y1)`` box per connected part of the truth on a slice (8-connectivity),
-    largest first; parts smaller than ``min_fraction`` of the largest (or 3 pixels) get none.
-
-    A radiologist boxes the left and the right thalamus separately: one box around both would hand the
-    generalist the ventricle between them too.
-    """
-    comp, n = ndimage.label(np.asarray(truth2d) > 0, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return []
-    sizes = np.bincount(comp.ravel())[1:]
-    keep = [
-        k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= max(3, min_fraction * sizes.max())
-    ]
-    return [box_from_mask(comp == k) for k in keep]  # type: ignore[misc]
 
 
 def jitter_box(
