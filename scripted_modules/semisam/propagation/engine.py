@@ -293,7 +293,8 @@ def _lane_step(
         if cut is not None:
             low = lane.results[cut - 1].slice if cut > 0 else start.slice
             lane.results = lane.results[:cut]
-            lane.stop = f"slice {s}: the area grew again after falling to slice {low}: another structure"
+            grew = "past the structure's largest slice" if past_peak else "again after falling"
+            lane.stop = f"slice {s}: the area grew {grew} (to slice {low}): another structure"
             lane.stop_at = s
             return "cut"
     return "on"
