@@ -12,9 +12,8 @@ slices runs at most half the largest gap between them, plus one slice, and ends 
 A key slice with several boxes (the left and the right caudate) has several *parts*: its tracks follow each
 part in its own lane (:class:`~semisam.propagation.state.Lane`), so that no step boxes the tissue between
 them, and a slice's mask is the union of the lanes that reached it. Parts whose boxes, grown by the step's
-margin, touch are followed as one. Whole-head subjects never tuned on (4 thalamus, 4 caudate): 3-box Dice
-0.588 -> 0.599 (thalamus) and 0.470 -> 0.607 (caudate); 1 box on the largest slice 0.536 -> 0.477 and
-0.322 -> 0.511 (``docs/benchmarks.md``).
+margin, touch are followed as one (the two thalami: unchanged). Both caudates of 8 whole-head subjects:
+1 box on the largest slice 0.299 -> 0.416 mean Dice, 3 boxes 0.475 -> 0.537 (``docs/benchmarks.md``).
 
 Between two key slices both tracks cover the gap. Where they agree (Dice >= ``min_agreement``) the slice
 takes the distance-weighted mean of their logits (the nearer key slice counts more); where they disagree,
