@@ -52,7 +52,7 @@ def rebound_cut(
             low = i
         if (low != peak or past_peak) and med[i] >= ratio * max(med[low], 1.0):
             lo = max(peak, low - 2)
-            if past_peak:  # no fall to cut at: keep every slice up to the last one not yet grown
+            if low == peak:  # past the peak, no fall to cut at: keep every slice not yet grown
                 return int(max(j for j in range(lo, i) if j == lo or a[j] < ratio * max(med[low], 1.0)))
             return int(lo + np.argmin(a[lo : low + 1]))  # the raw minimum near the median's minimum
     return None

@@ -6,8 +6,9 @@ down, slice by slice, until the structure ends or the next key slice is reached.
 structure (``slice_mm <= r / 2``) use :func:`semisam.propagation.follow.follow_one` (the previous mask
 carried by registration places the prompt and refuses answers that drift); thick ones (the 5-6.5 mm
 lesion scans) :func:`semisam.propagation.step.propagate_one`. A track beyond the outermost of several key
-slices runs at most half the largest gap between them, plus one slice, and ends where its area grows by
-:data:`~semisam.propagation.continuity.REBOUND_RATIO` (the structure's largest slice is behind it).
+slices runs at most half the largest gap between them, plus one slice, and on thin slices ends where its
+area grows by :data:`~semisam.propagation.continuity.REBOUND_RATIO` (the structure's largest slice is
+behind it).
 
 A key slice with several boxes (the left and the right caudate) has several *parts*: its tracks follow each
 part in its own lane (:class:`~semisam.propagation.state.Lane`), so that no step boxes the tissue between
@@ -44,7 +45,7 @@ from semisam.propagation.lesion import LesionModel
 from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, Lane, PropagationState, Track
-from semisam.propagation.step import SliceResult, expand_box, propagate_one, union_box
+from semisam.propagation.step import SliceResult, expand_box, propagate_one
 from semisam.slices import box_from_mask, put_slice, take_slice
 
 log = logging.getLogger(__name__)
@@ -103,27 +104,32 @@ def _separate_parts(state: PropagationState, index: int, preds: list) -> list[Sl
     ``preds``: ``[(prompt, prediction)]``; returns one :class:`SliceResult` per part, in prompt order."""
     my = state.params.box_margin_mm / state.pixel_mm[0]
     mx = state.params.box_margin_mm / state.pixel_mm[1]
-    groups: list[tuple[tuple[int, ...], list[int]]] = []  # (grown box, indices into preds)
-    for i, (p, pred) in enumerate(preds):
+    grown = []
+    for p, pred in preds:
         drawn = box_from_mask(pred.logits > 0) if p.box is None else tuple(int(round(v)) for v in p.box)
-        box, members = expand_box(drawn, mx, my, pred.logits.shape), [i]
-        for g in [g for g in groups if _overlap(g[0], box)]:
-            groups.remove(g)
-            box, members = union_box(g[0], box), sorted(g[1] + members)
-        groups.append((box, members))
-    groups.sort(key=lambda g: g[1][0])
-    return [
-        SliceResult(
-            index,
-            np.maximum.reduce([preds[i][1].logits for i in members]).astype(np.float32),
-            float(np.mean([preds[i][1].score for i in members])),
-            1.0,
-            index,
-            preds[members[0]][0],
-            "key",
+        grown.append(expand_box(drawn, mx, my, pred.logits.shape))
+    # Connected groups of touching boxes, box against box (so the prompt order changes nothing).
+    group = list(range(len(preds)))
+    for i in range(len(preds)):
+        for j in range(i):
+            if _overlap(grown[i], grown[j]):
+                old, new = group[i], group[j]
+                group = [new if g == old else g for g in group]
+    out = []
+    for g in sorted(set(group), key=group.index):
+        members = [i for i in range(len(preds)) if group[i] == g]
+        out.append(
+            SliceResult(
+                index,
+                np.maximum.reduce([preds[i][1].logits for i in members]).astype(np.float32),
+                float(np.mean([preds[i][1].score for i in members])),
+                1.0,
+                index,
+                preds[members[0]][0],
+                "key",
+            )
         )
-        for _, members in groups
-    ]
+    return out
 
 
 def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -253,9 +259,11 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
                 if went == "on":
                     reached.append(lane.results[-1])
                 cut |= went == "cut"
-        if cut:  # a lane gave back slices it had reached: their union changes
-            track.results = _lane_unions(track)
         union = _union_result(s, track.key, reached) if reached else None
+        if cut:  # a lane gave back slices it had reached: their unions change (this slice's included)
+            track.results = _lane_unions(track)
+        elif union is not None:
+            track.results.append(union)
         if progress is not None:
             progress(s, union)
         if union is None:
@@ -263,7 +271,6 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
             track.stop = last.stop
             log.debug("track %d%+d stops at %s", track.key, track.direction, track.stop)
             return
-        track.results.append(union)
         s += track.direction
     track.stop = None
 
@@ -295,8 +302,7 @@ def _lane_step(
         if cut is not None:
             low = lane.results[cut - 1].slice if cut > 0 else start.slice
             lane.results = lane.results[:cut]
-            grew = "past the structure's largest slice" if past_peak else "again after falling"
-            lane.stop = f"slice {s}: the area grew {grew} (to slice {low}): another structure"
+            lane.stop = f"slice {s}: the area grew again after slice {low}: another structure"
             lane.stop_at = s
             return "cut"
     return "on"
@@ -311,10 +317,13 @@ def _stop_all(track: Track, s: int, reason: str) -> None:
 
 def _union_result(s: int, key: int, reached: list[SliceResult]) -> SliceResult:
     """One slice's result from the lanes that reached it: the union of their masks (the larger logit),
-    their mean predicted IoU, likeness and agreement; the first lane's prompt and candidate."""
+    their mean predicted IoU, likeness and agreement; the first lane's prompt and candidate (``"carried-only"``
+    where any lane's is)."""
     if len(reached) == 1:
         return reached[0]
     first = reached[0]
+    # A part whose every answer was refused leaves the slice for review, whichever lane it is.
+    carried = next((r for r in reached if r.candidate == "carried-only"), first)
     return SliceResult(
         s,
         np.maximum.reduce([r.logits for r in reached]).astype(np.float32),
@@ -322,7 +331,7 @@ def _union_result(s: int, key: int, reached: list[SliceResult]) -> SliceResult:
         float(np.mean([r.likeness for r in reached])),
         key,
         first.prompt,
-        first.candidate,
+        carried.candidate,
         float(np.mean([r.agreement for r in reached])),
         min(r.carried_run for r in reached),
     )
@@ -345,13 +354,13 @@ def _truncate(track: Track, limit: int) -> None:
     """Keep what ``track`` found before a new ``limit`` nearer its key slice (no model call); a lane that
     ended at or beyond the new limit now reaches it."""
     d = track.direction
-    before = len(track.results)
     track.results = [r for r in track.results if (limit - r.slice) * d > 0]
     for lane in track.lanes:
         lane.results = [r for r in lane.results if (limit - r.slice) * d > 0]
-        if lane.stop_at is not None and (limit - lane.stop_at) * d <= 0:
+        last = lane.results[-1].slice if lane.results else track.key
+        if last == limit - d:  # it reaches the new limit (a lane cut back by a rebound may not)
             lane.stop, lane.stop_at = None, None
-    if len(track.results) < before or (track.stop is not None and all(ln.stop is None for ln in track.lanes)):
+    if any(ln.stop is None for ln in track.lanes):
         track.stop = None
     track.limit = limit
 

@@ -71,7 +71,10 @@ def boxes_from_label(label: np.ndarray, slices: list[int], axis: str = "axial") 
     each of ``slices``."""
     prompts = []
     for i in slices:
-        boxes = structure_boxes(take_slice(label, axis, i))
+        part = take_slice(label, axis, i) > 0
+        boxes = structure_boxes(part) or [
+            b for b in [box_from_mask(part)] if b is not None
+        ]  # specks: one box
         if not boxes:
             raise ValueError(f"the label is empty on {axis} slice {i}")
         prompts.extend(Prompt(slice=int(i), box=box) for box in boxes)

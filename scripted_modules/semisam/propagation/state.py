@@ -53,8 +53,9 @@ class KeySlice:
         fresh: ``False`` when the prompts changed since ``result`` was computed.
         closer: whether a view around the box answered better than the whole slice
             (:func:`semisam.generalists.view.choose`); its tracks answer on whole slices either way.
-        parts: each box's own answer (non-empty ones, in prompt order; one entry without boxes): the
-            parts its tracks follow one by one (:class:`Lane`). ``result`` is their union.
+        parts: the boxes' own answers (non-empty ones, in prompt order; those whose boxes lie within the
+            step's margin of each other merged into one; one entry without boxes): the parts its tracks
+            follow one by one (:class:`Lane`). ``result`` is their union.
     """
 
     prompts: list[Prompt] = field(default_factory=list)
@@ -95,7 +96,7 @@ class Track:
         results: one :class:`SliceResult` per slice, in propagation order: the union of the lanes that
             reached the slice.
         stop: why it ended before ``limit`` (``None``: it reached ``limit``): the reason of the lane
-            that ran furthest.
+            that ended furthest from the key slice.
         lanes: one :class:`Lane` per part of the key slice's answer.
     """
 
