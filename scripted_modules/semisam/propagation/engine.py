@@ -14,7 +14,7 @@ A key slice with several boxes (the left and the right caudate) has several *par
 part in its own lane (:class:`~semisam.propagation.state.Lane`), so that no step boxes the tissue between
 them, and a slice's mask is the union of the lanes that reached it. Parts whose boxes, grown by the step's
 margin, touch are followed as one (the two thalami: unchanged). Both caudates of 8 whole-head subjects:
-1 box on the largest slice 0.299 -> 0.416 mean Dice, 3 boxes 0.475 -> 0.537 (``docs/benchmarks.md``).
+1 box on the largest slice 0.299 -> 0.416 mean Dice, 3 boxes 0.475 -> 0.536 (``docs/benchmarks.md``).
 
 Between two key slices both tracks cover the gap. Where they agree (Dice >= ``min_agreement``) the slice
 takes the distance-weighted mean of their logits (the nearer key slice counts more); where they disagree,
