@@ -78,21 +78,19 @@ def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: np
     if not prompts:
         return
     image = state.image(index)
-    preds = []
+    answers = []
     for p in prompts:
         pred, closer = _answer_seen(state, index, image, p)
-        preds.append((p, pred))
+        answers.append(SliceResult(index, pred.logits.astype(np.float32), pred.score, 1.0, index, p, "key"))
         key.closer |= closer
-    logits = np.maximum.reduce([pred.logits for _, pred in preds]).astype(np.float32)
-    score = float(np.mean([pred.score for _, pred in preds]))
-    res = SliceResult(index, logits, score, 1.0, index, prompts[0], "key")
+    res = _union_result(index, index, answers)
     if res.mask.any():
         key.result = res
         key.lesion = LesionModel.fit(image, res.mask)
-        key.parts = _separate_parts(state, index, [(p, pred) for p, pred in preds if (pred.logits > 0).any()])
+        key.parts = _separate_parts(state, index, [a for a in answers if a.area])
 
 
-def _separate_parts(state: PropagationState, index: int, preds: list) -> list[SliceResult]:
+def _separate_parts(state: PropagationState, index: int, answers: list[SliceResult]) -> list[SliceResult]:
     """The parts a key slice's tracks follow apart: the boxes' answers, those whose boxes (the user's;
     the answer's for a prompt without one) grown by the step's margin (``box_margin_mm``) touch merged
     into one. Parts that close together (the left and the right thalamus across the third ventricle) are
@@ -101,35 +99,26 @@ def _separate_parts(state: PropagationState, index: int, preds: list) -> list[Sl
     between them. (The answers' own boxes, smaller than the truth, split touching thalami too: on two
     whole-head subjects whose largest slice holds both, 1-box Dice fell 0.556 -> 0.486, 0.654 -> 0.487.)
 
-    ``preds``: ``[(prompt, prediction)]``; returns one :class:`SliceResult` per part, in prompt order."""
+    ``answers``: one non-empty answer per prompt; returns one :class:`SliceResult` per part, in prompt
+    order."""
     my = state.params.box_margin_mm / state.pixel_mm[0]
     mx = state.params.box_margin_mm / state.pixel_mm[1]
     grown = []
-    for p, pred in preds:
-        drawn = box_from_mask(pred.logits > 0) if p.box is None else tuple(int(round(v)) for v in p.box)
-        grown.append(expand_box(drawn, mx, my, pred.logits.shape))
+    for a in answers:
+        box = a.prompt.box
+        drawn = box_from_mask(a.mask) if box is None else tuple(int(round(v)) for v in box)
+        grown.append(expand_box(drawn, mx, my, a.logits.shape))
     # Connected groups of touching boxes, box against box (so the prompt order changes nothing).
-    group = list(range(len(preds)))
-    for i in range(len(preds)):
+    group = list(range(len(answers)))
+    for i in range(len(answers)):
         for j in range(i):
             if _overlap(grown[i], grown[j]):
                 old, new = group[i], group[j]
                 group = [new if g == old else g for g in group]
-    out = []
-    for g in sorted(set(group), key=group.index):
-        members = [i for i in range(len(preds)) if group[i] == g]
-        out.append(
-            SliceResult(
-                index,
-                np.maximum.reduce([preds[i][1].logits for i in members]).astype(np.float32),
-                float(np.mean([preds[i][1].score for i in members])),
-                1.0,
-                index,
-                preds[members[0]][0],
-                "key",
-            )
-        )
-    return out
+    return [
+        _union_result(index, index, [a for a, gi in zip(answers, group, strict=True) if gi == g])
+        for g in sorted(set(group), key=group.index)
+    ]
 
 
 def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -240,9 +229,9 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
     if key.result is None:
         track.stop = "key slice has no mask"
         return
-    if not track.lanes and not track.results:
-        track.lanes = [Lane() for _ in key.parts or [key.result]]
     starts = key.parts or [key.result]
+    if not track.lanes and not track.results:
+        track.lanes = [Lane() for _ in starts]
     s = (track.results[-1].slice if track.results else track.key) + track.direction
     thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
     reach = _outward_reach(state, track)
@@ -300,7 +289,7 @@ def _lane_step(
     outcome.result.key = start.key
     lane.results.append(outcome.result)
     if rebound:
-        areas = [int(r.mask.sum()) for r in [start, *lane.results]]
+        areas = [r.area for r in [start, *lane.results]]
         cut = rebound_cut(areas, state.params.rebound_ratio, past_peak=past_peak)
         if cut is not None:
             low = lane.results[cut - 1].slice if cut > 0 else start.slice

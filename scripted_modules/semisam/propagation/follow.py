@@ -201,7 +201,7 @@ def _end_reason(res, prev, params: PropagationParams, carried_like: float) -> st
         return "empty mask"
     if res.score < params.min_score:
         return f"predicted IoU {res.score:.2f} < {params.min_score}"
-    prev_area = max(1, int(prev.mask.sum()))
+    prev_area = max(1, prev.area)
     grow_ref = prev_area
     if getattr(prev, "candidate", "") == "key" and prev.prompt.box is not None:
         # Growth out of the key slice is judged against what the user's box says the structure is: the

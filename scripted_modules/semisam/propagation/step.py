@@ -19,6 +19,7 @@ stopping tests (see :class:`~semisam.propagation.params.PropagationParams`) or e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,12 @@ class SliceResult:
     def mask(self) -> np.ndarray:
         """``(H, W)`` bool."""
         return self.logits > 0
+
+    @cached_property
+    def area(self) -> int:
+        """Foreground pixels of :attr:`mask` (computed once: a track's area rules read every earlier
+        slice's area at each step; ``logits`` is never changed in place)."""
+        return int(np.count_nonzero(self.logits > 0))
 
     @property
     def confidence(self) -> float:
@@ -204,7 +211,7 @@ def _stop_reason(
         return f"predicted IoU {res.score:.2f} < {params.min_score}"
     if res.likeness < params.min_likeness:
         return f"lesion likeness {res.likeness:.2f} < {params.min_likeness}"
-    prev_area = max(1, int(prev.mask.sum()))
+    prev_area = max(1, prev.area)
     if area > params.max_area_ratio * prev_area:
         return f"area grew {area / prev_area:.1f}x > {params.max_area_ratio}x"
     if area * params.max_area_ratio < prev_area:
