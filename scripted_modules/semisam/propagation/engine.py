@@ -44,6 +44,7 @@ from semisam.propagation.follow import follow_one, is_thin
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
+from semisam.propagation.simulate import structure_boxes
 from semisam.propagation.state import KeySlice, Lane, PropagationState, Track
 from semisam.propagation.step import SliceResult, expand_box, propagate_one
 from semisam.slices import box_from_mask, put_slice, take_slice
@@ -52,24 +53,45 @@ log = logging.getLogger(__name__)
 
 
 def _key_prompts(key: KeySlice, previous: np.ndarray | None) -> list[SlicePrompt]:
-    """The prompts to ask the model on a key slice: one per box (sharing the points); with points only,
-    the box of the slice's previous mask ``previous`` (2D; if any) anchors them."""
+    """The prompts to ask the model on a key slice: one per box, each with the points nearest it
+    (:func:`_points_per_box`); with points only, a box around each part of the slice's previous mask
+    ``previous`` (2D; if any) anchors them, as the user would have boxed the parts apart."""
     pts = [p for p in key.prompts if p.point is not None]
     points = np.array([p.point for p in pts], dtype=np.float32).reshape(-1, 2) if pts else None
     labels = np.array([1 if p.positive else 0 for p in pts], dtype=np.int64) if pts else None
-    boxes = [p.box for p in key.prompts if p.box is not None]
+    boxes = [tuple(float(v) for v in p.box) for p in key.prompts if p.box is not None]
     if not boxes and previous is not None:
-        pbox = box_from_mask(previous)
-        if pbox is not None:
-            boxes = [pbox]
+        parts = structure_boxes(previous) or [b for b in [box_from_mask(previous)] if b is not None]
+        boxes = [tuple(float(v) for v in b) for b in parts]  # specks only: one box around them
     if boxes:
         return [
-            SlicePrompt(box=tuple(float(v) for v in b), points=points, point_labels=labels)  # type: ignore[arg-type]
-            for b in boxes
+            SlicePrompt(box=b, points=bp, point_labels=bl)  # type: ignore[arg-type]
+            for b, (bp, bl) in zip(boxes, _points_per_box(boxes, points, labels), strict=True)
         ]
     if labels is not None and labels.any():
         return [SlicePrompt(points=points, point_labels=labels)]
     return []  # negative points only, nothing here yet: the structure is absent on this slice
+
+
+def _points_per_box(
+    boxes: list[tuple[float, ...]], points: np.ndarray | None, labels: np.ndarray | None
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """``(points, labels)`` for each box: every point goes to the one box nearest it (0 inside; ties to
+    the nearest centre). A click meant for the left caudate must not pull the right one's answer across
+    the ventricles; with one box it gets every point, outside it too (a click that extends the box)."""
+    if points is None or labels is None:
+        return [(None, None)] * len(boxes)
+    b = np.asarray(boxes, dtype=np.float64)  # (B, 4) x0, y0, x1, y1
+    x, y = points[:, 0:1].astype(np.float64), points[:, 1:2].astype(np.float64)  # (N, 1)
+    dx = np.maximum(np.maximum(b[None, :, 0] - x, x - b[None, :, 2]), 0.0)
+    dy = np.maximum(np.maximum(b[None, :, 1] - y, y - b[None, :, 3]), 0.0)
+    centre = np.hypot(x - (b[None, :, 0] + b[None, :, 2]) / 2, y - (b[None, :, 1] + b[None, :, 3]) / 2)
+    owner = np.lexsort((centre, np.hypot(dx, dy)), axis=1)[:, 0]  # (N,) nearest first, then centre
+    out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+    for i in range(len(boxes)):
+        mine = owner == i
+        out.append((points[mine], labels[mine]) if mine.any() else (None, None))
+    return out
 
 
 def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: np.ndarray | None) -> None:
@@ -406,7 +428,7 @@ def propagate(
             next propagation across slices. SAM 2-family models still run their whole video (their
             memory needs it) and the answer is cut to the key slices.
         current: the segment's mask ``(Z, Y, X)`` on the volume's grid, or ``None``. A key slice with
-            points and no box is anchored on the box of a mask: with ``across_slices`` off, this mask's
+            points and no box is anchored on a box around each part of a mask: with ``across_slices`` off, this mask's
             slice (what the user sees now, edits included), else the mask a track gives it; either falls
             back to the other (a positive point that corrects a proposal keeps to the proposal's extent).
 
