@@ -178,38 +178,6 @@ def test_each_boxed_part_is_followed_on_its_own():
     assert len(state.tracks[(10, 1)].lanes) == 1 and mask[12:16, 28:37, 27:38].any()
 
 
-def test_a_click_on_a_slice_of_two_parts_is_anchored_on_each_part_apart():
-    """The two discs and the bar of the test above: after propagation a positive click on the left disc on
-    slice 13 (no box) is anchored on a box around each part of that slice's mask (one box around both would
-    take the bar in), and the click reaches the left part's prompt only."""
-    from semisam.propagation import add_prompt, init_state, propagate
-    from semisam.scan.volume import Volume
-
-    n, shape = 20, (64, 64)
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    vol = np.full((n, *shape), 0.2, np.float32)
-    truth = np.zeros(vol.shape, bool)
-    for z in range(5, 16):
-        for cx in (16, 48):
-            truth[z] |= (yy - 32) ** 2 + (xx - cx) ** 2 <= 36
-    vol[truth] = 0.7
-    vol[12:16, 28:37, 27:38] = 0.7  # the bar between them
-    model = _blob_model()
-    asked = []
-    answer = model.predict
-    model.predict = lambda emb, prompt: (asked.append(prompt), answer(emb, prompt))[1]
-    state = init_state(model, Volume(vol, (1.0, 1.0, 5.0)), "axial", modality="MR")
-    add_prompt(state, 10, box=(9, 25, 23, 39))
-    add_prompt(state, 10, box=(41, 25, 55, 39))
-    propagate(state)
-    asked.clear()
-    add_prompt(state, 13, point=(16.0, 32.0), positive=True)
-    mask = np.asarray(propagate(state).mask) > 0
-    assert np.array_equal(mask[13], truth[13])  # both discs, nothing of the bar
-    clicked = [p for p in asked if p.points is not None]
-    assert len(clicked) == 1 and clicked[0].box is not None and clicked[0].box[2] < 27  # the left box alone
-
-
 def test_parts_within_the_step_margin_are_followed_together():
     """Two discs 2 px apart (as the left and the right thalamus across the third ventricle): a step would
     box them together anyway, so the key slice's two boxes make one lane, and the structure is found."""

@@ -15,6 +15,8 @@ part in its own lane (:class:`~semisam.propagation.state.Lane`), so that no step
 them, and a slice's mask is the union of the lanes that reached it. Parts whose boxes, grown by the step's
 margin, touch are followed as one (the two thalami: unchanged). Both caudates of 8 whole-head subjects:
 1 box on the largest slice 0.299 -> 0.416 mean Dice, 3 boxes 0.475 -> 0.536 (``docs/benchmarks.md``).
+Each click of a key slice goes to the box it is meant for, and a slice with clicks and no box is
+anchored on a box around each part of its mask so far (:mod:`.key_prompts`).
 
 Between two key slices both tracks cover the gap. Where they agree (Dice >= ``min_agreement``) the slice
 takes the distance-weighted mean of their logits (the nearer key slice counts more); where they disagree,
@@ -41,10 +43,10 @@ from semisam.metrics import dice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.continuity import rebound_cut
 from semisam.propagation.follow import follow_one, is_thin
+from semisam.propagation.key_prompts import group_boxes, key_prompts
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
-from semisam.propagation.simulate import structure_boxes
 from semisam.propagation.state import KeySlice, Lane, PropagationState, Track
 from semisam.propagation.step import SliceResult, expand_box, propagate_one
 from semisam.slices import box_from_mask, put_slice, take_slice
@@ -52,50 +54,23 @@ from semisam.slices import box_from_mask, put_slice, take_slice
 log = logging.getLogger(__name__)
 
 
-def _key_prompts(key: KeySlice, previous: np.ndarray | None) -> list[SlicePrompt]:
-    """The prompts to ask the model on a key slice: one per box, each with the points nearest it
-    (:func:`_points_per_box`); with points only, a box around each part of the slice's previous mask
-    ``previous`` (2D; if any) anchors them, as the user would have boxed the parts apart."""
+def _key_prompts(state: PropagationState, key: KeySlice, previous: np.ndarray | None) -> list[SlicePrompt]:
+    """The prompts to ask on key slice ``key`` (:func:`semisam.propagation.key_prompts.key_prompts`);
+    ``previous``, the slice's 2D mask so far, anchors clicks on a slice without a box."""
     pts = [p for p in key.prompts if p.point is not None]
     points = np.array([p.point for p in pts], dtype=np.float32).reshape(-1, 2) if pts else None
     labels = np.array([1 if p.positive else 0 for p in pts], dtype=np.int64) if pts else None
     boxes = [tuple(float(v) for v in p.box) for p in key.prompts if p.box is not None]
-    if not boxes and previous is not None:
-        parts = structure_boxes(previous) or [b for b in [box_from_mask(previous)] if b is not None]
-        boxes = [tuple(float(v) for v in b) for b in parts]  # specks only: one box around them
-    if boxes:
-        return [
-            SlicePrompt(box=b, points=bp, point_labels=bl)  # type: ignore[arg-type]
-            for b, (bp, bl) in zip(boxes, _points_per_box(boxes, points, labels), strict=True)
-        ]
-    if labels is not None and labels.any():
-        return [SlicePrompt(points=points, point_labels=labels)]
-    return []  # negative points only, nothing here yet: the structure is absent on this slice
+    return key_prompts(boxes, points, labels, previous, _margin_px(state))  # type: ignore[arg-type]
 
 
-def _points_per_box(
-    boxes: list[tuple[float, ...]], points: np.ndarray | None, labels: np.ndarray | None
-) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-    """``(points, labels)`` for each box: every point goes to the one box nearest it (0 inside; ties to
-    the nearest centre). A click meant for the left caudate must not pull the right one's answer across
-    the ventricles; with one box it gets every point, outside it too (a click that extends the box)."""
-    if points is None or labels is None:
-        return [(None, None)] * len(boxes)
-    b = np.asarray(boxes, dtype=np.float64)  # (B, 4) x0, y0, x1, y1
-    x, y = points[:, 0:1].astype(np.float64), points[:, 1:2].astype(np.float64)  # (N, 1)
-    dx = np.maximum(np.maximum(b[None, :, 0] - x, x - b[None, :, 2]), 0.0)
-    dy = np.maximum(np.maximum(b[None, :, 1] - y, y - b[None, :, 3]), 0.0)
-    centre = np.hypot(x - (b[None, :, 0] + b[None, :, 2]) / 2, y - (b[None, :, 1] + b[None, :, 3]) / 2)
-    owner = np.lexsort((centre, np.hypot(dx, dy)), axis=1)[:, 0]  # (N,) nearest first, then centre
-    out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
-    for i in range(len(boxes)):
-        mine = owner == i
-        out.append((points[mine], labels[mine]) if mine.any() else (None, None))
-    return out
+def _margin_px(state: PropagationState) -> tuple[float, float]:
+    """The step's box margin (``box_margin_mm``) in pixels, ``(columns, rows)``."""
+    return state.params.box_margin_mm / state.pixel_mm[1], state.params.box_margin_mm / state.pixel_mm[0]
 
 
 def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: np.ndarray | None) -> None:
-    prompts = _key_prompts(key, previous)
+    prompts = _key_prompts(state, key, previous)
     key.result, key.lesion, key.fresh, key.closer, key.parts = None, None, True, False, []
     if not prompts:
         return
@@ -123,28 +98,17 @@ def _separate_parts(state: PropagationState, index: int, answers: list[SliceResu
 
     ``answers``: one non-empty answer per prompt; returns one :class:`SliceResult` per part, in prompt
     order."""
-    my = state.params.box_margin_mm / state.pixel_mm[0]
-    mx = state.params.box_margin_mm / state.pixel_mm[1]
+    mx, my = _margin_px(state)
     grown = []
     for a in answers:
         box = a.prompt.box
         drawn = box_from_mask(a.mask) if box is None else tuple(int(round(v)) for v in box)
         grown.append(expand_box(drawn, mx, my, a.logits.shape))
-    # Connected groups of touching boxes, box against box (so the prompt order changes nothing).
-    group = list(range(len(answers)))
-    for i in range(len(answers)):
-        for j in range(i):
-            if _overlap(grown[i], grown[j]):
-                old, new = group[i], group[j]
-                group = [new if g == old else g for g in group]
+    group = group_boxes(grown)  # box against box, so the prompt order changes nothing
     return [
         _union_result(index, index, [a for a, gi in zip(answers, group, strict=True) if gi == g])
         for g in sorted(set(group), key=group.index)
     ]
-
-
-def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def _answer_seen(state: PropagationState, index: int, image: np.ndarray, prompt: SlicePrompt):

@@ -1,0 +1,133 @@
+"""The prompts a key slice asks a 2D generalist: one per box, each with the clicks meant for it.
+
+A key slice may hold several boxes (the left and the right caudate, boxed apart) and clicks. A positive
+click goes to the box nearest it (a click meant for the left caudate must not pull the right one's answer
+across the ventricles); a negative click goes to every box that holds it (where two boxes overlap, the
+spot must leave both answers, since the slice's mask is their union), else to the nearest. With a single
+box every click goes to it, outside it too (a click that extends the box).
+
+A slice with clicks and no box is anchored on the mask it already holds (a track's, or the segment's own
+slice): one box around each part, parts whose boxes grown by the step's margin touch boxed together (the
+rule that groups a key slice's boxes into lanes), so one box never spans the tissue between two parts
+and no part is dropped. A positive click outside every such grown box marks a part the mask missed: it
+gets a box of the nearest part's size centred on it (the model answers boxes as it was trained to).
+
+Coordinates are slice pixels: boxes ``(x0, y0, x1, y1)`` inclusive, points ``(x, y)`` = (column, row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from semisam.generalists.base import SlicePrompt
+from semisam.propagation.step import expand_box, union_box
+from semisam.slices import box_from_mask
+
+Box = tuple[float, float, float, float]
+
+
+def group_boxes(grown: list[tuple[int, ...]]) -> list[int]:
+    """A group id per box: boxes that overlap, directly or through others, share one (the id of the first
+    box of the group), whatever their order."""
+    group = list(range(len(grown)))
+    for i in range(len(grown)):
+        for j in range(i):
+            if _overlap(grown[i], grown[j]):
+                old, new = group[i], group[j]
+                group = [new if g == old else g for g in group]
+    return group
+
+
+def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def anchor_boxes(mask2d: np.ndarray, margin_px: tuple[float, float]) -> list[tuple[int, int, int, int]]:
+    """A tight box around each part of ``mask2d`` ``(Y, X)`` (8-connected), parts whose boxes grown by
+    ``margin_px`` ``(mx, my)`` touch boxed together; ``[]`` for an empty mask."""
+    comp, n = ndi.label(np.asarray(mask2d) > 0, structure=np.ones((3, 3), bool))
+    tight = [box_from_mask(comp == k) for k in range(1, n + 1)]
+    boxes = [b for b in tight if b is not None]
+    grown = [expand_box(b, margin_px[0], margin_px[1], comp.shape) for b in boxes]
+    merged: dict[int, tuple[int, int, int, int]] = {}
+    for b, g in zip(boxes, group_boxes(grown), strict=True):
+        merged[g] = b if g not in merged else union_box(merged[g], b)
+    return list(merged.values())
+
+
+def _distances(boxes: list[Box], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(to the box, to its centre)``, each ``(N, B)`` pixels; 0 to a box for a point inside it."""
+    b = np.asarray(boxes, dtype=np.float64)  # (B, 4)
+    x, y = points[:, 0:1].astype(np.float64), points[:, 1:2].astype(np.float64)  # (N, 1)
+    dx = np.maximum(np.maximum(b[None, :, 0] - x, x - b[None, :, 2]), 0.0)
+    dy = np.maximum(np.maximum(b[None, :, 1] - y, y - b[None, :, 3]), 0.0)
+    centre = np.hypot(x - (b[None, :, 0] + b[None, :, 2]) / 2, y - (b[None, :, 1] + b[None, :, 3]) / 2)
+    return np.hypot(dx, dy), centre
+
+
+def points_per_box(
+    boxes: list[Box], points: np.ndarray | None, labels: np.ndarray | None
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """``(points (n, 2), labels (n,))`` for each of ``boxes`` (``(None, None)`` where none), by the rule
+    in the module docstring."""
+    if points is None or labels is None or not len(points):
+        return [(None, None)] * len(boxes)
+    to_box, to_centre = _distances(boxes, points)
+    nearest = np.lexsort((to_centre, to_box), axis=1)[:, 0]  # (N,): nearest box, ties to the nearer centre
+    out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+    for i in range(len(boxes)):
+        mine = (nearest == i) | ((labels == 0) & (to_box[:, i] == 0))
+        out.append((points[mine], labels[mine]) if mine.any() else (None, None))
+    return out
+
+
+def _missed_part_boxes(
+    anchors: list[Box], points: np.ndarray, labels: np.ndarray, margin_px: tuple[float, float], shape
+) -> list[Box]:
+    """A box of the nearest anchor's size centred on each positive click outside every anchor grown by
+    ``margin_px``, inside a slice of ``shape`` ``(H, W)``."""
+    grown = [expand_box(tuple(int(round(v)) for v in b), margin_px[0], margin_px[1], shape) for b in anchors]
+    to_grown, _ = _distances([tuple(float(v) for v in g) for g in grown], points)
+    _, to_centre = _distances(anchors, points)
+    h, w = shape
+    out: list[Box] = []
+    for i in np.flatnonzero((labels == 1) & (to_grown.min(axis=1) > 0)):
+        x0, y0, x1, y1 = anchors[int(np.argmin(to_centre[i]))]
+        hx, hy = (x1 - x0) / 2, (y1 - y0) / 2
+        x, y = float(points[i, 0]), float(points[i, 1])
+        out.append((max(0.0, x - hx), max(0.0, y - hy), min(w - 1.0, x + hx), min(h - 1.0, y + hy)))
+    return out
+
+
+def key_prompts(
+    boxes: list[Box],
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    previous: np.ndarray | None,
+    margin_px: tuple[float, float],
+) -> list[SlicePrompt]:
+    """The prompts to ask on a key slice (module docstring).
+
+    Args:
+        boxes: the user's boxes on the slice.
+        points: ``(N, 2)`` clicks ``(x, y)``, or ``None``; ``labels`` ``(N,)`` 1 positive, 0 negative.
+        previous: ``(H, W)`` the slice's mask so far, anchoring clicks on a slice without a box; or ``None``.
+        margin_px: ``(mx, my)``, the step's box margin in pixels (what groups parts).
+
+    Returns:
+        One :class:`SlicePrompt` per box; clicks alone where there is neither box nor mask to anchor them;
+        ``[]`` for negative clicks alone on an empty slice (the structure is absent there).
+    """
+    if not boxes and previous is not None:
+        boxes = [tuple(float(v) for v in b) for b in anchor_boxes(previous, margin_px)]  # type: ignore[misc]
+        if boxes and points is not None and labels is not None:
+            boxes = boxes + _missed_part_boxes(boxes, points, labels, margin_px, np.shape(previous))
+    if boxes:
+        return [
+            SlicePrompt(box=b, points=bp, point_labels=bl)
+            for b, (bp, bl) in zip(boxes, points_per_box(boxes, points, labels), strict=True)
+        ]
+    if labels is not None and labels.any():
+        return [SlicePrompt(points=points, point_labels=labels)]
+    return []
