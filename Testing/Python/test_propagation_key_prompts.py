@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semisam.propagation.key_prompts import anchor_boxes, key_prompts, points_per_box
+from semisam.propagation.key_prompts import MAX_ANCHORS, anchor_boxes, key_prompts, points_per_box
 
 MARGIN = (2.0, 2.0)
 
@@ -24,6 +24,14 @@ def test_every_part_is_anchored_and_parts_within_the_margin_share_a_box():
     close = _discs((64, 96), (32, 20, 8), (32, 33, 4))  # 1 px of background between them
     assert anchor_boxes(close, MARGIN) == [(12, 24, 37, 40)]
     assert anchor_boxes(np.zeros((8, 8), bool), MARGIN) == []
+    # scattered specks (a noisy hand-painted mask): a bounded number of boxes, the part first
+    noisy = apart.copy()
+    for r in range(0, 64, 6):
+        for c in range(0, 96, 6):
+            noisy[r : r + 2, c : c + 2] = True  # 4-px specks 4 px apart: 176 parts
+    boxes = anchor_boxes(noisy, MARGIN)
+    assert 1 <= len(boxes) <= MAX_ANCHORS and boxes[0][0] <= 10 <= 30 <= boxes[0][2]
+    assert anchor_boxes(_discs((16, 16), (8, 8, 0)), MARGIN) == [(8, 8, 8, 8)]  # a speck alone: its box
 
 
 def test_a_positive_click_goes_to_the_nearest_box_and_a_negative_one_to_every_box_holding_it():

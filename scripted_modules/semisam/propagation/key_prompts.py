@@ -43,17 +43,30 @@ def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
+#: at most this many anchor boxes on one slice (its largest parts): a hand-painted mask of scattered specks
+#: must not turn one click into hundreds of model calls
+MAX_ANCHORS = 16
+#: parts smaller than this (pixels) anchor nothing while a larger part is there: a speck is not a structure
+MIN_ANCHOR_PX = 3
+
+
 def anchor_boxes(mask2d: np.ndarray, margin_px: tuple[float, float]) -> list[tuple[int, int, int, int]]:
     """A tight box around each part of ``mask2d`` ``(Y, X)`` (8-connected), parts whose boxes grown by
-    ``margin_px`` ``(mx, my)`` touch boxed together; ``[]`` for an empty mask."""
+    ``margin_px`` ``(mx, my)`` touch boxed together, largest first (at most :data:`MAX_ANCHORS`; groups
+    under :data:`MIN_ANCHOR_PX` pixels only when nothing larger is there); ``[]`` for an empty mask."""
     comp, n = ndi.label(np.asarray(mask2d) > 0, structure=np.ones((3, 3), bool))
-    tight = [box_from_mask(comp == k) for k in range(1, n + 1)]
-    boxes = [b for b in tight if b is not None]
-    grown = [expand_box(b, margin_px[0], margin_px[1], comp.shape) for b in boxes]
-    merged: dict[int, tuple[int, int, int, int]] = {}
-    for b, g in zip(boxes, group_boxes(grown), strict=True):
-        merged[g] = b if g not in merged else union_box(merged[g], b)
-    return list(merged.values())
+    if n == 0:
+        return []
+    sizes = np.bincount(comp.ravel())[1:]
+    boxes = [box_from_mask(comp == k) for k in range(1, n + 1)]
+    grown = [expand_box(b, margin_px[0], margin_px[1], comp.shape) for b in boxes]  # type: ignore[arg-type]
+    merged: dict[int, tuple[tuple[int, int, int, int], int]] = {}
+    for b, size, g in zip(boxes, sizes, group_boxes(grown), strict=True):
+        box, area = merged.get(g, (b, 0))
+        merged[g] = (union_box(box, b), area + int(size))  # type: ignore[arg-type]
+    ranked = sorted(merged.values(), key=lambda ba: -ba[1])
+    kept = [b for b, area in ranked if area >= MIN_ANCHOR_PX] or [ranked[0][0]]
+    return kept[:MAX_ANCHORS]
 
 
 def _distances(boxes: list[Box], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
