@@ -61,9 +61,10 @@ def test_a_click_on_a_part_the_mask_missed_gets_a_box_of_its_own():
     assert key_prompts([], np.array([[5, 5]], np.float32), np.array([0]), None, MARGIN) == []
 
 
-def _clicking_model():
+def _clicking_model(clicks_alone: bool = True):
     """A scripted generalist: the bright pixels in the box, plus the bright part under a positive click,
-    less the bright part under a negative click (score 0.9)."""
+    less the bright part under a negative click (score 0.9); with ``clicks_alone`` off, clicks without a
+    box get nothing (as LiteMedSAM, trained on boxes)."""
     import torch
     from scipy import ndimage as ndi
 
@@ -79,6 +80,8 @@ def _clicking_model():
             bright = embedding.extras["image"] > 0.5
             comp, _ = ndi.label(bright)
             m = np.zeros(bright.shape, bool)
+            if prompt.box is None and not clicks_alone:
+                return SlicePrediction(np.full(bright.shape, -5.0, np.float32), 0.1)
             if prompt.box is not None:
                 x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
                 m[y0 : y1 + 1, x0 : x1 + 1] = bright[y0 : y1 + 1, x0 : x1 + 1]
@@ -151,3 +154,22 @@ def test_a_click_on_a_slice_of_two_parts_is_anchored_on_each_part_apart():
     assert np.array_equal(mask[13], _discs((64, 96), (32, 16, 6), (32, 48, 6)))  # nothing of the bar
     clicked = [p for shape, p in asked if p.points is not None and shape == (64, 96)]  # on the whole slice
     assert len(clicked) == 1 and clicked[0].box is not None and clicked[0].box[2] < 27  # the left box alone
+
+
+def test_a_click_on_a_slice_with_nothing_to_anchor_it_gets_a_box_sized_on_the_nearest_slice():
+    """A disc boxed on slice 10; a click (no box) on slice 14, which holds no mask: the model answers a
+    click alone with nothing, so the click gets a box of the size of slice 10's box, centred on it."""
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.scan.volume import Volume
+
+    vol = _volume((32, 20, 6))
+    state = init_state(
+        _clicking_model(clicks_alone=False), Volume(vol, (1.0, 1.0, 3.0)), "axial", modality="MR"
+    )
+    add_prompt(state, 10, box=(13, 25, 27, 39))
+    add_prompt(state, 14, point=(22, 33), positive=True)
+    mask = np.asarray(propagate(state, across_slices=False).mask) > 0
+    assert np.array_equal(mask[14], _discs((64, 96), (32, 20, 6)))
+    assert key_prompts(
+        [], np.array([[22, 33]], np.float32), np.array([1]), None, MARGIN, [(13, 25, 27, 39)], (64, 96)
+    )[0].box == (15.0, 26.0, 29.0, 40.0)

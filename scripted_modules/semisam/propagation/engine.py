@@ -43,25 +43,28 @@ from semisam.metrics import dice
 from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.continuity import rebound_cut
 from semisam.propagation.follow import follow_one, is_thin
-from semisam.propagation.key_prompts import group_boxes, key_prompts
+from semisam.propagation.key_prompts import anchor_boxes, group_boxes, key_prompts
 from semisam.propagation.lesion import LesionModel
 from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, Lane, PropagationState, Track
 from semisam.propagation.step import SliceResult, expand_box, propagate_one
-from semisam.slices import box_from_mask, put_slice, take_slice
+from semisam.slices import axis_index, box_from_mask, put_slice, take_slice
 
 log = logging.getLogger(__name__)
 
 
-def _key_prompts(state: PropagationState, key: KeySlice, previous: np.ndarray | None) -> list[SlicePrompt]:
+def _key_prompts(
+    state: PropagationState, key: KeySlice, previous: np.ndarray | None, sizes: list | None = None
+) -> list[SlicePrompt]:
     """The prompts to ask on key slice ``key`` (:func:`semisam.propagation.key_prompts.key_prompts`);
-    ``previous``, the slice's 2D mask so far, anchors clicks on a slice without a box."""
+    ``previous``, the slice's 2D mask so far, anchors clicks on a slice without a box; without one,
+    ``sizes`` (:func:`_nearest_sizes`) size the boxes its positive clicks get."""
     pts = [p for p in key.prompts if p.point is not None]
     points = np.array([p.point for p in pts], dtype=np.float32).reshape(-1, 2) if pts else None
     labels = np.array([1 if p.positive else 0 for p in pts], dtype=np.int64) if pts else None
     boxes = [tuple(float(v) for v in p.box) for p in key.prompts if p.box is not None]
-    return key_prompts(boxes, points, labels, previous, _margin_px(state))  # type: ignore[arg-type]
+    return key_prompts(boxes, points, labels, previous, _margin_px(state), sizes, state.slice_shape)  # type: ignore[arg-type]
 
 
 def _margin_px(state: PropagationState) -> tuple[float, float]:
@@ -69,8 +72,14 @@ def _margin_px(state: PropagationState) -> tuple[float, float]:
     return state.params.box_margin_mm / state.pixel_mm[1], state.params.box_margin_mm / state.pixel_mm[0]
 
 
-def _answer_key(state: PropagationState, index: int, key: KeySlice, previous: np.ndarray | None) -> None:
-    prompts = _key_prompts(state, key, previous)
+def _answer_key(
+    state: PropagationState,
+    index: int,
+    key: KeySlice,
+    previous: np.ndarray | None,
+    sizes: list | None = None,
+) -> None:
+    prompts = _key_prompts(state, key, previous, sizes)
     key.result, key.lesion, key.fresh, key.closer, key.parts = None, None, True, False, []
     if not prompts:
         return
@@ -413,7 +422,9 @@ def propagate(
     for k in sorted(state.keys):
         key = state.keys[k]
         if not key.fresh:
-            _answer_key(state, k, key, _anchor(state, k, current, prefer_current=not across_slices))
+            previous = _anchor(state, k, current, prefer_current=not across_slices)
+            sizes = _nearest_sizes(state, k, current) if previous is None else []
+            _answer_key(state, k, key, previous, sizes)
             for d in (1, -1):
                 state.tracks.pop((k, d), None)
     if not across_slices:
@@ -450,6 +461,36 @@ def _anchor(
         own = m if m.any() else None
     first, second = (own, tracked) if prefer_current else (tracked, own)
     return first if first is not None else second
+
+
+def _nearest_sizes(
+    state: PropagationState, index: int, current: np.ndarray | None
+) -> list[tuple[float, ...]]:
+    """Boxes ``(x0, y0, x1, y1)`` of the structure on the slice nearest ``index`` (not ``index`` itself)
+    that shows it: a key slice's own boxes, else the parts (:func:`~.key_prompts.anchor_boxes`) of the
+    mask ``current``, a key slice's answer or a track gives it; ``[]`` when no slice does. They size the
+    boxes the clicks of a slice with nothing to anchor them get."""
+    boxed = {k for k, key in state.keys.items() if any(p.box is not None for p in key.prompts)}
+    held = {k for k, key in state.keys.items() if key.result is not None}
+    held |= {r.slice for t in state.tracks.values() for r in t.results if r.area}
+    if current is not None:
+        a = axis_index(state.axis)
+        other = tuple(d for d in range(3) if d != a)
+        held |= {int(i) for i in np.flatnonzero(np.asarray(current).any(axis=other))}
+    near = (boxed | held) - {index}
+    if not near:
+        return []
+    s = min(near, key=lambda i: (abs(i - index), i))
+    if s in boxed:
+        return [tuple(float(v) for v in p.box) for p in state.keys[s].prompts if p.box is not None]
+    mask = None
+    if current is not None and np.asarray(take_slice(current, state.axis, s)).any():
+        mask = np.asarray(take_slice(current, state.axis, s)) > 0
+    elif s in state.keys and state.keys[s].result is not None:
+        mask = state.keys[s].result.mask  # type: ignore[union-attr]
+    elif (res := _current_result(state, s)) is not None:
+        mask = res.mask
+    return [] if mask is None else [tuple(float(v) for v in b) for b in anchor_boxes(mask, _margin_px(state))]
 
 
 def _current_result(state: PropagationState, index: int) -> SliceResult | None:
