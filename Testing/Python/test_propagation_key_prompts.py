@@ -173,3 +173,67 @@ def test_a_click_on_a_slice_with_nothing_to_anchor_it_gets_a_box_sized_on_the_ne
     assert key_prompts(
         [], np.array([[22, 33]], np.float32), np.array([1]), None, MARGIN, [(13, 25, 27, 39)], (64, 96)
     )[0].box == (15.0, 26.0, 29.0, 40.0)
+
+
+def test_a_slice_clicked_before_its_neighbour_is_boxed_is_answered_once_the_box_is_there():
+    """Clicks on slice 14 with nothing near to size a box on get nothing from a model that answers clicks
+    alone with nothing; boxing slice 10 afterwards answers slice 14 too, as boxing first would have."""
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.scan.volume import Volume
+
+    disc = _discs((64, 96), (32, 20, 6))
+
+    def session(order):
+        state = init_state(
+            _clicking_model(clicks_alone=False),
+            Volume(_volume((32, 20, 6)), (1.0, 1.0, 3.0)),
+            "axial",
+            modality="MR",
+        )
+        for what in order:
+            if what == "box":
+                add_prompt(state, 10, box=(13, 25, 27, 39))
+            else:
+                add_prompt(state, 14, point=(22, 33), positive=True)
+            mask = np.asarray(propagate(state).mask) > 0
+        return mask
+
+    first_click = session(["click", "box"])
+    assert np.array_equal(first_click[14], disc)
+    # from the box up to the clicked slice and beyond it, as with the box first (below the box the reach
+    # of a track beyond the outermost key slice depends on which key slices existed when it ran)
+    assert np.array_equal(first_click[10:], session(["box", "click"])[10:])
+
+
+def test_clicks_are_sized_on_what_the_user_drew_whatever_the_order_of_the_slices():
+    """A box on slice 20; clicks alone on slices 14 and 16: both are sized on slice 20's box (not slice 14
+    on slice 16's answer, made first or not)."""
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.propagation.engine import _nearest_sizes
+    from semisam.scan.volume import Volume
+
+    vol = np.full((24, 64, 96), 0.2, np.float32)
+    vol[:, _discs((64, 96), (32, 20, 3))] = 0.7  # smaller than the box: an answer's box is not the user's
+    state = init_state(_clicking_model(), Volume(vol, (1.0, 1.0, 3.0)), "axial", modality="MR")
+    add_prompt(state, 20, box=(13, 25, 27, 39))
+    add_prompt(state, 14, point=(20, 32), positive=True)
+    add_prompt(state, 16, point=(20, 32), positive=True)
+    propagate(state, across_slices=False)  # slice 14 is answered before slice 16
+    assert state.keys[14].result is not None
+    assert _nearest_sizes(state, 14, None) == _nearest_sizes(state, 16, None) == [(13.0, 25.0, 27.0, 39.0)]
+
+
+def test_many_clicks_make_a_bounded_number_of_boxes():
+    """Clicks on one part join the box the first one made; clicks all over a slice make at most
+    MAX_ANCHORS boxes."""
+    sizes = [(13.0, 25.0, 27.0, 39.0)]
+    same_part = np.array([[40, 30], [42, 31], [44, 33]], np.float32)
+    prompts = key_prompts([], same_part, np.ones(3, int), None, MARGIN, sizes, (64, 96))
+    assert len(prompts) == 1 and prompts[0].points is not None and len(prompts[0].points) == 3
+    everywhere = np.array([[x, y] for y in range(0, 64, 4) for x in range(0, 96, 4)], np.float32)  # 384
+    assert (
+        len(key_prompts([], everywhere, np.ones(len(everywhere), int), None, MARGIN, sizes, (64, 96)))
+        == MAX_ANCHORS
+    )
+    held = _discs((64, 96), (32, 20, 8))
+    assert len(key_prompts([], everywhere, np.ones(len(everywhere), int), held, MARGIN)) == MAX_ANCHORS

@@ -421,12 +421,17 @@ def propagate(
         return result if across_slices else only_key_slices(result, state.axis)
     for k in sorted(state.keys):
         key = state.keys[k]
-        if not key.fresh:
-            previous = _anchor(state, k, current, prefer_current=not across_slices)
-            sizes = _nearest_sizes(state, k, current) if previous is None else []
-            _answer_key(state, k, key, previous, sizes)
-            for d in (1, -1):
-                state.tracks.pop((k, d), None)
+        if key.fresh and not key.unsized:
+            continue
+        clicks = not any(p.box is not None for p in key.prompts)
+        previous = _anchor(state, k, current, prefer_current=not across_slices) if clicks else None
+        sizes = _nearest_sizes(state, k, current) if clicks and previous is None else []
+        if key.fresh and previous is None and not sizes:  # still nothing to anchor or size on
+            continue
+        _answer_key(state, k, key, previous, sizes)
+        key.unsized = clicks and previous is None and not sizes and key.result is None
+        for d in (1, -1):
+            state.tracks.pop((k, d), None)
     if not across_slices:
         return _assemble(state, with_tracks=False)
     for k in sorted(state.keys):
@@ -468,15 +473,17 @@ def _nearest_sizes(
 ) -> list[tuple[float, ...]]:
     """Boxes ``(x0, y0, x1, y1)`` of the structure on the slice nearest ``index`` (not ``index`` itself)
     that shows it: a key slice's own boxes, else the parts (:func:`~.key_prompts.anchor_boxes`) of the
-    mask ``current``, a key slice's answer or a track gives it; ``[]`` when no slice does. They size the
-    boxes the clicks of a slice with nothing to anchor them get."""
+    mask ``current`` or a track gives it; ``[]`` when no slice does. They size the boxes the clicks of a
+    slice with nothing to anchor them get. Only what the user drew and what earlier propagations left
+    count, not the answers of the key slices answered now, so the order they are answered in changes
+    nothing."""
     boxed = {k for k, key in state.keys.items() if any(p.box is not None for p in key.prompts)}
-    held = {k for k, key in state.keys.items() if key.result is not None}
-    held |= {r.slice for t in state.tracks.values() for r in t.results if r.area}
+    held = {r.slice for t in state.tracks.values() for r in t.results if r.area}
+    shown = None
     if current is not None:
+        shown = np.asarray(current) > 0
         a = axis_index(state.axis)
-        other = tuple(d for d in range(3) if d != a)
-        held |= {int(i) for i in np.flatnonzero(np.asarray(current).any(axis=other))}
+        held |= {int(i) for i in np.flatnonzero(shown.any(axis=tuple(d for d in range(3) if d != a)))}
     near = (boxed | held) - {index}
     if not near:
         return []
@@ -484,10 +491,8 @@ def _nearest_sizes(
     if s in boxed:
         return [tuple(float(v) for v in p.box) for p in state.keys[s].prompts if p.box is not None]
     mask = None
-    if current is not None and np.asarray(take_slice(current, state.axis, s)).any():
-        mask = np.asarray(take_slice(current, state.axis, s)) > 0
-    elif s in state.keys and state.keys[s].result is not None:
-        mask = state.keys[s].result.mask  # type: ignore[union-attr]
+    if shown is not None and np.asarray(take_slice(shown, state.axis, s)).any():
+        mask = np.asarray(take_slice(shown, state.axis, s))
     elif (res := _current_result(state, s)) is not None:
         mask = res.mask
     return [] if mask is None else [tuple(float(v) for v in b) for b in anchor_boxes(mask, _margin_px(state))]

@@ -110,9 +110,12 @@ def _click_boxes(
     margin_px: tuple[float, float],
     shape,
     outside_only: bool = True,
+    room: int = MAX_ANCHORS,
 ) -> list[Box]:
     """A box of the nearest anchor's size centred on each positive click (only those outside every anchor
-    grown by ``margin_px`` if ``outside_only``), inside a slice of ``shape`` ``(H, W)``."""
+    grown by ``margin_px`` if ``outside_only``), inside a slice of ``shape`` ``(H, W)``. A click inside a
+    box already made joins it, and at most ``room`` boxes are made (the clicks beyond go to the nearest
+    box): many clicks on one part make one box, and no number of clicks makes unbounded model calls."""
     grown = [expand_box(tuple(int(round(v)) for v in b), margin_px[0], margin_px[1], shape) for b in anchors]
     to_grown, _ = _distances([tuple(float(v) for v in g) for g in grown], points)
     _, to_centre = _distances(anchors, points)
@@ -120,9 +123,11 @@ def _click_boxes(
     out: list[Box] = []
     outside = to_grown.min(axis=1) > 0 if outside_only else np.ones(len(points), bool)
     for i in np.flatnonzero((labels == 1) & outside):
+        x, y = float(points[i, 0]), float(points[i, 1])
+        if len(out) >= room or any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in out):
+            continue
         x0, y0, x1, y1 = anchors[int(np.argmin(to_centre[i]))]
         hx, hy = (x1 - x0) / 2, (y1 - y0) / 2
-        x, y = float(points[i, 0]), float(points[i, 1])
         out.append((max(0.0, x - hx), max(0.0, y - hy), min(w - 1.0, x + hx), min(h - 1.0, y + hy)))
     return out
 
@@ -154,7 +159,8 @@ def key_prompts(
     if not boxes and previous is not None:
         boxes = [tuple(float(v) for v in b) for b in anchor_boxes(previous, margin_px)]  # type: ignore[misc]
         if boxes and points is not None and labels is not None:
-            boxes = boxes + _click_boxes(boxes, points, labels, margin_px, np.shape(previous))
+            room = MAX_ANCHORS - len(boxes)
+            boxes = boxes + _click_boxes(boxes, points, labels, margin_px, np.shape(previous), room=room)
     if not boxes and sizes and points is not None and labels is not None and shape is not None:
         boxes = _click_boxes(sizes, points, labels, margin_px, shape, outside_only=False)
     if boxes:

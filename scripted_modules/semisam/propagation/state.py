@@ -56,6 +56,9 @@ class KeySlice:
         parts: the boxes' own answers (non-empty ones, in prompt order; those whose boxes lie within the
             step's margin of each other merged into one; one entry without boxes): the parts its tracks
             follow one by one (:class:`Lane`). ``result`` is their union.
+        unsized: clicks without a box were answered alone, with nothing to anchor or size a box on (no
+            mask on the slice or near it), and the model found nothing: the slice is answered again once
+            there is (a user who clicks before boxing a neighbour).
     """
 
     prompts: list[Prompt] = field(default_factory=list)
@@ -64,6 +67,7 @@ class KeySlice:
     lesion: LesionModel | None = None
     fresh: bool = False
     closer: bool = False
+    unsized: bool = False
 
 
 @dataclass
