@@ -30,7 +30,6 @@ from scipy import ndimage as ndi
 
 from semisam.generalists.base import SlicePrompt
 from semisam.propagation.step import expand_box, union_box
-from semisam.slices import box_from_mask
 
 Box = tuple[float, float, float, float]
 
@@ -66,7 +65,8 @@ def anchor_boxes(mask2d: np.ndarray, margin_px: tuple[float, float]) -> list[tup
     if n == 0:
         return []
     sizes = np.bincount(comp.ravel())[1:]
-    boxes = [box_from_mask(comp == k) for k in range(1, n + 1)]
+    # one pass over the slice for every part's box (not one comparison of the whole slice per part)
+    boxes = [(sx.start, sy.start, sx.stop - 1, sy.stop - 1) for sy, sx in ndi.find_objects(comp)]
     grown = [expand_box(b, margin_px[0], margin_px[1], comp.shape) for b in boxes]  # type: ignore[arg-type]
     merged: dict[int, tuple[tuple[int, int, int, int], int]] = {}
     for b, size, g in zip(boxes, sizes, group_boxes(grown), strict=True):
