@@ -15,7 +15,9 @@ the same draw for every variant):
 Per variant the Dice, the ratio of mean Dice to the mean oracle, and where each end of the result lies
 against the structure's (``ends``: slices short (-) or past (+) its first and last slice, with the
 engine's reason for each track's stop), so that a stop rule can be judged by what it costs on both sides.
-Prints one JSON object; ``--embedding-cache DIR`` keeps encoded slices between runs.
+Prints one JSON object; ``--embedding-cache DIR`` keeps encoded slices between runs (the encoder is the
+same for an adapted version, so one folder serves both); ``--generalist-version DIR`` answers with a
+version made by ``semisam adapt``.
 
 Usage::
 
@@ -128,17 +130,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", default="8-15", help="subject indices, e.g. 8-15 or 8,9,12")
     ap.add_argument("--seed", type=int, default=0, help="jitter draw of the boxes")
     ap.add_argument("--embedding-cache", default=None, help="folder of encoded slices kept between runs")
+    ap.add_argument(
+        "--generalist-version",
+        type=Path,
+        default=None,
+        help="an adapted generalist version folder (semisam adapt) to answer with, oracle included",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     entries = json.loads((args.task_dir / "dataset.json").read_text())["training"]
     model = build_generalist("litemedsam", device="cpu")
+    if args.generalist_version is not None:
+        from semisam.adapt.versions import apply_version
+
+        apply_version(model, args.generalist_version)
     cache = (
         DiskEmbeddingCache(Path(args.embedding_cache))
         if args.embedding_cache
         else EmbeddingCache(max_bytes=2 * 2**30)
     )
     params = PropagationParams()
-    report: dict = {"machine": machine_info(), "task": str(args.task_dir), "params": params.to_json()}
+    report: dict = {
+        "machine": machine_info(),
+        "task": str(args.task_dir),
+        "generalist_version": None if args.generalist_version is None else str(args.generalist_version),
+        "params": params.to_json(),
+    }
     subjects: dict = {}
     t = time.perf_counter()
     for i in subject_range(args.subjects):
