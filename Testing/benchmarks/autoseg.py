@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import machine_info
+from bench_common import load_average, machine_info
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -194,7 +194,7 @@ def main() -> None:
     result = {
         "benchmark": "autoseg",
         "torch_threads_per_run": args.threads or info["torch_threads"],
-        "machine": {**info, "load_avg_1min_end": round(os.getloadavg()[0], 2)},
+        "machine": {**info, "load_avg_1min_end": load_average()},
         "target_spacing_mm_ijk": target,
         "input_files": {c: str(p) for c, p in images.items()},
         "parameters": params,

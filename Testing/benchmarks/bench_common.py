@@ -23,6 +23,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the platform has none): how shared the machine was."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def machine_info(**extra) -> dict:
     """What every benchmark's JSON says about where it ran, plus ``extra`` (versions of what it measures).
 
@@ -34,7 +39,7 @@ def machine_info(**extra) -> dict:
         "python": platform.python_version(),
         "torch": importlib.metadata.version("torch"),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_avg_1min": load_average(),
     }
     torch = sys.modules.get("torch")  # the threads torch really uses, when the benchmark imported it
     if torch is not None:

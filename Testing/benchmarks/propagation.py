@@ -46,7 +46,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from bench_common import machine_info
+from bench_common import load_average, machine_info
 
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
@@ -518,9 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cold_10_slices_in_encodes": round(c["seconds"] / m["encode_s"], 2),
                 "cold_10_slices_in_encodes_cpu": round(c["cpu_seconds"] / m["encode_cpu_s"], 2),
             }
-    report["machine"]["load_avg_1min_end"] = (
-        round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    )
+    report["machine"]["load_avg_1min_end"] = load_average()
     print(json.dumps(report, indent=2))
     return 0
 

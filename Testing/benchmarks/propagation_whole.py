@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from bench_common import machine_info
+from bench_common import load_average, machine_info
 from propagation import DiskEmbeddingCache
 
 from semisam.adapt.samples import jitter_box
@@ -175,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         r[v]["seconds"] for r in subjects.values() for v in VARIANTS
     )
     report["subjects"] = subjects
-    report["machine"]["load_avg_1min_end"] = (
-        round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    )
+    report["machine"]["load_avg_1min_end"] = load_average()
     print(json.dumps(report, indent=2))
     return 0
 
