@@ -3,11 +3,12 @@
 For each subject of a task built by ``dev_datasets.py TASK OUT --whole`` (axial slices, the whole head as
 a user loads it), the product's engine answers jittered boxes around each part of the structure on the
 key slices (:func:`semisam.propagation.simulate.structure_boxes`, as a radiologist boxes the left and the
-right thalamus apart; each side moved by up to 10 % of its length, :func:`semisam.adapt.samples.jitter_box`,
-the same draw for every variant):
+right thalamus apart; each side moved by up to 10 % of its length: the boxes of
+:func:`semisam.adapt.evaluate.propagate_from_part_boxes`, the adaptation's own propagation check, the same
+draw for every variant):
 
 * ``oracle``: the tight box of each part on EVERY slice of the structure, answered on the whole slice
-  (the ceiling the done-when ratios are taken against);
+  (the ceiling the ratios below are taken against);
 * ``k1``: one set of boxes on the slice where the structure is largest (the product's rule);
 * ``k1_middle``: one set on the middle slice of the structure;
 * ``k3``: boxes on 3 key slices (the product's rule, :func:`semisam.propagation.simulate.key_slices`).
@@ -32,18 +33,17 @@ import logging
 import statistics
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 from bench_common import load_average, machine_info
 from propagation import DiskEmbeddingCache
 
-from semisam.adapt.samples import jitter_box
+from semisam.adapt.evaluate import part_box_rng, propagate_from_part_boxes
 from semisam.generalists import SlicePrompt, build_generalist
 from semisam.generalists.cache import EmbeddingCache
 from semisam.metrics import dice
-from semisam.propagation import PropagationParams, add_prompt, init_state, propagate
+from semisam.propagation import PropagationParams, init_state
 from semisam.propagation.simulate import key_slices, lesion_slices, middle_slice, structure_boxes
 from semisam.scan.volume import read_mask, read_volume
 
@@ -84,13 +84,17 @@ def run_subject(model, volume, truth: np.ndarray, case_id: str, cache, params, s
     out["oracle"] = round(dice(oracle(state, truth), truth), 4)
     for variant in VARIANTS:
         keys = [middle_slice(truth)] if variant == "k1_middle" else key_slices(truth, int(variant[1]))
-        rng = np.random.default_rng([zlib.crc32(case_id.encode()), seed, 7])
-        st = init_state(model, volume, "axial", modality="MR", cache=cache, params=params)
-        for key in keys:
-            for box in structure_boxes(truth[key]):
-                add_prompt(st, key, box=jitter_box(box, truth.shape[1:], rng))
         t = time.perf_counter()
-        res = propagate(st)
+        res = propagate_from_part_boxes(
+            model,
+            volume,
+            truth,
+            keys,
+            part_box_rng(case_id, seed),  # the same draw for every variant
+            modality="MR",
+            cache=cache,
+            params=params,
+        )
         mask = np.asarray(res.mask) > 0
         out[variant] = {
             "keys": keys,

@@ -125,20 +125,42 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
     }
 
 
+def part_box_rng(case_id: str, seed: int) -> np.random.Generator:
+    """The jitter draw of :func:`propagate_from_part_boxes` for a case: the same for every model at a seed."""
+    import zlib
+
+    return np.random.default_rng([zlib.crc32(case_id.encode()), seed, 7])
+
+
+def propagate_from_part_boxes(model, volume, truth: np.ndarray, keys: list[int], rng, **state_kwargs):
+    """The product's engine (axial) from a user-like box around each part of ``truth`` ``(Z, Y, X)`` on each
+    of the slices ``keys``, as a radiologist boxes the left and the right thalamus apart
+    (:func:`semisam.propagation.simulate.structure_boxes`, each side moved by :func:`.samples.jitter_box`
+    drawing from ``rng``); ``state_kwargs`` go to :func:`semisam.propagation.init_state` (window, cache,
+    params, ...). Returns the :class:`~semisam.propagation.PropagationResult`, or ``None`` when no key slice
+    holds a part to box."""
+    from semisam.propagation import add_prompt, init_state, propagate
+    from semisam.propagation.simulate import structure_boxes
+
+    from .samples import jitter_box
+
+    state = init_state(model, volume, "axial", **state_kwargs)
+    prompted = False
+    for key in keys:
+        for box in structure_boxes(truth[key]):
+            add_prompt(state, key, box=jitter_box(box, truth.shape[1:], rng))
+            prompted = True
+    return propagate(state) if prompted else None
+
+
 def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k: int = 1) -> dict:
     """``k``-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`):
     on each of ``k`` key slices (the product's rule, :func:`semisam.propagation.simulate.key_slices`: with
-    ``k = 1`` the slice where the structure is largest) a jittered box (:mod:`.samples`, the same for
-    every model at a given ``seed``) around each part of the structure, as a radiologist boxes the left
-    and the right thalamus apart (:func:`semisam.propagation.simulate.structure_boxes`), propagated by the
-    product's engine. ``caches`` (case id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two
+    ``k = 1`` the slice where the structure is largest) a jittered box around each part of the structure
+    (:func:`propagate_from_part_boxes`, the same boxes for every model at a given ``seed``), propagated by
+    the product's engine. ``caches`` (case id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two
     decoders share one case's slice embeddings (the encoder is the same)."""
-    import zlib
-
-    from semisam.propagation import add_prompt, init_state, propagate
-    from semisam.propagation.simulate import key_slices, structure_boxes
-
-    from .samples import jitter_box
+    from semisam.propagation.simulate import key_slices
 
     per_case: dict[str, float] = {}
     for cid, case in cases.items():
@@ -146,16 +168,18 @@ def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k:
         on = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
         if not on.size:
             continue
-        rng = np.random.default_rng([zlib.crc32(cid.encode()), seed, 7])
         cache = None if caches is None else caches.get(cid)
-        state = init_state(model, case.volume, "axial", window=case.window, cache=cache)
-        prompted = False
-        for key in key_slices(truth, k, "axial"):
-            for box in structure_boxes(truth[key]):
-                add_prompt(state, key, box=jitter_box(box, truth.shape[1:], rng))
-                prompted = True
-        if prompted:
-            per_case[cid] = round(float(dice(np.asarray(propagate(state).mask) > 0, truth)), 4)
+        result = propagate_from_part_boxes(
+            model,
+            case.volume,
+            truth,
+            key_slices(truth, k, "axial"),
+            part_box_rng(cid, seed),
+            window=case.window,
+            cache=cache,
+        )
+        if result is not None:
+            per_case[cid] = round(float(dice(np.asarray(result.mask) > 0, truth)), 4)
     return {
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
         "per_case": per_case,
