@@ -237,3 +237,21 @@ def test_many_clicks_make_a_bounded_number_of_boxes():
     )
     held = _discs((64, 96), (32, 20, 8))
     assert len(key_prompts([], everywhere, np.ones(len(everywhere), int), held, MARGIN)) == MAX_ANCHORS
+
+
+def test_clicks_are_sized_on_a_segment_whatever_value_marks_it():
+    """A segment held as a label map (the structure is 2, another label 255 elsewhere): the slice nearest
+    the clicked one that holds anything non-zero sizes its boxes, one box per part of that slice."""
+    from semisam.propagation import init_state
+    from semisam.propagation.engine import _nearest_sizes
+    from semisam.scan.volume import Volume
+
+    state = init_state(
+        _clicking_model(), Volume(_volume((32, 20, 6)), (1.0, 1.0, 3.0)), "axial", modality="MR"
+    )
+    current = np.zeros((20, 64, 96), np.uint8)
+    current[17][_discs((64, 96), (32, 20, 6))] = 2
+    current[19][_discs((64, 96), (32, 70, 6))] = 255
+    assert _nearest_sizes(state, 14, current) == [(14.0, 26.0, 26.0, 38.0)]
+    assert _nearest_sizes(state, 19, current) == [(14.0, 26.0, 26.0, 38.0)]  # not its own slice
+    assert _nearest_sizes(state, 19, np.zeros_like(current)) == []

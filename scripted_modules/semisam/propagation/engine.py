@@ -479,11 +479,12 @@ def _nearest_sizes(
     nothing."""
     boxed = {k for k, key in state.keys.items() if any(p.box is not None for p in key.prompts)}
     held = {r.slice for t in state.tracks.values() for r in t.results if r.area}
-    shown = None
     if current is not None:
-        shown = np.asarray(current) > 0
+        # a projection of the largest value, not a boolean copy of the whole segment (78 MB on a 512 x 512 x
+        # 300 CT) at every clicked slice: > 0 is what holds the structure, whatever values the segment uses
         a = axis_index(state.axis)
-        held |= {int(i) for i in np.flatnonzero(shown.any(axis=tuple(d for d in range(3) if d != a)))}
+        top = np.asarray(current).max(axis=tuple(d for d in range(3) if d != a))
+        held |= {int(i) for i in np.flatnonzero(top > 0)}
     near = (boxed | held) - {index}
     if not near:
         return []
@@ -491,8 +492,8 @@ def _nearest_sizes(
     if s in boxed:
         return [tuple(float(v) for v in p.box) for p in state.keys[s].prompts if p.box is not None]
     mask = None
-    if shown is not None and np.asarray(take_slice(shown, state.axis, s)).any():
-        mask = np.asarray(take_slice(shown, state.axis, s))
+    if current is not None and (on := np.asarray(take_slice(current, state.axis, s)) > 0).any():
+        mask = on
     elif (res := _current_result(state, s)) is not None:
         mask = res.mask
     return [] if mask is None else [tuple(float(v) for v in b) for b in anchor_boxes(mask, _margin_px(state))]
