@@ -104,6 +104,45 @@ def test_lookalike_boxes_sit_off_the_structure_on_the_tissue_most_like_it():
             assert not other[by0 : by1 + 1, bx0 : bx1 + 1].any()
 
 
+def test_track_boxes_are_a_neighbours_box_over_this_slices_structure():
+    # Two parts that drift apart along Z; each slice's track box is a neighbour's part box grown by the
+    # margin, and its target is the part(s) of this slice the box reaches: never empty, never the far part.
+    label = np.zeros((6, 64, 64), bool)
+    for k in range(1, 5):
+        label[k, 20:30, 10 + k : 20 + k] = True  # drifts one column per slice
+        label[k, 20:30, 40 : 42 + 4 * k] = True  # grows four columns per slice (more than the margin)
+    plain = case_samples(0, label, np.random.default_rng(0))
+    samples = case_samples(0, label, np.random.default_rng(0), track_margin_px=(2.0, 2.0))
+    tracks = [s for s in samples if s.kind == "track"]
+    assert not any(s.kind == "track" for s in plain)
+    # every other box as without them (the same jitter draws come first)
+    assert [(s.slice, s.box) for s in plain] == [(s.slice, s.box) for s in samples if s.kind != "track"]
+    assert {s.slice for s in tracks} == {1, 2, 3, 4} and len(tracks) == 8  # one per neighbour part
+
+    def near(box, g):  # within the jitter: up to 10 % of a side, at least 1 px
+        jx, jy = max(1, round(0.1 * (g[2] - g[0] + 1))), max(1, round(0.1 * (g[3] - g[1] + 1)))
+        return all(abs(u - v) <= t for u, v, t in zip(box, g, (jx, jy, jx, jy), strict=True))
+
+    for s in tracks:
+        assert s.view is None and not s.empty  # whole slice, as a track asks
+        left = s.target[:, :32].any()
+        assert left != s.target[:, 32:].any()  # one part: the box reaches this part only
+        part = label[s.slice] & (np.arange(64)[None, :] < 32 if left else np.arange(64)[None, :] >= 32)
+        assert (s.target == part).all()
+        # a neighbour's part box grown by the margin (2 px), then jittered
+        grown = []
+        for j in (s.slice - 1, s.slice + 1):
+            for half in (slice(0, 32), slice(32, 64)):
+                ys, xs = np.nonzero(label[j][:, half])
+                if len(xs):
+                    xs = xs + half.start
+                    grown.append((xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2))
+        assert any(near(s.box, g) for g in grown)
+    # where a part grows, some track box is narrower than the part it is asked for: what tracks must learn
+    right = [s for s in tracks if s.target[:, 32:].any()]
+    assert any(s.box[2] < np.nonzero(s.target)[1].max() for s in right)
+
+
 def test_jitter_stays_in_the_slice_and_keeps_a_box():
     rng = np.random.default_rng(0)
     for _ in range(200):

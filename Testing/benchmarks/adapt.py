@@ -16,7 +16,7 @@ fine-tuning step, one thread. Prints one JSON object (machine info, per budget t
 event and the test scores).
 
 Usage: ``OMP_NUM_THREADS=1 python Testing/benchmarks/adapt.py TASK_DIR [--budgets 1,2,4] [--val 2]
-[--test 2] [--max-minutes 5] [--click-share F] [--no-lookalikes] [--cache DIR]``
+[--test 2] [--max-minutes 5] [--click-share F] [--no-lookalikes] [--no-tracks] [--cache DIR]``
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def parse_args(argv):
         "--click-share", type=float, default=None, help="AdaptConfig.click_share (default: its own)"
     )
     p.add_argument("--no-lookalikes", action="store_true", help="AdaptConfig.lookalikes off")
+    p.add_argument("--no-tracks", action="store_true", help="AdaptConfig.tracks off")
     p.add_argument("--cache", type=Path, default=None, help="shared embedding folder (default: temporary)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     a = p.parse_args(argv)
@@ -127,6 +128,8 @@ def main(argv=None) -> int:
                 kwargs["click_share"] = args.click_share
             if args.no_lookalikes:
                 kwargs["lookalikes"] = False
+            if args.no_tracks:
+                kwargs["tracks"] = False
             cfg = AdaptConfig(max_minutes=args.max_minutes, device="cpu", **kwargs)
             done = adapt(store.root, cfg, emit=events.append, model=model)
             apply_version(model, GeneralistRegistry(store).get(done["version"]).path)

@@ -94,6 +94,8 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
             if cancel is not None and cancel.is_set():
                 break
             pred = _answer(model, embeddings, whole, closer)
+            if whole.kind == "track":  # scored by the propagations, not box by box
+                continue
             if whole.kind == "lookalike":
                 alike.append(int(pred.mask.sum()))
                 continue

@@ -76,6 +76,9 @@ class AdaptConfig:
             subjects, N = 2 / 4; ``docs/benchmarks.md``): px on the look-alike boxes 256-311 -> 23-115, on
             the empty neighbours from 2 cases 22.9 / 12.1 -> 0.0 / 0.0 (thalamus / caudate); 3-box
             propagation Dice +0.03 on average, 1-box -0.015, box-per-slice Dice -0.012, one-click -0.028.
+        tracks: teach a neighbouring slice's box, grown by a track's margin, with this slice's structure
+            as the target, as a propagation track asks it (:mod:`.samples`, where the measurements are:
+            without them an adapted decoder ends tracks early, 1-box propagation below the frozen one's).
         seed: samples' jitter and order, and torch's initial state.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
@@ -88,6 +91,7 @@ class AdaptConfig:
     lr: float = 1e-4
     click_share: float = 0.5
     lookalikes: bool = True
+    tracks: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -98,8 +102,9 @@ class AdaptConfig:
                 raise AdaptError("bad_config", f"{name} must be a positive whole number, got {v!r}")
         if self.min_steps > self.max_steps:
             raise AdaptError("bad_config", f"min_steps {self.min_steps} > max_steps {self.max_steps}")
-        if not isinstance(self.lookalikes, bool):
-            raise AdaptError("bad_config", f"lookalikes must be true or false, got {self.lookalikes!r}")
+        for name in ("lookalikes", "tracks"):
+            if not isinstance(getattr(self, name), bool):
+                raise AdaptError("bad_config", f"{name} must be true or false, got {getattr(self, name)!r}")
         v = self.click_share
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0:
             raise AdaptError("bad_config", f"click_share must be a number from 0 to 1, got {v!r}")
@@ -155,10 +160,28 @@ def open_cases(store_root, modality: str | None = None) -> tuple[object, list[Ca
     return store, [load(c) for c in train_ids], [load(c) for c in val_ids]
 
 
-def make_samples(cases: list[Case], seed: int, lookalikes: bool = True) -> dict[str, list[Sample]]:
-    """Every case's samples (:func:`.samples.case_samples`), with the look-alike boxes or without."""
+def make_samples(
+    cases: list[Case], seed: int, lookalikes: bool = True, tracks: bool = False
+) -> dict[str, list[Sample]]:
+    """Every case's samples (:func:`.samples.case_samples`), with the look-alike boxes or without, and the
+    track boxes (grown by the propagation's ``box_margin_mm``) or without."""
+    from semisam.propagation.params import PropagationParams
+
+    def margin(c: Case) -> tuple[float, float] | None:
+        if not tracks:
+            return None
+        si, sj = c.volume.spacing[:2]  # columns (x), rows (y) of an axial slice
+        mm = PropagationParams().box_margin_mm
+        return mm / si, mm / sj
+
     return {
-        c.case_id: case_samples(i, c.label, _rng(c.case_id, seed), image=c.image if lookalikes else None)
+        c.case_id: case_samples(
+            i,
+            c.label,
+            _rng(c.case_id, seed),
+            image=c.image if lookalikes else None,
+            track_margin_px=margin(c),
+        )
         for i, c in enumerate(cases)
     }
 
@@ -371,7 +394,7 @@ def _run(
     from .versions import GeneralistRegistry, apply_version
 
     disk = EmbeddingStore(store.root / "cache" / "embeddings")
-    train_samples = make_samples(train, cfg.seed, cfg.lookalikes)
+    train_samples = make_samples(train, cfg.seed, cfg.lookalikes, cfg.tracks)
     val_samples = make_samples(val, cfg.seed + 1)  # always scored on look-alikes too (apart)
     train_emb, val_emb = Embeddings(model, train, disk), Embeddings(model, val, disk)
     val_cases = {c.case_id: (c.label, val_samples[c.case_id]) for c in val}
