@@ -397,6 +397,10 @@ def test_view_samples_are_answered_in_slice_pixels(tmp_path, tiny):
     assert 0.0 <= scores["empty_fp_px_kept"] <= scores["empty_fp_px"]
     # One correction click on each part's answer: scored, and never counted for a right answer.
     assert 0.0 <= scores["part_dice"] <= 1.0 and 0.0 <= scores["click_dice"] <= 1.0
+    # Track boxes teach; they are scored by the propagations, never box by box.
+    with_tracks = make_samples([case], 0, tracks=True)["c"]
+    assert any(s.kind == "track" for s in with_tracks)
+    assert evaluate(tiny, {"c": (case.label, with_tracks)}, emb) == scores
     assert scores["click_dice"] != scores["part_dice"]
 
 

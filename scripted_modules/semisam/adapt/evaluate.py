@@ -93,9 +93,9 @@ def evaluate(model, cases: dict[str, tuple[np.ndarray, list[Sample]]], embedding
         for whole, closer in _pairs(samples):
             if cancel is not None and cancel.is_set():
                 break
-            pred = _answer(model, embeddings, whole, closer)
             if whole.kind == "track":  # scored by the propagations, not box by box
                 continue
+            pred = _answer(model, embeddings, whole, closer)
             if whole.kind == "lookalike":
                 alike.append(int(pred.mask.sum()))
                 continue
