@@ -143,6 +143,25 @@ def test_track_boxes_are_a_neighbours_box_over_this_slices_structure():
     assert any(s.box[2] < np.nonzero(s.target)[1].max() for s in right)
 
 
+def test_track_boxes_grow_by_the_engines_margin_in_each_axis_pixels():
+    # 0.5 mm columns, 2 mm rows: the 2 mm margin is 4 px across and 1 px down, as a track grows its box.
+    from semisam.adapt.job import Case
+    from semisam.scan.intensity import IntensityWindow
+    from semisam.scan.volume import Volume
+
+    label = np.zeros((5, 40, 60), bool)
+    label[1:4, 15:25, 20:30] = True  # 10 x 10 px on every slice: a neighbour's box is this slice's
+    case = Case(
+        "c", Volume(label.astype(np.float32), spacing=(0.5, 2.0, 3.0)), IntensityWindow(0.0, 1.0), label
+    )
+    tracks = [s for s in make_samples([case], 0, tracks=True)["c"] if s.kind == "track"]
+    assert len(tracks) == 3 and not any(s.kind == "track" for s in make_samples([case], 0)["c"])
+    for s in tracks:
+        x0, y0, x1, y1 = s.box
+        # grown by 2 x 4 px across and 2 x 1 px down, each side then jittered by up to 1 px
+        assert 6 <= (x1 - x0 + 1) - 10 <= 10 and 0 <= (y1 - y0 + 1) - 10 <= 4
+
+
 def test_jitter_stays_in_the_slice_and_keeps_a_box():
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -166,13 +166,14 @@ def make_samples(
     """Every case's samples (:func:`.samples.case_samples`), with the look-alike boxes or without, and the
     track boxes (grown by the propagation's ``box_margin_mm``) or without."""
     from semisam.propagation.params import PropagationParams
+    from semisam.propagation.state import slice_geometry
 
     def margin(c: Case) -> tuple[float, float] | None:
         if not tracks:
             return None
-        si, sj = c.volume.spacing[:2]  # columns (x), rows (y) of an axial slice
+        (row_mm, column_mm), _ = slice_geometry(c.volume, "axial")
         mm = PropagationParams().box_margin_mm
-        return mm / si, mm / sj
+        return mm / column_mm, mm / row_mm  # (x, y) pixels, as the engine grows a track's box
 
     return {
         c.case_id: case_samples(
