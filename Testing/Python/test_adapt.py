@@ -530,3 +530,32 @@ def test_k_box_propagation_prompts_the_products_key_slices(tmp_path, tiny):
         propagation_dice(tiny, {"c": Case("c", vol, case.window, np.zeros_like(label, bool))})["per_case"]
         == {}
     )
+
+
+def test_the_guards_propagation_score_averages_several_prompts(tmp_path, tiny):
+    """Several draws: each case's score is the mean of its draws, draw 0 is the one-draw score, the odd
+    draws box the middle slice (their Dice equals a one-draw score from the middle slice at that seed)."""
+    from semisam.adapt.evaluate import part_box_rng, propagate_from_part_boxes, propagation_dice
+    from semisam.adapt.job import PROPAGATION_DRAWS, Case
+    from semisam.generalists.cache import EmbeddingCache
+    from semisam.metrics import dice
+    from semisam.propagation.simulate import key_slices, middle_slice
+    from semisam.scan.intensity import IntensityWindow
+
+    vol, label = synthetic_case(3, (24, 96, 96))
+    # a structure whose largest slice is not its middle one: the two kinds of draw differ
+    label[: key_slices(label > 0, 1)[0]] = 0  # the largest slice becomes the first
+    truth = label > 0
+    assert key_slices(truth, 1) != [middle_slice(truth)]
+    case = Case("c", vol, IntensityWindow(-500.0, 300.0), truth)
+    caches = {"c": EmbeddingCache()}
+    many = propagation_dice(tiny, {"c": case}, 5, caches, draws=PROPAGATION_DRAWS)
+    assert PROPAGATION_DRAWS >= 2 and len(many["per_draw"]["c"]) == PROPAGATION_DRAWS
+    assert many["per_case"]["c"] == pytest.approx(np.mean(many["per_draw"]["c"]), abs=1e-4)
+    assert many["per_draw"]["c"][0] == propagation_dice(tiny, {"c": case}, 5, caches)["per_case"]["c"]
+    middle = propagate_from_part_boxes(
+        tiny, vol, truth, [middle_slice(truth)], part_box_rng("c", 6), window=case.window, cache=caches["c"]
+    )
+    assert many["per_draw"]["c"][1] == round(float(dice(np.asarray(middle.mask) > 0, truth)), 4)
+    with pytest.raises(ValueError, match="draws"):
+        propagation_dice(tiny, {"c": case}, draws=0)

@@ -19,9 +19,10 @@ a key slice (:func:`semisam.generalists.view.choose` between the whole slice and
   answered parts (how well its confidence orders review).
 
 :func:`propagation_dice` scores what a user gets from one box (or ``k``): the product's propagation engine
-from a user-like box on the structure's middle slice (or on ``k`` key slices), Dice of the 3D mask. A decoder that answers every box better
-can still propagate worse (it keeps drawing where the structure has ended and its tracks run on), so
-promotion looks at both.
+from a user-like box on the slice where the structure is largest (or on ``k`` key slices), Dice of the 3D
+mask; with several draws, the mean over jitters and, for one box, over the largest and the middle slice. A
+decoder that answers every box better can still propagate worse (it keeps drawing where the structure has
+ended and its tracks run on), so promotion looks at both.
 """
 
 from __future__ import annotations
@@ -155,34 +156,48 @@ def propagate_from_part_boxes(model, volume, truth: np.ndarray, keys: list[int],
     return propagate(state) if prompted else None
 
 
-def propagation_dice(model, cases, seed: int = 0, caches: dict | None = None, k: int = 1) -> dict:
+def propagation_dice(
+    model, cases, seed: int = 0, caches: dict | None = None, k: int = 1, draws: int = 1
+) -> dict:
     """``k``-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`):
     on each of ``k`` key slices (the product's rule, :func:`semisam.propagation.simulate.key_slices`: with
     ``k = 1`` the slice where the structure is largest) a jittered box around each part of the structure
     (:func:`propagate_from_part_boxes`, the same boxes for every model at a given ``seed``), propagated by
     the product's engine. ``caches`` (case id -> :class:`semisam.generalists.cache.EmbeddingCache`) lets two
-    decoders share one case's slice embeddings (the encoder is the same)."""
-    from semisam.propagation.simulate import key_slices
+    decoders share one case's slice embeddings (the encoder is the same).
 
-    per_case: dict[str, float] = {}
+    ``draws`` > 1 scores each case by the mean over that many prompts: draw ``i`` jitters its boxes with
+    seed ``seed + i`` and, with ``k = 1``, the odd draws box the structure's middle slice instead of its
+    largest (the two slices a user picks for one box); draw 0 is the one-draw score. ``per_draw``: case id
+    -> each draw's Dice (a case whose prompts all fall outside the engine's reach scores no draw)."""
+    from semisam.propagation.simulate import key_slices, middle_slice
+
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    per_draw: dict[str, list[float]] = {}
     for cid, case in cases.items():
         truth = np.asarray(case.label) > 0
         on = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))
         if not on.size:
             continue
         cache = None if caches is None else caches.get(cid)
-        result = propagate_from_part_boxes(
-            model,
-            case.volume,
-            truth,
-            key_slices(truth, k, "axial"),
-            part_box_rng(cid, seed),
-            window=case.window,
-            cache=cache,
-        )
-        if result is not None:
-            per_case[cid] = round(float(dice(np.asarray(result.mask) > 0, truth)), 4)
+        for i in range(draws):
+            middle = k == 1 and i % 2 == 1
+            keys = [middle_slice(truth, "axial")] if middle else key_slices(truth, k, "axial")
+            result = propagate_from_part_boxes(
+                model,
+                case.volume,
+                truth,
+                keys,
+                part_box_rng(cid, seed + i),
+                window=case.window,
+                cache=cache,
+            )
+            if result is not None:
+                per_draw.setdefault(cid, []).append(round(float(dice(np.asarray(result.mask) > 0, truth)), 4))
+    per_case = {cid: round(float(np.mean(v)), 4) for cid, v in per_draw.items()}
     return {
         "dice": round(float(np.mean(list(per_case.values()))), 4) if per_case else None,
         "per_case": per_case,
+        "per_draw": per_draw,
     }

@@ -40,6 +40,15 @@ Emit = Callable[[dict], None]
 #: one-click Dice (``click_dice`` of :func:`.evaluate.evaluate`): corrections must not get worse
 PROPAGATION_TOLERANCE = 0.02
 
+#: the 1-box propagation Dice that guards promotion is each validation case's mean over this many prompts
+#: (:func:`.evaluate.propagation_dice` ``draws``: a box on the structure's largest and on its middle slice,
+#: each jittered twice). One prompt is noise against the tolerance: on two whole-head thalamus validation
+#: subjects one decoder's 1-box Dice moved by 0.03-0.37 between a box on the largest and one on the middle
+#: slice (frozen 0.735 / 0.581 and 0.461 / 0.495, adapted 0.455 / 0.823 and 0.548 / 0.717), so one draw
+#: refused or promoted by chance. Four cost three more propagations per case and decoder (a few seconds
+#: each once the slices are encoded, and the windows are cached across decoders)
+PROPAGATION_DRAWS = 4
+
 #: at least this share of each batch is an empty slice beyond the structure's end ("not here"; the boxes
 #: on look-alike tissue come on top, as often as they are among the samples): they are 5-10 % of the samples,
 #: and at that share the adapted decoder answered them with more pixels than the frozen one (validation,
@@ -407,7 +416,7 @@ def _run(
     def score() -> dict:
         out = evaluate(model, val_cases, val_emb, cancel)
         _check_cancel(cancel)
-        prop = propagation_dice(model, by_id, cfg.seed, caches)
+        prop = propagation_dice(model, by_id, cfg.seed, caches, draws=PROPAGATION_DRAWS)
         return {**out, "propagation_1box": prop["dice"], "propagation_per_case": prop["per_case"]}
 
     scores: dict = {"frozen": score()}
