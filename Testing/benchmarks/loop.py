@@ -13,7 +13,7 @@ Usage::
 
     python Testing/benchmarks/loop.py [--task thalamus] [--cases 16] [--retrain-every 4] [--iterations N]
         [--whole] [--held-out 4] [--adapt] [--small-retrain] [--train-config FILE.json] [--work DIR]
-        [--no-dev] [--no-samples]
+        [--target-dice 0.85] [--no-dev] [--no-samples]
 
 The dev dataset holds ``--cases`` + ``--held-out`` subjects; the last ``--held-out`` of the seeded order
 are never replayed and score every retrained version (``semisam simulate --held-out``).
@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "scripted_modules"))
 
 from bench_common import machine_info  # noqa: E402
+
+from semisam.cli.simulate import DEFAULT_TARGET_DICE  # noqa: E402
 
 SAMPLES = ("lung1", "brain1", "breast1")
 #: Training settings of the dev run: batch 4 of 96 x 96 crops keeps a retrain to minutes on 2 cores.
@@ -69,6 +71,9 @@ def dev_run(args) -> dict:
         train_options=train,
         held_out=args.held_out,
         adapt=args.adapt,
+        # the product's absolute target (``semisam simulate``'s default); 0: the older runs' fraction of
+        # the generalist's own oracle
+        target_dice=args.target_dice or None,
     )
     t0 = time.perf_counter()
     summary = Simulation(cfg).run()
@@ -134,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", type=int, default=4, help="cases kept aside to score every retrain")
     p.add_argument("--adapt", action="store_true", help="every retrain also adapts the generalist")
     p.add_argument("--method", default="supervised")
+    p.add_argument(
+        "--target-dice",
+        type=float,
+        default=DEFAULT_TARGET_DICE,
+        help="dev run: done at this Dice against the truth (%(default)s, as semisam simulate; 0: 0.9 x the oracle)",
+    )
     p.add_argument("--train-config", default=None, help="JSON file of further TrainConfig fields")
     p.add_argument("--work", type=Path, default=REPO / "out" / "loop")
     p.add_argument("--no-dev", action="store_true")
