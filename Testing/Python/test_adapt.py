@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -559,3 +560,8 @@ def test_the_guards_propagation_score_averages_several_prompts(tmp_path, tiny):
     assert many["per_draw"]["c"][1] == round(float(dice(np.asarray(middle.mask) > 0, truth)), 4)
     with pytest.raises(ValueError, match="draws"):
         propagation_dice(tiny, {"c": case}, draws=0)
+    stop = threading.Event()  # a cancel between two propagations ends the scoring there
+    stop.set()
+    assert (
+        propagation_dice(tiny, {"c": case}, 5, caches, draws=PROPAGATION_DRAWS, cancel=stop)["per_draw"] == {}
+    )

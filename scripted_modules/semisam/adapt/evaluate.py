@@ -157,7 +157,7 @@ def propagate_from_part_boxes(model, volume, truth: np.ndarray, keys: list[int],
 
 
 def propagation_dice(
-    model, cases, seed: int = 0, caches: dict | None = None, k: int = 1, draws: int = 1
+    model, cases, seed: int = 0, caches: dict | None = None, k: int = 1, draws: int = 1, cancel=None
 ) -> dict:
     """``k``-box propagation Dice of ``model`` on ``cases`` (case id -> :class:`semisam.adapt.job.Case`):
     on each of ``k`` key slices (the product's rule, :func:`semisam.propagation.simulate.key_slices`: with
@@ -169,7 +169,9 @@ def propagation_dice(
     ``draws`` > 1 scores each case by the mean over that many prompts: draw ``i`` jitters its boxes with
     seed ``seed + i`` and, with ``k = 1``, the odd draws box the structure's middle slice instead of its
     largest (the two slices a user picks for one box); draw 0 is the one-draw score. ``per_draw``: case id
-    -> each draw's Dice (a case whose prompts all fall outside the engine's reach scores no draw)."""
+    -> each draw's Dice (a case whose prompts all fall outside the engine's reach scores no draw).
+    ``cancel`` (a ``threading.Event``) ends it early between two propagations (the scores are then partial;
+    the caller stops)."""
     from semisam.propagation.simulate import key_slices, middle_slice
 
     if draws < 1:
@@ -182,6 +184,8 @@ def propagation_dice(
             continue
         cache = None if caches is None else caches.get(cid)
         for i in range(draws):
+            if cancel is not None and cancel.is_set():
+                break
             middle = k == 1 and i % 2 == 1
             keys = [middle_slice(truth, "axial")] if middle else key_slices(truth, k, "axial")
             result = propagate_from_part_boxes(

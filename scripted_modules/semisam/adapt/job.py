@@ -416,7 +416,8 @@ def _run(
     def score() -> dict:
         out = evaluate(model, val_cases, val_emb, cancel)
         _check_cancel(cancel)
-        prop = propagation_dice(model, by_id, cfg.seed, caches, draws=PROPAGATION_DRAWS)
+        prop = propagation_dice(model, by_id, cfg.seed, caches, draws=PROPAGATION_DRAWS, cancel=cancel)
+        _check_cancel(cancel)
         return {**out, "propagation_1box": prop["dice"], "propagation_per_case": prop["per_case"]}
 
     scores: dict = {"frozen": score()}
