@@ -533,7 +533,7 @@ def test_k_box_propagation_prompts_the_products_key_slices(tmp_path, tiny):
     )
 
 
-def test_the_guards_propagation_score_averages_several_prompts(tmp_path, tiny):
+def test_the_guards_propagation_score_averages_several_prompts(tiny):
     """Several draws: each case's score is the mean of its draws, draw 0 is the one-draw score, the odd
     draws box the middle slice (their Dice equals a one-draw score from the middle slice at that seed)."""
     from semisam.adapt.evaluate import part_box_rng, propagate_from_part_boxes, propagation_dice

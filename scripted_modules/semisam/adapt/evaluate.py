@@ -183,16 +183,16 @@ def propagation_dice(
         if not on.size:
             continue
         cache = None if caches is None else caches.get(cid)
+        keys = key_slices(truth, k, "axial")  # once per case: it measures every structure slice's area
+        middle = [middle_slice(truth, "axial")] if k == 1 and draws > 1 else keys
         for i in range(draws):
             if cancel is not None and cancel.is_set():
                 break
-            middle = k == 1 and i % 2 == 1
-            keys = [middle_slice(truth, "axial")] if middle else key_slices(truth, k, "axial")
             result = propagate_from_part_boxes(
                 model,
                 case.volume,
                 truth,
-                keys,
+                middle if i % 2 else keys,
                 part_box_rng(cid, seed + i),
                 window=case.window,
                 cache=cache,
