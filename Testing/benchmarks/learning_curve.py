@@ -21,7 +21,7 @@ trained, seconds, iterations/s, peak RSS; with ``--plot FILE`` a PNG of the curv
 Usage::
 
     python Testing/benchmarks/learning_curve.py DATASET_DIR [--counts 1 2 4 8 12] [--test 4]
-        [--recipes default fixed200 long] [--seed 0] [--work DIR] [--plot curve.png]
+        [--recipes default fixed200 long] [--seed 0] [--split-seed S] [--work DIR] [--plot curve.png]
         [--arch mamba_unet|unet2d|unet3d] [--batch 8] [--crop 128 128] [--patch 32 96 96]
 
 Architectures compare at equal CPU time with the ``default`` recipe: each trains inside the same 10-minute
@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 12])
     p.add_argument("--recipes", nargs="+", default=["default", "fixed200", "long"], choices=sorted(RECIPES))
     p.add_argument("--test", type=int, default=4, help="held-out test cases")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (and the split's, unless --split-seed)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the test / labeled split (default --seed): the same split with several --seed values "
+        "measures how much training alone moves each case's Dice",
+    )
     p.add_argument("--long-iterations", type=int, default=8000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, nargs=2, default=[128, 128])
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     labels, modality, pairs = dataset_cases(args.dataset)
-    test, pool = split_cases(pairs, args.test, max(args.counts), args.seed, None)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    test, pool = split_cases(pairs, args.test, max(args.counts), split_seed, None)
     work = args.work or Path(tempfile.mkdtemp(prefix="learning_curve_"))
     base = {"batch_size": args.batch, "crop_size": list(args.crop), "log_every": 1, "arch": args.arch}
     if args.arch == "unet3d":
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(args.dataset),
         "machine": machine_info(),
         "seed": args.seed,
+        "split_seed": split_seed,
         "test_cases": [c for c, _, _ in test],
         "counts": args.counts,
         "base_config": base,
