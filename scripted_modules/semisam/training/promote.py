@@ -48,11 +48,11 @@ log = logging.getLogger(__name__)
 #: Mean per-case Dice gain a new version needs to replace the active one (see the module docstring).
 MIN_GAIN = 0.01
 #: Standard deviation of one case's Dice difference between two trainings of the same labels that differ only
-#: in their seed, about the pair's mean difference (``Testing/benchmarks/learning_curve.py --seed 0 / 1
-#: --split-seed 0``, whole-head 1 mm MRI, 8 test subjects per pair): caudate 4 cases 0.027, thalamus 4
-#: cases 0.037, thalamus 8 cases 0.036, caudate 8 cases 0.008; pooled (root mean square) 0.029. The pairs'
-#: mean differences (0.022, 0.022, -0.051, 0.006) are real differences between two trained models, which the comparison
-#: is there to see, so they do not widen the tolerance.
+#: in their seed, about the pair's mean difference (``Testing/benchmarks/seed_spread.py`` over
+#: ``learning_curve.py --split-seed 0 --seed 0 / 1 / 2``: whole-head caudate and thalamus, 4 and 8 training
+#: cases, 8 test subjects; 12 pairs): 0.008-0.040 per pair, pooled (root mean square) 0.0285. The pairs'
+#: mean differences (up to 0.051) are real differences between two trained models, which the comparison is
+#: there to see, so they do not widen the tolerance.
 CASE_SPREAD = 0.029
 #: One-sided 95 % point of the normal distribution: how many standard errors below zero a gain must be
 #: before a version with more labels is refused.
