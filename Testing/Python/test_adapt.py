@@ -477,7 +477,7 @@ def test_training_teaches_with_the_active_version_and_keys_pseudo_labels_on_it(t
 def test_a_decoder_that_propagates_worse_is_not_promoted(tmp_path, tiny):
     """Better on every slice's box is not enough: a version whose 1-box propagation Dice on validation
     falls below the generalist answering today stays registered, not active."""
-    from semisam.adapt.job import PROPAGATION_TOLERANCE, register
+    from semisam.adapt.job import PROPAGATION_TOLERANCE, RANKING_TOLERANCE, register
     from semisam.adapt.versions import base_digest
 
     store = LabeledStore(make_store(tmp_path / "s", n_train=1, n_val=1).root)
@@ -497,7 +497,20 @@ def test_a_decoder_that_propagates_worse_is_not_promoted(tmp_path, tiny):
     }
     version, promoted, reason = register(store, tiny, store.train_ids(), val, clicks, base_digest(tiny))
     assert not promoted and "one-click Dice 0.8 -> 0.7" in reason
-    within = {"frozen": scores(0.75, 0.49), "adapted": scores(0.84, 0.49 - PROPAGATION_TOLERANCE / 2)}
+    # Nor when its predicted IoU ranks the answers worse: tracks end on it, the review is ordered by it.
+    ranks = {
+        "frozen": {**scores(0.75, 0.49), "spearman": 0.41},
+        "adapted": {**scores(0.84, 0.55), "spearman": 0.25},
+    }
+    version, promoted, reason = register(store, tiny, store.train_ids(), val, ranks, base_digest(tiny))
+    assert not promoted and "Spearman 0.41 -> 0.25" in reason and 0.25 < 0.41 - RANKING_TOLERANCE
+    within = {
+        "frozen": {**scores(0.75, 0.49), "spearman": 0.41},
+        "adapted": {
+            **scores(0.84, 0.49 - PROPAGATION_TOLERANCE / 2),
+            "spearman": 0.41 - RANKING_TOLERANCE / 2,
+        },
+    }
     version, promoted, _ = register(store, tiny, store.train_ids(), val, within, base_digest(tiny))
     assert promoted and GeneralistRegistry(store).active().version == version
 

@@ -40,6 +40,17 @@ Emit = Callable[[dict], None]
 #: one-click Dice (``click_dice`` of :func:`.evaluate.evaluate`): corrections must not get worse
 PROPAGATION_TOLERANCE = 0.02
 
+#: an adapted decoder whose predicted IoU ranks the validation answers (Spearman rank correlation with each
+#: answer's true Dice, ``spearman`` of :func:`.evaluate.evaluate`) more than this below the generalist
+#: answering today is not promoted: that ranking is what ends a track (predicted IoU < ``min_score``) and
+#: what orders the review. In two whole-head thalamus loops the version adapted on 7 accepted masks ranked
+#: them 0.41 -> 0.25 and 0.41 -> 0.11 while its box and 1-box Dice rose on the one validation case; on the
+#: blind cases that followed, its tracks ran up to 8 slices past the structure (first box 0.26 against the
+#: frozen 0.40; 313 s of annotation against 189 s). 0.1 is the margin by which an adapted IoU head is
+#: expected to rank better (docs/methods.md); no version adapted on ground truth fell below its frozen one
+#: (thalamus 0.64 -> 0.76, caudate 0.53 -> 0.73, pallidum 0.04 -> 0.67)
+RANKING_TOLERANCE = 0.1
+
 #: the 1-box propagation Dice that guards promotion is each validation case's mean over this many prompts
 #: (:func:`.evaluate.propagation_dice` ``draws``: a box on the structure's largest and on its middle slice,
 #: each jittered twice). One prompt is noise against the tolerance: on two whole-head thalamus validation
@@ -315,6 +326,14 @@ def register(
         # corrections would get worse: every point the user adds after a box asks this
         better = False
         reason = f"not promoted: better box per slice ({cmp.reason}), but one-click Dice {old_c} -> {new_c}"
+    new_r, old_r = scores["adapted"].get("spearman"), current.get("spearman")
+    if better and new_r is not None and old_r is not None and new_r < old_r - RANKING_TOLERANCE:
+        # tracks would end on a worse signal, and the review would show the wrong slices first
+        better = False
+        reason = (
+            f"not promoted: better box per slice ({cmp.reason}), but its predicted IoU ranks the answers "
+            f"worse (Spearman {old_r} -> {new_r})"
+        )
     if not promote:
         return rec.version, False, f"registered only (promotion off); {reason}"
     if better:
