@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semisam.propagation.cleanup import keep_supported
-from semisam.propagation.lesion import LesionModel, candidate_region
+from semisam.propagation.lesion import LesionModel, candidate_region, part_models
 from semisam.propagation.simulate import (
     boxes_from_label,
     crop_around,
@@ -92,6 +92,29 @@ def test_lesion_model_and_candidate_region():
     # The search window limits how far the region may reach.
     assert not candidate_region(lm, nxt, key, (5, 5, 22, 22))[23:, :].any()
     assert LesionModel.fit(img, np.zeros_like(key)) is None
+
+
+def test_each_part_of_a_key_slice_is_judged_against_its_own_intensity_model():
+    # Two parts in different surroundings (a bias field: the right half of the slice is brighter). The left
+    # part is as bright as the right part's surroundings, so one model of both parts calls it unlike the
+    # structure; its own model (its pixels against its own ring) does not.
+    img = np.full((60, 80), 0.2, np.float32)
+    img[:, 40:] = 0.5
+    left = np.zeros(img.shape, bool)
+    left[25:33, 10:18] = True
+    right = np.zeros(img.shape, bool)
+    right[22:36, 52:66] = True
+    img[left], img[right] = 0.5, 0.8
+    whole = LesionModel.fit(img, left | right)
+    assert whole is not None and whole.likeness(img, left) < 0.5 <= whole.likeness(img, right)
+    own = part_models(img, whole, [left, right])
+    assert own[0].likeness(img, left) > 0.9 and own[1].likeness(img, right) > 0.9
+    assert own[0].area_px == 64 and own[1].area_px == 196
+    # One part, or no model: the key slice's model, unchanged.
+    assert part_models(img, whole, [left | right]) == [whole]
+    assert part_models(img, None, [left, right]) == [None, None]
+    # A part without pixels keeps the whole model.
+    assert part_models(img, whole, [left, np.zeros_like(left)])[1] is whole
 
 
 def test_square_pixels_maps_prompts_and_logits_exactly():

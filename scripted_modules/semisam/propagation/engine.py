@@ -44,7 +44,7 @@ from semisam.propagation.cleanup import keep_supported
 from semisam.propagation.continuity import rebound_cut
 from semisam.propagation.follow import follow_one, is_thin
 from semisam.propagation.key_prompts import anchor_boxes, group_boxes, key_prompts
-from semisam.propagation.lesion import LesionModel
+from semisam.propagation.lesion import LesionModel, part_models
 from semisam.propagation.result import PropagationResult
 from semisam.propagation.rim import rim_like, rim_points
 from semisam.propagation.state import KeySlice, Lane, PropagationState, Track
@@ -227,6 +227,8 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
     starts = key.parts or [key.result]
     if not track.lanes and not track.results:
         track.lanes = [Lane() for _ in starts]
+    # Each lane judges its slices against its own part's intensity model (lesion.part_models).
+    models = part_models(state.image(track.key), key.lesion, [start.mask for start in starts])
     s = (track.results[-1].slice if track.results else track.key) + track.direction
     thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
     reach = _outward_reach(state, track)
@@ -238,11 +240,9 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
             _stop_all(track, s, f"more than {reach} slices beyond the outermost key slice")
             return
         reached, cut = [], False
-        for lane, start in zip(track.lanes, starts, strict=True):
+        for lane, start, model in zip(track.lanes, starts, models, strict=True):
             if lane.stop is None:
-                went = _lane_step(
-                    state, key.lesion, lane, start, s, thin, outward, rebound, reach is not None
-                )
+                went = _lane_step(state, model, lane, start, s, thin, outward, rebound, reach is not None)
                 if went == "on":
                     reached.append(lane.results[-1])
                 cut |= went == "cut"
