@@ -80,7 +80,14 @@ def _answer_key(
     sizes: list | None = None,
 ) -> None:
     prompts = _key_prompts(state, key, previous, sizes)
-    key.result, key.lesion, key.fresh, key.closer, key.parts = None, None, True, False, []
+    key.result, key.lesion, key.fresh, key.closer, key.parts, key.part_lesions = (
+        None,
+        None,
+        True,
+        False,
+        [],
+        [],
+    )
     if not prompts:
         return
     image = state.image(index)
@@ -94,6 +101,7 @@ def _answer_key(
         key.result = res
         key.lesion = LesionModel.fit(image, res.mask)
         key.parts = _separate_parts(state, index, [a for a in answers if a.area])
+        key.part_lesions = part_models(image, key.lesion, [p.mask for p in key.parts])
 
 
 def _separate_parts(state: PropagationState, index: int, answers: list[SliceResult]) -> list[SliceResult]:
@@ -227,8 +235,7 @@ def _run_track(state: PropagationState, key: KeySlice, track: Track, progress: C
     starts = key.parts or [key.result]
     if not track.lanes and not track.results:
         track.lanes = [Lane() for _ in starts]
-    # Each lane judges its slices against its own part's intensity model (lesion.part_models).
-    models = part_models(state.image(track.key), key.lesion, [start.mask for start in starts])
+    models = key.part_lesions or [key.lesion]  # each lane judges its slices against its own part's model
     s = (track.results[-1].slice if track.results else track.key) + track.direction
     thin = is_thin(key.lesion, state.pixel_mm, state.slice_mm)
     reach = _outward_reach(state, track)

@@ -56,6 +56,8 @@ class KeySlice:
         parts: the boxes' own answers (non-empty ones, in prompt order; those whose boxes lie within the
             step's margin of each other merged into one; one entry without boxes): the parts its tracks
             follow one by one (:class:`Lane`). ``result`` is their union.
+        part_lesions: one intensity model per part, each lane's (:func:`~.lesion.part_models`); ``lesion``
+            alone for one part.
         unsized: clicks without a box were answered alone, with nothing to anchor or size a box on (no
             mask on the slice or near it), and the model found nothing: the slice is answered again once
             there is (a user who clicks before boxing a neighbour).
@@ -65,6 +67,7 @@ class KeySlice:
     result: SliceResult | None = None
     parts: list[SliceResult] = field(default_factory=list)
     lesion: LesionModel | None = None
+    part_lesions: list[LesionModel | None] = field(default_factory=list)
     fresh: bool = False
     closer: bool = False
     unsized: bool = False
