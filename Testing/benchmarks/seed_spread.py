@@ -24,29 +24,29 @@ import statistics
 import sys
 from pathlib import Path
 
+from semisam.training.promote import Z_ONE_SIDED
+
 
 def read_runs(path: Path) -> list[dict]:
-    """The per-count rows of one ``learning_curve.py`` output (its ``partial`` lines), each with the run's
-    dataset and seed; raises ``ValueError`` when the file holds none."""
-    rows, head = [], {}
-    text = path.read_text(encoding="utf-8")
-    for line in text.splitlines():
-        if line.startswith('{"partial"'):
-            rows.append(json.loads(line))
-    start = text.find('{\n "benchmark"')
-    if start >= 0:
-        head = json.loads(text[start:])
-    if not rows or not head:
+    """The per-count rows of one finished ``learning_curve.py`` output (its last JSON object, the report),
+    each with the run's dataset, split seed and seed; raises ``ValueError`` when the file holds no report."""
+    text, decoder, pos, report = path.read_text(encoding="utf-8"), json.JSONDecoder(), 0, None
+    while (pos := text.find("{", pos)) >= 0:  # the partial lines, then the indented report
+        obj, pos = decoder.raw_decode(text, pos)
+        if obj.get("benchmark") == "learning_curve":
+            report = obj
+    if report is None:
         raise ValueError(f"{path}: not a finished learning_curve.py output")
     return [
         {
-            "dataset": Path(head["dataset"]).name,
-            "split_seed": head.get("split_seed", head["seed"]),
-            "seed": head["seed"],
-            "recipe": r["recipe"],
+            "dataset": Path(report["dataset"]).name,
+            "split_seed": report.get("split_seed", report["seed"]),
+            "seed": report["seed"],
+            "recipe": recipe,
             "labeled": r["labeled"],
-            "per_case": r["per_case"] or {},
+            "per_case": r["per_case"],
         }
+        for recipe, rows in report["results"].items()
         for r in rows
         if r.get("per_case")
     ]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
         "pooled_sd": round(pooled, 4),
         "rms_pair_mean": round(math.sqrt(statistics.fmean(q["mean"] ** 2 for q in pairs)), 4),
-        "weak_tolerance": {str(n): round(1.645 * pooled / math.sqrt(n), 4) for n in (1, 2, 3)},
+        "weak_tolerance": {str(n): round(Z_ONE_SIDED * pooled / math.sqrt(n), 4) for n in (1, 2, 3)},
     }
     print(json.dumps(report, indent=1))
     return 0

@@ -318,23 +318,18 @@ def register(
     current = scores.get("active") or scores["frozen"]
     cmp = compare(scores["adapted"]["per_case"], current["per_case"], more_labels=False)
     better, reason = bool(cmp.better), cmp.reason
-    new_p, old_p = scores["adapted"].get("propagation_1box"), current.get("propagation_1box")
-    if better and new_p is not None and old_p is not None and new_p < old_p - PROPAGATION_TOLERANCE:
-        better = False
-        reason = f"not promoted: better box per slice ({cmp.reason}), but 1-box propagation Dice {old_p} -> {new_p}"
-    new_c, old_c = scores["adapted"].get("click_dice"), current.get("click_dice")
-    if better and new_c is not None and old_c is not None and new_c < old_c - PROPAGATION_TOLERANCE:
-        # corrections would get worse: every point the user adds after a box asks this
-        better = False
-        reason = f"not promoted: better box per slice ({cmp.reason}), but one-click Dice {old_c} -> {new_c}"
-    new_r, old_r = scores["adapted"].get("spearman"), current.get("spearman")
-    if better and new_r is not None and old_r is not None and new_r < old_r - RANKING_TOLERANCE:
-        # tracks would end on a worse signal, and the review would show the wrong slices first
-        better = False
-        reason = (
-            f"not promoted: better box per slice ({cmp.reason}), but its predicted IoU ranks the answers "
-            f"worse (Spearman {old_r} -> {new_r})"
-        )
+    # Better on every slice's box is not enough: propagations, corrections (every point after a box asks
+    # the one-click question) and the ranking that ends tracks and orders the review must not get worse.
+    guards = (
+        ("propagation_1box", PROPAGATION_TOLERANCE, "1-box propagation Dice"),
+        ("click_dice", PROPAGATION_TOLERANCE, "one-click Dice"),
+        ("spearman", RANKING_TOLERANCE, "its predicted IoU ranks the answers worse, Spearman"),
+    )
+    for key, tolerance, what in guards:
+        new, old = scores["adapted"].get(key), current.get(key)
+        if better and new is not None and old is not None and new < old - tolerance:
+            better = False
+            reason = f"not promoted: better box per slice ({cmp.reason}), but {what} {old} -> {new}"
     if not promote:
         return rec.version, False, f"registered only (promotion off); {reason}"
     if better:
