@@ -184,7 +184,8 @@ def propagation_dice(
             continue
         cache = None if caches is None else caches.get(cid)
         keys = key_slices(truth, k, "axial")  # once per case: it measures every structure slice's area
-        middle = [middle_slice(truth, "axial")] if k == 1 and draws > 1 else keys
+        # the odd draws' key slices: the middle slice for one box, the same key slices for several
+        odd_keys = [middle_slice(truth, "axial")] if k == 1 and draws > 1 else keys
         for i in range(draws):
             if cancel is not None and cancel.is_set():
                 break
@@ -192,7 +193,7 @@ def propagation_dice(
                 model,
                 case.volume,
                 truth,
-                middle if i % 2 else keys,
+                odd_keys if i % 2 else keys,
                 part_box_rng(cid, seed + i),
                 window=case.window,
                 cache=cache,
