@@ -14,7 +14,9 @@ from semisam.loop.annotator import (
     oracle_dice,
     per_slice_errors,
     precompute,
+    remove_stray_pieces,
     start_session,
+    stray_pieces,
     structure_boxes,
     structure_slices,
 )
@@ -217,3 +219,44 @@ def test_prompts_that_stop_helping_stop_slice_by_slice_too(litemedsam, case):
         current = current if a.undone else a.dice_after
     assert raised[-cfg.patience :] == [False] * cfg.patience, [a.to_json() for a in prompts]
     assert res.final_dice >= 0.999 and res.effort.hand_slices > 0
+
+
+def test_a_stray_piece_is_removed_with_one_click_and_a_piece_touching_the_structure_is_not():
+    truth = np.zeros((8, 20, 20), np.uint8)
+    truth[2:5, 6:14, 6:14] = 1
+    mask = truth.copy()
+    mask[5:8, 1:4, 1:4] = 1  # a stray piece over three slices without structure
+    mask[5, 10:12, 10:12] = 1  # a spill past the structure's end, face-connected to it
+    stray = stray_pieces(mask, truth)
+    assert set(np.unique(stray[stray > 0]).tolist()) == {int(stray[6, 2, 2])}  # one piece, the far one
+    assert stray[5, 10, 10] == 0
+    ann = SimulatedAnnotator(None, AnnotatorConfig())  # choosing needs no model
+    assert ann._next_prompt(mask, truth, [6, 5], set(), {}, 0.95) == ("island", 6)
+    assert remove_stray_pieces(mask, truth, 6) == 1 and not mask[5:8, 1:4, 1:4].any()
+    assert mask[5, 10:12, 10:12].all()  # what touches the structure stays: a point or a hand fix
+    assert ann._next_prompt(mask, truth, [6, 5], set(), {}, 0.95) == ("point", 5)
+    off = SimulatedAnnotator(None, AnnotatorConfig(islands=False))
+    mask[6, 1:4, 1:4] = 1
+    assert off._next_prompt(mask, truth, [6, 5], set(), {}, 0.95) == ("point", 6)
+
+
+def test_stray_false_positives_cost_a_click_not_a_slice_drawn_by_hand(litemedsam, case):
+    """A proposal right on the structure and with a stray piece over the empty slices: one Islands click
+    (2 s) reaches the target, prompting or not; without islands each empty slice is drawn by hand."""
+    from semisam.loop import TimeModel
+
+    vol, truth = case
+    empty = np.flatnonzero(~truth.any(axis=(1, 2)))
+    proposal = truth.copy()
+    proposal[empty, 2:6, 2:6] = 1
+    proposal[empty[0] + 1 :, 2:6, 2:6] = (
+        proposal[empty[0] + 1 :, 2:6, 2:6] | (truth[empty[0] + 1 :] == 0)[:, 2:6, 2:6]
+    )  # the piece runs through the structure's slices too, in a corner the structure never reaches
+    assert not (proposal[:, 2:6, 2:6] & truth[:, 2:6, 2:6]).any()
+    for budget in (0, 4):  # drawn by hand (no prompts) or in the prompting loop
+        res = _correct(litemedsam, AnnotatorConfig(budget=budget), vol, truth, proposal, list(range(6)))
+        assert [a.kind for a in res.actions] == ["island"] and res.final_dice == 1.0
+        assert res.effort.islands == 1 and res.effort.prompts == 0 and res.effort.hand_slices == 0
+        assert res.effort.interaction_s(TimeModel()) == pytest.approx(2.0)
+    res = _correct(litemedsam, AnnotatorConfig(budget=0, islands=False), vol, truth, proposal, list(range(6)))
+    assert res.effort.islands == 0 and res.effort.hand_slices >= len(empty) and res.final_dice == 1.0

@@ -26,6 +26,7 @@ def test_effort_prices_interactions_with_the_time_model():
         "points": 3,
         "points_pos": 1,
         "points_neg": 2,
+        "islands": 0,
         "hand_slices": 1,
         "hand_work": 1.0,
         "simulated_s": 44.0,
@@ -34,6 +35,10 @@ def test_effort_prices_interactions_with_the_time_model():
     }
     assert e.prompt_counts() == {"box": 2, "point+": 1, "point-": 2, "hand_slice": 1}
     assert Effort().prompt_counts() == {} and Effort().total_s(tm) == 0
+    # A stray piece removed with the Islands effect is one click, not a prompt.
+    e.islands = 3
+    assert e.prompts == 5 and e.interaction_s(tm) == pytest.approx(44 + 3 * tm.island_s)
+    assert e.prompt_counts()["island"] == 3 and e.to_json(tm)["islands"] == 3
 
 
 def test_a_hand_fix_is_priced_by_how_wrong_the_slice_was():

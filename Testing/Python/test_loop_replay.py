@@ -42,6 +42,7 @@ CASE_KEYS = {
     "points": int,
     "points_pos": int,
     "points_neg": int,
+    "islands": int,
     "hand_slices": int,
     "simulated_s": float,
     "compute_s": float,

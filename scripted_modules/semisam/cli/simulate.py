@@ -118,6 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box-s", type=float, default=4.0, help="seconds per box (time model, %(default)s)")
     p.add_argument("--point-s", type=float, default=2.0, help="seconds per point (time model, %(default)s)")
     p.add_argument(
+        "--island-s",
+        type=float,
+        default=2.0,
+        help="seconds to remove a stray piece of the mask with Segment Editor's Islands effect (time model, "
+        "%(default)s)",
+    )
+    p.add_argument(
         "--hand-slice-s",
         type=float,
         default=30.0,
@@ -191,6 +198,7 @@ def config_from_args(args: argparse.Namespace):
         time_model=TimeModel(
             box_s=args.box_s,
             point_s=args.point_s,
+            island_s=args.island_s,
             hand_slice_s=args.hand_slice_s,
             touch_up_min=args.touch_up_min,
         ),

@@ -7,6 +7,9 @@ interaction                   seconds    why
 ============================  =========  ==================================================================
 box on a slice                4          find the slice, drag a rectangle around the structure
 +/- point                     2          one click (the slice is already on screen)
+island removed                2          one click with Segment Editor's Islands effect ("Remove
+                                         selected island") on a piece of the mask that touches no
+                                         structure: it goes on every slice it spans at once
 slice fixed by hand           30 x f     paint / outline one slice in Segment Editor: drawing it from
                                          nothing costs 30 s; touching up a nearly right slice costs the
                                          share of it that is wrong, f = 1 - the slice's Dice before the
@@ -38,6 +41,7 @@ class TimeModel:
 
     box_s: float = 4.0
     point_s: float = 2.0
+    island_s: float = 2.0
     hand_slice_s: float = 30.0
     touch_up_min: float = 0.2
 
@@ -56,6 +60,8 @@ class Effort:
     Attributes:
         boxes: boxes placed (one per prompted slice at most).
         points_pos, points_neg: positive / negative points placed.
+        islands: pieces of the mask removed with one click each (Segment Editor's Islands effect): false
+            positives that touch no structure, whatever slices they span.
         hand_slices: slices the annotator drew by hand (what prompts did not fix within the budget).
         hand_dice: each hand-fixed slice's Dice before the fix (what :meth:`TimeModel.hand_share`
             prices); a record without it (an older run) prices every hand slice in full.
@@ -65,6 +71,7 @@ class Effort:
     boxes: int = 0
     points_pos: int = 0
     points_neg: int = 0
+    islands: int = 0
     hand_slices: int = 0
     hand_dice: list[float] = field(default_factory=list)
     compute_s: float = 0.0
@@ -91,7 +98,8 @@ class Effort:
     def interaction_s(self, model: TimeModel) -> float:
         """Simulated human seconds: boxes, points and hand-fixed slices priced by ``model``."""
         hand = self.hand_work(model) * model.hand_slice_s
-        return self.boxes * model.box_s + self.points * model.point_s + hand
+        clicks = self.points * model.point_s + self.islands * model.island_s
+        return self.boxes * model.box_s + clicks + hand
 
     def total_s(self, model: TimeModel) -> float:
         """Human seconds plus the measured compute seconds: the case's effort."""
@@ -100,6 +108,7 @@ class Effort:
     def prompt_counts(self) -> dict[str, int]:
         """Counts by kind, as :class:`semisam.store.Provenance` ``prompts`` records them."""
         counts = {"box": self.boxes, "point+": self.points_pos, "point-": self.points_neg}
+        counts["island"] = self.islands
         counts["hand_slice"] = self.hand_slices
         return {k: v for k, v in counts.items() if v}
 
@@ -109,6 +118,7 @@ class Effort:
             "points": self.points,
             "points_pos": self.points_pos,
             "points_neg": self.points_neg,
+            "islands": self.islands,
             "hand_slices": self.hand_slices,
             "hand_work": round(self.hand_work(model), 4),
             "simulated_s": round(self.interaction_s(model), 3),

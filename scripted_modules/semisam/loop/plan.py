@@ -13,9 +13,10 @@ from semisam.fileio import atomic_write_json
 
 #: Annotator options added after simulations were first saved, and how a saved plan without one ran (so
 #: an older work folder resumes with the behaviour it started with, e.g. ``--no-slice-after-undo``).
-LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False}
-#: The same for the time model: a saved plan without ``touch_up_min`` priced every hand slice in full.
-LEGACY_TIME_MODEL: dict[str, Any] = {"touch_up_min": 1.0}
+LEGACY_ANNOTATOR: dict[str, Any] = {"slice_after_undo": False, "islands": False}
+#: The same for the time model: a saved plan without ``touch_up_min`` priced every hand slice in full (one
+#: without ``island_s`` removed no islands: the price it gets changes nothing).
+LEGACY_TIME_MODEL: dict[str, Any] = {"touch_up_min": 1.0, "island_s": 2.0}
 
 
 def option_differences(saved: Any, given: dict[str, Any], prefix: str = "") -> list[str]:
