@@ -79,6 +79,9 @@ def test_by_default_a_retrain_runs_what_the_products_retrain_runs():
     )
     cfg = config_from_args(args)
     assert cfg.iterations is None and cfg.held_out == 4 and cfg.time_model.touch_up_min == 0.5
+    assert cfg.annotator.islands and cfg.time_model.island_s == 2.0  # stray pieces: one Islands click
+    off = build_parser().parse_args(["simulate", "DS", "--work", "W", "--no-islands", "--island-s", "3"])
+    assert not config_from_args(off).annotator.islands and config_from_args(off).time_model.island_s == 3.0
     from semisam.loop import Simulation
 
     sim = Simulation.__new__(Simulation)  # train_config reads only the config

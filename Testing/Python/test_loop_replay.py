@@ -171,21 +171,24 @@ def test_resume_refuses_other_options(dataset, tiny_generalist, tmp_path):
 
 
 def test_a_work_folder_saved_before_an_annotator_option_resumes_as_it_ran(dataset, tiny_generalist, tmp_path):
-    """A plan saved before ``slice_after_undo`` existed ran without it: it resumes with the option off
-    and is refused with it on (the default), which would change how its cases are corrected."""
+    """A plan saved before ``slice_after_undo`` and ``islands`` existed ran without them (and without the
+    Islands click's price): it resumes with both off and is refused with them on (the default), which would
+    change how its cases are corrected."""
     import json
 
     work = tmp_path / "work"
-    off = AnnotatorConfig(budget=0, slice_after_undo=False)
+    off = AnnotatorConfig(budget=0, slice_after_undo=False, islands=False)
     Simulation(_config(dataset, work, tiny_generalist, max_cases=1, annotator=off)).run()
     plan_file = work / "simulation.json"
     plan = json.loads(plan_file.read_text())
     del plan["options"]["annotator"]["slice_after_undo"]
+    del plan["options"]["annotator"]["islands"]
+    del plan["options"]["time_model"]["island_s"]
     plan_file.write_text(json.dumps(plan))
     Simulation(_config(dataset, work, tiny_generalist, max_cases=2, annotator=off)).run()
     assert len((work / "cases.jsonl").read_text().splitlines()) == 2
     with pytest.raises(
-        ValueError, match="simulation.json.*annotator.slice_after_undo: saved False, given True"
+        ValueError, match="simulation.json.*annotator.islands: saved False, given True.*slice_after_undo"
     ):
         Simulation(_config(dataset, work, tiny_generalist, max_cases=2)).run()
 

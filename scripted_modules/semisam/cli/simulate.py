@@ -100,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'Propagate across slices' off and correct the rest of the case slice by slice (default: on)",
     )
     p.add_argument(
+        "--islands",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="remove a stray piece of the mask that touches no structure with one click of Segment Editor's "
+        "Islands effect, instead of a point or a hand-drawn slice on each slice it spans (default: on)",
+    )
+    p.add_argument(
         "--baseline", action="store_true", help="also run the prompts-only baseline on the same cases"
     )
     p.add_argument(
@@ -194,6 +201,7 @@ def config_from_args(args: argparse.Namespace):
             budget=args.budget,
             merge_rule=args.merge,
             slice_after_undo=args.slice_after_undo,
+            islands=args.islands,
         ),
         time_model=TimeModel(
             box_s=args.box_s,
